@@ -1,0 +1,38 @@
+# Kanari: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: bootstrap demo test unit lint typecheck crds bench bench-drift clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap  ## the main job on embedded defaults
+	$(PY) -m kanari.cli.main demo $(ARGS)
+
+test: bootstrap  ## the whole suite, as CI runs it
+	$(PY) -m ruff check operators kfp_pipelines tests bench
+	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
+
+unit: bootstrap
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: bootstrap
+	$(PY) -m ruff check operators kfp_pipelines tests bench
+
+typecheck: bootstrap
+	$(PY) -m mypy
+
+crds: bootstrap  ## regenerate the CRD YAML from the typed spec
+	$(PY) -m kanari.api.crd --write
+
+bench: bootstrap  ## benchmarks (not tests); results land in bench/results.json
+	$(PY) -m bench.run $(ARGS)
+
+bench-drift: bootstrap
+	bash bench/drift_env.sh $(ARGS)
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache
