@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -221,6 +221,21 @@ class LinearSpec(_Model):
     maxWeight: Weight = 100
     interval: Duration = "1m"
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule("self.stepWeight <= self.maxWeight", "stepWeight must be <= maxWeight", ".stepWeight")
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> LinearSpec:
+        if self.stepWeight > self.maxWeight:
+            raise ValueError(f"stepWeight: {self.stepWeight} must be <= maxWeight ({self.maxWeight})")
+        return self
+
 
 class BlueGreenSpec(_Model):
     prePromotionAnalysis: bool = Field(default=True, description="Analyse the preview before switching traffic.")
@@ -236,7 +251,10 @@ class ThresholdRange(_Model):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "x-kubernetes-validations": [_rule("has(self.min) || has(self.max)", "thresholdRange needs min or max")]
+            "x-kubernetes-validations": [
+                _rule("has(self.min) || has(self.max)", "thresholdRange needs min or max"),
+                _rule("!has(self.min) || !has(self.max) || self.min <= self.max", "min must be <= max", ".min"),
+            ]
         },
     )
 
@@ -249,20 +267,21 @@ class ThresholdRange(_Model):
         return self
 
 
-BUILTIN_TEMPLATES = (
+TemplateName = Literal[
     "request-success-rate",
     "request-latency-p99",
     "request-rate",
     "canary-vs-stable-psi",
     "prediction-drift",
-)
+]
+BUILTIN_TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 
 
 class MetricSpec(_Model):
     """One measurement: a built-in template or custom PromQL, judged by a threshold or a condition."""
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
-    template: str | None = Field(default=None, description=f"Built-in query: one of {', '.join(BUILTIN_TEMPLATES)}.")
+    template: TemplateName | None = Field(default=None, description="Built-in query.")
     query: str | None = Field(
         default=None,
         description="Custom PromQL; variables: {{namespace}} {{name}} {{canaryRevision}} {{stableRevision}} {{interval}}.",
@@ -298,10 +317,6 @@ class MetricSpec(_Model):
     def _judged(self) -> MetricSpec:
         if (self.template is None) == (self.query is None):
             raise ValueError(f"template: metric {self.name} needs exactly one of template and query")
-        if self.template is not None and self.template not in BUILTIN_TEMPLATES:
-            raise ValueError(
-                f"template: unknown template {self.template!r} (one of {', '.join(BUILTIN_TEMPLATES)})"
-            )
         if self.thresholdRange is None and self.successCondition is None:
             raise ValueError(f"thresholdRange: metric {self.name} needs thresholdRange or successCondition")
         return self
@@ -314,6 +329,19 @@ class AnalysisSpec(_Model):
     inconclusiveLimit: int = Field(default=2, ge=0, description="Inconclusive measurements before pausing.")
     minSampleCount: int = Field(default=100, ge=0, description="Fewer requests in the window: inconclusive, never a pass.")
     metrics: list[MetricSpec] = Field(default_factory=list, max_length=20)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _rule(
+                    "self.metrics.all(m, self.metrics.filter(n, n.name == m.name).size() == 1)",
+                    "metric names must be unique",
+                    ".metrics",
+                )
+            ]
+        },
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> AnalysisSpec:
@@ -340,6 +368,11 @@ class RolloutSpec(_Model):
                     "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
                     "setWeight must not decrease from one step to the next",
                     ".steps",
+                ),
+                _rule(
+                    "!self.steps.exists(s, has(s.analysis)) || (has(self.analysis) && size(self.analysis.metrics) > 0)",
+                    "an analysis step needs at least one metric in analysis.metrics",
+                    ".analysis",
                 ),
                 _rule(
                     "self.strategy == 'Canary' || size(self.steps) == 0",
@@ -369,11 +402,9 @@ class RolloutSpec(_Model):
         if self.strategy != "BlueGreen" and self.blueGreen is not None:
             raise ValueError("blueGreen: only for strategy BlueGreen")
         weights = [s.setWeight for s in self.steps if s.setWeight is not None]
-        for i, (a, b) in enumerate(zip(weights, weights[1:], strict=False)):
+        for a, b in zip(weights, weights[1:], strict=False):
             if b < a:
                 raise ValueError(f"steps: setWeight must not decrease ({b} after {a})")
-        if self.linear and self.linear.stepWeight > self.linear.maxWeight:
-            raise ValueError("linear.stepWeight: must be <= linear.maxWeight")
         if any(s.analysis is not None for s in self.steps) and not (self.analysis and self.analysis.metrics):
             raise ValueError("analysis.metrics: an analysis step needs at least one metric")
         return self
@@ -575,6 +606,7 @@ class ModelDeploymentStatus(BaseModel):
     inferenceService: InferenceServiceRef | None = None
     lineage: Lineage | None = None
     retraining: list[RetrainRecord] = Field(default_factory=list, max_length=20)
+    driftRule: str | None = Field(default=None, description="The PrometheusRule the controller owns for drift alerts.")
 
 
 # -------------------------------------------------------------------------------------- whole object

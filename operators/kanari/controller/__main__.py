@@ -1,0 +1,29 @@
+"""`python -m kanari.controller`: run the operator (the chart's container command)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import kopf
+
+from kanari.controller import handlers  # noqa: F401  (registers the handlers)
+from kanari.controller.config import OperatorConfig
+
+
+def main() -> int:
+    config = OperatorConfig.from_env()
+    liveness = os.environ.get("KANARI_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz")
+    kopf.configure(verbose=os.environ.get("KANARI_VERBOSE") == "1")
+    kopf.run(
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        standalone=config.peering_name is None,
+        peering_name=config.peering_name,
+        liveness_endpoint=liveness or None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

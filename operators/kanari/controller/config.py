@@ -1,0 +1,31 @@
+"""Operator-wide settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: list[str] = field(default_factory=list)  # empty: cluster-wide
+    drift_monitor_url: str | None = None
+    neuron_runtime: str = "kanari-neuron"
+    inf2_selector_key: str = "karpenter.k8s.aws/instance-family"
+    resync_seconds: float = 30.0
+    peering_name: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            namespaces=_list(env.get("KANARI_NAMESPACES")),
+            drift_monitor_url=env.get("KANARI_DRIFT_MONITOR_URL") or None,
+            neuron_runtime=env.get("KANARI_NEURON_RUNTIME", "kanari-neuron"),
+            resync_seconds=float(env.get("KANARI_RESYNC_SECONDS", "30")),
+            peering_name=env.get("KANARI_PEERING_NAME") or None,
+        )

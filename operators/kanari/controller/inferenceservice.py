@@ -1,0 +1,194 @@
+"""The KServe InferenceService (serving.kserve.io/v1beta1) a ModelDeployment becomes.
+
+Traffic is set through KServe itself: `canaryTrafficPercent` in Serverless mode (the stable part is the
+last rolled-out Knative revision), `spec.canary[]` in RawDeployment mode (the stable part is the predictor).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kanari.api.v1alpha1 import API_VERSION, KIND, ModelDeployment, ModelRef
+from kanari.controller.config import OperatorConfig
+from kanari.controller.runtime import RuntimeChoice
+
+ISVC_API_VERSION = "serving.kserve.io/v1beta1"
+ISVC_KIND = "InferenceService"
+NEURON_TAINT = "aws.amazon.com/neuron"
+MANAGED_BY = "kanari"
+# InferenceService annotations KServe's payload logger forwards to the drift monitor with each event.
+BASELINE_ANNOTATION = "kanari.dev/baseline-uri"
+VERSION_ANNOTATION = "kanari.dev/model-version"
+REVISION_ANNOTATION = "kanari.dev/revision"
+
+
+def owner_reference(md: ModelDeployment) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": md.metadata.name,
+        "uid": md.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(md: ModelDeployment) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": md.metadata.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "kanari.dev/model-deployment": md.metadata.name,
+    }
+
+
+def _resources(md: ModelDeployment) -> dict[str, Any]:
+    s = md.spec.serving
+    requests: dict[str, Any] = {"cpu": s.cpu, "memory": s.memory}
+    limits: dict[str, Any] = {"memory": s.memory}
+    if s.accelerator == "inferentia2":
+        # Neuron cores are the unit the Neuron device plugin schedules by; default to one core.
+        if s.neuronDevices:
+            requests["aws.amazon.com/neuron"] = limits["aws.amazon.com/neuron"] = s.neuronDevices
+        else:
+            cores = s.neuronCores or 1
+            requests["aws.amazon.com/neuroncore"] = limits["aws.amazon.com/neuroncore"] = cores
+    elif s.accelerator == "gpu":
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = s.gpus or 1
+    return {"requests": requests, "limits": limits}
+
+
+def predictor(
+    md: ModelDeployment,
+    model: ModelRef,
+    runtime: RuntimeChoice,
+    config: OperatorConfig,
+    baseline_uri: str | None,
+) -> dict[str, Any]:
+    s = md.spec.serving
+    model_spec: dict[str, Any] = {
+        "modelFormat": {"name": runtime.model_format},
+        "runtime": runtime.runtime,
+        "storageUri": model.storageUri,
+        "resources": _resources(md),
+    }
+    if model.image:
+        model_spec["image"] = model.image
+    pred: dict[str, Any] = {"minReplicas": s.minReplicas, "maxReplicas": s.maxReplicas, "model": model_spec}
+    node_selector = dict(s.nodeSelector)
+    if s.accelerator == "inferentia2":
+        if s.instanceType:
+            node_selector["node.kubernetes.io/instance-type"] = s.instanceType
+        else:
+            node_selector[config.inf2_selector_key] = "inf2"
+        pred["tolerations"] = [{"key": NEURON_TAINT, "operator": "Exists", "effect": "NoSchedule"}]
+    elif s.accelerator == "gpu":
+        if s.instanceType:
+            node_selector["node.kubernetes.io/instance-type"] = s.instanceType
+        pred["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    elif s.instanceType:
+        node_selector["node.kubernetes.io/instance-type"] = s.instanceType
+    if node_selector:
+        pred["nodeSelector"] = node_selector
+    if s.schedulerName:
+        pred["schedulerName"] = s.schedulerName
+    if s.serviceAccountName:
+        pred["serviceAccountName"] = s.serviceAccountName
+    mon = md.spec.monitoring
+    logger_url = (mon.loggerUrl or config.drift_monitor_url) if mon and mon.enabled else None
+    if mon and mon.enabled and logger_url:
+        logger: dict[str, Any] = {"mode": mon.logMode, "url": logger_url}
+        logger["metadataAnnotations"] = [VERSION_ANNOTATION, REVISION_ANNOTATION]
+        if baseline_uri:
+            logger["metadataAnnotations"].insert(0, BASELINE_ANNOTATION)
+        pred["logger"] = logger
+    return pred
+
+
+def build(
+    md: ModelDeployment,
+    *,
+    stable: ModelRef | None,
+    canary: ModelRef | None,
+    canary_weight: int,
+    runtime: RuntimeChoice,
+    config: OperatorConfig,
+    current: dict[str, Any] | None = None,
+    baseline_uris: dict[str, str] | None = None,
+) -> dict[str, Any] | None:
+    """The desired InferenceService, or None when there is nothing to serve yet.
+
+    `current` is the InferenceService as it stands: in Serverless mode a rolled-back canary must stay the
+    predictor template at 0% (KServe's documented rollback), because writing the stable template back
+    would create a new Knative revision and briefly route to the latest ready one — the failed canary.
+    """
+    baseline_uris = baseline_uris or {}
+    serving_model = canary or stable
+    if serving_model is None:
+        return None
+    mode = md.spec.serving.deploymentMode
+    annotations = {
+        "serving.kserve.io/deploymentMode": mode,
+        VERSION_ANNOTATION: serving_model.version,
+        REVISION_ANNOTATION: serving_model.revision,
+    }
+    baseline = baseline_uris.get(serving_model.revision)
+    if baseline:
+        annotations[BASELINE_ANNOTATION] = baseline
+    spec: dict[str, Any]
+    if mode == "RawDeployment":
+        assert stable is not None or canary is not None
+        base = stable or canary
+        assert base is not None
+        spec = {"predictor": predictor(md, base, runtime, config, baseline_uris.get(base.revision))}
+        if canary is not None and stable is not None and canary.revision != stable.revision:
+            spec["canary"] = [
+                {
+                    "trafficPercent": int(canary_weight),
+                    "predictor": predictor(md, canary, runtime, config, baseline_uris.get(canary.revision)),
+                }
+            ]
+    else:
+        if canary is not None and stable is not None and canary.revision != stable.revision:
+            spec = {"predictor": predictor(md, canary, runtime, config, baseline)}
+            spec["predictor"]["canaryTrafficPercent"] = int(canary_weight)
+        else:
+            assert stable is not None
+            held = _held_rollback(current, stable)
+            if held is not None:
+                spec = held
+                assert current is not None
+                kept = (current.get("metadata") or {}).get("annotations") or {}
+                for key in (VERSION_ANNOTATION, REVISION_ANNOTATION, BASELINE_ANNOTATION):
+                    if key in kept:
+                        annotations[key] = kept[key]
+            else:
+                spec = {"predictor": predictor(md, stable, runtime, config, baseline_uris.get(stable.revision))}
+                annotations[VERSION_ANNOTATION] = stable.version
+                annotations[REVISION_ANNOTATION] = stable.revision
+    return {
+        "apiVersion": ISVC_API_VERSION,
+        "kind": ISVC_KIND,
+        "metadata": {
+            "name": md.metadata.name,
+            "namespace": md.metadata.namespace,
+            "labels": labels(md),
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(md)],
+        },
+        "spec": spec,
+    }
+
+
+def _held_rollback(current: dict[str, Any] | None, stable: ModelRef) -> dict[str, Any] | None:
+    """In Serverless mode, keep a canary template that is not the stable model pinned at 0%."""
+    if not current:
+        return None
+    pred = (current.get("spec") or {}).get("predictor") or {}
+    if "canaryTrafficPercent" not in pred:
+        return None
+    current_revision = ((current.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
+    if current_revision == stable.revision:
+        return None
+    held = dict(pred)
+    held["canaryTrafficPercent"] = 0
+    return {"predictor": held}

@@ -1,0 +1,100 @@
+"""Reading a KServe InferenceService's real status: health as Argo CD judges it, and readiness of each part.
+
+The verdicts agree with Argo CD's own health check for InferenceService on the real statuses in
+shared/upstream/argocd-kserve-health (a test checks every case).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Health = Literal["Healthy", "Progressing", "Degraded", "Suspended", "Missing"]
+
+
+@dataclass(frozen=True)
+class IsvcReading:
+    health: Health
+    message: str
+    ready: bool
+    stable_ready: bool
+    canary_ready: bool
+    url: str | None = None
+
+
+def _conditions(isvc: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((isvc.get("status") or {}).get("conditions") or [])
+
+
+def _describe(conds: list[dict[str, Any]], transition: str | None) -> str:
+    parts = [f"transitionStatus {transition}"] if transition and transition != "UpToDate" else []
+    for c in conds:
+        if c.get("type") == "Stopped" or c.get("status") == "True":
+            continue
+        text = f"{c.get('type')} is {c.get('status')}"
+        if c.get("reason"):
+            text += f" ({c['reason']})"
+        if c.get("message"):
+            text += f": {c['message']}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def health(isvc: dict[str, Any] | None) -> tuple[Health, str]:
+    if not isvc:
+        return "Missing", "InferenceService does not exist yet"
+    status = isvc.get("status") or {}
+    conds = _conditions(isvc)
+    by_type = {c.get("type"): c.get("status") for c in conds}
+    transition = (status.get("modelStatus") or {}).get("transitionStatus")
+    if by_type.get("Stopped") == "True":
+        return "Suspended", "InferenceService is Stopped"
+    if transition in ("BlockedByFailedLoad", "InvalidSpec"):
+        return "Degraded", _describe(conds, transition)
+    if transition == "InProgress":
+        return "Progressing", _describe(conds, transition) or "model transition in progress"
+    if not conds:
+        return "Progressing", "Waiting for status update"
+    if any(c.get("status") == "False" for c in conds if c.get("type") != "Stopped"):
+        return "Degraded", _describe(conds, transition)
+    if by_type.get("Ready") == "True" and all(
+        c.get("status") == "True" for c in conds if c.get("type") != "Stopped"
+    ):
+        return "Healthy", "InferenceService is healthy"
+    return "Progressing", _describe(conds, transition) or "Waiting for conditions"
+
+
+def read(isvc: dict[str, Any] | None, generation_applied: bool = True) -> IsvcReading:
+    """Readiness of the stable and canary parts.
+
+    `generation_applied` is False when KServe has not yet observed the spec we last wrote: then nothing
+    about the new revision is known, so the canary is not Ready.
+    """
+    verdict, message = health(isvc)
+    if not isvc:
+        return IsvcReading(verdict, message, False, False, False)
+    status = isvc.get("status") or {}
+    spec = isvc.get("spec") or {}
+    url = status.get("url")
+    by_type = {c.get("type"): c.get("status") for c in _conditions(isvc)}
+    observed = status.get("observedGeneration")
+    generation = (isvc.get("metadata") or {}).get("generation")
+    current = generation_applied and (observed is None or generation is None or observed >= generation)
+
+    if spec.get("canary"):  # RawDeployment canary: KServe reports each canary's readiness
+        canary_ready = current and any(c.get("ready") is True for c in status.get("canaryStatuses") or [])
+        stable_ready = by_type.get("PredictorReady") == "True"
+        return IsvcReading(verdict, message, verdict == "Healthy", stable_ready, canary_ready, url)
+
+    predictor = (status.get("components") or {}).get("predictor") or {}
+    if "canaryTrafficPercent" in (spec.get("predictor") or {}):
+        # Serverless canary: the new revision is the latest created one; the stable one is the last rolled out.
+        latest_created = predictor.get("latestCreatedRevision")
+        canary_ready = bool(
+            current and latest_created and predictor.get("latestReadyRevision") == latest_created
+        )
+        stable_ready = bool(predictor.get("latestRolledoutRevision")) or by_type.get("PredictorReady") == "True"
+        return IsvcReading(verdict, message, verdict == "Healthy", stable_ready, canary_ready, url)
+
+    ready = verdict == "Healthy" and current
+    return IsvcReading(verdict, message, ready, ready, False, url)

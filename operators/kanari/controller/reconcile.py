@@ -1,0 +1,214 @@
+"""The controller's decision: a ModelDeployment and what was observed in, desired children and status out.
+
+Pure: no API calls, no clock. The kopf handlers fetch, call `reconcile`, apply and patch; tests call it
+directly. Running it twice on its own output changes nothing (level-triggered, restart-safe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kanari.api.conditions import Event, get_condition, set_condition
+from kanari.api.v1alpha1 import (
+    ACTION_ANNOTATION,
+    InferenceServiceRef,
+    MetricResult,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    ObjectMeta,
+    SpecError,
+    format_validation_error,
+    parse_spec,
+)
+from kanari.controller import inferenceservice, isvc_health
+from kanari.controller.config import OperatorConfig
+from kanari.controller.model_source import PackageInfo, baseline_uri, model_ref
+from kanari.controller.runtime import choose_runtime
+from kanari.rollout import engine
+
+COND_READY = "Ready"
+COND_INVALID = "InvalidSpec"
+COND_APPROVED = "ModelApproved"
+
+
+@dataclass(frozen=True)
+class Observed:
+    now: datetime
+    isvc: dict[str, Any] | None = None
+    package: PackageInfo | None = None
+    package_error: SpecError | None = None
+    measurement: list[MetricResult] | None = None
+    known_runtimes: frozenset[str] = frozenset()
+    # False right after the controller changed the InferenceService and KServe has not caught up.
+    isvc_current: bool = True
+
+
+@dataclass
+class Desired:
+    status: ModelDeploymentStatus
+    isvc: dict[str, Any] | None = None  # None: leave the InferenceService as it is
+    prometheus_rule: dict[str, Any] | None = None
+    delete_prometheus_rule: bool = False
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def _status_of(body: dict[str, Any]) -> ModelDeploymentStatus:
+    try:
+        return ModelDeploymentStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        # A status we cannot read (hand-edited, older version) is rebuilt rather than crashing the operator.
+        return ModelDeploymentStatus()
+
+
+def _invalid(
+    status: ModelDeploymentStatus, err: SpecError, now: datetime, generation: int | None, reason: str = "InvalidSpec"
+) -> Desired:
+    previous = get_condition(status.conditions, COND_INVALID)
+    conds = set_condition(status.conditions, COND_INVALID, True, reason, str(err), now, generation)
+    # A spec that cannot be served leaves the running InferenceService and the stable version alone.
+    new = status.model_copy(
+        update={"conditions": conds, "phase": "Failed", "message": str(err), "observedGeneration": generation}
+    )
+    events = []
+    if previous is None or previous.status != "True" or previous.message != str(err):
+        events.append(Event("Warning", reason, str(err)))
+    return Desired(status=new, events=events)
+
+
+def _clear_invalid(status: ModelDeploymentStatus, now: datetime, generation: int | None) -> list[Any]:
+    return set_condition(status.conditions, COND_INVALID, False, "SpecValid", "spec is valid", now, generation)
+
+
+def reconcile(body: dict[str, Any], observed: Observed, config: OperatorConfig) -> Desired:
+    now = observed.now
+    meta_raw = body.get("metadata") or {}
+    generation = meta_raw.get("generation")
+    status = _status_of(body)
+
+    try:
+        spec = parse_spec(body.get("spec"))
+        meta = ObjectMeta.model_validate(meta_raw)
+    except SpecError as err:
+        return _invalid(status, err, now, generation)
+    except ValidationError as exc:
+        return _invalid(status, format_validation_error(exc, "metadata")[0], now, generation)
+    md = ModelDeployment(metadata=meta, spec=spec, status=status)
+
+    if spec.suspend:
+        conds = set_condition(status.conditions, "Suspended", True, "Suspended", "spec.suspend is true", now, generation)
+        return Desired(status=status.model_copy(update={"conditions": conds, "observedGeneration": generation}))
+
+    try:
+        runtime = choose_runtime(spec, config.neuron_runtime, set(observed.known_runtimes))
+    except SpecError as err:
+        return _invalid(status, err, now, generation)
+    if observed.package_error is not None:
+        return _invalid(status, observed.package_error, now, generation)
+
+    conditions = _clear_invalid(status, now, generation)
+    events: list[Event] = []
+    package = observed.package
+    if spec.model.modelPackageArn:
+        if package is None:
+            raise ValueError("the model package must be resolved before reconcile")
+        approved = package.approval_status == "Approved"
+        if spec.model.requireApproval and not approved:
+            before = get_condition(conditions, COND_APPROVED)
+            msg = (
+                f"spec.model.modelPackageArn: model package {package.arn} is {package.approval_status}; "
+                "requireApproval is true, so it is not served until it is Approved in the registry"
+            )
+            conditions = set_condition(conditions, COND_APPROVED, False, "ModelNotApproved", msg, now, generation)
+            if before is None or before.status != "False":
+                events.append(Event("Warning", "ModelNotApproved", msg))
+            phase = status.phase if status.stableModel else "Pending"
+            new = status.model_copy(
+                update={"conditions": conditions, "message": msg, "observedGeneration": generation, "phase": phase}
+            )
+            return Desired(status=new, events=events, requeue_after=config.resync_seconds)
+        conditions = set_condition(
+            conditions, COND_APPROVED, True, "ModelApproved" if approved else "ApprovalNotRequired",
+            f"model package is {package.approval_status}", now, generation,
+        )
+    desired_ref = model_ref(spec, package)
+    status = status.model_copy(update={"conditions": conditions})
+
+    reading = isvc_health.read(observed.isvc, observed.isvc_current)
+    decision = engine.decide(
+        spec,
+        status,
+        engine.Observation(
+            now=now,
+            desired=desired_ref,
+            stable_ready=reading.stable_ready,
+            canary_ready=reading.canary_ready,
+            measurement=observed.measurement,
+            action=md.metadata.annotations.get(ACTION_ANNOTATION),
+        ),
+        generation,
+    )
+    events.extend(decision.events)
+    new_status = decision.status
+
+    baselines: dict[str, str] = {}
+    for ref in (decision.stable, decision.canary):
+        if ref is not None and spec.monitoring and spec.monitoring.enabled:
+            uri = baseline_uri(spec, ref, package if ref.modelPackageArn == (package.arn if package else None) else None)
+            if uri:
+                baselines[ref.revision] = uri
+    isvc = inferenceservice.build(
+        md,
+        stable=decision.stable,
+        canary=decision.canary,
+        canary_weight=decision.canary_weight,
+        runtime=runtime,
+        config=config,
+        current=observed.isvc,
+        baseline_uris=baselines,
+    )
+
+    ready_before = get_condition(new_status.conditions, COND_READY)
+    ready = reading.ready
+    reason = "InferenceServiceReady" if ready else f"InferenceService{reading.health}"
+    conditions = set_condition(new_status.conditions, COND_READY, ready, reason, reading.message, now, generation)
+    if ready_before is not None and ready_before.status != ("True" if ready else "False"):
+        events.append(
+            Event("Normal" if ready else "Warning", reason, f"InferenceService {meta.name}: {reading.message}")
+        )
+    update: dict[str, Any] = {
+        "conditions": conditions,
+        "observedGeneration": generation,
+        "inferenceService": InferenceServiceRef(
+            name=meta.name, ready=ready, health=reading.health, url=reading.url, message=reading.message
+        ),
+    }
+    if package is not None and decision.stable is not None and decision.stable.modelPackageArn == package.arn:
+        update["lineage"] = package.lineage
+    new_status = new_status.model_copy(update=update)
+
+    prometheus_rule = None
+    delete_rule = False
+    if spec.monitoring and spec.monitoring.enabled:
+        from kanari.drift.rules import build_prometheus_rule
+
+        prometheus_rule = build_prometheus_rule(md)
+        if prometheus_rule is not None:
+            prometheus_rule.setdefault("metadata", {})["ownerReferences"] = [inferenceservice.owner_reference(md)]
+    else:
+        delete_rule = True
+    requeue = decision.requeue_after
+    if not ready:
+        requeue = min(requeue or config.resync_seconds, 5.0)
+    return Desired(
+        status=new_status,
+        isvc=isvc,
+        prometheus_rule=prometheus_rule,
+        delete_prometheus_rule=delete_rule,
+        events=events,
+        requeue_after=requeue,
+    )

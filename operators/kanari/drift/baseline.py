@@ -1,0 +1,187 @@
+"""Baselines: statistics.json and constraints.json, as SageMaker Model Monitor writes them.
+
+This is the contract with the training pipeline: `baseline_documents(df, target=...)` and
+`write_baseline(df, out_dir)` keep their signatures. Kanari-specific fields live under a top-level
+"kanari" key, which SageMaker's own tools ignore, so the files stay readable by both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kanari.drift.methods import CATEGORICAL_METHODS, DEFAULT_THRESHOLDS, NUMERIC_METHODS
+from kanari.drift.profile import Feature, Profile, infer_type, profile_frame
+from kanari.drift.sketch import OTHER
+
+STATISTICS = "statistics.json"
+CONSTRAINTS = "constraints.json"
+MAX_DOMAIN = 1000  # categories listed in string_constraints.domains; more makes "unseen" meaningless
+DEFAULT_NUMERIC_METHOD = "linf"  # SageMaker's distance, threshold 0.1
+DEFAULT_CATEGORICAL_METHOD = "linf"
+
+
+def baseline_documents(df: pd.DataFrame, *, target: str | None = None) -> tuple[dict, dict]:
+    """(statistics, constraints) JSON documents for a training DataFrame.
+
+    `target` names the label column: it is profiled like any feature (prediction drift compares the
+    served predictions with it) but is not expected in inference requests.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
+    if df.empty or not len(df.columns):
+        raise ValueError("df: the training data is empty; a baseline needs rows and columns")
+    columns = [str(c) for c in df.columns]
+    if len(set(columns)) != len(columns):
+        raise ValueError("df: column names must be unique")
+    if target is not None and target not in columns:
+        raise ValueError(f"target: column {target!r} is not in the data (columns: {', '.join(columns)})")
+    frame = df.copy()
+    frame.columns = columns
+    profile = profile_frame(frame, [Feature(c, infer_type(frame[c])) for c in columns], seed=0)
+    statistics = profile.to_statistics()
+    if target is not None:
+        statistics["kanari"] = {"target": target}
+    return statistics, constraints_for(profile, frame)
+
+
+def constraints_for(profile: Profile, df: pd.DataFrame | None = None) -> dict[str, Any]:
+    features: list[dict[str, Any]] = []
+    for f in profile.features:
+        entry: dict[str, Any] = {
+            "name": f.name,
+            "inferred_type": f.inferred_type,
+            "completeness": round(profile.present(f.name) / profile.rows, 6) if profile.rows else 0.0,
+        }
+        if f.numeric:
+            non_negative = df is not None and f.name in df and bool((pd.to_numeric(df[f.name]).dropna() >= 0).all())
+            entry["num_constraints"] = {"is_non_negative": non_negative}
+        else:
+            counts = profile.categories[f.name].counts
+            if OTHER not in counts and len(counts) <= MAX_DOMAIN:
+                entry["string_constraints"] = {"domains": sorted(counts)}
+        features.append(entry)
+    return {
+        "version": 0.0,
+        "features": features,
+        "monitoring_config": {
+            "evaluate_constraints": "Enabled",
+            "emit_metrics": "Enabled",
+            "datatype_check_threshold": 1.0,
+            "domain_content_threshold": 1.0,
+            "distribution_constraints": {
+                "perform_comparison": "Enabled",
+                "comparison_threshold": DEFAULT_THRESHOLDS["linf"],
+                "comparison_method": "Robust",
+                "categorical_comparison_threshold": DEFAULT_THRESHOLDS["linf"],
+                "categorical_drift_method": "LInfinity",
+            },
+        },
+        "kanari": {
+            "numeric_method": DEFAULT_NUMERIC_METHOD,
+            "categorical_method": DEFAULT_CATEGORICAL_METHOD,
+            "thresholds": dict(DEFAULT_THRESHOLDS),
+        },
+    }
+
+
+def write_baseline(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, target: str | None = None) -> None:
+    """Write statistics.json and constraints.json into out_dir (created if needed), each atomically."""
+    statistics, constraints = baseline_documents(df, target=target)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, doc in ((STATISTICS, statistics), (CONSTRAINTS, constraints)):
+        _atomic_write(out / name, json.dumps(doc, indent=1, allow_nan=False))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Baseline:
+    """A parsed baseline: the profile, its constraints and the drift settings they carry."""
+
+    profile: Profile
+    constraints: dict[str, Any]
+    target: str | None
+    numeric_method: str
+    categorical_method: str
+    thresholds: dict[str, float]
+
+    @property
+    def input_features(self) -> list[Feature]:
+        return [f for f in self.profile.features if f.name != self.target]
+
+    @property
+    def target_feature(self) -> Feature | None:
+        return next((f for f in self.profile.features if f.name == self.target), None)
+
+    def constraint(self, name: str) -> dict[str, Any]:
+        return next((c for c in self.constraints.get("features", []) if c.get("name") == name), {})
+
+    def domain(self, name: str) -> set[str] | None:
+        domains = self.constraint(name).get("string_constraints", {}).get("domains")
+        return set(map(str, domains)) if isinstance(domains, list) else None
+
+
+def parse_baseline(statistics: Any, constraints: Any) -> Baseline:
+    """Both documents, checked; ValueError names the file and field that is wrong."""
+    if not isinstance(statistics, dict):
+        raise ValueError("statistics.json: expected a JSON object")
+    if not isinstance(constraints, dict):
+        raise ValueError("constraints.json: expected a JSON object")
+    profile = Profile.from_statistics(statistics)
+    target = statistics.get("kanari", {}).get("target")
+    if target is not None and target not in {f.name for f in profile.features}:
+        raise ValueError(f"statistics.json: kanari.target {target!r} is not one of the features")
+    dist = constraints.get("monitoring_config", {}).get("distribution_constraints", {})
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    kanari = constraints.get("kanari", {})
+    # SageMaker's own constraints carry only the L-infinity thresholds; honour them when present.
+    if "comparison_threshold" in dist:
+        thresholds["linf"] = float(dist["comparison_threshold"])
+    for method, value in (kanari.get("thresholds") or {}).items():
+        if method not in thresholds:
+            raise ValueError(f"constraints.json: kanari.thresholds.{method} is not a drift method")
+        try:
+            thresholds[method] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"constraints.json: kanari.thresholds.{method} is not a number: {value!r}") from None
+    numeric_method = kanari.get("numeric_method", DEFAULT_NUMERIC_METHOD)
+    categorical_method = kanari.get("categorical_method", DEFAULT_CATEGORICAL_METHOD)
+    if numeric_method not in NUMERIC_METHODS:
+        raise ValueError(f"constraints.json: kanari.numeric_method {numeric_method!r} not in {NUMERIC_METHODS}")
+    if categorical_method not in CATEGORICAL_METHODS:
+        raise ValueError(
+            f"constraints.json: kanari.categorical_method {categorical_method!r} not in {CATEGORICAL_METHODS}"
+        )
+    return Baseline(profile, constraints, target, numeric_method, categorical_method, thresholds)
+
+
+def read_baseline(directory: str | os.PathLike[str]) -> Baseline:
+    """Read a baseline directory; ValueError (not a traceback) on a missing or broken file."""
+    base = Path(directory)
+    docs = []
+    for name in (STATISTICS, CONSTRAINTS):
+        path = base / name
+        try:
+            docs.append(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: not found (a baseline directory holds {STATISTICS} and {CONSTRAINTS})") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: unreadable: {exc}") from None
+    return parse_baseline(*docs)

@@ -1,0 +1,49 @@
+"""Validate objects against real CRD schemas (openAPIV3Schema) with jsonschema."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+UPSTREAM_CRDS = ROOT.parent / "shared" / "upstream" / "crds"
+
+
+def _to_jsonschema(node: Any) -> Any:
+    """OpenAPI v3.0 as Kubernetes uses it -> JSON Schema draft 4 (nullable, int-or-string)."""
+    if isinstance(node, dict):
+        out = {k: _to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+        if node.get("x-kubernetes-int-or-string"):
+            out.pop("type", None)
+            out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        if out.pop("nullable", False) and "type" in out:
+            out["type"] = [out["type"], "null"]
+        return out
+    if isinstance(node, list):
+        return [_to_jsonschema(v) for v in node]
+    return node
+
+
+@functools.cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> JSON schema, from the upstream CRDs and Kanari's generated one."""
+    files = sorted(UPSTREAM_CRDS.glob("*.yaml")) + [ROOT / "manifests" / "crds" / "kanari.dev_modeldeployments.yaml"]
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in files:
+        for crd in yaml.safe_load_all(f.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for v in crd["spec"]["versions"]:
+                out[(f"{group}/{v['name']}", kind)] = _to_jsonschema(v["schema"]["openAPIV3Schema"])
+    return out
+
+
+def validate_custom(obj: dict[str, Any]) -> None:
+    """Raise jsonschema.ValidationError when `obj` does not fit its CRD; KeyError when its kind is unknown."""
+    schema = crd_schemas()[(obj["apiVersion"], obj["kind"])]
+    jsonschema.Draft4Validator(schema).validate(obj)
