@@ -328,7 +328,7 @@ class AnalysisSpec(_Model):
     failureLimit: int = Field(default=0, ge=0, description="Failed measurements tolerated before rollback.")
     inconclusiveLimit: int = Field(default=2, ge=0, description="Inconclusive measurements before pausing.")
     minSampleCount: int = Field(default=100, ge=0, description="Fewer requests in the window: inconclusive, never a pass.")
-    metrics: list[MetricSpec] = Field(default_factory=list, max_length=20)
+    metrics: list[MetricSpec] = Field(default=[], max_length=20)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -354,7 +354,7 @@ class AnalysisSpec(_Model):
 
 class RolloutSpec(_Model):
     strategy: Literal["Canary", "Linear", "BlueGreen", "AllAtOnce"] = "Canary"
-    steps: list[CanaryStep] = Field(default_factory=list, max_length=50, description="Canary steps, in order.")
+    steps: list[CanaryStep] = Field(default=[], max_length=50, description="Canary steps, in order.")
     linear: LinearSpec | None = None
     blueGreen: BlueGreenSpec | None = None
     analysis: AnalysisSpec | None = None
@@ -544,6 +544,18 @@ class AnalysisRecord(BaseModel):
     metrics: list[MetricResult] = Field(default_factory=list)
 
 
+class MetricProgress(BaseModel):
+    """One metric's counters in the current analysis step: counts and limits are per metric."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    measurements: int = 0
+    successes: int = 0
+    failures: int = 0
+    inconclusives: int = 0
+    lastMeasuredAt: str | None = None
+
+
 class RolloutState(BaseModel):
     """Everything the rollout engine needs to resume after a restart; it lives only here."""
 
@@ -560,6 +572,7 @@ class RolloutState(BaseModel):
     abortedRevision: str | None = None
     lastAction: str | None = None
     bakeUntil: str | None = None
+    metrics: list[MetricProgress] = Field(default_factory=list)
 
 
 class Lineage(BaseModel):

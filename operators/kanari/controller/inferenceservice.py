@@ -66,6 +66,8 @@ def predictor(
 ) -> dict[str, Any]:
     s = md.spec.serving
     model_spec: dict[str, Any] = {
+        # KServe's container name; spec.canary[].predictor.model requires it to be explicit.
+        "name": "kserve-container",
         "modelFormat": {"name": runtime.model_format},
         "runtime": runtime.runtime,
         "storageUri": model.storageUri,

@@ -37,37 +37,38 @@ def is_drift(method: str, value: float, threshold: float) -> bool:
 
 # --------------------------------------------------------------------------------------------- numeric
 def _stacked(base: KllSketch, cur: KllSketch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted values and CDF differences (baseline - current) per column, plus which columns have data."""
+    """Sorted values and CDF differences (baseline - current), shape (columns, items), plus which columns
+    have data on both sides."""
     vb, wb = base.weighted_items()
     vc, wc = cur.weighted_items()
-    tb, tc = wb.sum(axis=0), wc.sum(axis=0)
+    tb, tc = wb.sum(axis=1), wc.sum(axis=1)
     ok = (tb > 0) & (tc > 0)
-    values = np.concatenate([vb, vc])
-    diffs = np.concatenate([wb / np.where(tb > 0, tb, 1.0), -wc / np.where(tc > 0, tc, 1.0)])
-    order = np.argsort(values, axis=0, kind="stable")
-    sv = np.take_along_axis(values, order, axis=0)
-    cd = np.cumsum(np.take_along_axis(diffs, order, axis=0), axis=0)
+    values = np.concatenate([vb, vc], axis=1)
+    diffs = np.concatenate([wb / np.where(tb > 0, tb, 1.0)[:, None], -wc / np.where(tc > 0, tc, 1.0)[:, None]], axis=1)
+    order = np.argsort(values, axis=1)
+    sv = np.take_along_axis(values, order, axis=1)
+    cd = np.cumsum(np.take_along_axis(diffs, order, axis=1), axis=1)
     return sv, cd, ok
 
 
 def linf(base: KllSketch, cur: KllSketch) -> np.ndarray:
     """Largest distance between the two CDFs (the two-sample KS statistic), per column."""
     sv, cd, ok = _stacked(base, cur)
-    if not len(sv):
+    if not sv.shape[1]:
         return np.full(base.n_columns, np.nan)
     # Among tied values only the last one's running sum is a CDF value.
-    last_of_run = np.vstack([sv[1:] != sv[:-1], np.ones((1, sv.shape[1]), dtype=bool)])
-    out = np.max(np.where(last_of_run, np.abs(cd), 0.0), axis=0)
+    last_of_run = np.hstack([sv[:, 1:] != sv[:, :-1], np.ones((sv.shape[0], 1), dtype=bool)])
+    out = np.max(np.where(last_of_run, np.abs(cd), 0.0), axis=1)
     return np.where(ok, out, np.nan)
 
 
 def wasserstein(base: KllSketch, cur: KllSketch, base_std: np.ndarray) -> np.ndarray:
     """Earth mover's distance (integral of |CDF difference|) divided by the baseline's std."""
     sv, cd, ok = _stacked(base, cur)
-    if len(sv) < 2:
+    if sv.shape[1] < 2:
         return np.where(ok, 0.0, np.nan)
-    dx = np.diff(sv, axis=0)
-    w1 = np.nansum(np.abs(cd[:-1]) * np.where(np.isfinite(dx), dx, 0.0), axis=0)
+    dx = np.diff(sv, axis=1)
+    w1 = np.sum(np.abs(cd[:, :-1]) * np.where(np.isfinite(dx), dx, 0.0), axis=1)
     # A constant baseline has no spread to scale by: the distance stays in the feature's units.
     scale = np.where(base_std > 0, base_std, 1.0)
     return np.where(ok, w1 / scale, np.nan)
@@ -111,7 +112,7 @@ def numeric_drift(base: KllSketch, cur: KllSketch, base_std: np.ndarray, methods
         out["wasserstein"] = wasserstein(base, cur, base_std)
     if "psi" in methods or "js" in methods:
         pb, pc = decile_bins(base, cur)
-        has = (base.weighted_items()[1].sum(axis=0) > 0) & (cur.weighted_items()[1].sum(axis=0) > 0)
+        has = (base.weighted_items()[1].sum(axis=1) > 0) & (cur.weighted_items()[1].sum(axis=1) > 0)
         if "psi" in methods:
             out["psi"] = np.where(has, psi_of(pb, pc), np.nan)
         if "js" in methods:

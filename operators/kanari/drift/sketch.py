@@ -26,8 +26,9 @@ OTHER = "__other__"
 class KllSketch:
     """Approximate weighted CDFs of `n_columns` numeric columns in O(k) memory per column.
 
-    The normalised rank error is about 1.7/k per compaction chain (k=200: ~1%); the total weight is
-    exact (every compaction halves an even number of items and doubles their weight).
+    The normalised rank error is about 1.7/k (k=200: ~1%); the total weight is exact (every compaction
+    halves an even number of items and doubles their weight). Levels are stored column-major, shape
+    (columns, items), so the per-column sorts run over contiguous memory.
     """
 
     def __init__(self, n_columns: int, k: int = DEFAULT_K, c: float = DEFAULT_C, seed: int | None = None):
@@ -40,16 +41,24 @@ class KllSketch:
         self.n_columns = n_columns
         self.k = int(k)
         self.c = float(c)
-        self.levels: list[np.ndarray] = [np.empty((0, n_columns))]
+        self.levels: list[np.ndarray] = [self._empty()]
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._rng = np.random.default_rng(seed)
+
+    def _empty(self) -> np.ndarray:
+        return np.empty((self.n_columns, 0))
 
     # ------------------------------------------------------------------------------------------ update
     @property
     def n(self) -> int:
         """Rows seen (exact)."""
-        return sum(len(lv) << h for h, lv in enumerate(self.levels)) + self._pending_rows
+        return sum(lv.shape[1] << h for h, lv in enumerate(self.levels)) + self._pending_rows
+
+    @property
+    def retained(self) -> int:
+        """Items held per column (what memory scales with)."""
+        return sum(lv.shape[1] for lv in self.levels) + self._pending_rows
 
     def update(self, rows: np.ndarray) -> None:
         """Add rows (shape (n, n_columns), NaN = missing)."""
@@ -63,7 +72,7 @@ class KllSketch:
         # Small updates (one inference request) are buffered and joined once per level-0 fill.
         self._pending.append(rows)
         self._pending_rows += len(rows)
-        if self._pending_rows + len(self.levels[0]) > self._capacity(0):
+        if self._pending_rows + self.levels[0].shape[1] > self._capacity(0):
             self._flush()
 
     def merge(self, other: KllSketch) -> KllSketch:
@@ -74,9 +83,9 @@ class KllSketch:
         other._flush()
         for h, lv in enumerate(other.levels):
             if h >= len(self.levels):
-                self.levels.append(np.empty((0, self.n_columns)))
-            if len(lv):
-                self.levels[h] = np.concatenate([self.levels[h], lv])
+                self.levels.append(self._empty())
+            if lv.shape[1]:
+                self.levels[h] = np.concatenate([self.levels[h], lv], axis=1)
         self._compress()
         return self
 
@@ -92,7 +101,7 @@ class KllSketch:
 
     def _flush(self) -> None:
         if self._pending:
-            self.levels[0] = np.concatenate([self.levels[0], *self._pending])
+            self.levels[0] = np.concatenate([self.levels[0], *(p.T for p in self._pending)], axis=1)
             self._pending.clear()
             self._pending_rows = 0
             self._compress()
@@ -101,47 +110,47 @@ class KllSketch:
         h = 0
         while h < len(self.levels):
             level = self.levels[h]
-            if len(level) > self._capacity(h):
+            if level.shape[1] > self._capacity(h):
                 if h + 1 == len(self.levels):
-                    self.levels.append(np.empty((0, self.n_columns)))
-                odd = len(level) % 2
-                part = level[odd:]
-                # In place: the level is replaced below. Stable sort is fast on the sorted runs that
-                # promoted items form.
-                part.sort(axis=0, kind="stable")
+                    self.levels.append(self._empty())
+                odd = level.shape[1] % 2
+                held = level[:, :odd].copy()
+                part = level[:, odd:]
+                part.sort(axis=1)  # in place: this level is replaced below
                 # A random offset per column keeps each column's rank error unbiased.
                 offset = self._rng.integers(0, 2, size=self.n_columns).astype(bool)
-                promoted = np.where(offset[None, :], part[1::2], part[0::2])
-                self.levels[h] = level[:odd].copy()
-                self.levels[h + 1] = np.concatenate([self.levels[h + 1], promoted])
+                promoted = np.where(offset[:, None], part[:, 1::2], part[:, 0::2])
+                self.levels[h] = held
+                self.levels[h + 1] = np.concatenate([self.levels[h + 1], promoted], axis=1)
             h += 1
 
     # ------------------------------------------------------------------------------------------- query
     def weighted_items(self) -> tuple[np.ndarray, np.ndarray]:
-        """(values (N, columns), weights (N, columns)); NaNs weigh 0."""
+        """(values, weights), both shape (columns, N); NaNs weigh 0."""
         self._flush()
-        values = np.concatenate(self.levels) if self.levels else np.empty((0, self.n_columns))
-        row_w = np.concatenate([np.full(len(lv), float(1 << h)) for h, lv in enumerate(self.levels)])
-        weights = np.where(np.isnan(values), 0.0, row_w[:, None])
+        values = np.concatenate(self.levels, axis=1)
+        item_w = np.concatenate([np.full(lv.shape[1], float(1 << h)) for h, lv in enumerate(self.levels)])
+        weights = np.where(np.isnan(values), 0.0, item_w[None, :])
         return values, weights
 
     def sorted_cdf(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sorted values, cumulative weights, total weight per column), NaNs last."""
         values, weights = self.weighted_items()
-        order = np.argsort(values, axis=0, kind="stable")
-        sv = np.take_along_axis(values, order, axis=0)
-        cw = np.cumsum(np.take_along_axis(weights, order, axis=0), axis=0)
-        total = cw[-1] if len(cw) else np.zeros(self.n_columns)
+        order = np.argsort(values, axis=1)
+        sv = np.take_along_axis(values, order, axis=1)
+        cw = np.cumsum(np.take_along_axis(weights, order, axis=1), axis=1)
+        total = cw[:, -1] if cw.shape[1] else np.zeros(self.n_columns)
         return sv, cw, total
 
     def cdf(self, points: np.ndarray) -> np.ndarray:
         """P(X <= point) per column; points has shape (m, columns). NaN where a column has no values."""
         points = np.atleast_2d(np.asarray(points, dtype=np.float64))
         sv, cw, total = self.sorted_cdf()
-        out = np.empty(points.shape)
-        for i, row in enumerate(points):
-            below = np.where(sv <= row[None, :], cw, 0.0)
-            out[i] = below.max(axis=0) if len(sv) else 0.0
+        out = np.zeros(points.shape)
+        if sv.shape[1]:
+            for i, row in enumerate(points):
+                # cw is non-decreasing, so the largest cw at or below the point is the CDF there.
+                out[i] = np.where(sv <= row[:, None], cw, 0.0).max(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(total > 0, out / np.where(total > 0, total, 1.0), np.nan)
 
@@ -149,28 +158,28 @@ class KllSketch:
         """Quantiles per column (shape (len(qs), columns)): the smallest value whose CDF reaches q."""
         sv, cw, total = self.sorted_cdf()
         out = np.full((len(qs), self.n_columns), np.nan)
-        if not len(sv):
+        if not sv.shape[1]:
             return out
+        cols = np.arange(self.n_columns)
         for i, q in enumerate(qs):
-            idx = np.sum(cw < q * total[None, :] - 1e-9, axis=0)
-            idx = np.minimum(idx, len(sv) - 1)
-            out[i] = np.where(total > 0, sv[idx, np.arange(self.n_columns)], np.nan)
+            idx = np.minimum(np.sum(cw < q * total[:, None] - 1e-9, axis=1), sv.shape[1] - 1)
+            out[i] = np.where(total > 0, sv[cols, idx], np.nan)
         return out
 
     # --------------------------------------------------------------------------------------- serialise
     def column_levels(self, j: int) -> list[list[float]]:
         """Column j's levels as SageMaker writes them (`kll.sketch.data`), missing values left out."""
         self._flush()
-        return [[float(v) for v in lv[:, j] if not math.isnan(v)] for lv in self.levels]
+        return [[float(v) for v in lv[j] if not math.isnan(v)] for lv in self.levels]
 
     def to_dict(self) -> dict[str, Any]:
-        """Kanari's whole-sketch form (all columns; NaN kept as null so the row weights stay exact)."""
+        """The whole sketch (all columns; NaN kept as null so each level's item weights stay exact)."""
         self._flush()
         return {
             "k": self.k,
             "c": self.c,
             "columns": self.n_columns,
-            "levels": [[[None if math.isnan(v) else float(v) for v in row] for row in lv.tolist()] for lv in self.levels],
+            "levels": [[[None if math.isnan(v) else v for v in col] for col in lv.tolist()] for lv in self.levels],
         }
 
     @classmethod
@@ -179,11 +188,11 @@ class KllSketch:
             sk = cls(int(doc["columns"]), int(doc["k"]), float(doc["c"]))
             levels = []
             for lv in doc["levels"]:
-                arr = np.array([[np.nan if v is None else float(v) for v in row] for row in lv], dtype=np.float64)
-                levels.append(arr.reshape(-1, sk.n_columns))
+                arr = np.array([[np.nan if v is None else float(v) for v in col] for col in lv], dtype=np.float64)
+                levels.append(arr.reshape(sk.n_columns, -1))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a Kanari KLL sketch: {exc}") from None
-        sk.levels = levels or [np.empty((0, sk.n_columns))]
+        sk.levels = levels or [sk._empty()]
         return sk
 
     @classmethod
@@ -197,17 +206,17 @@ class KllSketch:
         try:
             params = columns[0]["parameters"]
             sk = cls(len(columns), int(params["k"]), float(params["c"]), seed=seed)
-            data = [[np.asarray(lv, dtype=np.float64) for lv in col["data"]] for col in columns]
+            data = [[np.asarray(lv, dtype=np.float64).reshape(-1) for lv in col["data"]] for col in columns]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a KLL sketch (parameters.k, parameters.c, data): {exc}") from None
         depth = max((len(d) for d in data), default=1) or 1
         levels = []
         for h in range(depth):
             size = max((len(d[h]) if h < len(d) else 0) for d in data)
-            arr = np.full((size, len(columns)), np.nan)
+            arr = np.full((len(columns), size), np.nan)
             for j, d in enumerate(data):
                 if h < len(d):
-                    arr[: len(d[h]), j] = d[h]
+                    arr[j, : len(d[h])] = d[h]
             levels.append(arr)
         sk.levels = levels
         return sk

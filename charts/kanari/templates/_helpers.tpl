@@ -1,0 +1,144 @@
+{{/* Chart name, truncated to fit label values. */}}
+{{- define "kanari.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Full name: <release>-<chart>, or the release name alone when it already contains the chart name.
+Capped at 40 characters so that "<fullname>-alert-receiver" and friends stay valid DNS labels.
+*/}}
+{{- define "kanari.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kanari.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "kanari.labels" -}}
+helm.sh/chart: {{ include "kanari.chart" . }}
+app.kubernetes.io/name: {{ include "kanari.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kanari
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: call with (dict "ctx" $ "component" "controller"). */}}
+{{- define "kanari.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kanari.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "kanari.componentLabels" -}}
+{{ include "kanari.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "kanari.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kanari.controller.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (printf "%s-controller" (include "kanari.fullname" .)) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kanari.peeringName" -}}
+{{- default (include "kanari.fullname" .) .Values.controller.peering.name -}}
+{{- end -}}
+
+{{- define "kanari.receiverSecretName" -}}
+{{- default (printf "%s-alert-receiver" (include "kanari.fullname" .)) .Values.alertReceiver.auth.existingSecret -}}
+{{- end -}}
+
+{{/*
+Pod security for every Kanari pod: the "restricted" Pod Security Standard (non-root, no privilege
+escalation, no capabilities, RuntimeDefault seccomp), plus a read-only root filesystem.
+*/}}
+{{- define "kanari.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "kanari.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Default scheduling: spread replicas of a component over nodes unless the user set an affinity. */}}
+{{- define "kanari.affinity" -}}
+{{- if .values.affinity -}}
+{{ toYaml .values.affinity }}
+{{- else -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+  - weight: 100
+    podAffinityTerm:
+      topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "kanari.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 10 }}
+{{- end -}}
+{{- end -}}
+
+{{/* Scheduling fields shared by the Deployments: call with (dict "ctx" $ "component" NAME "values" VALUES). */}}
+{{- define "kanari.scheduling" -}}
+affinity:
+  {{- include "kanari.affinity" . | nindent 2 }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .ctx.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Python writes bytecode and temporary files; the root filesystem is read-only, so /tmp is a volume. */}}
+{{- define "kanari.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end -}}

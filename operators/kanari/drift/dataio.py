@@ -1,0 +1,37 @@
+"""Reading tabular data files (CSV or Parquet) for baselines and comparisons."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+
+
+class DataError(ValueError):
+    """The input file cannot be read as a table; the message names the file and why."""
+
+
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    p = Path(path)
+    name = p.name.lower()
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    try:
+        if name.endswith(PARQUET_SUFFIXES):
+            df = pd.read_parquet(p)
+        elif name.endswith(CSV_SUFFIXES):
+            df = pd.read_csv(p, sep="\t" if name.endswith(".tsv") else ",")
+        else:
+            raise DataError(f"{p}: unknown format; use .csv, .tsv or .parquet")
+    except DataError:
+        raise
+    except (OSError, ValueError, pd.errors.ParserError, pyarrow.ArrowException) as exc:
+        raise DataError(f"{p}: cannot read: {exc}") from None
+    if df.empty:
+        raise DataError(f"{p}: no rows")
+    return df

@@ -1,0 +1,87 @@
+"""One analysis measurement: one instant query per metric, judged into MetricResults.
+
+Queries per measurement: exactly one per metric measured. The value, its sample count and the stable
+version's figure travel in the same query (see kanari.rollout.templates); a custom `query` with a
+`sampleQuery` is combined the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Collection
+from datetime import datetime
+
+from kanari.api.conditions import now_iso
+from kanari.api.v1alpha1 import MetricResult, MetricSpec, ModelDeploymentSpec
+from kanari.rollout.judge import UNAVAILABLE, error, judge
+from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable, Sample
+from kanari.rollout.templates import PART_LABEL, MetricQuery, TemplateError, metric_query
+
+
+async def measure(
+    spec: ModelDeploymentSpec,
+    variables: dict[str, str],
+    prom: PrometheusClient,
+    now: datetime,
+    metrics: Collection[str] | None = None,
+) -> list[MetricResult]:
+    """Measure the analysis metrics (only those named in `metrics`, when given) at `now`.
+
+    `variables`: namespace, name, canaryRevision, stableRevision ({{interval}} comes from the spec).
+    Never raises for Prometheus trouble: it becomes an Error verdict naming the metric.
+    """
+    analysis = spec.rollout.analysis
+    if analysis is None:
+        return []
+    chosen = [m for m in analysis.metrics if metrics is None or m.name in metrics]
+    at = now_iso(now)
+    return list(
+        await asyncio.gather(*(_one(spec, m, variables, prom, now, at, analysis.minSampleCount) for m in chosen))
+    )
+
+
+async def _one(
+    spec: ModelDeploymentSpec,
+    metric: MetricSpec,
+    variables: dict[str, str],
+    prom: PrometheusClient,
+    now: datetime,
+    at: str,
+    min_samples: int,
+) -> MetricResult:
+    try:
+        q = metric_query(spec, metric, variables)
+    except TemplateError as exc:
+        return error(metric, str(exc), at)
+    try:
+        samples = await prom.query(q.promql, now)
+    except PrometheusUnavailable as exc:
+        return error(metric, f"{UNAVAILABLE}: {exc}", at)
+    except PrometheusQueryError as exc:
+        return error(metric, f"Prometheus rejected the query ({exc.error_type}): {exc.message}", at)
+    try:
+        value, count, stable = _read(q, samples)
+    except ValueError as exc:
+        return error(metric, str(exc), at)
+    return judge(metric, value, count, min_samples if q.has_samples else None, at, stable)
+
+
+def _read(q: MetricQuery, samples: list[Sample]) -> tuple[float | None, float | None, float | None]:
+    if not q.combined:
+        return _single(samples, "the query"), None, None
+    parts: dict[str, list[Sample]] = {}
+    for s in samples:
+        parts.setdefault(s.labels.get(PART_LABEL, ""), []).append(s)
+    value = _single(parts.get("value", []), "the query")
+    count = _single(parts.get("samples", []), "the sample query")
+    stable = _single(parts.get("stable", []), "the stable query")
+    if count is not None and math.isnan(count):
+        count = None
+    return value, count, stable
+
+
+def _single(samples: list[Sample], what: str) -> float | None:
+    if len(samples) > 1:
+        raise ValueError(f"{what} returned {len(samples)} series; aggregate it to one (sum, max, ...)")
+    return samples[0].value if samples else None

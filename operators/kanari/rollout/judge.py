@@ -1,0 +1,89 @@
+"""Turning a measured value into a verdict: thresholds, success conditions, and the no-data rules.
+
+Missing data is never a pass: no value, NaN, or fewer samples than minSampleCount is Inconclusive.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable
+
+from kanari.api.v1alpha1 import MetricResult, MetricSpec
+
+# Error messages that mean "Prometheus could not be asked" start with this; the engine pauses with
+# reason PrometheusUnavailable on them instead of blaming the query.
+UNAVAILABLE = "Prometheus unavailable"
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq, "!=": operator.ne,
+}
+_CLAUSE = re.compile(r"\s*result\s*(<=|>=|<|>|==|!=)\s*(-?[0-9.eE+-]+)\s*")
+
+
+def threshold_text(metric: MetricSpec) -> str:
+    if metric.successCondition:
+        return metric.successCondition.strip()
+    tr = metric.thresholdRange
+    assert tr is not None
+    if tr.min is not None and tr.max is not None:
+        return f"{tr.min:g} <= value <= {tr.max:g}"
+    return f">= {tr.min:g}" if tr.min is not None else f"<= {tr.max:g}"
+
+
+def parse_condition(text: str) -> list[tuple[str, float]]:
+    """'result >= 0.99 && result <= 1' -> [('>=', 0.99), ('<=', 1.0)]; ValueError on anything else."""
+    clauses = re.split(r"&&|\band\b", text)
+    out = []
+    for clause in clauses:
+        m = _CLAUSE.fullmatch(clause)
+        if not m:
+            raise ValueError(f"successCondition: cannot read {clause.strip()!r} (expected e.g. 'result >= 0.99')")
+        out.append((m.group(1), float(m.group(2))))
+    return out
+
+
+def passes(metric: MetricSpec, value: float) -> bool:
+    if metric.successCondition:
+        return all(_OPS[op](value, bound) for op, bound in parse_condition(metric.successCondition))
+    tr = metric.thresholdRange
+    assert tr is not None
+    return (tr.min is None or value >= tr.min) and (tr.max is None or value <= tr.max)
+
+
+def judge(
+    metric: MetricSpec,
+    value: float | None,
+    samples: float | None,
+    min_samples: int | None,
+    at: str,
+    stable: float | None = None,
+) -> MetricResult:
+    """Verdict for one measurement. `min_samples` None: the metric has no sample query to check."""
+    threshold = threshold_text(metric)
+    base = {"name": metric.name, "threshold": threshold, "sampleCount": samples, "at": at}
+    vs = f" (stable: {stable:.6g})" if stable is not None and not math.isnan(stable) else ""
+    if min_samples is not None and (samples is None or math.isnan(samples) or samples < min_samples):
+        seen = "no samples" if samples is None or math.isnan(samples) else f"{samples:.0f} samples"
+        clean = None if value is None or math.isnan(value) else value
+        return MetricResult(
+            **base, value=clean, verdict="Inconclusive",
+            message=f"{metric.name}: {seen} in the window, fewer than minSampleCount {min_samples}",
+        )
+    if value is None:
+        return MetricResult(**base, verdict="Inconclusive", message=f"{metric.name}: the query returned no data")
+    if math.isnan(value):
+        return MetricResult(**base, verdict="Inconclusive", message=f"{metric.name}: the query returned NaN")
+    ok = passes(metric, value)
+    verdict = "Successful" if ok else "Failed"
+    word = "meets" if ok else "breaches"
+    return MetricResult(
+        **base, value=value, verdict=verdict, message=f"{metric.name}: value {value:.6g} {word} {threshold}{vs}"
+    )
+
+
+def error(metric: MetricSpec, message: str, at: str) -> MetricResult:
+    return MetricResult(
+        name=metric.name, threshold=threshold_text(metric), verdict="Error", message=f"{metric.name}: {message}", at=at
+    )

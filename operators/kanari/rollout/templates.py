@@ -1,0 +1,151 @@
+"""PromQL for the built-in analysis templates and custom queries.
+
+Every metric is sent to Prometheus as ONE instant query. A built-in template's query returns up to three
+series told apart by the label `kanari_part`: `value` (what is judged, for the canary), `samples` (how many
+requests or drift samples stand behind it, checked against minSampleCount) and `stable` (the same figure
+for the stable version, shown next to the canary's so a reader can compare). They are glued with
+`label_replace(...) or label_replace(...)`: each part keeps its own empty-or-not result, so a missing part
+(no traffic yet) is seen as missing instead of hiding the others.
+
+Where the numbers come from:
+- Serverless (Knative): the queue-proxy's `revision_app_request_count` and
+  `revision_app_request_latencies_bucket` (milliseconds), labelled `namespace_name`, `revision_name`,
+  `response_code_class`. `{{canaryRevision}}`/`{{stableRevision}}` are Knative revision names.
+- RawDeployment: the KServe model server's own histograms (kserve 0.21 `kserve.metrics`:
+  `request_preprocess_seconds`, `request_predict_seconds`, `request_postprocess_seconds`, label
+  `model_name`). The model server counts no status codes, but `Model.__call__` enters postprocess only
+  after predict succeeded, while preprocess is timed for every request that reached the model: success
+  rate = postprocess count / preprocess count. Canary and stable pods are told apart by the pod label
+  `kanari.dev/revision`, which Prometheus' Kubernetes discovery (labelmap) exposes as
+  `kanari_dev_revision`; `{{canaryRevision}}`/`{{stableRevision}}` are its values. Latency is predict
+  time as the model server measures it, in seconds.
+- Drift: the drift monitor's gauges `kanari_canary_divergence{namespace,model,method}`,
+  `kanari_prediction_drift{namespace,model,endpoint,revision,method}` and
+  `kanari_drift_window_samples{namespace,model,endpoint}`; `endpoint` is KServe's logger endpoint,
+  `default` (stable) or `canary`.
+
+Latency is always reported in seconds so one thresholdRange works in both deployment modes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kanari.api.duration import format_duration, parse_duration
+from kanari.api.v1alpha1 import MetricSpec, ModelDeploymentSpec
+
+PART_LABEL = "kanari_part"
+RAW_REVISION_LABEL = "kanari_dev_revision"
+VARIABLES = ("namespace", "name", "canaryRevision", "stableRevision", "interval")
+_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class TemplateError(ValueError):
+    """A query that cannot be built (unknown variable, missing value)."""
+
+
+@dataclass(frozen=True)
+class MetricQuery:
+    """The one PromQL sent for a metric; `combined` means it carries kanari_part-labelled parts."""
+
+    promql: str
+    combined: bool
+    has_samples: bool
+
+
+def substitute(query: str, variables: dict[str, str]) -> str:
+    def repl(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in VARIABLES:
+            raise TemplateError(f"unknown variable {{{{{key}}}}} (known: {', '.join(VARIABLES)})")
+        if not variables.get(key):
+            raise TemplateError(f"variable {{{{{key}}}}} has no value")
+        return variables[key]
+
+    return _VAR.sub(repl, query)
+
+
+def metric_interval(spec: ModelDeploymentSpec, metric: MetricSpec) -> float:
+    analysis = spec.rollout.analysis
+    return parse_duration(metric.interval or (analysis.interval if analysis else "1m"))
+
+
+def _part(expr: str, name: str) -> str:
+    return f'label_replace({expr}, "{PART_LABEL}", "{name}", "", "")'
+
+
+def combine(parts: dict[str, str]) -> str:
+    return " or ".join(_part(expr, name) for name, expr in parts.items())
+
+
+def _serverless(template: str, revision: str, window: str) -> tuple[str, str]:
+    sel = f'namespace_name="{{{{namespace}}}}", revision_name="{revision}"'
+    count = f"revision_app_request_count{{{sel}}}"
+    if template == "request-success-rate":
+        ok = f'revision_app_request_count{{{sel}, response_code_class!="5xx"}}'
+        return (f"sum(rate({ok}[{window}])) / sum(rate({count}[{window}]))", f"sum(increase({count}[{window}]))")
+    if template == "request-latency-p99":
+        bucket = f"revision_app_request_latencies_bucket{{{sel}}}"
+        return (
+            f"histogram_quantile(0.99, sum by (le) (rate({bucket}[{window}]))) / 1000",
+            f"sum(increase(revision_app_request_latencies_count{{{sel}}}[{window}]))",
+        )
+    return f"sum(rate({count}[{window}]))", f"sum(increase({count}[{window}]))"
+
+
+def _raw(template: str, revision: str, window: str) -> tuple[str, str]:
+    sel = f'namespace="{{{{namespace}}}}", {RAW_REVISION_LABEL}="{revision}"'
+    entered = f"request_preprocess_seconds_count{{{sel}}}"
+    if template == "request-success-rate":
+        done = f"request_postprocess_seconds_count{{{sel}}}"
+        return (f"sum(rate({done}[{window}])) / sum(rate({entered}[{window}]))", f"sum(increase({entered}[{window}]))")
+    if template == "request-latency-p99":
+        bucket = f"request_predict_seconds_bucket{{{sel}}}"
+        return (
+            f"histogram_quantile(0.99, sum by (le) (rate({bucket}[{window}])))",
+            f"sum(increase(request_predict_seconds_count{{{sel}}}[{window}]))",
+        )
+    return f"sum(rate({entered}[{window}]))", f"sum(increase({entered}[{window}]))"
+
+
+def _drift(template: str, spec: ModelDeploymentSpec, endpoint: str) -> tuple[str, str]:
+    who = 'namespace="{{namespace}}", model="{{name}}"'
+    if template == "canary-vs-stable-psi":
+        return (
+            f'max(kanari_canary_divergence{{{who}, method="psi"}})',
+            f'min(kanari_drift_window_samples{{{who}, endpoint=~"default|canary"}})',
+        )
+    method = spec.monitoring.drift.method if spec.monitoring else "psi"
+    return (
+        f'max(kanari_prediction_drift{{{who}, endpoint="{endpoint}", method="{method}"}})',
+        f'sum(kanari_drift_window_samples{{{who}, endpoint="{endpoint}"}})',
+    )
+
+
+def builtin_parts(spec: ModelDeploymentSpec, metric: MetricSpec) -> dict[str, str]:
+    """value/samples/stable PromQL (with {{variables}} still in) for a built-in template."""
+    template = metric.template or ""
+    window = "{{interval}}"
+    if template in ("canary-vs-stable-psi", "prediction-drift"):
+        value, samples = _drift(template, spec, "canary")
+        parts = {"value": value, "samples": samples}
+        if template == "prediction-drift":
+            parts["stable"] = _drift(template, spec, "default")[0]
+        return parts
+    build = _serverless if spec.serving.deploymentMode == "Serverless" else _raw
+    value, samples = build(template, "{{canaryRevision}}", window)
+    stable, _ = build(template, "{{stableRevision}}", window)
+    return {"value": value, "samples": samples, "stable": stable}
+
+
+def metric_query(spec: ModelDeploymentSpec, metric: MetricSpec, variables: dict[str, str]) -> MetricQuery:
+    """The single instant query for `metric`; raises TemplateError naming a bad variable."""
+    values = {**variables, "interval": format_duration(max(1.0, metric_interval(spec, metric)))}
+    if metric.template:
+        return MetricQuery(substitute(combine(builtin_parts(spec, metric)), values), True, True)
+    assert metric.query is not None
+    if metric.sampleQuery:
+        promql = combine({"value": f"({metric.query})", "samples": f"({metric.sampleQuery})"})
+        return MetricQuery(substitute(promql, values), True, True)
+    return MetricQuery(substitute(metric.query, values), False, False)
