@@ -110,7 +110,11 @@ class ModelSource(_Model):
             name, _, ver = self.modelPackageArn.split("model-package/", 1)[1].partition("/")
             return f"{name}/{ver}" if ver else name
         assert self.storageUri
-        return self.storageUri.rstrip("/").rsplit("/", 1)[-1][:63]
+        parts = [p for p in self.storageUri.split("://", 1)[-1].split("/") if p]
+        # s3://bucket/fraud/v3/model.tar.gz is version v3: the file name says nothing about the version.
+        if len(parts) > 2 and "." in parts[-1]:
+            parts = parts[:-1]
+        return parts[-1][:63]
 
 
 # -------------------------------------------------------------------------------------------- serving
