@@ -596,6 +596,7 @@ class RetrainRecord(BaseModel):
     fingerprint: str = ""
     run: str = ""
     outcome: str = ""
+    startsAt: str = ""  # the alert's startsAt: with fingerprint, what a redelivered alert is recognised by
 
 
 class InferenceServiceRef(BaseModel):

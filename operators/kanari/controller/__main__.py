@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zlib
 
 import kopf
 
@@ -15,11 +16,15 @@ def main() -> int:
     config = OperatorConfig.from_env()
     liveness = os.environ.get("KANARI_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz")
     kopf.configure(verbose=os.environ.get("KANARI_VERBOSE") == "1")
+    # kopf pauses every peer that sees another at the same priority: replicas need distinct ones. The
+    # pod name is unique per replica and stable for the pod's life.
+    priority = zlib.crc32(os.environ.get("POD_ID", str(os.getpid())).encode()) % 1_000_000 + 1
     kopf.run(
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         standalone=config.peering_name is None,
         peering_name=config.peering_name,
+        priority=priority,
         liveness_endpoint=liveness or None,
     )
     return 0

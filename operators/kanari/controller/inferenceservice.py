@@ -75,7 +75,13 @@ def predictor(
     }
     if model.image:
         model_spec["image"] = model.image
-    pred: dict[str, Any] = {"minReplicas": s.minReplicas, "maxReplicas": s.maxReplicas, "model": model_spec}
+    pred: dict[str, Any] = {
+        "minReplicas": s.minReplicas,
+        "maxReplicas": s.maxReplicas,
+        # RawDeployment analysis tells canary from stable pods by this label (Knative names revisions itself).
+        "labels": {REVISION_ANNOTATION: model.revision, "app.kubernetes.io/managed-by": MANAGED_BY},
+        "model": model_spec,
+    }
     node_selector = dict(s.nodeSelector)
     if s.accelerator == "inferentia2":
         if s.instanceType:

@@ -9,14 +9,43 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
+from typing import Any
 
 from kanari.api.conditions import now_iso
-from kanari.api.v1alpha1 import MetricResult, MetricSpec, ModelDeploymentSpec
+from kanari.api.v1alpha1 import MetricResult, MetricSpec, ModelDeploymentSpec, ModelDeploymentStatus
 from kanari.rollout.judge import UNAVAILABLE, error, judge
 from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable, Sample
 from kanari.rollout.templates import PART_LABEL, MetricQuery, TemplateError, metric_query
+
+
+def variables(
+    namespace: str,
+    name: str,
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    isvc: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The query variables for a ModelDeployment's current rollout.
+
+    RawDeployment: canary/stable revisions are Kanari rollout revisions (the pods' kanari.dev/revision
+    label). Serverless: they are Knative revision names, read from the InferenceService's
+    status.components.predictor (the traffic entries tagged "latest" and "prev" while a canary split is
+    set). One that cannot be known yet stays empty: a query needing it reports an Error, never a pass.
+    """
+    out = {"namespace": namespace, "name": name, "canaryRevision": "", "stableRevision": ""}
+    if spec.serving.deploymentMode == "RawDeployment":
+        out["canaryRevision"] = status.canaryModel.revision if status.canaryModel else ""
+        out["stableRevision"] = status.stableModel.revision if status.stableModel else ""
+        return out
+    predictor = ((isvc or {}).get("status") or {}).get("components", {}).get("predictor") or {}
+    tagged = {t.get("tag"): t.get("revisionName") for t in predictor.get("traffic") or [] if t.get("tag")}
+    out["canaryRevision"] = tagged.get("latest") or predictor.get("latestCreatedRevision") or ""
+    out["stableRevision"] = (
+        tagged.get("prev") or predictor.get("previousRolledoutRevision") or predictor.get("latestRolledoutRevision") or ""
+    )
+    return out
 
 
 async def measure(

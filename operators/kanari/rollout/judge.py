@@ -9,12 +9,15 @@ import math
 import operator
 import re
 from collections.abc import Callable
+from typing import Literal
 
 from kanari.api.v1alpha1 import MetricResult, MetricSpec
 
 # Error messages that mean "Prometheus could not be asked" start with this; the engine pauses with
 # reason PrometheusUnavailable on them instead of blaming the query.
 UNAVAILABLE = "Prometheus unavailable"
+
+Verdict = Literal["Successful", "Failed", "Inconclusive", "Error"]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq, "!=": operator.ne,
@@ -62,25 +65,25 @@ def judge(
 ) -> MetricResult:
     """Verdict for one measurement. `min_samples` None: the metric has no sample query to check."""
     threshold = threshold_text(metric)
-    base = {"name": metric.name, "threshold": threshold, "sampleCount": samples, "at": at}
-    vs = f" (stable: {stable:.6g})" if stable is not None and not math.isnan(stable) else ""
+
+    def result(verdict: Verdict, message: str, value: float | None = None) -> MetricResult:
+        return MetricResult(
+            name=metric.name, value=value, threshold=threshold, verdict=verdict, sampleCount=samples,
+            message=f"{metric.name}: {message}", at=at,
+        )
+
     if min_samples is not None and (samples is None or math.isnan(samples) or samples < min_samples):
         seen = "no samples" if samples is None or math.isnan(samples) else f"{samples:.0f} samples"
         clean = None if value is None or math.isnan(value) else value
-        return MetricResult(
-            **base, value=clean, verdict="Inconclusive",
-            message=f"{metric.name}: {seen} in the window, fewer than minSampleCount {min_samples}",
-        )
+        return result("Inconclusive", f"{seen} in the window, fewer than minSampleCount {min_samples}", clean)
     if value is None:
-        return MetricResult(**base, verdict="Inconclusive", message=f"{metric.name}: the query returned no data")
+        return result("Inconclusive", "the query returned no data")
     if math.isnan(value):
-        return MetricResult(**base, verdict="Inconclusive", message=f"{metric.name}: the query returned NaN")
-    ok = passes(metric, value)
-    verdict = "Successful" if ok else "Failed"
-    word = "meets" if ok else "breaches"
-    return MetricResult(
-        **base, value=value, verdict=verdict, message=f"{metric.name}: value {value:.6g} {word} {threshold}{vs}"
-    )
+        return result("Inconclusive", "the query returned NaN")
+    vs = f" (stable: {stable:.6g})" if stable is not None and not math.isnan(stable) else ""
+    if passes(metric, value):
+        return result("Successful", f"value {value:.6g} meets {threshold}{vs}", value)
+    return result("Failed", f"value {value:.6g} breaches {threshold}{vs}", value)
 
 
 def error(metric: MetricSpec, message: str, at: str) -> MetricResult:

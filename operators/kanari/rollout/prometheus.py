@@ -125,9 +125,9 @@ class PrometheusClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        await self.close()
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         await self._http.aclose()
 
     def _headers(self, url: str, body: bytes) -> dict[str, str]:
@@ -150,7 +150,7 @@ class PrometheusClient:
         kind, result = data.get("resultType"), data.get("result")
         if kind == "vector":
             return [Sample(dict(r.get("metric", {})), float(r["value"][1])) for r in result or []]
-        if kind == "scalar":
+        if kind == "scalar" and isinstance(result, list):
             return [Sample({}, float(result[1]))]
         raise PrometheusQueryError("bad_data", f"result type {kind!r} is not a number (use a vector or scalar)")
 

@@ -1,0 +1,96 @@
+"""Property tests of the rollout state machine under random observations, actions and spec changes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus
+from kanari.rollout.engine import Observation, analysis_due, decide, due_metrics
+from rollout_testlib import METRICS, T0, make_spec, ref, same
+
+ROLLOUTS = [
+    {"steps": [{"setWeight": 10}, {"analysis": {}}, {"setWeight": 40}, {"pause": {}}, {"setWeight": 70},
+               {"analysis": {"count": 2}}],
+     "analysis": {"interval": "30s", "failureLimit": 1, "inconclusiveLimit": 1, "metrics": METRICS},
+     "progressDeadline": "5m"},
+    {"strategy": "Linear", "linear": {"stepWeight": 30, "interval": "1m"},
+     "analysis": {"interval": "20s", "metrics": METRICS[:1]}},
+    {"strategy": "BlueGreen", "blueGreen": {"bakeDuration": "2m", "autoPromote": False},
+     "analysis": {"interval": "30s", "metrics": METRICS}},
+    {"strategy": "AllAtOnce"},
+]
+VERDICTS = ("Successful", "Failed", "Inconclusive", "Error")
+
+op = st.one_of(
+    st.tuples(st.just("tick"), st.integers(1, 400)),
+    st.tuples(st.just("ready"), st.booleans(), st.booleans()),
+    st.tuples(st.just("measure"), st.lists(st.sampled_from(VERDICTS), min_size=2, max_size=2)),
+    st.tuples(st.just("action"), st.sampled_from(["promote", "promote-full", "abort", "pause", "resume", "retry",
+                                                  "bogus"])),
+    st.tuples(st.just("spec"), st.sampled_from(["v1", "v2", "v3"])),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rollout=st.sampled_from(ROLLOUTS), ops=st.lists(op, min_size=5, max_size=80))
+def test_state_machine_invariants(rollout, ops):
+    spec = make_spec("v1", rollout)
+    status = ModelDeploymentStatus()
+    now, stable_ready, canary_ready = T0, True, True
+    nonce = 0
+    manual: set[str] = set()  # revisions an operator promoted by hand (analysis may be skipped then)
+    passed: dict[str, set[int]] = {}  # revision -> analysis steps with a Successful measurement this rollout
+    analysis_steps = {i for i, s in enumerate(spec.rollout.effective_steps()) if s.analysis is not None}
+    for o in ops:
+        measurement, action = None, None
+        if o[0] == "tick":
+            now += timedelta(seconds=o[1])
+        elif o[0] == "ready":
+            stable_ready, canary_ready = o[1], o[2]
+        elif o[0] == "measure":
+            names = [m.name for m in spec.rollout.analysis.metrics] if spec.rollout.analysis else []
+            measurement = [MetricResult(name=n, verdict=v, value=1.0 if v != "Error" else None, message=f"{n}: {v}")
+                           for n, v in zip(names, o[1], strict=False)]
+        elif o[0] == "action":
+            nonce += 1
+            action = f"{o[1]}/{nonce}"
+        else:
+            spec = make_spec(o[1], rollout)
+        due_before = analysis_due(spec, status, now)
+        due_names = set(due_metrics(spec, status, now))
+        obs = Observation(now=now, desired=ref(spec), stable_ready=stable_ready, canary_ready=canary_ready,
+                          measurement=measurement, action=action)
+        d = decide(spec, status, obs, 1)
+        out = d.status
+        reasons = [e.reason for e in d.events]
+
+        assert 0 <= d.canary_weight <= 100
+        assert d.canary is not None or d.canary_weight == 0
+        if out.phase == "RolledBack":
+            assert d.canary is None and d.canary_weight == 0
+        if d.canary is not None and d.canary_weight > status.canaryWeight and d.canary == status.canaryModel:
+            assert canary_ready, "traffic shifted onto a canary that is not Ready"
+        if d.canary is not None and status.canaryModel != d.canary:
+            assert d.canary_weight == 0 or canary_ready
+        if measurement is not None and not due_before:
+            assert out.analysisHistory == status.analysisHistory, "a measurement that was not due was counted"
+
+        revision = ref(spec).revision
+        if "RolloutStarted" in reasons:
+            passed[revision] = set()
+            manual.discard(revision)
+        if action and action.split("/")[0] in ("promote", "promote-full") and "ActionConsumed" in reasons:
+            manual.add(revision)
+        if measurement is not None and due_before and "AnalysisPassed" in reasons:
+            assert all(m.verdict == "Successful" for m in measurement if m.name in due_names)
+            passed.setdefault(revision, set()).add(status.currentStep)
+        if "Promoted" in reasons and revision not in manual:
+            missing = analysis_steps - passed.get(revision, set())
+            assert not missing, f"promoted without a Successful measurement at steps {missing}"
+
+        stored = ModelDeploymentStatus.model_validate(out.model_dump(mode="json"))
+        again = decide(spec, stored, obs, 1)
+        assert same(d, again) and again.events == [], "decide() is not idempotent"
+        status = stored
