@@ -79,7 +79,10 @@ def predictor(
         "minReplicas": s.minReplicas,
         "maxReplicas": s.maxReplicas,
         # RawDeployment analysis tells canary from stable pods by this label (Knative names revisions itself).
-        "labels": {REVISION_ANNOTATION: model.revision, "app.kubernetes.io/managed-by": MANAGED_BY},
+        "labels": {
+            REVISION_ANNOTATION: model.revision,
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+        },
         "model": model_spec,
     }
     node_selector = dict(s.nodeSelector)
