@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 
 STEP_ERROR_MARKER = "kanari-step-error: "
+API_CALLS_MARKER = "kanari-aws-calls: "
 
 log = logging.getLogger("kanari.pipeline")
 
@@ -59,9 +60,25 @@ def parse_error_line(line: str) -> dict[str, str | None] | None:
     return payload if isinstance(payload, dict) else None
 
 
+def parse_api_calls(line: str) -> dict[str, int] | None:
+    idx = line.find(API_CALLS_MARKER)
+    if idx < 0:
+        return None
+    try:
+        payload = json.loads(line[idx + len(API_CALLS_MARKER) :])
+    except json.JSONDecodeError:
+        return None
+    return {str(k): int(v) for k, v in payload.items()} if isinstance(payload, dict) else None
+
+
 @contextlib.contextmanager
 def step(name: str) -> Iterator[None]:
-    """Run a step body: known failures end the process with one readable line, not a traceback."""
+    """Run a step body: known failures end the process with one readable line, not a traceback.
+
+    Whatever happens, the step also reports how many AWS API calls it made.
+    """
+    from kfp_pipelines import aws
+
     configure_step_logging()
     try:
         yield
@@ -72,3 +89,5 @@ def step(name: str) -> Iterator[None]:
         # Unexpected: keep the traceback for whoever debugs it, but still say which step and why.
         print(error_line(name, exc), flush=True)
         raise
+    finally:
+        print(API_CALLS_MARKER + json.dumps(aws.api_calls(), sort_keys=True), flush=True)

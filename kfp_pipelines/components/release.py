@@ -1,0 +1,112 @@
+"""Release a model that passed the gate: drift baseline, registry version, ModelDeployment manifest.
+
+The baseline is written before registering, so the package can point at it (DriftCheckBaselines)
+and a failure leaves nothing registered. The rejection branch records why nothing was released.
+"""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from kfp_pipelines.components import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def write_drift_baseline(model: Input[Model], train_data: Input[Dataset], target: str) -> str:
+    """statistics.json and constraints.json (SageMaker Model Monitor format) beside model.tar.gz."""
+    from kfp_pipelines import steps
+    from kfp_pipelines.errors import step
+
+    with step("write-drift-baseline"):
+        return steps.write_baseline(train_uri=train_data.uri, target=target, model_uri=model.uri)
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def register_model(
+    model: Input[Model],
+    model_package_group: str,
+    scores: dict,
+    evaluation_uri: str,
+    baseline_uri: str,
+    dataset_uri: str,
+    dataset_version: str,
+    git_sha: str,
+    run_id: str,
+    auto_approve: bool,
+    reason: str,
+    model_name: str,
+    serving_image: str,
+    gate_reason: str,
+) -> str:
+    """A new version in the SageMaker Model Registry group: PendingManualApproval unless auto_approve."""
+    from kfp_pipelines import steps
+    from kfp_pipelines.errors import step
+
+    with step("register-model"):
+        arn, _status = steps.register(
+            model_uri=model.uri, model_metadata=dict(model.metadata), model_package_group=model_package_group,
+            scores=scores, evaluation_uri=evaluation_uri, baseline_uri=baseline_uri, dataset_uri=dataset_uri,
+            dataset_version=dataset_version, git_sha=git_sha, run_id=run_id, auto_approve=auto_approve,
+            reason=reason, model_name=model_name, serving_image=serving_image, gate_reason=gate_reason,
+        )
+        return arn
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def emit_model_deployment(
+    model: Input[Model],
+    manifest: Output[Artifact],
+    model_package_arn: str,
+    baseline_uri: str,
+    dataset_uri: str,
+    dataset_version: str,
+    git_sha: str,
+    run_id: str,
+    model_name: str,
+    namespace: str,
+    manifest_dir: str,
+    apply_manifest: bool,
+    scores: dict,
+    gate_reason: str,
+) -> str:
+    """The ModelDeployment for the new version, at <manifest_dir>/<namespace>/<model_name>.yaml and/or
+    applied with the Kubernetes client. Returns the release record (JSON)."""
+    import json
+
+    from kfp_pipelines import aws, steps
+    from kfp_pipelines.errors import step
+
+    with step("emit-model-deployment"):
+        _obj, path, applied = steps.deploy(
+            model_package_arn=model_package_arn, baseline_uri=baseline_uri, model_metadata=dict(model.metadata),
+            dataset_uri=dataset_uri, dataset_version=dataset_version, git_sha=git_sha, run_id=run_id,
+            model_name=model_name, namespace=namespace, manifest_dir=manifest_dir, apply_manifest=apply_manifest,
+            artifact_path=manifest.path,
+        )
+        status = aws.client("sagemaker").describe_model_package(ModelPackageName=model_package_arn)
+        manifest.metadata.update({"path": path, "applied": applied, "model_package_arn": model_package_arn})
+        release = steps.Release(
+            pipeline_run_id=run_id, gate_passed=True, gate_reason=gate_reason, scores=scores,
+            training_job_name=str(model.metadata.get("training_job_name", "")),
+            training_job_arn=str(model.metadata.get("training_job_arn", "")), model_uri=model.uri,
+            model_package_arn=model_package_arn, approval_status=str(status.get("ModelApprovalStatus", "")),
+            baseline_uri=baseline_uri, manifest_path=path, applied=applied,
+        )
+        return json.dumps(release.to_dict(), sort_keys=True)
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def record_rejection(model: Input[Model], run_id: str, scores: dict, gate_reason: str) -> str:
+    """The gate refused the model: nothing is registered or deployed. Returns the release record (JSON)."""
+    import json
+
+    from kfp_pipelines import steps
+    from kfp_pipelines.errors import step
+
+    with step("record-rejection"):
+        print(f"[kanari] not released: {gate_reason}", flush=True)
+        release = steps.Release(
+            pipeline_run_id=run_id, gate_passed=False, gate_reason=gate_reason, scores=scores,
+            training_job_name=str(model.metadata.get("training_job_name", "")),
+            training_job_arn=str(model.metadata.get("training_job_arn", "")), model_uri=model.uri,
+        )
+        return json.dumps(release.to_dict(), sort_keys=True)

@@ -1,0 +1,176 @@
+"""The ModelDeployment for a newly registered version: written to a GitOps path, or applied.
+
+Only the model, its drift baseline and the lineage change: an existing manifest keeps everything the
+platform team set (serving, rollout, monitoring thresholds). The object is parsed through
+kanari.api.v1alpha1 before it is written, so the pipeline never emits what the controller rejects.
+
+Path convention: <manifest_dir>/<namespace>/<name>.yaml, one file per ModelDeployment, so a new
+version is a diff of that file.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kanari.api import v1alpha1
+
+from kfp_pipelines.errors import InputError, StepFailed
+
+log = logging.getLogger("kanari.pipeline")
+
+LINEAGE_PREFIX = f"{v1alpha1.GROUP}/lineage-"
+PIPELINE_NAME = "kanari-training"
+NEW_MODEL_FORMAT = "pytorch"
+NEW_MODEL_ACCELERATOR = "cpu"
+
+
+def lineage_annotations(lineage: v1alpha1.Lineage, dataset_version: str) -> dict[str, str]:
+    fields = {
+        "model-package-arn": lineage.modelPackageArn,
+        "training-job": lineage.trainingJob,
+        "pipeline-run": lineage.pipelineRun,
+        "dataset-uri": lineage.datasetUri,
+        "dataset-version": dataset_version,
+        "git-sha": lineage.gitSha,
+        "image-digest": lineage.imageDigest,
+    }
+    return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in fields.items() if v}
+
+
+def lineage_from_annotations(annotations: dict[str, str]) -> v1alpha1.Lineage:
+    """The reverse, for whoever reads the lineage back off the object (controller, CLI)."""
+    get = lambda k: annotations.get(f"{LINEAGE_PREFIX}{k}")  # noqa: E731
+    return v1alpha1.Lineage(
+        modelPackageArn=get("model-package-arn"), trainingJob=get("training-job"), pipelineRun=get("pipeline-run"),
+        datasetUri=get("dataset-uri"), gitSha=get("git-sha"), imageDigest=get("image-digest"),
+    )
+
+
+def manifest_path(manifest_dir: str | Path, namespace: str, name: str) -> Path:
+    return Path(manifest_dir) / namespace / f"{name}.yaml"
+
+
+def check_names(name: str, namespace: str) -> None:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 45:
+        raise InputError("model_name", f"{name!r} is not a valid ModelDeployment name "
+                                       "(lower-case letters, digits, '-', at most 45 characters)")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace) or len(namespace) > 63:
+        raise InputError("namespace", f"{namespace!r} is not a valid namespace name")
+
+
+def build(
+    existing: dict[str, Any] | None,
+    *,
+    name: str,
+    namespace: str,
+    model_package_arn: str,
+    baseline_uri: str,
+    lineage: v1alpha1.Lineage,
+    dataset_version: str,
+) -> dict[str, Any]:
+    """The manifest for the new version (pure). `existing` is the manifest currently at the path."""
+    check_names(name, namespace)
+    if existing:
+        obj = copy.deepcopy(existing)
+        obj.pop("status", None)
+        meta = obj.setdefault("metadata", {})
+        if meta.get("name") != name or meta.get("namespace", "default") != namespace:
+            raise StepFailed(f"the manifest at the path is for {meta.get('namespace')}/{meta.get('name')}, "
+                             f"not {namespace}/{name}")
+    else:
+        obj = {
+            "apiVersion": v1alpha1.API_VERSION,
+            "kind": v1alpha1.KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "model": {"format": NEW_MODEL_FORMAT, "requireApproval": True},
+                "serving": {"accelerator": NEW_MODEL_ACCELERATOR},
+                "monitoring": {"retrain": {"pipeline": PIPELINE_NAME}},
+            },
+        }
+    spec = obj.setdefault("spec", {})
+    model = spec.setdefault("model", {})
+    # One source of truth for what is served: the registry package (its version label comes from it).
+    for stale in ("storageUri", "version"):
+        model.pop(stale, None)
+    model["modelPackageArn"] = model_package_arn
+    spec.setdefault("monitoring", {})["baselineUri"] = baseline_uri
+    annotations = {k: v for k, v in (obj["metadata"].get("annotations") or {}).items()
+                   if not k.startswith(LINEAGE_PREFIX)}
+    annotations.update(lineage_annotations(lineage, dataset_version))
+    obj["metadata"]["annotations"] = annotations
+    try:
+        v1alpha1.parse_model_deployment(obj)
+    except v1alpha1.SpecError as exc:
+        raise StepFailed(f"the ModelDeployment would be invalid: {exc}") from None
+    return obj
+
+
+def read_existing(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    doc = yaml.safe_load(path.read_text())
+    if not isinstance(doc, dict):
+        raise StepFailed(f"{path} does not hold a ModelDeployment")
+    return doc
+
+
+def write(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Replace atomically: a GitOps agent polling the directory never sees half a file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(obj, fh, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def merge_patch(current: Any, desired: Any) -> Any:
+    """The RFC 7386 merge patch that turns `current` into `desired` (removed keys become null)."""
+    if not isinstance(current, dict) or not isinstance(desired, dict):
+        return desired
+    patch: dict[str, Any] = {k: None for k in current if k not in desired}
+    for key, value in desired.items():
+        if key not in current:
+            patch[key] = value
+        elif current[key] != value:
+            patch[key] = merge_patch(current[key], value)
+    return patch
+
+
+def apply(api: Any, obj: dict[str, Any]) -> str:
+    """Create the ModelDeployment, or patch the one there to exactly this spec, labels and annotations.
+
+    The patch carries the resourceVersion read just before: a concurrent writer makes it fail (409)
+    instead of being overwritten.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    args = (v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL)
+    try:
+        api.create_namespaced_custom_object(*args, obj)
+        return "created"
+    except ApiException as exc:
+        if exc.status != 409:
+            raise StepFailed(f"cannot create ModelDeployment {ns}/{name}: {exc.status} {exc.reason}") from exc
+    try:
+        current = api.get_namespaced_custom_object(*args, name)
+        meta = current.get("metadata") or {}
+        patch = {
+            "metadata": {
+                "resourceVersion": meta.get("resourceVersion"),
+                **{k: merge_patch(meta.get(k) or {}, obj["metadata"].get(k) or {}) for k in ("labels", "annotations")},
+            },
+            "spec": merge_patch(current.get("spec") or {}, obj["spec"]),
+        }
+        api.patch_namespaced_custom_object(*args, name, patch)
+    except ApiException as exc:
+        raise StepFailed(f"cannot update ModelDeployment {ns}/{name}: {exc.status} {exc.reason}") from exc
+    return "updated"

@@ -1,0 +1,141 @@
+"""The Model Registry (moto): one complete package per training job, lineage in its metadata, approval as
+a status change; and the quality gate against the Approved model (missing data never passes)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import pytest
+
+from kfp_pipelines import aws as aws_mod
+from kfp_pipelines import evaluation, gate, registry, steps
+from kfp_pipelines.errors import InputError, StepFailed
+
+JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/kanari-abc"
+METADATA = {
+    "training_job_arn": JOB_ARN,
+    "image_uri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training-neuronx:2.8.0",
+    "image_digest": "sha256:" + "a" * 64,
+    "source_digest": "0123456789abcdef",
+}
+
+
+def put_documents(aws: Any, job: str, pr_auc: float = 0.9, baseline: bool = True) -> dict[str, str]:
+    model = f"s3://{aws.bucket}/training/{job}/output/model.tar.gz"
+    aws.s3.put_object(Bucket=aws.bucket, Key=f"training/{job}/output/model.tar.gz", Body=b"model")
+    ev = evaluation.Evaluation({"pr_auc": pr_auc, "recall": 0.8, "f1": 0.7}, {"tp": 1, "fp": 0, "fn": 0, "tn": 1},
+                               10, 2)
+    aws.s3.put_object(Bucket=aws.bucket, Key=f"training/{job}/output/evaluation.json",
+                      Body=aws_mod.json.dumps(evaluation.quality_document(ev)).encode())
+    if baseline:
+        for name in ("statistics.json", "constraints.json"):
+            aws.s3.put_object(Bucket=aws.bucket, Key=f"training/{job}/output/baseline/{name}", Body=b"{}")
+    return {"model_uri": model, "evaluation_uri": f"s3://{aws.bucket}/training/{job}/output/evaluation.json",
+            "baseline_uri": f"s3://{aws.bucket}/training/{job}/output/baseline"}
+
+
+def register(aws: Any, docs: dict[str, str], job_arn: str = JOB_ARN, **kw: Any) -> tuple[str, str]:
+    args = {
+        "model_metadata": {**METADATA, "training_job_arn": job_arn}, "model_package_group": aws.group,
+        "scores": {"pr_auc": 0.9, "recall": 0.8, "f1": 0.7, "threshold": 0.4}, "dataset_uri": "sklearn://breast_cancer",
+        "dataset_version": "sklearn-1.9.1-abc", "git_sha": "6aacda1d590f", "run_id": "12345678",
+        "auto_approve": False, "reason": "drift alert KanariFeatureDrift", "model_name": "fraud",
+        "serving_image": "", "gate_reason": "no Approved model in the group yet: the first model passes (pr_auc=0.9)",
+        **docs, **kw,
+    }
+    return steps.register(**args)
+
+
+def test_one_complete_package_per_training_job_with_its_lineage(aws) -> None:
+    docs = put_documents(aws, "kanari-abc")
+    arn, status = register(aws, docs)
+    again, _ = register(aws, docs)  # a restarted register step
+    assert again == arn and len(aws.packages()) == 1
+    assert status == "PendingManualApproval"
+    desc = aws.sm.describe_model_package(ModelPackageName=arn)
+    meta = desc["CustomerMetadataProperties"]
+    assert meta["kanari:git-sha"] == "6aacda1d590f"
+    assert meta["kanari:dataset-uri"] == "sklearn://breast_cancer"
+    assert meta["kanari:dataset-version"] == "sklearn-1.9.1-abc"
+    assert meta["kanari:pipeline-run-id"] == "12345678"
+    assert meta["kanari:training-job-arn"] == JOB_ARN
+    assert meta["kanari:image-digest"] == METADATA["image_digest"]
+    assert meta["kanari:baseline-uri"] == docs["baseline_uri"]
+    assert meta["kanari:metric.pr_auc"] == "0.900000" and "kanari:metric.threshold" not in meta
+    assert desc["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] == docs["evaluation_uri"]
+    assert desc["DriftCheckBaselines"]["ModelDataQuality"]["Constraints"]["S3Uri"].endswith("baseline/constraints.json")
+    assert desc["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == docs["model_uri"]
+
+
+def test_nothing_is_registered_when_a_referenced_document_is_missing(aws) -> None:
+    docs = put_documents(aws, "kanari-nobase", baseline=False)
+    with pytest.raises(StepFailed, match="statistics.json does not exist; nothing was registered"):
+        register(aws, docs)
+    assert aws.packages() == []
+
+
+def test_parameters_the_registry_would_refuse_are_named(aws) -> None:
+    docs = put_documents(aws, "kanari-long")
+    with pytest.raises(InputError) as err:
+        register(aws, docs, reason="x" * 300)
+    assert err.value.parameter == "reason"
+    with pytest.raises(InputError) as err:
+        register(aws, docs, model_package_group="no-such-group")
+    assert err.value.parameter == "model_package_group" and "does not exist" in err.value.message
+    assert aws.packages() == []
+
+
+def test_missing_lineage_api_is_logged_and_registration_stands(aws, caplog) -> None:
+    docs = put_documents(aws, "kanari-lineage")
+    with caplog.at_level(logging.WARNING, logger="kanari.pipeline"):
+        arn, _ = register(aws, docs)
+    assert any("lineage API unavailable" in r.getMessage() for r in caplog.records)
+    assert aws.sm.describe_model_package(ModelPackageName=arn)["ModelPackageStatus"] == "Completed"
+
+
+def test_approval_is_a_status_change_of_the_same_package(aws) -> None:
+    arn, _ = register(aws, put_documents(aws, "kanari-a"))
+    assert registry.resolve_arn(aws.sm, f"{aws.group}/1") == arn
+    assert registry.set_status(aws.sm, arn, "Approved", "reviewed by SRE") == "Approved"
+    desc = aws.sm.describe_model_package(ModelPackageName=arn)
+    assert desc["ApprovalDescription"] == "reviewed by SRE"
+    rows = registry.list_packages(aws.sm, aws.group)
+    assert [(r.version, r.status, r.git_sha) for r in rows] == [(1, "Approved", "6aacda1d590f")]
+    assert registry.set_status(aws.sm, arn, "Rejected", "") == "Rejected"
+    assert len(aws.packages()) == 1
+    with pytest.raises(InputError, match="no version 7"):
+        registry.resolve_arn(aws.sm, f"{aws.group}/7")
+
+
+def test_gate_against_the_approved_model(aws) -> None:
+    assert steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.5}, gate_metric="pr_auc",
+                       gate_tolerance=0.02).passed  # the first model passes
+    arn, _ = register(aws, put_documents(aws, "kanari-champ", pr_auc=0.9), auto_approve=True)
+    worse = steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.85}, gate_metric="pr_auc",
+                        gate_tolerance=0.02)
+    assert not worse.passed and worse.champion_arn == arn and worse.champion == pytest.approx(0.9)
+    assert "worse than the Approved model's 0.9000 beyond the tolerance 0.02" in worse.reason
+    close = steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.885}, gate_metric="pr_auc",
+                        gate_tolerance=0.02)
+    assert close.passed
+    with pytest.raises(InputError) as err:
+        steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.9}, gate_metric="accuracy", gate_tolerance=0.0)
+    assert err.value.parameter == "gate_metric"
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "passed", "fragment"),
+    [
+        ({"pr_auc": math.nan}, None, False, "the candidate has no pr_auc"),
+        ({"recall": 0.9}, gate.Champion("arn:c", {"pr_auc": 0.9}), False, "the candidate has no pr_auc"),
+        ({"pr_auc": 0.99}, gate.Champion("arn:c", {}), False, "has no recorded pr_auc; cannot compare"),
+        ({"pr_auc": 0.70}, gate.Champion("arn:c", {"pr_auc": 0.80}), False, "worse than"),
+        ({"pr_auc": 0.80}, gate.Champion("arn:c", {"pr_auc": 0.80}), True, "no regression"),
+    ],
+)
+def test_gate_decisions(candidate: dict[str, float], champion: gate.Champion | None, passed: bool,
+                        fragment: str) -> None:
+    verdict = gate.decide(candidate, champion, "pr_auc", 0.02)
+    assert verdict.passed is passed and fragment in verdict.reason
