@@ -13,14 +13,14 @@ demo: bootstrap  ## the main job on embedded defaults
 	$(PY) -m kanari.cli.main demo $(ARGS)
 
 test: bootstrap  ## the whole suite, as CI runs it
-	$(PY) -m ruff check operators kfp_pipelines tests bench
+	$(PY) -m ruff check operators kfp_pipelines tests bench argocd
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
 unit: bootstrap
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: bootstrap
-	$(PY) -m ruff check operators kfp_pipelines tests bench
+	$(PY) -m ruff check operators kfp_pipelines tests bench argocd
 
 typecheck: bootstrap
 	$(PY) -m mypy
@@ -28,11 +28,11 @@ typecheck: bootstrap
 crds: bootstrap  ## regenerate the CRD YAML from the typed spec
 	$(PY) -m kanari.api.crd --write
 
-bench: bootstrap  ## benchmarks (not tests); results land in bench/results.json
-	$(PY) -m bench.run $(ARGS)
+bench: bootstrap  ## benchmarks (not tests); results land in bench/results/
+	$(PY) bench/run.py $(ARGS)
 
 bench-drift: bootstrap
-	bash bench/drift_env.sh $(ARGS)
+	$(PY) bench/run.py --only drift
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache
