@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from kanari.api import crd
 from kanari.api.v1alpha1 import SpecError, parse_spec
+
 from tests.support.schemas import _to_jsonschema
 
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/fraud/7"

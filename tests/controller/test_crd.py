@@ -6,7 +6,6 @@ from typing import Any
 
 import kubernetes_validate
 import yaml
-
 from kanari.api import crd
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
-
 from kanari.api.v1alpha1 import ModelDeployment, ModelRef, SpecError, parse_model_deployment
 from kanari.controller import inferenceservice, isvc_health
 from kanari.controller.config import OperatorConfig
 from kanari.controller.runtime import choose_runtime
+
 from tests.support.schemas import UPSTREAM_CRDS, validate_custom
 
 HEALTH_CASES = UPSTREAM_CRDS.parent / "argocd-kserve-health"

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import yaml
-
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo
 from kanari.controller.reconcile import Observed, reconcile
+
 from tests.support.schemas import UPSTREAM_CRDS, validate_custom
 
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
