@@ -34,7 +34,7 @@ def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     files = sorted(UPSTREAM_CRDS.glob("*.yaml")) + [ROOT / "manifests" / "crds" / "kanari.dev_modeldeployments.yaml"]
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for f in files:
-        for crd in yaml.safe_load_all(f.read_text()):
+        for crd in yaml.load_all(f.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]

@@ -28,6 +28,7 @@ from kanari.rollout import analysis, engine
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 
 log = logging.getLogger("kanari.controller")
+Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes handlers
 
 PACKAGE_TTL = 30.0  # registry lookups are cached briefly: approvals must still be noticed within a resync
 
@@ -123,26 +124,45 @@ async def isvc_event(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)
-async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: logging.Logger, **_: Any) -> None:
+async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: Logger, **_: Any) -> None:
     rt = runtime()
     wake = rt.wakeup(uid)
+    try:
+        await _loop(rt, stopped, body, wake, logger)
+    finally:
+        # Stopped because the resource is gone or this replica paused for a peer: either way its series must
+        # not linger (a paused replica's stale "Progressing" would keep the stuck-rollout alert firing).
+        meta = body.get("metadata") or {}
+        analysis_spec = ((body.get("spec") or {}).get("rollout") or {}).get("analysis") or {}
+        names = tuple(str(m.get("name")) for m in analysis_spec.get("metrics") or [] if isinstance(m, dict))
+        observability.forget(meta.get("namespace", ""), meta.get("name", ""), names)
+        rt.wakeups.pop(uid, None)
+
+
+async def _loop(rt: Runtime, stopped: Any, body: kopf.Body, wake: asyncio.Event, logger: Logger) -> None:
     failures = 0
+    # kopf's body follows the watch stream, which can lag behind our own status write: deciding on it again
+    # would undo the step just taken (e.g. put back a canary that was just promoted). It is trusted only at
+    # the resourceVersion last read or written here; at any other one the object is read fresh, once.
+    seen: str | None = None
     while not stopped:
         wake.clear()
         started = time.monotonic()
-        snapshot: dict[str, Any] = {
-            "apiVersion": body.get("apiVersion"),
-            "kind": body.get("kind"),
-            "metadata": dict(body.get("metadata") or {}),
-            "spec": dict(body.get("spec") or {}),
-            "status": dict(body.get("status") or {}),
-        }
         delay: float
         try:
-            delay = await reconcile_once(rt, snapshot, body, logger)
+            snapshot = await _snapshot(rt, body, seen)
+            if snapshot is None:  # deleted: kopf stops this daemon
+                delay = rt.config.resync_seconds
+            else:
+                delay, seen = await reconcile_once(rt, snapshot, body, logger)
             failures = 0
             observability.RECONCILE_DURATION.observe(time.monotonic() - started)
         except (TransientError, ApiException, OSError) as exc:
+            if isinstance(exc, ApiException) and exc.status == 409:
+                # Another writer got in between our read and our write: decide again on fresh reads, now.
+                logger.info("conflict writing an object (%s); reconciling again", exc.reason)
+                await _sleep(stopped, wake, 0.2)
+                continue
             failures += 1
             delay = min(2.0 ** failures, 60.0)
             observability.RECONCILE_ERRORS.labels(kind=type(exc).__name__).inc()
@@ -159,6 +179,27 @@ async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: loggin
         await _sleep(stopped, wake, delay)
 
 
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+async def _snapshot(rt: Runtime, body: kopf.Body, seen: str | None) -> dict[str, Any] | None:
+    meta = body.get("metadata") or {}
+    if seen is not None and meta.get("resourceVersion") != seen:
+        return await rt.kube.get(kube.MODEL_DEPLOYMENT, meta["namespace"], meta["name"])
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(meta),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
 async def _sleep(stopped: Any, wake: asyncio.Event, delay: float) -> None:
     waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
     try:
@@ -168,7 +209,10 @@ async def _sleep(stopped: Any, wake: asyncio.Event, delay: float) -> None:
             w.cancel()
 
 
-async def reconcile_once(rt: Runtime, snapshot: dict[str, Any], body: kopf.Body, logger: logging.Logger) -> float:
+async def reconcile_once(
+    rt: Runtime, snapshot: dict[str, Any], body: kopf.Body, logger: Logger
+) -> tuple[float, str | None]:
+    """One reconcile; returns when to run again and the resourceVersion the ModelDeployment now has."""
     meta = snapshot["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     now = datetime.now(UTC)
@@ -188,8 +232,10 @@ async def reconcile_once(rt: Runtime, snapshot: dict[str, Any], body: kopf.Body,
     if spec is not None:
         status = ModelDeploymentStatus.model_validate(snapshot["status"] or {})
         if engine.analysis_due(spec, status, now):
-            variables = analysis.variables(namespace, name, spec, status)
-            measurement = await analysis.measure(spec, variables, rt.prometheus, now)
+            # Serverless revisions to compare are Knative's, known only from the InferenceService's status.
+            variables = analysis.variables(namespace, name, spec, status, isvc)
+            due = engine.due_metrics(spec, status, now)
+            measurement = await analysis.measure(spec, variables, rt.prometheus, now, due)
 
     desired = reconcile(
         snapshot,
@@ -210,9 +256,15 @@ async def reconcile_once(rt: Runtime, snapshot: dict[str, Any], body: kopf.Body,
     new_status = desired.status.model_dump(mode="json")
     if desired.prometheus_rule is not None:
         new_status["driftRule"] = desired.prometheus_rule["metadata"]["name"]
-    if any(snapshot["status"].get(k) != v for k, v in new_status.items()):
-        await rt.kube.patch_status(namespace, name, new_status)
+    elif desired.delete_prometheus_rule:
+        new_status["driftRule"] = None  # deleted: not to be deleted again at every resync
+    version = meta.get("resourceVersion")
+    # Compared as stored: a merge patch deletes null fields, so they are never read back.
+    if any(snapshot["status"].get(k) != _without_nulls(v) for k, v in new_status.items()):
+        written = await rt.kube.patch_status(namespace, name, new_status)
+        version = (written.get("metadata") or {}).get("resourceVersion")
     for ev in desired.events:
         kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
     observability.observe(namespace, name, desired.status)
-    return desired.requeue_after if desired.requeue_after is not None else rt.config.resync_seconds
+    delay = desired.requeue_after if desired.requeue_after is not None else rt.config.resync_seconds
+    return delay, version

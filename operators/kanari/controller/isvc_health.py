@@ -96,5 +96,7 @@ def read(isvc: dict[str, Any] | None, generation_applied: bool = True) -> IsvcRe
         stable_ready = bool(predictor.get("latestRolledoutRevision")) or by_type.get("PredictorReady") == "True"
         return IsvcReading(verdict, message, verdict == "Healthy", stable_ready, canary_ready, url)
 
-    ready = verdict == "Healthy" and current
+    # No canary: a change KServe has not observed yet (a promotion, a new replica count) does not stop the
+    # serving revision (Knative routes to the last ready one until another is ready): its readiness holds.
+    ready = verdict == "Healthy"
     return IsvcReading(verdict, message, ready, ready, False, url)

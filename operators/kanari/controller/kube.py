@@ -10,8 +10,10 @@ from kubernetes.client.exceptions import ApiException
 
 from kanari.api import v1alpha1 as api
 
+MODEL_DEPLOYMENT = (api.GROUP, api.VERSION, api.PLURAL)
 ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
 PROMETHEUS_RULE = ("monitoring.coreos.com", "v1", "prometheusrules")
+MERGE_PATCH = "application/merge-patch+json"
 # Keys whose absence in the desired object must be written as a removal (JSON merge patch null):
 # promoting a Serverless canary removes canaryTrafficPercent; ending a RawDeployment canary removes spec.canary.
 REMOVABLE = {("spec", "predictor", "canaryTrafficPercent"), ("spec", "canary")}
@@ -29,36 +31,45 @@ class Kube:
         self.api = client.CustomObjectsApi(api_client)
 
     async def get(self, gvr: tuple[str, str, str], namespace: str, name: str) -> dict[str, Any] | None:
+        group, version, plural = gvr
         try:
-            return await asyncio.to_thread(self.api.get_namespaced_custom_object, *gvr, namespace, name)
+            return await asyncio.to_thread(self.api.get_namespaced_custom_object, group, version, namespace, plural, name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
     async def create(self, gvr: tuple[str, str, str], obj: dict[str, Any]) -> dict[str, Any]:
+        group, version, plural = gvr
         ns = obj["metadata"]["namespace"]
-        return await asyncio.to_thread(self.api.create_namespaced_custom_object, *gvr, ns, obj)
+        return await asyncio.to_thread(self.api.create_namespaced_custom_object, group, version, ns, plural, obj)
 
     async def merge_patch(self, gvr: tuple[str, str, str], namespace: str, name: str, patch: dict[str, Any]) -> Any:
+        group, version, plural = gvr
         return await asyncio.to_thread(
-            self.api.patch_namespaced_custom_object, *gvr, namespace, name, patch,
-            _content_type="application/merge-patch+json",
+            self._merge_patch, f"/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}", patch
+        )
+
+    def _merge_patch(self, path: str, body: dict[str, Any]) -> Any:
+        # The generated client chooses the PATCH media type differently from one release to the next (and
+        # 30.x takes no override); a merge patch must be sent as one, so the header is set here.
+        return self.api.api_client.call_api(
+            path, "PATCH",
+            header_params={"Content-Type": MERGE_PATCH, "Accept": "application/json"},
+            body=body, response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True,
         )
 
     async def delete(self, gvr: tuple[str, str, str], namespace: str, name: str) -> None:
+        group, version, plural = gvr
         try:
-            await asyncio.to_thread(self.api.delete_namespaced_custom_object, *gvr, namespace, name)
+            await asyncio.to_thread(self.api.delete_namespaced_custom_object, group, version, namespace, plural, name)
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        await asyncio.to_thread(
-            self.api.patch_namespaced_custom_object_status,
-            api.GROUP, api.VERSION, api.PLURAL, namespace, name, {"status": status},
-            _content_type="application/merge-patch+json",
-        )
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}/{name}/status"
+        return dict(await asyncio.to_thread(self._merge_patch, path, {"status": status}))
 
     async def apply(self, gvr: tuple[str, str, str], desired: dict[str, Any], current: dict[str, Any] | None) -> str:
         """Create or converge `desired`; returns "created", "updated" or "unchanged"."""

@@ -7,6 +7,7 @@ failing is a TransientError (retried by the controller), never mistaken for "not
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,11 @@ class PackageInfo:
 
 
 def sagemaker_client() -> Any:
-    return boto3.client("sagemaker", config=_RETRY)
+    # boto3 reads only AWS_DEFAULT_REGION; AWS_REGION is what the chart (and every other AWS SDK) sets.
+    try:
+        return boto3.client("sagemaker", region_name=os.environ.get("AWS_REGION") or None, config=_RETRY)
+    except BotoCoreError as exc:
+        raise TransientError(f"cannot create a SageMaker client: {exc} (set AWS_REGION)") from None
 
 
 def describe_package(client: Any, arn: str) -> PackageInfo:
