@@ -146,7 +146,12 @@ def test_canary_readiness_from_real_status_shapes() -> None:
     assert r.stable_ready and not r.canary_ready
     comp["latestReadyRevision"] = "p-00002"
     assert isvc_health.read(healthy).canary_ready
-    assert not isvc_health.read(healthy, generation_applied=False).canary_ready
+    healthy["metadata"]["annotations"] = {"kanari.dev/revision": "v3"}
+    # After a rollback the status still describes the failed revision: it is not the next canary.
+    assert not isvc_health.read(healthy, canary_revision="v4").canary_ready
+    assert isvc_health.read(healthy, canary_revision="v3").canary_ready
+    healthy["metadata"]["generation"], healthy["status"]["observedGeneration"] = 5, 4
+    assert not isvc_health.read(healthy, canary_revision="v3").canary_ready
 
 
 def test_kserve_schema_rejects_what_kserve_would() -> None:

@@ -34,7 +34,7 @@ P99 = {"name": "p99", "template": "request-latency-p99", "thresholdRange": {"max
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    sl = {ns: ServerlessExporter(ns) for ns in ("sl-ok", "sl-slow", "sl-idle", "sl-down", "ml")}
+    sl = {ns: ServerlessExporter(ns) for ns in ("sl-ok", "sl-slow", "sl-dead", "sl-idle", "sl-down", "ml")}
     raw = {rev: RawPod("raw-err", rev, "fraud") for rev in ("rev-stable", "rev-canary")}
     targets = [t for e in sl.values() for t in e.targets()] + [p.target for p in raw.values()]
     prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=targets)
@@ -104,7 +104,7 @@ def test_healthy_canary_is_promoted_step_by_step_with_one_query_per_metric(world
     assert sr.value == pytest.approx(1.0) and sr.sampleCount >= 20 and "stable" in sr.message
 
 
-@pytest.mark.parametrize("case", ["raw-error-rate", "serverless-latency"])
+@pytest.mark.parametrize("case", ["raw-error-rate", "serverless-latency", "serverless-all-errors"])
 def test_breaching_canary_is_rolled_back_naming_the_metric(world, case):
     prom_proc, sl, raw = world
     if case == "raw-error-rate":
@@ -113,6 +113,13 @@ def test_breaching_canary_is_rolled_back_naming_the_metric(world, case):
         extra = {"serving": {"accelerator": "cpu", "deploymentMode": "RawDeployment"}}
         behaviour = {"error_ratio": 0.3}
         series = 'request_preprocess_seconds_count{namespace="raw-err"}'
+    elif case == "serverless-all-errors":
+        # No non-5xx series exists for the canary at all: a success rate of 0, not "no data".
+        ns, stable, canary, metric = "sl-dead", STABLE, CANARY, SUCCESS
+        sinks = {STABLE: sl[ns], CANARY: sl[ns]}
+        extra = {}
+        behaviour = {"error_ratio": 1.0}
+        series = 'revision_app_request_count{namespace_name="sl-dead"}'
     else:
         ns, stable, canary, metric = "sl-slow", STABLE, CANARY, P99
         sinks = {STABLE: sl[ns], CANARY: sl[ns]}
@@ -145,6 +152,8 @@ def test_breaching_canary_is_rolled_back_naming_the_metric(world, case):
     assert f"{failed.value:.6g}" in status.message
     if case == "raw-error-rate":
         assert failed.value == pytest.approx(0.7, abs=0.12)
+    elif case == "serverless-all-errors":
+        assert failed.value == 0.0
     else:
         assert failed.value > 0.5
     assert any(e.reason == "RolledBack" and e.type == "Warning" for e in decisions[-1].events)

@@ -253,7 +253,8 @@ async def reconcile_once(
     elif desired.delete_prometheus_rule and snapshot["status"].get("driftRule"):
         await rt.kube.delete(kube.PROMETHEUS_RULE, namespace, snapshot["status"]["driftRule"])
 
-    new_status = desired.status.model_dump(mode="json")
+    # status.retraining belongs to the alert receiver, which patches it on its own: never written back here.
+    new_status = desired.status.model_dump(mode="json", exclude={"retraining"})
     if desired.prometheus_rule is not None:
         new_status["driftRule"] = desired.prometheus_rule["metadata"]["name"]
     elif desired.delete_prometheus_rule:

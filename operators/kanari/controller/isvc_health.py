@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from kanari.controller.inferenceservice import REVISION_ANNOTATION
+
 Health = Literal["Healthy", "Progressing", "Degraded", "Suspended", "Missing"]
 
 
@@ -64,11 +66,13 @@ def health(isvc: dict[str, Any] | None) -> tuple[Health, str]:
     return "Progressing", _describe(conds, transition) or "Waiting for conditions"
 
 
-def read(isvc: dict[str, Any] | None, generation_applied: bool = True) -> IsvcReading:
+def read(isvc: dict[str, Any] | None, canary_revision: str | None = None) -> IsvcReading:
     """Readiness of the stable and canary parts.
 
-    `generation_applied` is False when KServe has not yet observed the spec we last wrote: then nothing
-    about the new revision is known, so the canary is not Ready.
+    The canary counts as Ready only when the InferenceService already carries `canary_revision` (our
+    revision annotation) and KServe has observed that generation: right after a new template is written, the
+    status still describes the previous latest revision (after a rollback, the failed one), which must not
+    be mistaken for the new canary.
     """
     verdict, message = health(isvc)
     if not isvc:
@@ -79,7 +83,10 @@ def read(isvc: dict[str, Any] | None, generation_applied: bool = True) -> IsvcRe
     by_type = {c.get("type"): c.get("status") for c in _conditions(isvc)}
     observed = status.get("observedGeneration")
     generation = (isvc.get("metadata") or {}).get("generation")
-    current = generation_applied and (observed is None or generation is None or observed >= generation)
+    carries = ((isvc.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
+    current = (canary_revision is None or carries == canary_revision) and (
+        observed is None or generation is None or observed >= generation
+    )
 
     if spec.get("canary"):  # RawDeployment canary: KServe reports each canary's readiness
         canary_ready = current and any(c.get("ready") is True for c in status.get("canaryStatuses") or [])

@@ -43,8 +43,6 @@ class Observed:
     package_error: SpecError | None = None
     measurement: list[MetricResult] | None = None
     known_runtimes: frozenset[str] = frozenset()
-    # False right after the controller changed the InferenceService and KServe has not caught up.
-    isvc_current: bool = True
 
 
 @dataclass
@@ -138,7 +136,7 @@ def reconcile(body: dict[str, Any], observed: Observed, config: OperatorConfig) 
     desired_ref = model_ref(spec, package)
     status = status.model_copy(update={"conditions": conditions})
 
-    reading = isvc_health.read(observed.isvc, observed.isvc_current)
+    reading = isvc_health.read(observed.isvc, canary_revision=desired_ref.revision)
     decision = engine.decide(
         spec,
         status,

@@ -84,7 +84,11 @@ def _serverless(template: str, revision: str, window: str) -> tuple[str, str]:
     count = f"revision_app_request_count{{{sel}}}"
     if template == "request-success-rate":
         ok = f'revision_app_request_count{{{sel}, response_code_class!="5xx"}}'
-        return (f"sum(rate({ok}[{window}])) / sum(rate({count}[{window}]))", f"sum(increase({count}[{window}]))")
+        # A canary failing every request has no non-5xx series at all: that is a success rate of 0, not "no data".
+        return (
+            f"(sum(rate({ok}[{window}])) or vector(0)) / sum(rate({count}[{window}]))",
+            f"sum(increase({count}[{window}]))",
+        )
     if template == "request-latency-p99":
         bucket = f"revision_app_request_latencies_bucket{{{sel}}}"
         return (
@@ -99,7 +103,10 @@ def _raw(template: str, revision: str, window: str) -> tuple[str, str]:
     entered = f"request_preprocess_seconds_count{{{sel}}}"
     if template == "request-success-rate":
         done = f"request_postprocess_seconds_count{{{sel}}}"
-        return (f"sum(rate({done}[{window}])) / sum(rate({entered}[{window}]))", f"sum(increase({entered}[{window}]))")
+        return (
+            f"(sum(rate({done}[{window}])) or vector(0)) / sum(rate({entered}[{window}]))",
+            f"sum(increase({entered}[{window}]))",
+        )
     if template == "request-latency-p99":
         bucket = f"request_predict_seconds_bucket{{{sel}}}"
         return (
