@@ -98,17 +98,22 @@ def method_for(baseline: Baseline, feature: Feature, override: str | None) -> st
 def drift_values(baseline: Baseline, current: Profile, features: list[Feature]) -> dict[str, dict[str, float]]:
     """{feature: {method: value}} for every method that applies, numeric features in one pass.
 
-    `current` must have been profiled with the baseline's features in the baseline's order.
+    `current` must have been profiled with (some of) the baseline's features, with the baseline's types.
     """
     base = baseline.profile
     out: dict[str, dict[str, float]] = {}
     wanted = {f.name for f in features}
-    if base.numeric_features:
-        values = numeric_drift(base.sketch, current.sketch, base.moments.std(), NUMERIC_METHODS)
-        for j, f in enumerate(base.numeric_features):
-            if f.name in wanted:
-                out[f.name] = {m: float(v[j]) for m, v in values.items()}
-    for f in base.categorical_features:
+    current_numeric = [f.name for f in current.numeric_features]
+    if current_numeric:
+        # The current profile may cover fewer features (a live window has no target column).
+        base_index = {f.name: j for j, f in enumerate(base.numeric_features)}
+        idx = [base_index[name] for name in current_numeric]
+        base_sketch = base.sketch if idx == list(range(base.sketch.n_columns)) else base.sketch.select(idx)
+        values = numeric_drift(base_sketch, current.sketch, base.moments.std()[idx], NUMERIC_METHODS)
+        for j, name in enumerate(current_numeric):
+            if name in wanted:
+                out[name] = {m: float(v[j]) for m, v in values.items()}
+    for f in current.categorical_features:
         if f.name in wanted:
             out[f.name] = categorical_drift(base.categories[f.name], current.categories[f.name], CATEGORICAL_METHODS)
     return out
@@ -144,7 +149,7 @@ def schema_violations(baseline: Baseline, df: pd.DataFrame) -> list[SchemaViolat
         else:
             domain = baseline.domain(f.name)
             if domain is not None:
-                values = pd.Series(categorical_strings(series))
+                values = pd.Series(categorical_strings(series)).dropna()
                 unseen = values[~values.isin(domain)]
                 if len(unseen):
                     examples = ", ".join(repr(v) for v in unseen.unique()[:MAX_EXAMPLES])

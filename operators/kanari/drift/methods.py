@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy.spatial.distance import jensenshannon
-from scipy.stats import chi2_contingency
 
 from kanari.drift.sketch import CategoryCounter, KllSketch
 
@@ -99,6 +97,8 @@ def psi_of(pb: np.ndarray, pc: np.ndarray) -> np.ndarray:
 
 def js_of(pb: np.ndarray, pc: np.ndarray) -> np.ndarray:
     """Jensen-Shannon distance in base 2 (0 identical .. 1 disjoint), as scipy and Evidently define it."""
+    from scipy.spatial.distance import jensenshannon  # scipy's import is slow; the CLI imports this module
+
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.asarray(jensenshannon(pb, pc, base=2, axis=0), dtype=np.float64)
 
@@ -142,6 +142,8 @@ def chi2_pvalue(base_counts: np.ndarray, cur_counts: np.ndarray) -> float:
     table = np.vstack([table_b[keep], table_c[keep]])
     if table.shape[1] < 2:
         return 1.0
+    from scipy.stats import chi2_contingency  # scipy's import is slow; the CLI imports this module
+
     return float(chi2_contingency(table, correction=False).pvalue)
 
 

@@ -17,6 +17,11 @@ from kanari.drift.sketch import DEFAULT_K, OTHER, CategoryCounter, KllSketch
 InferredType = Literal["Integral", "Fractional", "String"]
 NUMERIC_TYPES = ("Integral", "Fractional")
 HISTOGRAM_BUCKETS = 10  # SageMaker materialises the KLL distribution in 10 buckets
+CHUNK_VALUES = 2_000_000  # values per chunk when profiling a big table: bounds the temporaries (~16 MB each)
+
+
+def chunk_rows(n_features: int) -> int:
+    return max(1000, CHUNK_VALUES // max(1, n_features))
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,14 @@ def infer_type(series: pd.Series) -> InferredType:
 
 
 def categorical_strings(series: pd.Series) -> np.ndarray:
-    """Non-missing values of a categorical column as strings (how they are stored in statistics.json)."""
-    values = series.dropna()
-    if pd.api.types.is_bool_dtype(values.dtype):
-        return np.array(["true" if v else "false" for v in values], dtype=object)
-    return values.astype(str).to_numpy(dtype=object)
+    """A categorical column as strings (how statistics.json stores them), None where missing."""
+    missing = series.isna().to_numpy()
+    if pd.api.types.is_bool_dtype(series.dtype):
+        out = np.array(["true" if v else "false" for v in series], dtype=object)
+    else:
+        out = series.astype(str).to_numpy(dtype=object)
+    out[missing] = None
+    return out
 
 
 @dataclass
@@ -132,8 +140,8 @@ class Profile:
 
     # ------------------------------------------------------------------------------------------ update
     def add_rows(self, numeric: np.ndarray, categorical: Mapping[str, np.ndarray], rows: int) -> None:
-        """numeric: (rows, numeric features) float array, NaN = missing; categorical: per feature, the
-        non-missing values as strings."""
+        """numeric: (rows, numeric features) float array, NaN = missing; categorical: per feature, an
+        object array of `rows` strings, None = missing (an absent feature is missing in every row)."""
         if rows <= 0:
             return
         if numeric.shape[1]:
@@ -143,15 +151,20 @@ class Profile:
             for f, m in zip(self.numeric_features, missing, strict=True):
                 self.missing[f.name] += int(m)
         for f in self.categorical_features:
-            values = categorical.get(f.name, np.empty(0, dtype=object))
-            self.categories[f.name].add_array(values)
-            self.missing[f.name] += rows - len(values)
+            values = categorical.get(f.name)
+            if values is None:
+                self.missing[f.name] += rows
+                continue
+            present = values[~pd.isna(values)]
+            self.categories[f.name].add_array(present)
+            self.missing[f.name] += rows - len(present)
         self.rows += rows
 
-    def add_frame(self, df: pd.DataFrame, chunk_rows: int = 200_000) -> None:
-        """Add a DataFrame's rows; columns must already match this profile's types (see frame_arrays)."""
-        for start in range(0, len(df), chunk_rows):
-            chunk = df.iloc[start : start + chunk_rows]
+    def add_frame(self, df: pd.DataFrame) -> None:
+        """Add a DataFrame's rows in chunks; absent columns count as missing (see frame_arrays)."""
+        step = chunk_rows(len(self.features))
+        for start in range(0, len(df), step):
+            chunk = df.iloc[start : start + step]
             numeric, categorical = frame_arrays(chunk, self.features)
             self.add_rows(numeric, categorical, len(chunk))
 
@@ -182,7 +195,6 @@ class Profile:
 
     # --------------------------------------------------------------------------------- statistics.json
     def to_statistics(self) -> dict[str, Any]:
-        numeric = self.numeric_features
         std = self.moments.std()
         edges = _bucket_edges(self.moments.minimum, self.moments.maximum)
         counts = self._bucket_counts(edges)

@@ -95,6 +95,14 @@ class KllSketch:
         out.levels = [lv.copy() for lv in self.levels]
         return out
 
+    def select(self, columns: Sequence[int]) -> KllSketch:
+        """A new sketch of only these columns (same items and weights)."""
+        self._flush()
+        out = KllSketch(len(columns), self.k, self.c)
+        idx = np.asarray(columns, dtype=int)
+        out.levels = [lv[idx].copy() for lv in self.levels]
+        return out
+
     def _capacity(self, h: int) -> int:
         depth = len(self.levels) - 1 - h
         return max(MIN_LEVEL_CAPACITY, math.ceil(self.k * self.c**depth))

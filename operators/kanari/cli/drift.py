@@ -1,0 +1,136 @@
+"""`kanari drift baseline|compare|monitor|receiver`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kanari.drift.compare import DriftReport
+
+EXIT_OK = 0
+EXIT_DRIFT = 1
+EXIT_BAD_INPUT = 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    drift = subparsers.add_parser("drift", help="data drift: baselines, comparisons, the monitor and the retrain trigger")
+    sub = drift.add_subparsers(dest="drift_command", metavar="SUBCOMMAND")
+    drift.set_defaults(func=lambda _args: _usage(drift))
+
+    p = sub.add_parser("baseline", help="write statistics.json and constraints.json for a training data file")
+    p.add_argument("--data", required=True, help="training data (.csv, .tsv or .parquet)")
+    p.add_argument("-o", "--output", required=True, help="directory to write the baseline into")
+    p.add_argument("--target", help="label column (profiled for prediction drift, not expected in requests)")
+    p.set_defaults(func=_baseline)
+
+    from kanari.drift.methods import METHODS
+
+    p = sub.add_parser(
+        "compare",
+        help="compare a data file with a baseline (exit 0: no drift, 1: drift or schema violations, 2: bad input)",
+    )
+    p.add_argument("--baseline", required=True, help="directory holding statistics.json and constraints.json")
+    p.add_argument("--data", required=True, help="current data (.csv, .tsv or .parquet)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        help="drift method (default: the baseline's, L-infinity as SageMaker); numeric-only or categorical-only "
+        "methods apply to the features they fit",
+    )
+    p.add_argument("--plot", metavar="PNG", help="draw baseline vs current for the most drifted features")
+    p.set_defaults(func=_compare)
+
+    from kanari.drift.options import monitor_arguments, receiver_arguments
+
+    p = sub.add_parser("monitor", help="run the drift monitor (KServe payload-logger sink, Prometheus metrics)")
+    monitor_arguments(p)
+    p.set_defaults(func=_service("monitor"))
+
+    p = sub.add_parser("receiver", help="run the retraining trigger (Alertmanager webhook receiver)")
+    receiver_arguments(p)
+    p.set_defaults(func=_service("receiver"))
+
+
+def _service(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        # Imported on use: the services pull in aiohttp, kfp and the kubernetes client.
+        module = importlib.import_module(f"kanari.drift.{name}")
+        return int(module.run(args))
+
+    return run
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from kanari.drift.baseline import CONSTRAINTS, STATISTICS, write_baseline
+    from kanari.drift.dataio import read_table
+
+    try:
+        df = read_table(args.data)
+        write_baseline(df, args.output, target=args.target)
+    except (ValueError, OSError) as exc:
+        print(f"kanari drift baseline: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {args.output}/{STATISTICS} and {args.output}/{CONSTRAINTS} ({len(df)} rows, {len(df.columns)} columns)")
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from kanari.drift.baseline import read_baseline
+    from kanari.drift.compare import compare_frame, profile_current
+    from kanari.drift.dataio import read_table
+
+    try:
+        baseline = read_baseline(args.baseline)
+        df = read_table(args.data)
+    except ValueError as exc:
+        print(f"kanari drift compare: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    current = profile_current(baseline, df)
+    report = compare_frame(baseline, df, method=args.method, current=current)
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(render_table(report))
+    if args.plot:
+        from kanari.drift.plot import plot_report
+
+        try:
+            plotted = plot_report(report, baseline, current, args.plot)
+        except (ValueError, OSError) as exc:
+            print(f"kanari drift compare: --plot: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"plot: {args.plot} ({', '.join(plotted)})", file=sys.stderr)
+    return EXIT_DRIFT if report.drift else EXIT_OK
+
+
+def render_table(report: DriftReport) -> str:
+    from kanari.drift.methods import P_VALUE_METHODS
+
+    rows = [("FEATURE", "TYPE", "METHOD", "VALUE", "THRESHOLD", "DRIFTED")]
+    for f in report.features:
+        value = "n/a" if f.value is None else f"{f.value:.4f}"
+        op = "<" if f.method in P_VALUE_METHODS else ">"
+        rows.append((f.feature, f.inferred_type, f.method, value, f"{op}{f.threshold:g}", "yes" if f.drifted else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append("")
+    if report.violations:
+        lines.append("SCHEMA VIOLATIONS")
+        lines.extend(f"  {v.kind:<16} {v.feature}: {v.detail}" for v in report.violations)
+        lines.append("")
+    lines.append(
+        f"verdict: {report.verdict} ({len(report.drifted_features)} of {len(report.features)} features drifted, "
+        f"{len(report.violations)} schema violations; {report.current_rows} rows vs {report.baseline_rows} baseline rows)"
+    )
+    return "\n".join(lines)
