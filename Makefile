@@ -14,6 +14,7 @@ demo: bootstrap  ## the main job on embedded defaults
 
 test: bootstrap  ## the whole suite, as CI runs it
 	$(PY) -m ruff check operators kfp_pipelines tests bench argocd
+	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
 unit: bootstrap

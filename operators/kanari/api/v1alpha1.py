@@ -13,7 +13,7 @@ import json
 import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from kanari.api.duration import Duration, parse_duration
 
@@ -36,8 +36,8 @@ STORAGE_URI = r"^(s3|gs|pvc|oci|hf|https?|file)://.+"
 Weight = Annotated[int, Field(ge=0, le=100)]
 
 
-def _rule(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    out = {"rule": rule, "message": message}
+def _rule(rule: str, message: str, field_path: str | None = None) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
     return out
@@ -640,8 +640,8 @@ class ObjectMeta(BaseModel):
 
 class ModelDeployment(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    apiVersion: Literal["kanari.dev/v1alpha1"] = API_VERSION
-    kind: Literal["ModelDeployment"] = KIND
+    apiVersion: Literal["kanari.dev/v1alpha1"] = "kanari.dev/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
     metadata: ObjectMeta
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)

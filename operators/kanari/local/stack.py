@@ -50,7 +50,8 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, l
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             detail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before it was ready:\n{detail}")
+            program = proc.args[0] if isinstance(proc.args, list) else proc.args
+            raise RuntimeError(f"{program!s} exited with {proc.returncode} before it was ready:\n{detail}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
