@@ -39,7 +39,8 @@ def test_success_condition_is_read_and_applied():
 def test_one_query_carries_value_samples_and_stable():
     spec = make_spec("v2", {"analysis": {"interval": "90s", "metrics": METRICS}})
     q = metric_query(spec, SR, {"namespace": "ml", "name": "fraud", "canaryRevision": "r2", "stableRevision": "r1"})
-    assert q.combined and q.promql.count(" or ") == 2
+    # Three parts (canary value, its sample count, stable value) glued into one query.
+    assert q.combined and q.promql.count(" or label_replace(") == 2
     assert 'revision_name="r2"' in q.promql and 'revision_name="r1"' in q.promql and "[1m30s]" in q.promql
     raw = make_spec("v2", {"analysis": {"metrics": METRICS}}, serving={"accelerator": "cpu",
                                                                        "deploymentMode": "RawDeployment"})
