@@ -11,7 +11,6 @@ rules.
 
 from __future__ import annotations
 
-import functools
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
+
+from tests.support.schemas import crd_schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT.parent / "shared" / "upstream"
@@ -30,54 +31,6 @@ KUBE_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 
 class ManifestError(AssertionError):
     pass
-
-
-def _to_jsonschema(node: Any) -> Any:
-    """OpenAPI v3.0 as Kubernetes uses it -> JSON Schema draft 4, closed where the CRD is structural."""
-    if isinstance(node, list):
-        return [_to_jsonschema(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
-    if node.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if out.pop("nullable", False) and "type" in out:
-        out["type"] = [out["type"], "null"]
-    if (
-        "properties" in node
-        and "additionalProperties" not in node
-        and not node.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
-def _crd_files() -> list[Path]:
-    return [
-        *sorted((UPSTREAM / "crds").glob("*.yaml")),
-        ROOT / "manifests" / "crds" / "kanari.dev_modeldeployments.yaml",
-        *sorted((CHART / "crds").glob("*.yaml")),
-    ]
-
-
-@functools.cache
-def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in _crd_files():
-        for crd in yaml.safe_load_all(path.read_text()):
-            if not crd or crd.get("kind") != "CustomResourceDefinition":
-                continue
-            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-            for version in crd["spec"]["versions"]:
-                if not version.get("served", True):
-                    continue
-                schema = _to_jsonschema(version["schema"]["openAPIV3Schema"])
-                # metadata is validated as ObjectMeta separately; the CRD only ever narrows name length.
-                props = schema.setdefault("properties", {})
-                props.update({"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}})
-                out[(f"{group}/{version['name']}", kind)] = schema
-    return out
 
 
 def is_core(api_version: str) -> bool:

@@ -10,8 +10,8 @@ import boto3
 import pytest
 from drift_testlib import cancer_frame
 from kanari.drift.baseline import CONSTRAINTS, STATISTICS, write_baseline
-from kanari.local.stack import free_port
-from moto.server import ThreadedMotoServer
+
+from tests.support.moto import moto_server
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -23,11 +23,8 @@ BUCKET = "kanari-baselines"
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

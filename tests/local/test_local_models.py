@@ -14,22 +14,18 @@ import boto3
 import pytest
 from kanari.local import models
 from kanari.local.predictor import FaultInjection
-from kanari.local.stack import free_port
-from moto.server import ThreadedMotoServer
 
 from tests.local.local_testlib import model_tar_gz
+from tests.support.moto import moto_server
 
 
 @pytest.fixture()
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    yield {"s3": boto3.client("s3"), "sm": boto3.client("sagemaker")}
-    server.stop()
+    with moto_server() as endpoint:
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        yield {"s3": boto3.client("s3"), "sm": boto3.client("sagemaker")}
 
 
 def _members(data: bytes) -> dict[str, bytes]:

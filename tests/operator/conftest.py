@@ -15,10 +15,9 @@ from typing import Any
 
 import boto3
 import pytest
-from kanari.local.stack import free_port
-from moto.server import ThreadedMotoServer
 
 from tests.operator.harness import Cluster, KServe, Kube, Operator, operator_env
+from tests.support.moto import moto_server
 
 NAMESPACE = "ml-serving"
 REPLICAS_NAMESPACE = "ml-replicas"
@@ -33,11 +32,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def sagemaker_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

@@ -262,8 +262,9 @@ class ApiServer(kmock.KubernetesEmulator):
 class Cluster:
     """The emulator served on loopback from its own thread and event loop."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, crds: Iterable[Path] = CRD_FILES):
         self.workdir = workdir
+        self.crds = tuple(crds)
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -298,7 +299,7 @@ class Cluster:
         self._stop = asyncio.Event()
         apiserver = ApiServer()
         apiserver.resources.load_bundled()
-        for path in CRD_FILES:
+        for path in self.crds:
             apiserver.declare_crd(path)
         async with apiserver, kmock.Server(apiserver) as server:
             self.api = apiserver

@@ -11,8 +11,8 @@ from typing import Any
 
 import boto3
 import pytest
-from kanari.local.stack import free_port
-from moto.server import ThreadedMotoServer
+
+from tests.support.moto import moto_server
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -25,20 +25,16 @@ AWS_ENV = {
 
 @pytest.fixture(scope="session")
 def aws_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in [*AWS_ENV, "AWS_ENDPOINT_URL"]}
-    # Set for the whole session: kfp.local's step subprocesses inherit this environment.
-    os.environ.update(AWS_ENV, AWS_ENDPOINT_URL=endpoint)
-    yield endpoint
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
+    with moto_server() as endpoint:
+        saved = {k: os.environ.get(k) for k in [*AWS_ENV, "AWS_ENDPOINT_URL"]}
+        # Set for the whole session: kfp.local's step subprocesses inherit this environment.
+        os.environ.update(AWS_ENV, AWS_ENDPOINT_URL=endpoint)
+        yield endpoint
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass

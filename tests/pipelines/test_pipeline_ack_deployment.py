@@ -18,12 +18,13 @@ import pytest
 import yaml
 from kanari.api import v1alpha1
 from kubernetes import client
-from pipelines_testlib import MODELDEPLOYMENT_CRD, TRAININGJOB, TRAININGJOB_CRD, KubeApi, strict_validator
+from pipelines_testlib import MODELDEPLOYMENT_CRD, TRAININGJOB, TRAININGJOB_CRD, strict_validator
 
 from kfp_pipelines import data, deployment
 from kfp_pipelines.errors import InputError, StepFailed
 from kfp_pipelines.sagemaker import config, training
 from kfp_pipelines.sagemaker.waiter import Backoff, TrainingJobFailed
+from tests.operator.harness import Cluster
 
 NS = "ml-training"
 ROLE = "arn:aws:iam::123456789012:role/kanari-sagemaker-execution"
@@ -32,20 +33,20 @@ ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/fraud/3"
 
 @pytest.fixture()
 def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    with KubeApi(tmp_path, (TRAININGJOB_CRD, MODELDEPLOYMENT_CRD)) as api:
+    with Cluster(tmp_path, (TRAININGJOB_CRD, MODELDEPLOYMENT_CRD)) as api:
         monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         yield api
 
 
-def custom_api(kube: KubeApi) -> client.CustomObjectsApi:
+def custom_api(kube: Cluster) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(client.ApiClient(client.Configuration(host=kube.url)))
 
 
 class AckController:
     """Stands in for the ACK SageMaker controller: waits for the TrainingJob, then walks its status."""
 
-    def __init__(self, kube: KubeApi, statuses: Callable[[str], list[dict[str, Any]]], on_complete: Any = None):
+    def __init__(self, kube: Cluster, statuses: Callable[[str], list[dict[str, Any]]], on_complete: Any = None):
         self.api = custom_api(kube)
         self.statuses = statuses
         self.on_complete = on_complete
@@ -100,7 +101,7 @@ def ack_status(main: str, secondary: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(60)
-def test_ack_training_job_is_created_valid_watched_and_reattached(aws, kube: KubeApi) -> None:
+def test_ack_training_job_is_created_valid_watched_and_reattached(aws, kube: Cluster) -> None:
     base = f"ack-{uuid.uuid4().hex[:6]}"
     model_key: list[str] = []
 
@@ -151,7 +152,7 @@ def test_ack_training_job_is_created_valid_watched_and_reattached(aws, kube: Kub
          "ACK.Terminal: ValidationException: instance type ml.trn1.2xlarge is not available"),
     ],
 )
-def test_ack_failures_end_the_step_with_the_reason(aws, kube: KubeApi, final: dict[str, Any], expected: str) -> None:
+def test_ack_failures_end_the_step_with_the_reason(aws, kube: Cluster, final: dict[str, Any], expected: str) -> None:
     steps = [ack_status("InProgress", "Training"), final]
     with AckController(kube, lambda name: steps), pytest.raises(TrainingJobFailed) as err:
         training.run_training(ack_config(aws), backend="ack", run_id="r", task="t",
@@ -225,7 +226,7 @@ def test_existing_manifest_keeps_what_the_platform_team_set(tmp_path: Path) -> N
 
 
 @pytest.mark.timeout(30)
-def test_apply_creates_then_updates_the_model_deployment(kube: KubeApi) -> None:
+def test_apply_creates_then_updates_the_model_deployment(kube: Cluster) -> None:
     from kfp_pipelines import kube as kube_client
 
     api = kube_client.custom_objects_api()
