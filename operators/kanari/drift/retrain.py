@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kanari.api.conditions import now_iso
 from kanari.api.duration import parse_duration
 from kanari.api.v1alpha1 import RetrainRecord, RetrainSpec
 from kanari.drift.rules import (
@@ -115,10 +116,6 @@ def _parse_time(text: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def iso(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass(frozen=True)
 class RetrainPolicy:
     pipeline: str
@@ -184,7 +181,7 @@ def decide(
     times = sorted(_parse_time(r.at) for r in counted)
     if times and now - times[-1] < timedelta(seconds=policy.cooldown_seconds):
         until = times[-1] + timedelta(seconds=policy.cooldown_seconds)
-        return Decision(False, "cooldown", f"last retraining at {iso(times[-1])}; cooldown until {iso(until)}")
+        return Decision(False, "cooldown", f"last retraining at {now_iso(times[-1])}; cooldown until {now_iso(until)}")
     recent = [t for t in times if now - t < DAY]
     if len(recent) >= policy.max_per_day:
         return Decision(

@@ -23,8 +23,9 @@ from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from kanari.api.conditions import now_iso
 from kanari.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, RetrainRecord
-from kanari.drift.retrain import STARTED, STARTING, Alert, Decision, RetrainPolicy, decide, iso
+from kanari.drift.retrain import STARTED, STARTING, Alert, Decision, RetrainPolicy, decide
 
 log = logging.getLogger("kanari.drift.triggers")
 
@@ -49,7 +50,7 @@ class TriggerStore(Protocol):
 
 def _record(alert: Alert, now: datetime) -> RetrainRecord:
     return RetrainRecord(
-        at=iso(now), alert=alert.name, fingerprint=alert.fingerprint, startsAt=alert.starts_at, outcome=STARTING
+        at=now_iso(now), alert=alert.name, fingerprint=alert.fingerprint, startsAt=alert.starts_at, outcome=STARTING
     )
 
 
@@ -215,8 +216,8 @@ class KubernetesTriggerStore:
             "type": "Warning" if failed else "Normal",
             "source": {"component": self.component},
             "reportingComponent": self.component,
-            "firstTimestamp": iso(now),
-            "lastTimestamp": iso(now),
+            "firstTimestamp": now_iso(now),
+            "lastTimestamp": now_iso(now),
             "count": 1,
         }
         try:

@@ -26,7 +26,6 @@ import signal
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ import yaml
 from kmock import KubernetesEmulator, KubernetesError
 from kmock._internal.dicts import merge_patch_dict  # the merge the emulator itself applies
 from typing_extensions import override
+
+from kanari.api.conditions import now_iso
 
 log = logging.getLogger("kanari.local.cluster")
 
@@ -68,10 +69,6 @@ HISTORY = 4
 
 class Conflict(KubernetesError):
     pass
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -202,7 +199,7 @@ class ClusterEmulator(KubernetesEmulator):
             meta = obj.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = f"{meta['generateName']}{secrets.token_hex(3)}"
-            meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), resourceVersion=version, generation=1)
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), resourceVersion=version, generation=1)
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
             if self._has_status(request.resource):

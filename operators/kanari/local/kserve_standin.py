@@ -29,12 +29,12 @@ import tarfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from kanari.api.conditions import now_iso
 from kanari.local.kubeapi import KubeApi
 from kanari.local.router import LoggerSpec, Route, Router, Target
 from kanari.local.stack import free_port
@@ -45,10 +45,6 @@ ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
 READY_TIMEOUT = 120.0
 # How long a revision without traffic keeps running (Knative's scale-to-zero grace, shortened).
 IDLE_GRACE = 15.0
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -132,7 +128,7 @@ def plan_traffic(svc: Service, canary_percent: int | None) -> list[Traffic]:
 
 
 def _condition(type_: str, status: str, reason: str = "", message: str = "", severity: str = "") -> dict[str, Any]:
-    c: dict[str, Any] = {"type": type_, "status": status, "lastTransitionTime": _now()}
+    c: dict[str, Any] = {"type": type_, "status": status, "lastTransitionTime": now_iso()}
     if reason:
         c["reason"] = reason
     if message:
