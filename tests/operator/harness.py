@@ -36,6 +36,7 @@ import attrs
 import kmock
 import yaml
 from kanari.api import v1alpha1 as api
+from kanari.local.stack import wait_ready
 from kubernetes import client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -387,18 +388,11 @@ class Operator:
                 [sys.executable, "-m", "kanari.controller"], env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"operator not healthy within {timeout}s:\n{self.tail()}")
+        assert self.proc is not None
+        try:
+            wait_ready(self.health_url, self.proc, timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"operator not healthy: {exc}\n{self.tail()}") from None
 
     @property
     def alive(self) -> bool:

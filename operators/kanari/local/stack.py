@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -161,13 +161,7 @@ def start_prometheus(
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    p = PrometheusProcess("prometheus", proc, url, port, workdir, log, config_path=config)
-    try:
-        wait_ready(f"{url}/-/ready", proc, log=log)
-    except BaseException:
-        p.stop()
-        raise
-    return p
+    return _ready(PrometheusProcess("prometheus", proc, url, port, workdir, log, config_path=config))
 
 
 def start_alertmanager(
@@ -194,13 +188,20 @@ def start_alertmanager(
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    am = ManagedProcess("alertmanager", proc, url, port, workdir, log)
+    return _ready(ManagedProcess("alertmanager", proc, url, port, workdir, log))
+
+
+P = TypeVar("P", bound=ManagedProcess)
+
+
+def _ready(p: P) -> P:
+    """Wait for the process's /-/ready; a process that never gets there is stopped, not left behind."""
     try:
-        wait_ready(f"{url}/-/ready", proc, log=log)
+        wait_ready(f"{p.url}/-/ready", p.proc, log=p.log)
     except BaseException:
-        am.stop()
+        p.stop()
         raise
-    return am
+    return p
 
 
 @contextlib.contextmanager
