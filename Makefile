@@ -10,10 +10,10 @@ bootstrap:
 	@bash scripts/bootstrap.sh
 
 demo: bootstrap  ## the main job on embedded defaults
-	$(PY) -m kanari.cli.main demo $(ARGS)
+	$(PY) -m devstack $(ARGS)
 
 test: bootstrap  ## the whole suite, as CI runs it
-	$(PY) -m ruff check operators kfp_pipelines tests bench argocd
+	$(PY) -m ruff check operators kfp_pipelines devstack tests bench argocd
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
@@ -21,7 +21,7 @@ unit: bootstrap
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: bootstrap
-	$(PY) -m ruff check operators kfp_pipelines tests bench argocd
+	$(PY) -m ruff check operators kfp_pipelines devstack tests bench argocd
 
 typecheck: bootstrap
 	$(PY) -m mypy

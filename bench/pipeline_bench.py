@@ -114,7 +114,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (train.py's default)")
     args = parser.parse_args()
 
-    from kanari.local.stack import free_port
+    from devstack.stack import free_port
 
     port = free_port()
     moto = start_moto(port)

@@ -27,13 +27,14 @@ from pathlib import Path
 
 from kanari.api.duration import parse_duration
 from kanari.api.v1alpha1 import ModelDeploymentStatus, ModelRef, parse_spec
-from kanari.local.stack import ScrapeTarget, free_port, start_prometheus
 from kanari.rollout.analysis import measure
-from kanari.rollout.engine import Observation, decide, due_metrics
+from kanari.rollout.engine import RolloutObservation, decide, due_metrics
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import UntypedMetricFamily
 from prometheus_client.registry import Collector
+
+from devstack.stack import ScrapeTarget, free_port, start_prometheus
 
 INTERVAL = "2s"
 RPS = 200
@@ -123,7 +124,7 @@ async def trial(prom: PrometheusClient, queue: Queue, n: int) -> dict[str, float
                 results = await measure(v2, variables, prom, now, due)
                 measurements += 1
                 queries += prom.queries - before
-            d = decide(v2, status, Observation(now=now, desired=desired, stable_ready=True, canary_ready=True,
+            d = decide(v2, status, RolloutObservation(now=now, desired=desired, stable_ready=True, canary_ready=True,
                                                measurement=results), 1)
             status = d.status
             traffic.weight = d.canary_weight if d.canary else 0

@@ -92,7 +92,7 @@ def judge(*, model_package_group: str, scores: dict[str, float], gate_metric: st
 
 def write_baseline(*, train_uri: str, target: str, model_uri: str) -> str:
     """The drift baseline (SageMaker Model Monitor statistics.json/constraints.json) beside the model."""
-    from kanari.drift.baseline import CONSTRAINTS, STATISTICS, baseline_documents
+    from kanari.drift.model_monitor import CONSTRAINTS, STATISTICS, baseline_documents
 
     s3 = aws.client("s3")
     frame = evaluation.read_csv_prefix(s3, train_uri, "train_data")

@@ -320,9 +320,10 @@ def ingest(seconds: float = 10.0, concurrency: int = 32) -> dict[str, Any]:
     import tempfile
 
     import aiohttp
-    from kanari.drift.baseline import write_baseline
-    from kanari.local.stack import free_port
+    from kanari.drift.model_monitor import write_baseline
     from sklearn.datasets import load_breast_cancer
+
+    from devstack.stack import free_port
 
     df = load_breast_cancer(as_frame=True).frame
     work = Path(tempfile.mkdtemp(prefix="kanari-ingest-"))
@@ -331,7 +332,7 @@ def ingest(seconds: float = 10.0, concurrency: int = 32) -> dict[str, Any]:
     port = free_port()
     cpus = sorted(os.sched_getaffinity(0))
     monitor = subprocess.Popen(
-        ["taskset", "-c", str(cpus[0]), sys.executable, "-m", "kanari.drift.monitor", "--port", str(port),
+        ["taskset", "-c", str(cpus[0]), sys.executable, "-m", "kanari.monitor.server", "--port", str(port),
          "--host", "127.0.0.1", "--config", str(work / "config.yaml"), "--evaluate-interval", "5"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -10,7 +10,7 @@ import yaml
 from kanari.api.v1alpha1 import ModelDeployment, ModelRef, SpecError, parse_model_deployment
 from kanari.controller import inferenceservice, isvc_health
 from kanari.controller.config import OperatorConfig
-from kanari.controller.runtime import choose_runtime
+from kanari.controller.serving_runtime import choose_runtime
 
 from tests.support.schemas import UPSTREAM_CRDS, validate_custom
 

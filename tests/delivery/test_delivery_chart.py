@@ -13,7 +13,7 @@ import pytest
 import yaml
 from delivery_schemas import CHART, ROOT, ManifestError, helm, load_all, render_chart, validate
 from kanari.controller.config import OperatorConfig
-from kanari.drift.receiver import ReceiverConfig
+from kanari.retrain.receiver import ReceiverConfig
 from kanari.rollout.prometheus import PrometheusConfig
 
 SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))

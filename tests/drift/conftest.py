@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 from drift_testlib import cancer_frame
-from kanari.drift.baseline import CONSTRAINTS, STATISTICS, write_baseline
+from kanari.drift.model_monitor import CONSTRAINTS, STATISTICS, write_baseline
 
 from tests.support.moto import moto_server
 

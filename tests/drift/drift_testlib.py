@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 import httpx
 import pandas as pd
-from kanari.local.stack import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
+
+from devstack.stack import free_port
 
 REQUEST = "org.kubeflow.serving.inference.request"
 RESPONSE = "org.kubeflow.serving.inference.response"

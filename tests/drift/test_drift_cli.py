@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from drift_testlib import cancer_frame
 from kanari.cli.main import main
-from kanari.drift.baseline import baseline_documents, read_baseline
+from kanari.drift.model_monitor import baseline_documents, read_baseline
 from scipy.stats import ks_2samp
 from sklearn.datasets import load_wine
 

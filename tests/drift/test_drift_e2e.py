@@ -23,8 +23,9 @@ from drift_testlib import (
     wait_for,
 )
 from kanari.api.v1alpha1 import parse_model_deployment
-from kanari.drift.rules import write_rule_file
-from kanari.local.stack import ScrapeTarget, running, start_alertmanager, start_prometheus
+from kanari.controller.drift_rules import write_rule_file
+
+from devstack.stack import ScrapeTarget, running, start_alertmanager, start_prometheus
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 
@@ -35,7 +36,7 @@ TOKEN = "e2e-token-9f8e7d"
 @pytest.fixture
 def services(tmp_path: Path, monitor_env: dict[str, str]) -> Iterator[tuple[Service, Service, Path]]:
     monitor = start_service(
-        "kanari.drift.monitor", ["--window-size", "300", "--min-samples", "200", "--evaluate-interval", "0.2"],
+        "kanari.monitor.server", ["--window-size", "300", "--min-samples", "200", "--evaluate-interval", "0.2"],
         tmp_path / "monitor", env=monitor_env,
     )
     marker = tmp_path / "retrain-runs.txt"
@@ -47,7 +48,7 @@ def services(tmp_path: Path, monitor_env: dict[str, str]) -> Iterator[tuple[Serv
         "store": {"file": str(tmp_path / "triggers.json")},
     }))
     receiver = start_service(
-        "kanari.drift.receiver", ["--config", str(tmp_path / "receiver.yaml"), "--token-file", str(tmp_path / "token")],
+        "kanari.retrain.receiver", ["--config", str(tmp_path / "receiver.yaml"), "--token-file", str(tmp_path / "token")],
         tmp_path / "receiver",
     )
     try:

@@ -26,9 +26,9 @@ from drift_testlib import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kanari.drift.baselines import StaticBaselines
-from kanari.drift.monitor import DriftMonitor
-from kanari.drift.options import MonitorSettings
+from kanari.monitor.baseline_store import StaticBaselines
+from kanari.monitor.server import DriftMonitor
+from kanari.monitor.settings import MonitorSettings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +45,7 @@ def monitor(
     config = work / "baselines.yaml"
     config.write_text(json.dumps({"baselines": {"ml-static/legacy": {"uri": f"file://{cancer_baseline_dir}", "version": "3"}}}))
     svc = start_service(
-        "kanari.drift.monitor",
+        "kanari.monitor.server",
         ["--window-size", "400", "--min-samples", "200", "--evaluate-interval", "0.2",
          "--max-event-bytes", str(MAX_EVENT_BYTES), "--config", str(config)],
         work,
@@ -288,7 +288,7 @@ def _text(monitor: DriftMonitor) -> str:
 
 def test_percent_encoded_extension_values_are_read() -> None:
     # The CloudEvents HTTP binding lets senders percent-encode header values; some sdk-go releases do.
-    from kanari.drift.payload import parse_event
+    from kanari.monitor.payload import parse_event
 
     headers = kserve_headers(ce_id="p", ce_type=RESPONSE, model="m", namespace="ns")
     headers["Ce-Annotations"] = "%7B%22kanari.dev%2Fbaseline-uri%22%3A%22s3%3A%2F%2Fb%2Fbase%22%7D"

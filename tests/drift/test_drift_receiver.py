@@ -17,9 +17,9 @@ import pytest
 import yaml
 from drift_testlib import Service, start_service, wait_for
 from kanari.api.v1alpha1 import RetrainRecord, RetrainSpec
-from kanari.drift.launchers import CommandLauncher, KfpLauncher, LaunchError, LaunchRequest
-from kanari.drift.retrain import Alert, RetrainPolicy, decide, parse_payload, policy_for
-from kanari.drift.triggers import FileTriggerStore, KubernetesTriggerStore, StoreUnavailable
+from kanari.retrain.history import FileTriggerStore, KubernetesTriggerStore, StoreUnavailable
+from kanari.retrain.launchers import CommandLauncher, KfpLauncher, LaunchError, LaunchRequest
+from kanari.retrain.policy import Alert, RetrainPolicy, decide, parse_payload, policy_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -228,7 +228,7 @@ def receiver(tmp_path: Path) -> Iterator[tuple[Service, Path]]:
     (tmp_path / "receiver.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "token").write_text(TOKEN + "\n")
     args = ["--config", str(tmp_path / "receiver.yaml"), "--token-file", str(tmp_path / "token")]
-    svc = start_service("kanari.drift.receiver", args, tmp_path)
+    svc = start_service("kanari.retrain.receiver", args, tmp_path)
     yield svc, marker
     svc.stop()
     assert TOKEN not in svc.tail()
@@ -275,7 +275,7 @@ def test_receiver_triggers_once_and_answers_every_delivery_clearly(receiver: tup
     # the receiver restarts: the store still knows
     svc.stop()
     args = ["--config", str(tmp_path / "receiver.yaml"), "--token-file", str(tmp_path / "token")]
-    again = start_service("kanari.drift.receiver", args, tmp_path / "second")
+    again = start_service("kanari.retrain.receiver", args, tmp_path / "second")
     try:
         r = httpx.post(f"{again.url}/alerts", json=webhook(am_alert()), headers=auth)
         assert r.json()["results"][0]["reason"] == "duplicate"
@@ -285,7 +285,7 @@ def test_receiver_triggers_once_and_answers_every_delivery_clearly(receiver: tup
 
 
 def test_receiver_refuses_to_run_without_a_token(tmp_path: Path) -> None:
-    from kanari.drift.receiver import main
+    from kanari.retrain.receiver import main
 
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"launcher": {"command": {"argv": ["true"]}},
                                                     "store": {"file": str(tmp_path / "t.json")}}))

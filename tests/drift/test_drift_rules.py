@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 import yaml
 from kanari.api.v1alpha1 import ModelDeployment, parse_model_deployment
-from kanari.drift.rules import build_prometheus_rule, rule_file, write_rule_file
-from kanari.local.stack import find_binary
+from kanari.controller.drift_rules import build_prometheus_rule, rule_file, write_rule_file
 
+from devstack.stack import find_binary
 from tests.support.schemas import UPSTREAM_CRDS, _to_jsonschema
 
 PROMETHEUS_RULE_CRD = UPSTREAM_CRDS / "monitoring.coreos.com_prometheusrules.yaml"

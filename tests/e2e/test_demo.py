@@ -1,4 +1,4 @@
-"""`kanari demo --fast` end to end, judged by what a user would check in its output: v2 promoted, the broken
+"""`python -m devstack --fast` end to end, judged by what a user would check in its output: v2 promoted, the broken
 v3 rolled back naming the failing metric, the drift alert firing and causing exactly one retraining run whose
 model is rolled out, no request lost, and no process left behind. Plus the ways it must refuse to start."""
 
@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kanari.local.loadgen import read_outcomes
-from kanari.local.supervisor import DemoLock, still_running
+
+from devstack.loadgen import read_outcomes
+from devstack.supervisor import DemoLock, still_running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +25,7 @@ def _demo(
     out: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 340, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kanari.cli.main", "demo", "--out", str(out), *args],
+        [sys.executable, "-m", "devstack", "--out", str(out), *args],
         cwd=cwd, env=env or dict(os.environ), capture_output=True, text=True, timeout=timeout,
     )
 
@@ -48,7 +49,7 @@ def test_the_demo_promotes_rolls_back_and_retrains_on_drift(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     events = report["events"]
-    print(f"kanari demo --fast took {took:.0f}s")
+    print(f"python -m devstack --fast took {took:.0f}s")
 
     v2, v3, v4 = (_version(report, label) for label in ("v2", "v3", "v4"))
     v2_name, v3_name, v4_name = (v["version"].split(" = ")[1] for v in (v2, v3, v4))
@@ -90,7 +91,7 @@ def test_the_demo_promotes_rolls_back_and_retrains_on_drift(tmp_path: Path) -> N
 def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kanari.cli.main", "demo", "--fast", "--out", str(out)],
+        [sys.executable, "-m", "devstack", "--fast", "--out", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert proc.stdout is not None

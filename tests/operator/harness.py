@@ -36,8 +36,9 @@ import attrs
 import kmock
 import yaml
 from kanari.api import v1alpha1 as api
-from kanari.local.stack import wait_ready
 from kubernetes import client
+
+from devstack.stack import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT.parent / "shared" / "upstream"
@@ -425,7 +426,7 @@ class Operator:
 
 
 def operator_env(cluster: Cluster, namespaces: Iterable[str], **extra: str) -> dict[str, str]:
-    from kanari.local.stack import free_port
+    from devstack.stack import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "KANARI_", "AWS_"))}
     env.update(

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 from kanari.cli.main import main
-from kanari.local.stack import free_port
 from kfp import local
 
+from devstack.stack import free_port
 from kfp_pipelines.components.sagemaker_training import sagemaker_training_job
 from kfp_pipelines.errors import parse_error_line
 

@@ -18,15 +18,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus
-from kanari.local.stack import ScrapeTarget, free_port
 from kanari.rollout import analysis
-from kanari.rollout.engine import Decision, Observation, decide, due_metrics
+from kanari.rollout.engine import RolloutDecision, RolloutObservation, decide, due_metrics
 from kanari.rollout.prometheus import PrometheusClient
 from kserve import metrics as kserve_metrics
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.core import Metric, UntypedMetricFamily
 from prometheus_client.registry import Collector
 from rollout_testlib import ref
+
+from devstack.stack import ScrapeTarget, free_port
 
 MS_BUCKETS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 S_BUCKETS = tuple(b / 1000 for b in MS_BUCKETS)
@@ -145,17 +146,17 @@ class Traffic(threading.Thread):
 
 async def drive(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, prom: PrometheusClient,
                 variables: dict[str, str], traffic: Traffic | None, until, timeout: float,
-                canary_ready: bool = True) -> tuple[ModelDeploymentStatus, list[Decision]]:
+                canary_ready: bool = True) -> tuple[ModelDeploymentStatus, list[RolloutDecision]]:
     """The controller's loop against real time and a real Prometheus, until `until(decision)`."""
     import asyncio
 
-    decisions: list[Decision] = []
+    decisions: list[RolloutDecision] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = datetime.now(UTC)
         due = due_metrics(spec, status, now)
         measurement = await analysis.measure(spec, variables, prom, now, due) if due else None
-        d = decide(spec, status, Observation(now=now, desired=ref(spec), stable_ready=True,
+        d = decide(spec, status, RolloutObservation(now=now, desired=ref(spec), stable_ready=True,
                                              canary_ready=canary_ready, measurement=measurement), 1)
         decisions.append(d)
         status = ModelDeploymentStatus.model_validate(d.status.model_dump(mode="json"))

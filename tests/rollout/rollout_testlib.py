@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentSpec, ModelDeploymentStatus, ModelRef, parse_spec
-from kanari.rollout.engine import Decision, Observation, analysis_due, decide
+from kanari.rollout.engine import RolloutDecision, RolloutObservation, analysis_due, decide
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 METRICS = [
@@ -36,7 +36,7 @@ def results(spec: ModelDeploymentSpec, verdict: str = "Successful", **per_metric
     return out
 
 
-def same(a: Decision, b: Decision) -> bool:
+def same(a: RolloutDecision, b: RolloutDecision) -> bool:
     return (a.status == b.status and a.stable == b.stable and a.canary == b.canary
             and a.canary_weight == b.canary_weight)
 
@@ -49,7 +49,7 @@ class Driver:
         self.spec = spec
         self.status = status or ModelDeploymentStatus()
         self.now = T0
-        self.decisions: list[Decision] = []
+        self.decisions: list[RolloutDecision] = []
 
     def tick(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
@@ -58,8 +58,8 @@ class Driver:
         return analysis_due(self.spec, self.status, self.now)
 
     def step(self, stable_ready: bool = True, canary_ready: bool = True,
-             measurement: list[MetricResult] | None = None, action: str | None = None) -> Decision:
-        obs = Observation(now=self.now, desired=ref(self.spec), stable_ready=stable_ready,
+             measurement: list[MetricResult] | None = None, action: str | None = None) -> RolloutDecision:
+        obs = RolloutObservation(now=self.now, desired=ref(self.spec), stable_ready=stable_ready,
                           canary_ready=canary_ready, measurement=measurement, action=action)
         d = decide(self.spec, self.status, obs, 3)
         stored = ModelDeploymentStatus.model_validate(d.status.model_dump(mode="json"))
@@ -71,5 +71,5 @@ class Driver:
         return d
 
 
-def reasons(d: Decision) -> list[str]:
+def reasons(d: RolloutDecision) -> list[str]:
     return [e.reason for e in d.events]

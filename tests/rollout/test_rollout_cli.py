@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kanari.api.v1alpha1 import ACTION_ANNOTATION, MetricResult, ModelDeploymentStatus, parse_spec
 from kanari.cli.main import main
-from kanari.rollout.engine import Observation, decide
+from kanari.rollout.engine import RolloutObservation, decide
 from rollout_testlib import T0, make_spec, ref
 
 from tests.operator.harness import Cluster, Kube
@@ -48,7 +48,7 @@ def paused_rollout_status() -> ModelDeploymentStatus:
     """A rollout of v2 over v1, paused at its indefinite pause step, with one analysis on record."""
     spec = parse_spec(SPEC)
     d = decide(spec, ModelDeploymentStatus(phase="Succeeded", stableModel=ref(make_spec("v1"))),
-               Observation(now=T0, desired=ref(spec), stable_ready=True, canary_ready=True), 1)
+               RolloutObservation(now=T0, desired=ref(spec), stable_ready=True, canary_ready=True), 1)
     status = d.status.model_copy(deep=True)
     status.lastAnalysis = [MetricResult(name="success-rate", value=0.9987, threshold=">= 0.99",
                                         verdict="Successful", sampleCount=1532, at="2026-03-01T12:00:30Z")]
@@ -76,7 +76,7 @@ def test_promote_annotation_is_consumed_by_the_engine(kube):
     assert main(["promote", kube.name, "-n", NS]) == 0
     value = kube.md(kube.name)["metadata"]["annotations"][ACTION_ANNOTATION]
     spec = parse_spec(SPEC)
-    d = decide(spec, status, Observation(now=T0, desired=ref(spec), stable_ready=True, canary_ready=True,
+    d = decide(spec, status, RolloutObservation(now=T0, desired=ref(spec), stable_ready=True, canary_ready=True,
                                          action=value), 1)
     assert d.canary_weight == 60 and d.status.rollout.lastAction == value
 

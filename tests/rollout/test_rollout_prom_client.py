@@ -119,7 +119,7 @@ def test_persistent_5xx_raises_unavailable(server):
 
 
 def test_connection_refused_raises_unavailable():
-    from kanari.local.stack import free_port
+    from devstack.stack import free_port
     with pytest.raises(PrometheusUnavailable, match="ConnectError"):
         query(PrometheusConfig(url=f"http://127.0.0.1:{free_port()}", backoff=0.01, attempts=2))
 

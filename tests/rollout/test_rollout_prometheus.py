@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from kanari.api.conditions import get_condition
 from kanari.api.v1alpha1 import ModelDeploymentStatus
-from kanari.local.stack import start_prometheus
 from kanari.rollout import analysis
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 from rollout_promlib import RawPod, ServerlessExporter, Traffic, drive
 from rollout_testlib import make_spec, ref
+
+from devstack.stack import start_prometheus
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(90)]
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus
-from kanari.rollout.engine import Observation, analysis_due, decide, due_metrics
+from kanari.rollout.engine import RolloutObservation, analysis_due, decide, due_metrics
 from rollout_testlib import METRICS, T0, make_spec, ref, same
 
 ROLLOUTS = [
@@ -60,7 +60,7 @@ def test_state_machine_invariants(rollout, ops):
             spec = make_spec(o[1], rollout)
         due_before = analysis_due(spec, status, now)
         due_names = set(due_metrics(spec, status, now))
-        obs = Observation(now=now, desired=ref(spec), stable_ready=stable_ready, canary_ready=canary_ready,
+        obs = RolloutObservation(now=now, desired=ref(spec), stable_ready=stable_ready, canary_ready=canary_ready,
                           measurement=measurement, action=action)
         d = decide(spec, status, obs, 1)
         out = d.status

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from kanari.local.stack import free_port
 from moto.server import ThreadedMotoServer
+
+from devstack.stack import free_port
 
 
 @contextlib.contextmanager

@@ -46,21 +46,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="PNG", help="draw baseline vs current for the most drifted features")
     p.set_defaults(func=_compare)
 
-    from kanari.drift.options import monitor_arguments, receiver_arguments
+    from kanari.monitor.settings import monitor_arguments
+    from kanari.retrain.settings import receiver_arguments
 
     p = sub.add_parser("monitor", help="run the drift monitor (KServe payload-logger sink, Prometheus metrics)")
     monitor_arguments(p)
-    p.set_defaults(func=_service("monitor"))
+    p.set_defaults(func=_service("kanari.monitor.server"))
 
     p = sub.add_parser("receiver", help="run the retraining trigger (Alertmanager webhook receiver)")
     receiver_arguments(p)
-    p.set_defaults(func=_service("receiver"))
+    p.set_defaults(func=_service("kanari.retrain.receiver"))
 
 
 def _service(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         # Imported on use: the services pull in aiohttp, kfp and the kubernetes client.
-        module = importlib.import_module(f"kanari.drift.{name}")
+        module = importlib.import_module(name)
         return int(module.run(args))
 
     return run
@@ -72,8 +73,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _baseline(args: argparse.Namespace) -> int:
-    from kanari.drift.baseline import CONSTRAINTS, STATISTICS, write_baseline
-    from kanari.drift.dataio import read_table
+    from kanari.cli.tables import read_table
+    from kanari.drift.model_monitor import CONSTRAINTS, STATISTICS, write_baseline
 
     try:
         df = read_table(args.data)
@@ -86,9 +87,9 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from kanari.drift.baseline import read_baseline
+    from kanari.cli.tables import read_table
     from kanari.drift.compare import compare_frame, profile_current
-    from kanari.drift.dataio import read_table
+    from kanari.drift.model_monitor import read_baseline
 
     try:
         baseline = read_baseline(args.baseline)
@@ -103,7 +104,7 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         print(render_table(report))
     if args.plot:
-        from kanari.drift.plot import plot_report
+        from kanari.cli.drift_plot import plot_report
 
         try:
             plotted = plot_report(report, baseline, current, args.plot)

@@ -9,7 +9,6 @@ import sys
 # Each module exposes register(subparsers); a sub-command's handler is set with set_defaults(func=...)
 # and returns the process exit code.
 COMMAND_MODULES = (
-    "kanari.cli.demo",
     "kanari.cli.render",
     "kanari.cli.rollout",
     "kanari.cli.drift",

@@ -17,7 +17,7 @@ import yaml
 from kanari.api.v1alpha1 import API_VERSION, KIND, SpecError, parse_model_deployment
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
-from kanari.controller.reconcile import Observed, reconcile
+from kanari.controller.reconcile import ClusterObservation, reconcile
 
 
 class RenderError(Exception):
@@ -57,7 +57,7 @@ def render_objects(doc: dict[str, Any], config: OperatorConfig, resolve: Any = N
     package: PackageInfo | None = None
     if md.spec.model.modelPackageArn:
         package = (resolve or _resolve)(md.spec.model.modelPackageArn)
-    desired = reconcile(body, Observed(now=datetime.now(UTC), package=package), config)
+    desired = reconcile(body, ClusterObservation(now=datetime.now(UTC), package=package), config)
     invalid = next((c for c in desired.status.conditions if c.type == "InvalidSpec" and c.status == "True"), None)
     if invalid:
         raise SpecError(invalid.message.split(":", 1)[0], invalid.message.split(":", 1)[-1].strip())

@@ -23,7 +23,7 @@ from kanari.api.v1alpha1 import ModelDeploymentStatus, SpecError, parse_spec
 from kanari.controller import kube
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
-from kanari.controller.reconcile import Observed, reconcile
+from kanari.controller.reconcile import ClusterObservation, reconcile
 from kanari.rollout import analysis, engine
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 
@@ -33,7 +33,7 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes handler
 PACKAGE_TTL = 30.0  # registry lookups are cached briefly: approvals must still be noticed within a resync
 
 
-class Runtime:
+class OperatorContext:
     """Process-wide clients and wake-up signals; no rollout state."""
 
     def __init__(self, config: OperatorConfig):
@@ -58,20 +58,20 @@ class Runtime:
         return info
 
 
-RUNTIME: Runtime | None = None
+CONTEXT: OperatorContext | None = None
 
 
-def runtime() -> Runtime:
-    assert RUNTIME is not None, "operator not started"
-    return RUNTIME
+def context() -> OperatorContext:
+    assert CONTEXT is not None, "operator not started"
+    return CONTEXT
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global RUNTIME
+    global CONTEXT
     config = OperatorConfig.from_env()
     kube.load_config()
-    RUNTIME = Runtime(config)
+    CONTEXT = OperatorContext(config)
     settings.persistence.finalizer = "kanari.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kanari.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -94,8 +94,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def close(**_: Any) -> None:
-    if RUNTIME is not None:
-        await RUNTIME.prometheus.close()
+    if CONTEXT is not None:
+        await CONTEXT.prometheus.close()
 
 
 def _needs_attention(body: kopf.Body) -> bool:
@@ -110,22 +110,22 @@ def _needs_attention(body: kopf.Body) -> bool:
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 async def md_event(body: kopf.Body, uid: str, **_: Any) -> None:
     # Our own status patches come back as events too; only a new generation or action needs a wake-up.
-    if RUNTIME is not None and _needs_attention(body):
-        RUNTIME.wakeup(uid).set()
+    if CONTEXT is not None and _needs_attention(body):
+        CONTEXT.wakeup(uid).set()
 
 
 @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", labels={"app.kubernetes.io/managed-by": "kanari"})
 async def isvc_event(body: kopf.Body, **_: Any) -> None:
-    if RUNTIME is None:
+    if CONTEXT is None:
         return
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("kind") == api.KIND and ref.get("uid"):
-            RUNTIME.wakeup(ref["uid"]).set()
+            CONTEXT.wakeup(ref["uid"]).set()
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)
 async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: Logger, **_: Any) -> None:
-    rt = runtime()
+    rt = context()
     wake = rt.wakeup(uid)
     try:
         await _loop(rt, stopped, body, wake, logger)
@@ -139,7 +139,7 @@ async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: Logger
         rt.wakeups.pop(uid, None)
 
 
-async def _loop(rt: Runtime, stopped: Any, body: kopf.Body, wake: asyncio.Event, logger: Logger) -> None:
+async def _loop(rt: OperatorContext, stopped: Any, body: kopf.Body, wake: asyncio.Event, logger: Logger) -> None:
     failures = 0
     # kopf's body follows the watch stream, which can lag behind our own status write: deciding on it again
     # would undo the step just taken (e.g. put back a canary that was just promoted). It is trusted only at
@@ -187,7 +187,7 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-async def _snapshot(rt: Runtime, body: kopf.Body, seen: str | None) -> dict[str, Any] | None:
+async def _snapshot(rt: OperatorContext, body: kopf.Body, seen: str | None) -> dict[str, Any] | None:
     meta = body.get("metadata") or {}
     if seen is not None and meta.get("resourceVersion") != seen:
         return await rt.kube.get(kube.MODEL_DEPLOYMENT, meta["namespace"], meta["name"])
@@ -210,7 +210,7 @@ async def _sleep(stopped: Any, wake: asyncio.Event, delay: float) -> None:
 
 
 async def reconcile_once(
-    rt: Runtime, snapshot: dict[str, Any], body: kopf.Body, logger: Logger
+    rt: OperatorContext, snapshot: dict[str, Any], body: kopf.Body, logger: Logger
 ) -> tuple[float, str | None]:
     """One reconcile; returns when to run again and the resourceVersion the ModelDeployment now has."""
     meta = snapshot["metadata"]
@@ -239,7 +239,7 @@ async def reconcile_once(
 
     desired = reconcile(
         snapshot,
-        Observed(now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement),
+        ClusterObservation(now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement),
         rt.config,
     )
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from kanari.api.v1alpha1 import API_VERSION, KIND, ModelDeployment, ModelRef
 from kanari.controller.config import OperatorConfig
-from kanari.controller.runtime import RuntimeChoice
+from kanari.controller.serving_runtime import RuntimeChoice
 
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 ISVC_KIND = "InferenceService"

@@ -27,7 +27,7 @@ from kanari.api.v1alpha1 import (
 from kanari.controller import inferenceservice, isvc_health
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, baseline_uri, model_ref
-from kanari.controller.runtime import choose_runtime
+from kanari.controller.serving_runtime import choose_runtime
 from kanari.rollout import engine
 
 COND_READY = "Ready"
@@ -36,7 +36,7 @@ COND_APPROVED = "ModelApproved"
 
 
 @dataclass(frozen=True)
-class Observed:
+class ClusterObservation:
     now: datetime
     isvc: dict[str, Any] | None = None
     package: PackageInfo | None = None
@@ -46,7 +46,7 @@ class Observed:
 
 
 @dataclass
-class Desired:
+class ReconcileResult:
     status: ModelDeploymentStatus
     isvc: dict[str, Any] | None = None  # None: leave the InferenceService as it is
     prometheus_rule: dict[str, Any] | None = None
@@ -65,7 +65,7 @@ def _status_of(body: dict[str, Any]) -> ModelDeploymentStatus:
 
 def _invalid(
     status: ModelDeploymentStatus, err: SpecError, now: datetime, generation: int | None, reason: str = "InvalidSpec"
-) -> Desired:
+) -> ReconcileResult:
     previous = get_condition(status.conditions, COND_INVALID)
     conds = set_condition(status.conditions, COND_INVALID, True, reason, str(err), now, generation)
     # A spec that cannot be served leaves the running InferenceService and the stable version alone.
@@ -75,14 +75,14 @@ def _invalid(
     events = []
     if previous is None or previous.status != "True" or previous.message != str(err):
         events.append(Event("Warning", reason, str(err)))
-    return Desired(status=new, events=events)
+    return ReconcileResult(status=new, events=events)
 
 
 def _clear_invalid(status: ModelDeploymentStatus, now: datetime, generation: int | None) -> list[Any]:
     return set_condition(status.conditions, COND_INVALID, False, "SpecValid", "spec is valid", now, generation)
 
 
-def reconcile(body: dict[str, Any], observed: Observed, config: OperatorConfig) -> Desired:
+def reconcile(body: dict[str, Any], observed: ClusterObservation, config: OperatorConfig) -> ReconcileResult:
     now = observed.now
     meta_raw = body.get("metadata") or {}
     generation = meta_raw.get("generation")
@@ -99,7 +99,7 @@ def reconcile(body: dict[str, Any], observed: Observed, config: OperatorConfig) 
 
     if spec.suspend:
         conds = set_condition(status.conditions, "Suspended", True, "Suspended", "spec.suspend is true", now, generation)
-        return Desired(status=status.model_copy(update={"conditions": conds, "observedGeneration": generation}))
+        return ReconcileResult(status=status.model_copy(update={"conditions": conds, "observedGeneration": generation}))
 
     try:
         runtime = choose_runtime(spec, config.neuron_runtime, set(observed.known_runtimes))
@@ -128,7 +128,7 @@ def reconcile(body: dict[str, Any], observed: Observed, config: OperatorConfig) 
             new = status.model_copy(
                 update={"conditions": conditions, "message": msg, "observedGeneration": generation, "phase": phase}
             )
-            return Desired(status=new, events=events, requeue_after=config.resync_seconds)
+            return ReconcileResult(status=new, events=events, requeue_after=config.resync_seconds)
         conditions = set_condition(
             conditions, COND_APPROVED, True, "ModelApproved" if approved else "ApprovalNotRequired",
             f"model package is {package.approval_status}", now, generation,
@@ -140,7 +140,7 @@ def reconcile(body: dict[str, Any], observed: Observed, config: OperatorConfig) 
     decision = engine.decide(
         spec,
         status,
-        engine.Observation(
+        engine.RolloutObservation(
             now=now,
             desired=desired_ref,
             stable_ready=reading.stable_ready,
@@ -192,7 +192,7 @@ def reconcile(body: dict[str, Any], observed: Observed, config: OperatorConfig) 
     prometheus_rule = None
     delete_rule = False
     if spec.monitoring and spec.monitoring.enabled:
-        from kanari.drift.rules import build_prometheus_rule
+        from kanari.controller.drift_rules import build_prometheus_rule
 
         prometheus_rule = build_prometheus_rule(md)
         if prometheus_rule is not None:
@@ -202,7 +202,7 @@ def reconcile(body: dict[str, Any], observed: Observed, config: OperatorConfig) 
     requeue = decision.requeue_after
     if not ready:
         requeue = min(requeue or config.resync_seconds, 5.0)
-    return Desired(
+    return ReconcileResult(
         status=new_status,
         isvc=isvc,
         prometheus_rule=prometheus_rule,

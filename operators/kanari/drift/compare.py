@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kanari.drift.baseline import Baseline
 from kanari.drift.methods import (
     CATEGORICAL_METHODS,
     NUMERIC_METHODS,
@@ -20,6 +19,7 @@ from kanari.drift.methods import (
     is_drift,
     numeric_drift,
 )
+from kanari.drift.model_monitor import Baseline
 from kanari.drift.profile import Feature, Profile, categorical_strings, infer_type, profile_frame
 
 MAX_EXAMPLES = 5

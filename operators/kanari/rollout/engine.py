@@ -40,7 +40,7 @@ ERROR_PAUSES = ("PrometheusUnavailable", "AnalysisError")
 
 
 @dataclass(frozen=True)
-class Observation:
+class RolloutObservation:
     now: datetime
     desired: ModelRef
     stable_ready: bool
@@ -50,7 +50,7 @@ class Observation:
 
 
 @dataclass(frozen=True)
-class Decision:
+class RolloutDecision:
     status: ModelDeploymentStatus
     stable: ModelRef | None
     canary: ModelRef | None
@@ -60,10 +60,10 @@ class Decision:
 
 
 @dataclass
-class _Run:
+class _Pass:
     spec: ModelDeploymentSpec
     st: ModelDeploymentStatus
-    obs: Observation
+    obs: RolloutObservation
     generation: int | None
     events: list[Event] = field(default_factory=list)
     wake: list[datetime] = field(default_factory=list)
@@ -131,9 +131,9 @@ def analysis_due(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: 
 
 # ------------------------------------------------------------------------------------------ decide
 def decide(
-    spec: ModelDeploymentSpec, status: ModelDeploymentStatus, obs: Observation, generation: int | None
-) -> Decision:
-    run = _Run(spec, status.model_copy(deep=True), obs, generation)
+    spec: ModelDeploymentSpec, status: ModelDeploymentStatus, obs: RolloutObservation, generation: int | None
+) -> RolloutDecision:
+    run = _Pass(spec, status.model_copy(deep=True), obs, generation)
     st = run.st
     action = _take_action(run)
     desired = obs.desired
@@ -148,7 +148,7 @@ def decide(
     if generation is not None:
         st.observedGeneration = generation
     _summary_conditions(run)
-    return Decision(
+    return RolloutDecision(
         status=st,
         stable=st.stableModel,
         canary=st.canaryModel,
@@ -158,7 +158,7 @@ def decide(
     )
 
 
-def _take_action(run: _Run) -> str | None:
+def _take_action(run: _Pass) -> str | None:
     raw = run.obs.action
     ro = run.st.rollout
     if not raw or raw == ro.lastAction:
@@ -176,7 +176,7 @@ def _first_deploy_pending(st: ModelDeploymentStatus) -> bool:
     return st.canaryModel is None and st.phase in ("Pending", "Progressing", "Failed")
 
 
-def _deploy(run: _Run) -> None:
+def _deploy(run: _Pass) -> None:
     """First deployment: nothing serves yet, so there is nothing to protect with a canary."""
     st, d = run.st, run.obs.desired
     st.stableModel = d
@@ -192,7 +192,7 @@ def _deploy(run: _Run) -> None:
     _steady(run, None)
 
 
-def _steady(run: _Run, action: str | None) -> None:
+def _steady(run: _Pass, action: str | None) -> None:
     st, d = run.st, run.obs.desired
     first = _first_deploy_pending(st)
     if st.canaryModel is not None:
@@ -228,7 +228,7 @@ def _steady(run: _Run, action: str | None) -> None:
     run.wake.append(deadline)
 
 
-def _rollout(run: _Run, action: str | None) -> None:
+def _rollout(run: _Pass, action: str | None) -> None:
     st, d, ro = run.st, run.obs.desired, run.st.rollout
     if ro.abortedRevision == d.revision:
         if action != "retry":
@@ -261,7 +261,7 @@ def _rollout(run: _Run, action: str | None) -> None:
         run.wake.append(deadline)
 
 
-def _start(run: _Run) -> None:
+def _start(run: _Pass) -> None:
     st, d = run.st, run.obs.desired
     previous = st.canaryModel
     if st.canaryWeight:
@@ -286,7 +286,7 @@ def _start(run: _Run) -> None:
     run.condition("AnalysisPassing", "Unknown", "NotMeasured", "no analysis of this revision yet")
 
 
-def _apply_action(run: _Run, action: str) -> None:
+def _apply_action(run: _Pass, action: str) -> None:
     st, ro = run.st, run.st.rollout
     if action == "abort":
         _rollback(run, "Aborted", "aborted by an operator")
@@ -317,7 +317,7 @@ def _apply_action(run: _Run, action: str) -> None:
         run.event("ActionIgnored", f"{action}: revision {run.obs.desired.revision} is not rolled back")
 
 
-def _advance(run: _Run, full: bool) -> None:
+def _advance(run: _Pass, full: bool) -> None:
     st, ro = run.st, run.st.rollout
     steps = run.spec.rollout.effective_steps()
     # Each pass returns or moves currentStep forward (a pause step sets its reason, then returns).
@@ -357,14 +357,14 @@ def _advance(run: _Run, full: bool) -> None:
         _next_step(run, "analysis passed")
 
 
-def _hold_paused(run: _Run) -> None:
+def _hold_paused(run: _Pass) -> None:
     st = run.st
     st.phase = "Paused"
     total = len(run.spec.rollout.effective_steps())
     st.message = f"paused at step {st.currentStep}/{total}: {st.rollout.pausedReason}"
 
 
-def _analysis_step(run: _Run, step: CanaryStep) -> bool:
+def _analysis_step(run: _Pass, step: CanaryStep) -> bool:
     """True when every metric has its count of Successful measurements for this step."""
     st, ro, spec = run.st, run.st.rollout, run.spec
     analysis = spec.rollout.analysis
@@ -388,7 +388,7 @@ def _analysis_step(run: _Run, step: CanaryStep) -> bool:
     return False
 
 
-def _consume(run: _Run, due: list[str]) -> None:
+def _consume(run: _Pass, due: list[str]) -> None:
     st, ro, spec = run.st, run.st.rollout, run.spec
     analysis = spec.rollout.analysis
     assert analysis is not None and run.obs.measurement is not None
@@ -473,14 +473,14 @@ def _consume(run: _Run, due: list[str]) -> None:
     run.event("AnalysisPassed", text)
 
 
-def _set_weight(run: _Run, weight: int) -> None:
+def _set_weight(run: _Pass, weight: int) -> None:
     st = run.st
     if st.canaryWeight != weight:
         run.event("WeightChanged", f"canary weight {st.canaryWeight} -> {weight}")
         st.canaryWeight = weight
 
 
-def _next_step(run: _Run, why: str) -> None:
+def _next_step(run: _Pass, why: str) -> None:
     st, ro = run.st, run.st.rollout
     total = len(run.spec.rollout.effective_steps())
     st.currentStep = min(st.currentStep + 1, total)
@@ -489,7 +489,7 @@ def _next_step(run: _Run, why: str) -> None:
     run.event("StepAdvanced", f"step {st.currentStep}/{total} ({why})")
 
 
-def _complete(run: _Run, full: bool) -> None:
+def _complete(run: _Pass, full: bool) -> None:
     st, ro, spec = run.st, run.st.rollout, run.spec
     assert st.canaryModel is not None and st.stableModel is not None
     bake = parse_duration(spec.rollout.blueGreen.bakeDuration) if spec.rollout.blueGreen else 0.0
@@ -520,14 +520,14 @@ def _complete(run: _Run, full: bool) -> None:
         _degraded(run)
 
 
-def _degraded(run: _Run) -> None:
+def _degraded(run: _Pass) -> None:
     st = run.st
     assert st.stableModel is not None
     st.phase, st.message = "Degraded", f"stable {_name(st.stableModel)} is not Ready"
     run.condition("Progressing", False, "StableNotReady", st.message)
 
 
-def _rollback(run: _Run, reason: str, message: str) -> None:
+def _rollback(run: _Pass, reason: str, message: str) -> None:
     st, ro = run.st, run.st.rollout
     if st.canaryWeight:
         run.event("WeightChanged", f"canary weight {st.canaryWeight} -> 0")
@@ -546,7 +546,7 @@ def _rollback(run: _Run, reason: str, message: str) -> None:
     run.condition("Progressing", False, reason, st.message)
 
 
-def _hold_rolled_back(run: _Run) -> None:
+def _hold_rolled_back(run: _Pass) -> None:
     st = run.st
     st.canaryModel = None
     st.canaryWeight = 0
@@ -554,7 +554,7 @@ def _hold_rolled_back(run: _Run) -> None:
     st.rollout.pausedReason = None
 
 
-def _deadline_applies(run: _Run) -> bool:
+def _deadline_applies(run: _Pass) -> bool:
     st, ro = run.st, run.st.rollout
     if ro.pausedReason in HUMAN_PAUSES or ro.bakeUntil:
         return False
@@ -562,12 +562,12 @@ def _deadline_applies(run: _Run) -> bool:
     return not (step is not None and step.pause is not None and run.obs.canary_ready)
 
 
-def _deadline(run: _Run) -> datetime:
+def _deadline(run: _Pass) -> datetime:
     since = parse_time(run.st.rollout.lastProgressAt) or run.now
     return since + timedelta(seconds=parse_duration(run.spec.rollout.progressDeadline))
 
 
-def _summary_conditions(run: _Run) -> None:
+def _summary_conditions(run: _Pass) -> None:
     st = run.st
     reason = st.rollout.pausedReason
     paused = st.phase == "Paused" and bool(reason)
@@ -577,13 +577,13 @@ def _summary_conditions(run: _Run) -> None:
         run.condition("Progressing", True, why, st.message)
 
 
-def _requeue(run: _Run) -> float | None:
+def _requeue(run: _Pass) -> float | None:
     if not run.wake:
         return None
     return max(0.0, (min(run.wake) - run.now).total_seconds())
 
 
-def _metric(run: _Run, name: str) -> MetricSpec:
+def _metric(run: _Pass, name: str) -> MetricSpec:
     assert run.spec.rollout.analysis is not None
     return next(m for m in run.spec.rollout.analysis.metrics if m.name == name)
 

@@ -1,0 +1,52 @@
+"""Settings and command-line flags of the drift monitor, kept free of heavy imports so that building
+the `kanari` CLI stays fast."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+MAX_PENDING = 10_000
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    window_size: int = 1000
+    min_samples: int = 100
+    max_models: int = 100
+    max_event_bytes: int = 4 * 1024 * 1024
+    evaluate_interval: float = 5.0
+    pending_ttl: float = 30.0
+    idle_timeout: float = 900.0
+    max_pending: int = MAX_PENDING
+    max_pending_bytes: int = MAX_PENDING_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("window_size", "min_samples", "max_models", "max_event_bytes", "max_pending", "max_pending_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("evaluate_interval", "pending_ttl", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+
+
+def monitor_arguments(parser: argparse.ArgumentParser) -> None:
+    d = MonitorSettings()
+    parser.add_argument("--port", type=int, default=8080, help="listen port (events on /, metrics on /metrics)")
+    parser.add_argument("--host", default="0.0.0.0", help="listen address")
+    parser.add_argument(
+        "--config", help="YAML/JSON file mapping namespace/model to a baseline URI, for events without annotations"
+    )
+    parser.add_argument("--window-size", type=int, default=d.window_size, help="requests per sliding window")
+    parser.add_argument(
+        "--min-samples", type=int, default=d.min_samples, help="below this many requests no drift value is exported"
+    )
+    parser.add_argument("--max-models", type=int, default=d.max_models, help="windows tracked at most (LRU)")
+    parser.add_argument("--max-event-bytes", type=int, default=d.max_event_bytes, help="larger event bodies get 413")
+    parser.add_argument(
+        "--evaluate-interval", type=float, default=d.evaluate_interval, help="seconds between drift computations"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, default=d.idle_timeout, help="seconds without events before a window is dropped"
+    )

@@ -1,0 +1,227 @@
+"""Where the retraining receiver keeps its trigger history, so dedup, cooldown and the daily cap
+survive restarts: a JSON file (atomic writes) or the ModelDeployment's status.retraining list.
+
+`claim` decides and records in one step (under a lock, or with the object's resourceVersion), so two
+deliveries of the same alert cannot both start a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from kubernetes.client import CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kanari.api.conditions import now_iso
+from kanari.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, RetrainRecord
+from kanari.retrain.policy import STARTED, STARTING, Alert, RetrainPolicy, TriggerDecision, decide
+
+log = logging.getLogger("kanari.retrain.history")
+
+STATUS_RECORDS = 20  # ModelDeploymentStatus.retraining holds at most 20
+FILE_RECORDS = 100
+CONFLICT_RETRIES = 5
+EVENT_REASON = "RetrainingTriggered"
+EVENT_REASON_FAILED = "RetrainingFailed"
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not be read or written; nothing was recorded."""
+
+
+class TriggerStore(Protocol):
+    def claim(self, alert: Alert, policy: RetrainPolicy | None, now: datetime) -> TriggerDecision:
+        """Decide against the stored history; when the decision is to trigger, record a Starting entry."""
+
+    def complete(self, alert: Alert, run: str, outcome: str, message: str, now: datetime) -> None:
+        """Set the outcome (and run id) of the entry `claim` recorded for this alert."""
+
+
+def _record(alert: Alert, now: datetime) -> RetrainRecord:
+    return RetrainRecord(
+        at=now_iso(now), alert=alert.name, fingerprint=alert.fingerprint, startsAt=alert.starts_at, outcome=STARTING
+    )
+
+
+def _completed(records: list[RetrainRecord], alert: Alert, run: str, outcome: str) -> list[RetrainRecord]:
+    out = list(records)
+    for i in range(len(out) - 1, -1, -1):
+        r = out[i]
+        if r.fingerprint == alert.fingerprint and r.startsAt == alert.starts_at and r.outcome == STARTING:
+            out[i] = r.model_copy(update={"run": run, "outcome": outcome})
+            return out
+    raise StoreUnavailable(f"no Starting record for alert {alert.fingerprint} at {alert.starts_at}")
+
+
+# ------------------------------------------------------------------------------------------------ file
+class FileTriggerStore:
+    """History in one JSON file: {"models": {"namespace/model": [RetrainRecord, ...]}}.
+
+    Writes go to a temporary file that replaces the old one, so a crash leaves the old or the new
+    history, never half of one; an flock serialises processes sharing the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], keep: int = FILE_RECORDS):
+        self.path = Path(path)
+        self.keep = keep
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, list[RetrainRecord]]]:
+        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "a") as lockfile:
+            fcntl.flock(lockfile, fcntl.LOCK_EX)
+            yield self._read()
+
+    def _read(self) -> dict[str, list[RetrainRecord]]:
+        if not self.path.exists():
+            return {}
+        try:
+            doc = json.loads(self.path.read_text())
+            return {k: [RetrainRecord.model_validate(r) for r in v] for k, v in doc["models"].items()}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValidationError) as exc:
+            # Refusing beats starting over: an empty history would re-trigger everything.
+            raise StoreUnavailable(f"{self.path}: unreadable trigger history: {exc}") from None
+
+    def _write(self, models: dict[str, list[RetrainRecord]]) -> None:
+        doc = {"models": {k: [r.model_dump() for r in v[-self.keep :]] for k, v in models.items()}}
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def history(self, namespace: str, model: str) -> list[RetrainRecord]:
+        with self._locked() as models:
+            return models.get(f"{namespace}/{model}", [])
+
+    def claim(self, alert: Alert, policy: RetrainPolicy | None, now: datetime) -> TriggerDecision:
+        with self._locked() as models:
+            key = f"{alert.namespace}/{alert.model}"
+            decision = decide(alert, policy, models.get(key, []), now)
+            if decision.trigger:
+                models.setdefault(key, []).append(_record(alert, now))
+                self._write(models)
+            return decision
+
+    def complete(self, alert: Alert, run: str, outcome: str, message: str, now: datetime) -> None:
+        with self._locked() as models:
+            key = f"{alert.namespace}/{alert.model}"
+            models[key] = _completed(models.get(key, []), alert, run, outcome)
+            self._write(models)
+
+
+# ------------------------------------------------------------------------------------------ kubernetes
+class KubernetesTriggerStore:
+    """History in the ModelDeployment's status.retraining, written with the object's resourceVersion
+    (a concurrent writer makes the patch fail with 409 and the claim is decided again), plus an Event
+    on the ModelDeployment for every run started or failed."""
+
+    def __init__(self, custom: CustomObjectsApi, core: CoreV1Api, component: str = "kanari-drift-receiver"):
+        self.custom = custom
+        self.core = core
+        self.component = component
+
+    def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise StoreUnavailable(f"reading {KIND} {namespace}/{name}: {exc.status} {exc.reason}") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"reading {KIND} {namespace}/{name}: {exc}") from None
+
+    @staticmethod
+    def _records(obj: dict[str, Any]) -> list[RetrainRecord]:
+        raw = (obj.get("status") or {}).get("retraining") or []
+        return [RetrainRecord.model_validate(r) for r in raw if isinstance(r, dict)]
+
+    def _patch(self, obj: dict[str, Any], records: list[RetrainRecord]) -> bool:
+        """False on a conflict (someone else wrote first)."""
+        meta = obj["metadata"]
+        body = {
+            "metadata": {"resourceVersion": meta.get("resourceVersion")},
+            "status": {"retraining": [r.model_dump() for r in records[-STATUS_RECORDS:]]},
+        }
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body
+            )
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise StoreUnavailable(f"patching {KIND} {meta['namespace']}/{meta['name']}: {exc.status} {exc.reason}") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"patching {KIND} {meta['namespace']}/{meta['name']}: {exc}") from None
+
+    def claim(self, alert: Alert, policy: RetrainPolicy | None, now: datetime) -> TriggerDecision:
+        for _ in range(CONFLICT_RETRIES):
+            obj = self._get(alert.namespace, alert.model) if alert.namespace and alert.model else None
+            if obj is None:
+                decision = decide(alert, policy, [], now)
+                if decision.trigger:
+                    return TriggerDecision(False, "no_model", f"no {KIND} {alert.namespace}/{alert.model}")
+                return decision
+            records = self._records(obj)
+            decision = decide(alert, policy, records, now)
+            if not decision.trigger or self._patch(obj, [*records, _record(alert, now)]):
+                return decision
+        raise StoreUnavailable(f"{KIND} {alert.namespace}/{alert.model}: kept changing; gave up after {CONFLICT_RETRIES} tries")
+
+    def complete(self, alert: Alert, run: str, outcome: str, message: str, now: datetime) -> None:
+        for _ in range(CONFLICT_RETRIES):
+            obj = self._get(alert.namespace, alert.model)
+            if obj is None:
+                raise StoreUnavailable(f"{KIND} {alert.namespace}/{alert.model} disappeared")
+            if self._patch(obj, _completed(self._records(obj), alert, run, outcome)):
+                self._event(obj, outcome, message, now)
+                return
+        raise StoreUnavailable(f"{KIND} {alert.namespace}/{alert.model}: kept changing; gave up after {CONFLICT_RETRIES} tries")
+
+    def _event(self, obj: dict[str, Any], outcome: str, message: str, now: datetime) -> None:
+        meta = obj["metadata"]
+        failed = outcome != STARTED
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": EVENT_REASON_FAILED if failed else EVENT_REASON,
+            "message": message,
+            "type": "Warning" if failed else "Normal",
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "firstTimestamp": now_iso(now),
+            "lastTimestamp": now_iso(now),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except (ApiException, OSError) as exc:
+            # The record in status is what counts; a lost Event only costs visibility.
+            log.warning("could not emit Event %s on %s/%s: %s", event["reason"], meta["namespace"], meta["name"], exc)

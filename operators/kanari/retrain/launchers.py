@@ -1,0 +1,140 @@
+"""How a retraining run is started: a Kubeflow Pipelines run on a cluster, or a local command.
+
+A launcher returns a run id as soon as the run is submitted; it does not wait for training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import kfp
+
+from kanari.retrain.policy import Alert, RetrainPolicy
+
+ALERT_ENV = "KANARI_DRIFT_ALERT"
+
+
+class LaunchError(RuntimeError):
+    """The run could not be submitted; the message says why."""
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    alert: Alert
+    policy: RetrainPolicy
+
+    def fields(self) -> dict[str, str]:
+        """Values a command template may use: {model} {namespace} {alertname} {pipeline} {severity}
+        {fingerprint} {startsAt}."""
+        return {
+            "model": self.alert.model,
+            "namespace": self.alert.namespace,
+            "alertname": self.alert.name,
+            "pipeline": self.policy.pipeline,
+            "severity": self.alert.labels.get("severity", ""),
+            "fingerprint": self.alert.fingerprint,
+            "startsAt": self.alert.starts_at,
+        }
+
+
+class Launcher(Protocol):
+    def launch(self, request: LaunchRequest) -> str:
+        """Submit the run and return its id; LaunchError if it could not be submitted."""
+
+
+class CommandLauncher:
+    """Runs a configured command in the background, e.g.
+    `kanari pipeline run --local --model-name {model} --reason {alertname}`.
+
+    Each argument is formatted on its own and no shell is involved, so alert labels cannot inject
+    commands. The alert itself is in the environment variable KANARI_DRIFT_ALERT (JSON).
+    """
+
+    def __init__(self, command: Sequence[str] | str, log_dir: str | os.PathLike[str]):
+        self.command = shlex.split(command) if isinstance(command, str) else list(command)
+        if not self.command:
+            raise ValueError("command: empty")
+        self.log_dir = Path(log_dir)
+        self._children: list[subprocess.Popen[bytes]] = []
+
+    def launch(self, request: LaunchRequest) -> str:
+        fields = request.fields()
+        try:
+            argv = [arg.format(**fields) for arg in self.command]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise LaunchError(f"command template {self.command!r}: {exc!r} is not a known field") from None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{request.alert.model}-{request.alert.fingerprint}")
+        log_path = self.log_dir / f"retrain-{safe}.log"
+        env = {
+            **os.environ,
+            ALERT_ENV: json.dumps(request.alert.summary()),
+            **{f"KANARI_PARAM_{k.upper()}": v for k, v in request.policy.parameters.items()},
+        }
+        # Finished children are reaped here, so background runs leave no zombies behind.
+        self._children = [p for p in self._children if p.poll() is None]
+        try:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as exc:
+            raise LaunchError(f"cannot start {argv[0]}: {exc}") from None
+        self._children.append(proc)
+        return f"pid-{proc.pid}"
+
+
+class KfpLauncher:
+    """Starts the newest version of a named pipeline through kfp.Client, with the alert (JSON) as
+    the `alert_parameter` parameter next to the policy's parameters."""
+
+    def __init__(
+        self,
+        host: str,
+        experiment: str = "kanari-retraining",
+        namespace: str | None = None,
+        alert_parameter: str = "drift_alert",
+        client_factory: Callable[..., Any] = kfp.Client,
+    ):
+        self.host = host
+        self.experiment = experiment
+        self.namespace = namespace
+        self.alert_parameter = alert_parameter
+        self._client_factory = client_factory
+        self._client: Any = None
+
+    def _kfp(self) -> Any:
+        if self._client is None:
+            self._client = self._client_factory(host=self.host, namespace=self.namespace or "kubeflow")
+        return self._client
+
+    def launch(self, request: LaunchRequest) -> str:
+        pipeline = request.policy.pipeline
+        try:
+            client = self._kfp()
+            pipeline_id = client.get_pipeline_id(pipeline)
+            if pipeline_id is None:
+                raise LaunchError(f"pipeline {pipeline!r} is not registered in Kubeflow Pipelines at {self.host}")
+            versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
+            if not versions.pipeline_versions:
+                raise LaunchError(f"pipeline {pipeline!r} has no versions")
+            version_id = versions.pipeline_versions[0].pipeline_version_id
+            experiment = client.create_experiment(self.experiment, namespace=self.namespace)
+            params = {**request.policy.parameters, self.alert_parameter: json.dumps(request.alert.summary())}
+            run = client.run_pipeline(
+                experiment.experiment_id,
+                f"retrain-{request.alert.model}-{request.alert.fingerprint[:8]}",
+                params=params,
+                pipeline_id=pipeline_id,
+                version_id=version_id,
+            )
+        except LaunchError:
+            raise
+        except Exception as exc:  # kfp raises ApiException, urllib3 and ValueError alike
+            raise LaunchError(f"Kubeflow Pipelines at {self.host}: {type(exc).__name__}: {exc}") from None
+        return str(run.run_id)
