@@ -49,6 +49,8 @@ def services(tmp_path: Path, monitor_env: dict[str, str], cancer_baseline_uri: s
         "launcher": {"command": {"argv": [sys.executable, "-c", script, str(marker), "{namespace}/{model}:{alertname}"],
                                  "logDir": str(tmp_path / "logs")}},
         "store": {"file": str(tmp_path / "triggers.json")},
+        # The policy is the receiver's (or the ModelDeployment's), never the alert's annotations.
+        "models": {f"{NS}/{MODEL}": {"pipeline": "fraud-training", "cooldown": "1h", "maxPerDay": 2}},
     }))
     receiver = start_service(
         "kanari.retrain.receiver", ["--config", str(tmp_path / "receiver.yaml"), "--token-file", str(tmp_path / "token")],
