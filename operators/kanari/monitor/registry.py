@@ -128,7 +128,8 @@ class ModelRegistry:
         meta = obj.get("metadata") or {}
         self.put(str(meta.get("namespace", "")), str(meta.get("name", "")), monitored(obj))
 
-    def replace(self, objects: Iterable[dict[str, Any]]) -> None:
+    def replace(self, objects: Iterable[dict[str, Any]], namespace: str | None = None) -> None:
+        """A full list: of one namespace (one watcher per watched namespace), or of all (None)."""
         fresh: dict[tuple[str, str], MonitoredModel] = {}
         for obj in objects:
             meta = obj.get("metadata") or {}
@@ -136,7 +137,8 @@ class ModelRegistry:
             if m is not None:
                 fresh[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = m
         with self._lock:
-            self._models = fresh
+            kept = {k: v for k, v in self._models.items() if namespace is not None and k[0] != namespace}
+            self._models = {**kept, **fresh}
         self.synced = True
 
 
@@ -209,7 +211,7 @@ class KubernetesWatcher:
         """One full list; returns the resourceVersion to watch from."""
         fn, args = self._list_call(api)
         doc = fn(*args, _request_timeout=REQUEST_TIMEOUT)
-        self.registry.replace(doc.get("items") or [])
+        self.registry.replace(doc.get("items") or [], self.namespace)
         return str((doc.get("metadata") or {}).get("resourceVersion") or "")
 
     def _run(self) -> None:

@@ -499,7 +499,7 @@ def _profile_drift(base: Profile, cur: Profile) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
-def build_app(monitor: DriftMonitor, watcher: KubernetesWatcher | None = None) -> web.Application:
+def build_app(monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None) -> web.Application:
     max_bytes = monitor.settings.max_event_bytes
 
     async def receive(request: web.Request) -> web.Response:
@@ -520,7 +520,7 @@ def build_app(monitor: DriftMonitor, watcher: KubernetesWatcher | None = None) -
         return web.json_response({
             "status": "ok", "windows": len(monitor.windows), "pending": len(monitor.pending),
             "models": len(monitor.models), "modelsSynced": monitor.models.synced,
-            "watchErrors": watcher.errors if watcher else 0,
+            "watchErrors": sum(w.errors for w in watchers or []),
         })
 
     async def evaluator(app: web.Application) -> Any:
@@ -573,12 +573,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"kanari drift monitor: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    watcher = None
+    watchers = []
     if args.kubernetes:
-        watcher = KubernetesWatcher(models, kubernetes_api, namespace=args.watch_namespace)
-        watcher.start()
+        for namespace in args.watch_namespace or [None]:
+            watcher = KubernetesWatcher(models, kubernetes_api, namespace=namespace)
+            watcher.start()
+            watchers.append(watcher)
     monitor = DriftMonitor(settings, models)
-    serve(build_app(monitor, watcher), args.host, args.port, header_timeout=args.header_timeout, tls=tls)
+    serve(build_app(monitor, watchers), args.host, args.port, header_timeout=args.header_timeout, tls=tls)
     return 0
 
 

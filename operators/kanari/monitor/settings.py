@@ -53,7 +53,8 @@ def monitor_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--config", help="YAML/JSON file mapping namespace/model to a baseline URI (installs without the operator)"
     )
-    parser.add_argument("--watch-namespace", help="with --kubernetes: only this namespace's ModelDeployments")
+    parser.add_argument("--watch-namespace", action="append", default=[],
+                        help="with --kubernetes: only this namespace's ModelDeployments (repeat for several)")
     parser.add_argument("--window-size", type=int, default=d.window_size, help="requests per sliding window")
     parser.add_argument(
         "--min-samples", type=int, default=d.min_samples, help="below this many requests no drift value is exported"
