@@ -88,25 +88,26 @@ def _baseline(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from kanari.cli.tables import read_table
-    from kanari.drift.compare import compare_frame, profile_current
+    from kanari.drift.fastcompare import compare_file
     from kanari.drift.model_monitor import read_baseline
 
     try:
         baseline = read_baseline(args.baseline)
-        df = read_table(args.data)
+        # One pass over only the baseline's columns, in bounded chunks: the file is never loaded whole.
+        report = compare_file(baseline, args.data, method=args.method)
     except ValueError as exc:
         print(f"kanari drift compare: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    current = profile_current(baseline, df)
-    report = compare_frame(baseline, df, method=args.method, current=current)
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=1))
     else:
         print(render_table(report))
     if args.plot:
         from kanari.cli.drift_plot import plot_report
+        from kanari.drift.compare import profile_current
 
         try:
+            current = profile_current(baseline, read_table(args.data))
             plotted = plot_report(report, baseline, current, args.plot)
         except (ValueError, OSError) as exc:
             print(f"kanari drift compare: --plot: {exc}", file=sys.stderr)
