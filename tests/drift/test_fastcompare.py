@@ -150,7 +150,6 @@ def test_a_file_larger_than_the_memory_it_is_compared_in(tmp_path: Path) -> None
     ~100 MB of Arrow and allocator arenas, whatever the file's size)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from kanari.drift.model_monitor import write_baseline
 
     features = 100
