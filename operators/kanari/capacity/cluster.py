@@ -2,8 +2,9 @@
 
 Read from the objects Karpenter and the kubelet keep (pure: the controller lists them, this decides):
 - NodePool `spec.limits` on `aws.amazon.com/neuroncore` or `aws.amazon.com/neuron` (devices x 2 cores):
-  the most the pool may ever provision; what it has provisioned is the larger of its `status.resources`
-  and the sum of its NodeClaims' capacity (the status lags a launch by a few seconds, the claims do not).
+  the most the pool may ever provision; what it has provisioned is the largest of its `status.resources`,
+  the sum of its NodeClaims' capacity and that of its registered Nodes (the status lags a launch by a few
+  seconds; a claim may already be gone while its node drains).
 - Nodes' allocatable minus the requests of the pods bound to them: room on nodes that already exist.
 - NodeClaims still launching (no Node yet): their allocatable is room that is about to exist.
 - Pods not yet bound that request NeuronCores: demand that will take room before ours does.
@@ -202,15 +203,18 @@ def observe(
 
     rooms: list[NodeRoom] = []
     registered = set()
+    pool_nodes: dict[str, int] = {}  # cores of registered nodes per NodePool, whatever their claims say
     for node in nodes:
         meta = node.get("metadata") or {}
-        if (node.get("spec") or {}).get("unschedulable"):
-            continue  # cordoned (draining): nothing new lands there
         name = str(meta.get("name"))
         alloc = neuron_cores((node.get("status") or {}).get("allocatable"))
         registered.add(name)
-        if not alloc:
-            continue
+        owner = (meta.get("labels") or {}).get(NODEPOOL_LABEL)
+        if owner:
+            node_cores = neuron_cores((node.get("status") or {}).get("capacity")) or alloc or 0
+            pool_nodes[owner] = pool_nodes.get(owner, 0) + node_cores
+        if not alloc or (node.get("spec") or {}).get("unschedulable"):
+            continue  # no Neuron devices, or cordoned (draining): nothing new lands there
         rooms.append(NodeRoom(name, dict(meta.get("labels") or {}), alloc, used.get(name, 0)))
 
     claimed: dict[str, int] = {}
@@ -240,7 +244,7 @@ def observe(
                 labels=dict((template.get("metadata") or {}).get("labels") or {}),
                 requirements=_requirements((template.get("spec") or {}).get("requirements") or []),
                 limit=neuron_cores(spec.get("limits")),
-                provisioned=max(status_cores, claimed.get(name, 0)),
+                provisioned=max(status_cores, claimed.get(name, 0), pool_nodes.get(name, 0)),
             )
         )
     return ClusterRoom(tuple(rooms), tuple(pools), tuple(pending))

@@ -27,6 +27,7 @@ class CapacityView:
     stable_cores: int | None = None  # NeuronCores each stable pod holds
     canary_ready_replicas: int | None = None  # Ready canary pods
     error: str | None = None  # why the cluster could not be read (then nothing is planned)
+    recheck_seconds: float = RECHECK_SECONDS
 
 
 @dataclass(frozen=True)

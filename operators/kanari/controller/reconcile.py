@@ -13,8 +13,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from kanari.api.conditions import Event, get_condition, set_condition
-from kanari.capacity import isvc as capacity_isvc
-from kanari.capacity.gate import CapacityView
 from kanari.api.v1alpha1 import (
     ACTION_ANNOTATION,
     InferenceServiceRef,
@@ -26,6 +24,8 @@ from kanari.api.v1alpha1 import (
     format_validation_error,
     parse_spec,
 )
+from kanari.capacity import isvc as capacity_isvc
+from kanari.capacity.gate import CapacityView
 from kanari.controller import inferenceservice, isvc_health
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, baseline_uri, model_ref

@@ -369,7 +369,7 @@ def _capacity_admits(run: _Pass, steps: list[CanaryStep]) -> bool:
     target = capacity_gate.next_weight(steps, st.currentStep, st.canaryWeight)
     result = capacity_gate.check(run.spec, st, run.obs.capacity, target)
     st.capacity = result.status
-    recheck = run.now + timedelta(seconds=capacity_gate.RECHECK_SECONDS)
+    recheck = run.now + timedelta(seconds=run.obs.capacity.recheck_seconds)
     if not result.admitted:
         if ro.pausedReason != capacity_gate.REASON:
             ro.pausedReason = capacity_gate.REASON
