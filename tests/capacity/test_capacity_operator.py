@@ -10,8 +10,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from tests.capacity.capacity_fixtures import node, nodepool, pod
-from tests.operator.harness import CRD_FILES, UPSTREAM, Cluster, KServe, Kube, Operator, condition, operator_env
+from tests.operator.harness import (
+    CRD_FILES,
+    UPSTREAM,
+    Cluster,
+    KServe,
+    Kube,
+    Operator,
+    condition,
+    operator_env,
+)
 from tests.support.schemas import validate_custom
 
 NAMESPACE = "ml-neuron"
