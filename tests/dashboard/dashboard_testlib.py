@@ -29,14 +29,31 @@ from devstack.stack import free_port, wait_ready
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "kanari-local"
 VIEWER_TOKEN = "viewer-token"
+REVIEWER_TOKEN = "dashboard-sa-token"  # the in-cluster dashboard's own service account: token reviews only
+USERS = {ADMIN_TOKEN: "alice", VIEWER_TOKEN: "viewer"}
 T = TypeVar("T")
 
 
 class RbacEmulator(ClusterEmulator):
     """devstack's emulator, plus the one RBAC rule the tests need: the viewer may read, never write."""
 
+    seen_tokens: list[str]
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         auth = request.headers.get("Authorization", "")
+        if not hasattr(self, "seen_tokens"):
+            self.seen_tokens = []
+        self.seen_tokens.append(auth.removeprefix("Bearer "))
+        if str(request.url.path).endswith("/apis/authentication.k8s.io/v1/tokenreviews"):
+            # TokenReview, as the API server answers it; only the dashboard's service account may ask.
+            if auth != f"Bearer {REVIEWER_TOKEN}":
+                return aiohttp.web.json_response({"kind": "Status", "code": 403, "reason": "Forbidden",
+                                                  "message": "cannot create tokenreviews"}, status=403)
+            token = ((request.data or {}).get("spec") or {}).get("token", "")
+            user = USERS.get(token)
+            status = {"authenticated": True, "user": {"username": user}} if user else {"authenticated": False}
+            return aiohttp.web.json_response({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                                              "spec": {"token": token}, "status": status}, status=201)
         if auth == f"Bearer {VIEWER_TOKEN}" and request.action in (kmock.action.CREATE, kmock.action.UPDATE,
                                                                      kmock.action.DELETE):
             plural = getattr(request.resource, "plural", "")
@@ -93,7 +110,7 @@ class ApiServer:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        emulator = RbacEmulator()
+        emulator = self.emulator = RbacEmulator()
         emulator.declare()
         await emulator.__aenter__()
         runner = aiohttp.web.ServerRunner(aiohttp.web.Server(emulator), shutdown_timeout=1.0)

@@ -13,6 +13,7 @@ import builtins
 import contextlib
 import json
 import logging
+import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -169,8 +170,11 @@ class Watcher:
     def stop(self) -> None:
         self.stopped.set()
         for resp in list(self._responses):
+            # Shut the socket down under the reading thread: that ends its read at once. (Closing the response
+            # from here would wait for the lock the blocked reader holds.)
+            conn = getattr(resp, "_connection", None) or getattr(resp, "connection", None)
             with contextlib.suppress(Exception):
-                resp.close()  # unblocks the thread reading it
+                conn.sock.shutdown(socket.SHUT_RDWR)
 
     def _path(self, kind: str) -> str:
         c = self.cluster

@@ -8,6 +8,7 @@ own credentials, behind a per-session CSRF token and a same-origin check; the AP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -93,12 +94,22 @@ class Dashboard:
         r.add_post("/logout", self._logout)
         r.add_get("/healthz", self._healthz)
         app.on_startup.append(self._start)
+        app.on_shutdown.append(self._close_streams)
         app.on_cleanup.append(self._stop)
         return app
 
     async def _start(self, _: web.Application) -> None:
         if self.prometheus is not None:
             self._tasks.append(asyncio.create_task(self._poll_readings()))
+
+    async def _close_streams(self, _: web.Application) -> None:
+        """Event streams never end by themselves: end them, or shutdown waits out its timeout."""
+        for ident in [*self.sessions.values(), *([self.local] if self.local else [])]:
+            queues = list(ident.subscribers)
+            ident.subscribers.clear()
+            for q in queues:
+                with contextlib.suppress(asyncio.QueueFull):
+                    q.put_nowait({"kind": "bye"})
 
     async def _stop(self, _: web.Application) -> None:
         for t in self._tasks:
@@ -288,6 +299,8 @@ class Dashboard:
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
+                if queue not in ident.subscribers:
+                    break
                 await resp.write(f"event: {msg['kind']}\ndata: {json.dumps(msg)}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass

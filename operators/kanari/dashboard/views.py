@@ -320,31 +320,33 @@ def detail(obj: dict[str, Any], events: Sequence[dict[str, Any]], now: float,
 
 
 # ----------------------------------------------------------------------------------------------- drift
+KNEE_FRACTION = 0.6  # of the axis height, given to [0, 1.5 x critical] when drift spikes far above it
+
+
 def drift_axis(values: Iterable[float], warn: float, critical: float) -> dict[str, Any]:
     """A y axis on which warn and critical stay readable however far drift spikes.
 
-    Linear while the data stays within a few times `critical`; beyond that an asinh scale (linear near 0,
-    logarithmic above `warn`), so a spike to 50 does not squash both lines into the bottom pixel row.
+    Linear while the data stays within 3 x critical. Beyond that the axis is split: the lower 60% is linear
+    up to 1.5 x critical (where warn and critical are), the upper 40% logarithmic up to the largest value,
+    so a spike to 50 is still drawn, and does not squash both lines into the bottom pixel rows.
     """
     finite = [v for v in values if math.isfinite(v)]
     top = max([*finite, critical])
     if top <= 3 * critical:
         return {"distr": "linear", "min": 0.0, "max": round(max(top * 1.1, critical * 1.25), 6)}
-    return {"distr": "asinh", "linthresh": warn, "min": 0.0, "max": round(top * 1.1, 6)}
+    return {"distr": "split", "knee": critical * 1.5, "kneeFraction": KNEE_FRACTION, "min": 0.0,
+            "max": top * 1.1}
 
 
 def axis_fraction(axis: dict[str, Any], value: float) -> float:
-    """Where `value` sits on `axis`, 0 at the bottom, 1 at the top (what a reader sees)."""
+    """Where `value` sits on `axis`, 0 at the bottom, 1 at the top (what a reader sees; app.js draws the same)."""
     lo, hi = axis["min"], axis["max"]
-    if axis["distr"] == "asinh":
-        c = axis["linthresh"]
-
-        def f(x: float) -> float:
-            return math.asinh(x / c)
-    else:
-        def f(x: float) -> float:
-            return x
-    return (f(value) - f(lo)) / (f(hi) - f(lo))
+    if axis["distr"] != "split":
+        return (value - lo) / (hi - lo)
+    knee, kf = axis["knee"], axis["kneeFraction"]
+    if value <= knee:
+        return kf * value / knee
+    return kf + (1 - kf) * math.log(value / knee) / math.log(hi / knee)
 
 
 def drift_view(

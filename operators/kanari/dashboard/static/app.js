@@ -152,7 +152,7 @@
   }
 
   function driftChart(f, d) {
-    var fig = figure(f.feature, "(" + d.method + "; warn " + d.warn + ", critical " + d.critical + (f.axis.distr === "asinh" ? "; scale compressed above warn" : "") + ")");
+    var fig = figure(f.feature, "(" + d.method + "; warn " + d.warn + ", critical " + d.critical + (f.axis.distr === "split" ? "; logarithmic above " + num(f.axis.knee) : "") + ")");
     var holder = el("div", { role: "img", "aria-label": "drift of " + f.feature + ": now " + num(f.current) });
     fig.appendChild(holder);
     // One shared time axis: each line's points placed on the union of timestamps.
@@ -176,11 +176,22 @@
     data.push(hline(d.warn, xs.length));
     series.push({ label: "critical " + d.critical, stroke: COLORS.critical, dash: [6, 4], width: 1.5, points: { show: false } });
     data.push(hline(d.critical, xs.length));
-    var axis = f.axis;
-    var scale = axis.distr === "asinh" ? { distr: 4, asinh: axis.linthresh, range: [axis.min, axis.max] }
-      : { range: [axis.min, axis.max] };
+    var axis = f.axis, scale, yaxis = { label: d.method };
+    if (axis.distr === "split") {
+      // The same split axis as views.drift_axis: linear to the knee (60% of the height), logarithmic above.
+      var knee = axis.knee, kf = axis.kneeFraction, top = axis.max, span = Math.log(top / knee);
+      var fwd = function (v) { return v <= knee ? kf * v / knee : kf + (1 - kf) * Math.log(v / knee) / span; };
+      var bwd = function (f) { return f <= kf ? f * knee / kf : knee * Math.exp((f - kf) / (1 - kf) * span); };
+      scale = { distr: 100, fwd: fwd, bwd: bwd, range: [0, top] };
+      var ticks = [0, d.warn, d.critical, knee];
+      for (var k = 1; k <= 3; k++) ticks.push(bwd(kf + (1 - kf) * k / 3));
+      yaxis.splits = function () { return ticks; };
+      yaxis.values = function (u, vals) { return vals.map(function (v) { return num(v); }); };
+    } else {
+      scale = { range: [axis.min, axis.max] };
+    }
     requestAnimationFrame(function () {
-      chart(holder, { series: series, scales: { y: scale }, axes: [{}, { label: d.method }] }, data);
+      chart(holder, { series: series, scales: { y: scale }, axes: [{}, yaxis] }, data);
     });
     return fig;
   }
