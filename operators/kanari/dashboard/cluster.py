@@ -172,7 +172,7 @@ class Watcher:
         for resp in list(self._responses):
             # Shut the socket down under the reading thread: that ends its read at once. (Closing the response
             # from here would wait for the lock the blocked reader holds.)
-            conn = getattr(resp, "_connection", None) or getattr(resp, "connection", None)
+            conn: Any = getattr(resp, "_connection", None) or getattr(resp, "connection", None)
             with contextlib.suppress(Exception):
                 conn.sock.shutdown(socket.SHUT_RDWR)
 
