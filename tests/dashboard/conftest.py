@@ -1,5 +1,6 @@
-"""The dashboard's test stack, shared by a module: API emulator, exporter + real Prometheus, the real operator,
-a KServe stand-in, and two `kanari dashboard` processes (an admin's and a read-only user's kubeconfig)."""
+"""The dashboard's test stack, shared by the session: API emulator, exporter + real Prometheus, the real operator,
+a KServe stand-in, webhooks for its notifications, and two `kanari dashboard` processes (an admin's and a
+read-only user's kubeconfig)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from typing import Any
 import pytest
 
 from devstack.stack import ScrapeTarget, free_port, start_prometheus
-from tests.dashboard.dashboard_testlib import ApiServer, DashboardProcess, KServeLoop, Kube, exporter
+from tests.dashboard.dashboard_testlib import (
+    ApiServer,
+    DashboardProcess,
+    KServeLoop,
+    Kube,
+    WebhookReceiver,
+    exporter,
+)
 
 ARTIFACTS = Path(os.environ.get("KANARI_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "out" / "test-artifacts")) / "dashboard"
 
@@ -28,9 +36,10 @@ class Stack:
     admin: DashboardProcess
     viewer: DashboardProcess
     workdir: Path
+    webhooks: WebhookReceiver
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not shutil.which("prometheus"):
         pytest.fail("prometheus is not installed (scripts/bootstrap.sh installs it)")
@@ -38,7 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     work = tmp_path_factory.mktemp("dashboard")
     port = free_port()
-    with ApiServer(work) as server, exporter(port) as gauges:
+    with ApiServer(work) as server, exporter(port) as gauges, WebhookReceiver() as webhooks:
         prom = start_prometheus(work / "prometheus", [ScrapeTarget("kanari", [f"127.0.0.1:{port}"])])
         kube = Kube(server)
         kserve = KServeLoop(kube)
@@ -49,6 +58,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             KANARI_METRICS_PORT=str(free_port()), KANARI_LIVENESS_ENDPOINT=f"http://127.0.0.1:{free_port()}/healthz",
             KANARI_PROMETHEUS_URL=prom.url, AWS_REGION="us-east-1", AWS_ACCESS_KEY_ID="testing",
             AWS_SECRET_ACCESS_KEY="testing", PYTHONUNBUFFERED="1",
+            # Notifications from the real operator to webhooks on loopback (tests/dashboard/test_notify*.py).
+            KANARI_NOTIFY_SLACK_URL=f"{webhooks.url}/slack", KANARI_NOTIFY_TEAMS_URL=f"{webhooks.url}/teams",
+            KANARI_NOTIFY_WEBHOOK_URL=f"{webhooks.url}/hook", KANARI_NOTIFY_WEBHOOK_TOKEN="hook-token",
+            KANARI_NOTIFY_DASHBOARD_URL="http://127.0.0.1:3100", KANARI_NOTIFY_RATE_PER_MINUTE="600",
         )
         operator = Operator(env, work / "operator.log")
         admin = viewer = None
@@ -56,7 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             operator.start()
             admin = DashboardProcess(server.admin_kubeconfig, work / "dashboard-admin.log", prom.url)
             viewer = DashboardProcess(server.viewer_kubeconfig, work / "dashboard-viewer.log", prom.url)
-            yield Stack(server, kube, gauges, prom.url, kserve, admin, viewer, work)
+            yield Stack(server, kube, gauges, prom.url, kserve, admin, viewer, work, webhooks)
         finally:
             for d in (admin, viewer):
                 if d is not None:

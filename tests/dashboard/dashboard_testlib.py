@@ -273,3 +273,48 @@ def exporter(port: int) -> Iterator[Any]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class WebhookReceiver:
+    """Slack, Teams and generic webhooks on loopback: records every POST per path; /fail answers 500 and
+    /slow answers after `slow_seconds`."""
+
+    def __init__(self, slow_seconds: float = 5.0):
+        import http.server
+        import json as _json
+
+        received: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+        self.received = received
+        lock = threading.Lock()
+        slow = slow_seconds
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/slow":
+                    time.sleep(slow)
+                with lock:
+                    received.append((self.path, _json.loads(body or b"{}"), dict(self.headers)))
+                self.send_response(500 if self.path == "/fail" else 200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="webhooks")
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def at(self, path: str) -> list[dict[str, Any]]:
+        return [body for p, body, _ in list(self.received) if p == path]
