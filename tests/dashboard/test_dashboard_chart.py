@@ -71,3 +71,48 @@ def test_bad_values_name_the_key(tmp_path: Path, values: str, message: str) -> N
     path.write_text(values)
     proc = helm("template", "kanari", str(CHART), "-f", str(path))
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def controller_env(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    dep = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "kanari-controller")
+    return list(dep["spec"]["template"]["spec"]["containers"][0]["env"])
+
+
+def test_notifications_off_unless_a_secret_is_named(tmp_path: Path) -> None:
+    assert not [e for e in controller_env(render(tmp_path)) if e["name"].startswith("KANARI_NOTIFY_")]
+
+
+def test_notifications_example_configures_the_controller(tmp_path: Path) -> None:
+    """The README's chart example (ci/notifications-values.yaml): what the controller reads from it is valid."""
+    from kanari.notify.messages import Notification
+    from kanari.notify.sinks import NotifyConfig
+
+    example = (CHART / "ci" / "notifications-values.yaml").read_text()
+    readme = (CHART.parents[1] / "README.md").read_text()
+    assert example.split("\n", 2)[2].strip() in readme  # the README shows this very file
+    env = controller_env(render(tmp_path, example))
+    secret_urls = {"slack": "https://hooks.slack.com/services/T0/B0/x", "teams": "https://prod.example/workflows/1",
+                   "webhook": "https://hooks.example/kanari", "webhookToken": "t0ken"}
+    resolved = {}
+    for e in env:
+        if not e["name"].startswith("KANARI_NOTIFY_"):
+            continue
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            assert ref["name"] == "kanari-notifications" and ref["optional"] is True
+            resolved[e["name"]] = secret_urls[ref["key"]]
+        else:
+            resolved[e["name"]] = e["value"]
+    config = NotifyConfig.from_env(resolved)
+    assert set(config.sinks) == {"slack", "teams", "webhook"} and config.rate_per_minute == 20
+    assert "step_advanced" not in config.kinds and "rolled_back" in config.kinds
+    n = Notification("rolled_back", "ml", "fraud", {"revision": "r2", "metric": "p99", "value": "0.31",
+                                                     "threshold": "<= 0.25"})
+    assert n.text(config.templates) == ":rotating_light: ml/fraud rolled back r2: p99 = 0.31 breached <= 0.25"
+
+
+def test_notification_values_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text("notifications:\n  existingSecret: s\n  events: [exploded]\n")
+    proc = helm("template", "kanari", str(CHART), "-f", str(path))
+    assert proc.returncode != 0 and "at '/notifications/events/0'" in proc.stderr, proc.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -178,16 +177,14 @@ def test_bad_settings_name_the_variable_and_never_echo_a_url(env: dict[str, str]
     assert "SECRET" not in str(err.value)
 
 
-def test_bad_template_names_the_event(tmp_path: Any) -> None:
-    path = tmp_path / "t.yaml"
-    path.write_text("promoted: 'shipped $version'\nrolled_back: 'broken ${metric'\n")
+def test_bad_template_names_the_event() -> None:
     with pytest.raises(ConfigError, match="templates.rolled_back: invalid placeholder"):
-        NotifyConfig.from_env({"KANARI_NOTIFY_TEMPLATES": str(path)})
-    path.write_text("shipped: 'x'\n")
+        NotifyConfig.from_env({"KANARI_NOTIFY_TEMPLATES": "promoted: 'shipped $version'\nrolled_back: 'broken ${metric'\n"})
     with pytest.raises(ConfigError, match="templates.shipped: unknown event"):
-        NotifyConfig.from_env({"KANARI_NOTIFY_TEMPLATES": str(path)})
-    path.write_text("promoted: '$model shipped $version :tada:'\n")
-    config = NotifyConfig.from_env({"KANARI_NOTIFY_TEMPLATES": str(path)})
+        NotifyConfig.from_env({"KANARI_NOTIFY_TEMPLATES": '{"shipped": "x"}'})
+    with pytest.raises(ConfigError, match="KANARI_NOTIFY_TEMPLATES: expected a mapping"):
+        NotifyConfig.from_env({"KANARI_NOTIFY_TEMPLATES": "[1, 2]"})
+    config = NotifyConfig.from_env({"KANARI_NOTIFY_TEMPLATES": '{"promoted": "$model shipped $version :tada:"}'})
     n = messages.Notification("promoted", "ml", "fraud", {"version": "v7"})
     assert n.text(config.templates) == "ml/fraud shipped v7 :tada:"
 

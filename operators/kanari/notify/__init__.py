@@ -13,7 +13,7 @@ Configuration (environment; the chart sets it from a Secret for the URLs and fro
   KANARI_NOTIFY_WEBHOOK_TOKEN   optional bearer token for the generic webhook
   KANARI_NOTIFY_EVENTS          comma-separated kinds to send (default: all of messages.KINDS)
   KANARI_NOTIFY_RATE_PER_MINUTE per sink (default 30); above it a notification is dropped and counted
-  KANARI_NOTIFY_TEMPLATES       file: YAML {kind: template} overriding messages.TEMPLATES
+  KANARI_NOTIFY_TEMPLATES       YAML or JSON {kind: template} overriding messages.TEMPLATES
   KANARI_NOTIFY_DASHBOARD_URL   base URL of the dashboard, linked from each message
 """
 

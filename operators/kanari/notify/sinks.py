@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from string import Template
 from typing import Any
 from urllib.parse import urlparse
@@ -67,12 +66,12 @@ class NotifyConfig:
         if not raw_rate.isdigit() or not 1 <= int(raw_rate) <= 10000:
             raise ConfigError(f"KANARI_NOTIFY_RATE_PER_MINUTE: {raw_rate!r} is not a number from 1 to 10000")
         overrides: dict[str, str] = {}
-        path = env.get("KANARI_NOTIFY_TEMPLATES", "").strip()
-        if path:
+        raw = env.get("KANARI_NOTIFY_TEMPLATES", "").strip()
+        if raw:
             try:
-                doc = yaml.safe_load(Path(path).read_text())
-            except (OSError, yaml.YAMLError) as exc:
-                raise ConfigError(f"KANARI_NOTIFY_TEMPLATES: cannot read {path}: {type(exc).__name__}") from None
+                doc = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                raise ConfigError("KANARI_NOTIFY_TEMPLATES: not YAML or JSON") from None
             if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
                 raise ConfigError("KANARI_NOTIFY_TEMPLATES: expected a mapping of event kind to template text")
             overrides = {str(k): v for k, v in doc.items()}
