@@ -281,3 +281,27 @@ def test_lineage_page_links_each_stage(stack: Stack, browser: WebDriver) -> None
     assert console_errors(browser) == []
     screenshot(browser, "lineage")
     _ = md
+
+
+def test_the_static_export_shows_the_same_views_offline(stack: Stack, browser: WebDriver, tmp_path: Path) -> None:
+    """`kanari dashboard --export` (what the demo's report is): pages that open from disk, no server."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "KANARI_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kanari.cli.main", "dashboard", "--export", str(tmp_path / "export"),
+         "--kubeconfig", str(stack.server.admin_kubeconfig), "--prometheus-url", stack.prometheus],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    base = (tmp_path / "export").as_uri()
+    open_view(browser, f"{base}/index.html")
+    assert "fraud-b" in text(browser, "#md-table") and "ranker" in text(browser, "#md-table")
+    open_view(browser, f"{base}/md/ml-prod/fraud-b/index.html")
+    row = text(browser, "#latest-run tbody tr")
+    assert "success-rate" in row and "Failed" in row and "0.62" in row
+    assert not browser.find_elements(By.CSS_SELECTOR, "button[data-action]")  # an export acts on nothing
+    click(browser, 'nav a[href$="drift.html"]')
+    wait(browser).until(lambda d: d.find_element(By.ID, "view").get_attribute("aria-busy") is None)
+    assert text(browser, "table.worst tbody tr").startswith("mean area")
+    assert console_errors(browser) == []
