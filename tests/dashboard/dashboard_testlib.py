@@ -35,7 +35,8 @@ T = TypeVar("T")
 
 
 class RbacEmulator(ClusterEmulator):
-    """devstack's emulator, plus the one RBAC rule the tests need: the viewer may read, never write."""
+    """devstack's emulator, plus the RBAC the tests need: the viewer may read in namespaces (a Role), never
+    across them, and never write."""
 
     seen_tokens: list[str]
 
@@ -54,6 +55,13 @@ class RbacEmulator(ClusterEmulator):
             status = {"authenticated": True, "user": {"username": user}} if user else {"authenticated": False}
             return aiohttp.web.json_response({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                                               "spec": {"token": token}, "status": status}, status=201)
+        if auth == f"Bearer {VIEWER_TOKEN}" and request.namespace is None and request.action in (
+                kmock.action.LIST, kmock.action.WATCH):
+            # A namespaced Role only: nothing across namespaces.
+            return aiohttp.web.json_response({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Forbidden",
+                "code": 403, "message": f'User "viewer" cannot list resource "{getattr(request.resource, "plural", "")}" '
+                                        "at the cluster scope"}, status=403)
         if auth == f"Bearer {VIEWER_TOKEN}" and request.action in (kmock.action.CREATE, kmock.action.UPDATE,
                                                                      kmock.action.DELETE):
             plural = getattr(request.resource, "plural", "")

@@ -118,8 +118,10 @@ async def test_a_user_without_rbac_is_refused_by_the_api_server(server: ApiServe
                             headers={"X-Kanari-CSRF": dash.local.csrf})
         assert resp.status == 403
         assert 'User "viewer" cannot patch' in (await resp.json())["error"]
-        # Reading is allowed: the same user sees the rollout.
+        # Reading is allowed: the same user sees the rollout; the list falls back to the context's namespace.
         assert (await c.get("/api/md/ml-prod/fraud")).status == 200
+        listing = await (await c.get("/api/list")).json()
+        assert listing["scope"] == "namespace ml-prod" and [r["name"] for r in listing["rows"]] == ["fraud"]
     assert annotation(server) == before
 
 

@@ -112,10 +112,13 @@ class Cluster:
 
         return await asyncio.to_thread(get)
 
-    async def events(self, namespace: str) -> builtins.list[dict[str, Any]]:
+    async def events(self, namespace: str, name: str | None = None) -> builtins.list[dict[str, Any]]:
+        # The server filters by object when it can; the views filter again (by uid) whatever it returns.
+        selector = f"involvedObject.kind=ModelDeployment,involvedObject.name={name}" if name else ""
+
         def events() -> builtins.list[dict[str, Any]]:
             try:
-                resp = self.core.list_namespaced_event(namespace, _preload_content=False,
+                resp = self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False,
                                                        _request_timeout=REQUEST_TIMEOUT)
                 return list(json.loads(resp.data).get("items") or [])
             except ApiException as exc:

@@ -56,7 +56,7 @@ async def export(cluster: Cluster, prometheus: Prometheus | None, out: Path, sin
         nav = {"All": f"{root}index.html", "Rollout": f"{root}{base}/index.html",
                "Drift": f"{root}{base}/drift.html", "Lineage": f"{root}{base}/lineage.html"}
         meta_doc = {"actionsEnabled": False, "export": True, "exportedAt": now}
-        detail = {**views.detail(obj, await cluster.events(ns), now, reading), **meta_doc}
+        detail = {**views.detail(obj, await cluster.events(ns, name), now, reading), **meta_doc}
         drift = {**await drift_document(prometheus, obj, since, now), **meta_doc}
         lineage = {"summary": rows[-1], "lineage": views.lineage_view(obj), **meta_doc}
         for view, fname, doc, title in (("detail", "index.html", detail, f"{ns}/{name}"),

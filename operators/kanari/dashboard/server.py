@@ -234,7 +234,7 @@ class Dashboard:
         ns, name = self._names(request)
         try:
             obj = await ident.cluster.get(ns, name)
-            events = await ident.cluster.events(ns)
+            events = await ident.cluster.events(ns, name)
         except ClusterError as exc:
             return self._cluster_error(exc)
         doc = views.detail(obj, events, time.time(), self._reading(obj))
