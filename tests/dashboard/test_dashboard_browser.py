@@ -305,3 +305,47 @@ def test_the_static_export_shows_the_same_views_offline(stack: Stack, browser: W
     wait(browser).until(lambda d: d.find_element(By.ID, "view").get_attribute("aria-busy") is None)
     assert text(browser, "table.worst tbody tr").startswith("mean area")
     assert console_errors(browser) == []
+
+
+def test_in_cluster_sign_in_page(stack: Stack, browser: WebDriver) -> None:
+    """The in-cluster mode's sign-in: a pasted token, checked by TokenReview; a wrong one is refused."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+    from kanari.dashboard.server import Dashboard, Settings
+    from kubernetes import client
+
+    from devstack.stack import free_port
+    from tests.dashboard.dashboard_testlib import REVIEWER_TOKEN, VIEWER_TOKEN
+
+    conf = client.Configuration(host=stack.server.url)
+    conf.api_key = {"authorization": f"Bearer {REVIEWER_TOKEN}"}
+    port = free_port()
+    dash = Dashboard(Settings(port=port, in_cluster=True), None, reviewer=client.ApiClient(conf))
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(dash.app(), shutdown_timeout=1.0)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        browser.get(f"http://127.0.0.1:{port}/md/ml-prod/fraud-a")
+        wait(browser).until(lambda d: d.current_url.endswith("/login"))
+        browser.find_element(By.ID, "token").send_keys("not-a-token")
+        click(browser, "#login button")
+        wait(browser).until(lambda d: "not accepted" in text(d, "#login-result"))
+        assert [e for e in console_errors(browser) if "/login" not in e] == []  # the refused POST is logged
+        browser.find_element(By.ID, "token").clear()
+        browser.find_element(By.ID, "token").send_keys(VIEWER_TOKEN)
+        ns = browser.find_element(By.ID, "namespace")
+        ns.clear()
+        ns.send_keys("ml-prod")
+        click(browser, "#login button")
+        wait(browser).until(lambda d: "as viewer" in text(d, "#md-table caption"))
+        assert "fraud-a" in text(browser, "#md-table") and "ranker" not in text(browser, "#md-table")
+        assert console_errors(browser) == []
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

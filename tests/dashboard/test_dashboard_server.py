@@ -170,13 +170,16 @@ async def test_in_cluster_only_reviewed_tokens_get_in_and_act_as_themselves(serv
         assert (await c.post("/login", data=json.dumps({"token": VIEWER_TOKEN}),
                              headers={"Origin": "http://attacker.example"})).status == 403
         assert (await c.post("/login", data="[]")).status == 400
-        ok = await c.post("/login", data=json.dumps({"token": VIEWER_TOKEN}))
+        assert (await c.post("/login", data=json.dumps({"token": VIEWER_TOKEN, "namespace": "../x"}))).status == 400
+        ok = await c.post("/login", data=json.dumps({"token": VIEWER_TOKEN, "namespace": "ml-prod"}))
         assert ok.status == 200 and (await ok.json())["user"] == "viewer"
         cookie = ok.headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
         seen = len(server.emulator.seen_tokens)
         resp = await c.get("/api/list")
-        assert resp.status == 200 and (await resp.json())["user"] == "viewer"
+        listing = await resp.json()
+        assert resp.status == 200 and listing["user"] == "viewer"
+        assert listing["scope"] == "namespace ml-prod" and [r["name"] for r in listing["rows"]] == ["fraud"]
         # The list was read with the user's own token, never the dashboard's service account.
         assert server.emulator.seen_tokens[seen:] and set(server.emulator.seen_tokens[seen:]) == {VIEWER_TOKEN}
         ident = next(iter(dash.sessions.values()))

@@ -367,12 +367,16 @@ class Dashboard:
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token.strip() or len(token) > 16384:
             return web.json_response({"error": "token: paste a Kubernetes bearer token"}, status=400)
+        # Where to look when the user may not list across namespaces (a namespaced Role).
+        namespace = (body.get("namespace") or "default") if isinstance(body, dict) else "default"
+        if not isinstance(namespace, str) or not NAME.match(namespace) or len(namespace) > 63:
+            return web.json_response({"error": "namespace: not a Kubernetes namespace name"}, status=400)
         try:
             user = await review_token(self.reviewer, token.strip())
         except ClusterError as exc:
             return web.json_response({"error": exc.message}, status=401 if exc.status in (0, 401) else 502)
         base = self.reviewer.configuration
-        cluster = Cluster(token_client(base, token.strip()), namespace="default")
+        cluster = Cluster(token_client(base, token.strip()), namespace=namespace)
         sid = secrets.token_urlsafe(32)
         self.sessions[sid] = Identity(cluster=cluster, user=user, expires=time.time() + SESSION_SECONDS)
         resp = web.json_response({"user": user})

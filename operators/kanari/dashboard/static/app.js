@@ -439,11 +439,13 @@
     var form = el("form", { id: "login" },
       el("label", { for: "token", text: "Kubernetes token (kubectl create token NAME, or your OIDC id-token)" }),
       el("textarea", { id: "token", rows: 4, required: true, autocomplete: "off", spellcheck: "false" }),
+      el("label", { for: "namespace", text: "Namespace (when you may not list across namespaces)" }),
+      el("input", { id: "namespace", type: "text", value: "default", autocomplete: "off", spellcheck: "false" }),
       el("button", { type: "submit", text: "Sign in" }), el("p", { id: "login-result", role: "alert" }));
     form.addEventListener("submit", function (e) {
       e.preventDefault();
       fetch(ROOT + "login", { method: "POST", headers: { "Content-Type": "application/json" }, credentials: "same-origin",
-        body: JSON.stringify({ token: document.getElementById("token").value }) })
+        body: JSON.stringify({ token: document.getElementById("token").value, namespace: document.getElementById("namespace").value }) })
         .then(function (r) { return r.json().then(function (j) { return [r.status, j]; }); })
         .then(function (x) { if (x[0] === 200) location.href = ROOT; else document.getElementById("login-result").textContent = x[1].error; });
     });
