@@ -199,15 +199,19 @@ def test_promote_from_the_page_moves_the_rollout_and_is_refused_without_rbac(sta
 
 def test_scorecard_shows_the_failing_metric_after_a_rollback(stack: Stack, browser: WebDriver) -> None:
     kube = stack.kube
-    # The canary's success rate, as the analysis query reads it from Prometheus: bad.
-    for rev, value in (("fraud-b-predictor-00001", 0.995), ("fraud-b-predictor-00002", 0.62)):
+    # The canary's success rate, as the analysis query reads it from Prometheus: good at first.
+    for rev, value in (("fraud-b-predictor-00001", 0.995), ("fraud-b-predictor-00002", 0.991)):
         stack.gauges["success"].labels("ml-prod", rev).set(value)
     query = 'max(kanari_test_success_rate{namespace="{{namespace}}", revision="{{canaryRevision}}"})'
     deploy(stack, "fraud-b", {
-        "strategy": "Canary", "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 100}],
+        "strategy": "Canary", "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 50},
+                                        {"pause": {"duration": "4s"}}, {"analysis": {}}, {"setWeight": 100}],
         "analysis": {"interval": "1s", "count": 1, "metrics": [
             {"name": "success-rate", "query": query, "thresholdRange": {"min": 0.95}}]},
     })
+    wait_for(lambda: kube.md("ml-prod", "fraud-b")["status"].get("canaryWeight") == 50, "the first analysis to pass", 40)
+    # Then it drops; the pause before the second analysis lets Prometheus scrape it (every second).
+    stack.gauges["success"].labels("ml-prod", "fraud-b-predictor-00002").set(0.62)
     md = wait_for(lambda: (m := kube.md("ml-prod", "fraud-b"))["status"].get("phase") == "RolledBack" and m,
                   "the analysis to roll fraud-b back", 40)
     open_view(browser, stack.admin.url + "/md/ml-prod/fraud-b")
@@ -219,6 +223,8 @@ def test_scorecard_shows_the_failing_metric_after_a_rollback(stack: Stack, brows
     # The chart itself says why: the failed measurement is drawn and captioned.
     assert "0.62" in text(browser, "figure.chart p.failure")
     assert browser.find_elements(By.CSS_SELECTOR, "figure.chart canvas")
+    # The run before it passed: its scorecard says so.
+    assert "Successful" in text(browser, 'table.scorecard[data-phase="Successful"] tbody tr')
     click(browser, "#latest-run tbody tr summary")
     wait(browser).until(lambda d: "kanari_test_success_rate" in text(d, "#latest-run tbody tr details code"))
     events = text(browser, "table.events")
