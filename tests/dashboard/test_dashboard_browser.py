@@ -76,10 +76,34 @@ def wait(driver: WebDriver, timeout: float = 10.0) -> WebDriverWait[WebDriver]:
     return WebDriverWait(driver, timeout, poll_frequency=0.05)
 
 
+A11Y = """
+var problems = [];
+document.querySelectorAll("input, select, textarea").forEach(function (e) {
+  if (!(e.id && document.querySelector('label[for="' + e.id + '"]')) && !e.getAttribute("aria-label"))
+    problems.push("unlabelled " + e.tagName + "#" + e.id);
+});
+document.querySelectorAll("button, a").forEach(function (e) {
+  if (!e.textContent.trim() && !e.getAttribute("aria-label")) problems.push("empty " + e.tagName);
+});
+document.querySelectorAll("main table:not([role=presentation])").forEach(function (t) {
+  if (!t.querySelector("caption") || !t.querySelector("thead th")) problems.push("table without caption or headers");
+});
+document.querySelectorAll("figure.chart div[role=img]").forEach(function (e) {
+  if (!e.getAttribute("aria-label")) problems.push("chart without a text alternative");
+});
+if (document.querySelectorAll("h1").length !== 1) problems.push("not one h1");
+if (!document.documentElement.lang) problems.push("no lang");
+return problems;
+"""
+
+
 def open_view(driver: WebDriver, url: str) -> None:
     driver.get(url)
     wait(driver).until(lambda d: d.find_element(By.ID, "view").get_attribute("aria-busy") is None)
     assert console_errors(driver) == []
+    # What a screen-reader or keyboard user needs: labelled controls, named links and buttons, tables with
+    # captions and headers, a text alternative for each chart.
+    assert driver.execute_script(A11Y) == []
 
 
 def row_weight(driver: WebDriver, key: str) -> str:

@@ -66,6 +66,8 @@
     opts.width = width(container);
     opts.height = opts.height || 220;
     var u = new uPlot(opts, data, container);
+    // uPlot's legend is a layout table (swatches and live values): not data a screen reader should walk.
+    u.root.querySelectorAll("table").forEach(function (t) { t.setAttribute("role", "presentation"); });
     charts.push(u);
     return u;
   }
