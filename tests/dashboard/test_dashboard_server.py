@@ -188,3 +188,20 @@ async def test_in_cluster_only_reviewed_tokens_get_in_and_act_as_themselves(serv
         assert resp.status == 403 and "read-only" in (await resp.json())["error"]
         assert (await c.post("/logout")).status == 200
         assert (await c.get("/api/list")).status == 401
+
+
+async def test_unreachable_prometheus_is_said_not_shown_as_no_drift(server: ApiServer) -> None:
+    from kanari.dashboard.prom import Prometheus
+    from kanari.dashboard.server import drift_document
+    from kanari.rollout.prometheus import PrometheusConfig
+
+    prom = Prometheus(PrometheusConfig(url=f"http://127.0.0.1:{free_port()}", attempts=2, backoff=0.01))
+    obj = Kube(server).md("ml-prod", "fraud")
+    try:
+        doc = await drift_document(prom, obj, 0.0, 60.0)
+    finally:
+        await prom.close()
+    assert doc["problem"].startswith("Prometheus: ") and "after 2 attempts" in doc["problem"]
+    assert doc["worst"] == [] and doc["summary"]["drift"] == "off"  # no monitoring in this spec: not "ok"
+    none = await drift_document(None, obj, 0.0, 60.0)
+    assert none["problem"] == "no Prometheus configured (--prometheus-url)"
