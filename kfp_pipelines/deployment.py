@@ -31,26 +31,32 @@ NEW_MODEL_FORMAT = "pytorch"
 NEW_MODEL_ACCELERATOR = "cpu"
 
 
-def lineage_annotations(lineage: v1alpha1.Lineage, dataset_version: str) -> dict[str, str]:
-    fields = {
-        "model-package-arn": lineage.modelPackageArn,
-        "training-job": lineage.trainingJob,
-        "pipeline-run": lineage.pipelineRun,
-        "dataset-uri": lineage.datasetUri,
-        "dataset-version": dataset_version,
-        "git-sha": lineage.gitSha,
-        "image-digest": lineage.imageDigest,
-    }
-    return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in fields.items() if v}
+# Lineage field -> annotation suffix: one table for writing and reading back.
+ANNOTATION_FIELDS = {
+    "modelPackageArn": "model-package-arn",
+    "trainingJob": "training-job",
+    "pipelineRun": "pipeline-run",
+    "datasetUri": "dataset-uri",
+    "datasetVersion": "dataset-version",
+    "gitSha": "git-sha",
+    "imageDigest": "image-digest",
+    "driftAlert": "drift-alert",
+    "driftAlertFingerprint": "drift-alert-fingerprint",
+    "driftAlertStartsAt": "drift-alert-starts-at",
+}
+
+
+def lineage_annotations(lineage: v1alpha1.Lineage, dataset_version: str = "") -> dict[str, str]:
+    values = lineage.model_dump()
+    if dataset_version and not values.get("datasetVersion"):
+        values["datasetVersion"] = dataset_version
+    return {f"{LINEAGE_PREFIX}{suffix}": str(values[f]) for f, suffix in ANNOTATION_FIELDS.items() if values.get(f)}
 
 
 def lineage_from_annotations(annotations: dict[str, str]) -> v1alpha1.Lineage:
     """The reverse, for whoever reads the lineage back off the object (controller, CLI)."""
-    get = lambda k: annotations.get(f"{LINEAGE_PREFIX}{k}")  # noqa: E731
-    return v1alpha1.Lineage(
-        modelPackageArn=get("model-package-arn"), trainingJob=get("training-job"), pipelineRun=get("pipeline-run"),
-        datasetUri=get("dataset-uri"), gitSha=get("git-sha"), imageDigest=get("image-digest"),
-    )
+    return v1alpha1.Lineage(**{f: annotations.get(f"{LINEAGE_PREFIX}{suffix}")
+                               for f, suffix in ANNOTATION_FIELDS.items()})
 
 
 def manifest_path(manifest_dir: str | Path, namespace: str, name: str) -> Path:

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kanari.retrain.training_run import DriftAlert
+
 from kfp_pipelines import aws
 from kfp_pipelines.errors import InputError, StepFailed
 
@@ -61,8 +63,38 @@ class ReleaseLineage:
 META_ALLOWED = r"[\w\s.:/=+\-@]*"  # SageMaker's pattern for CustomerMetadataProperties values
 
 
+def check_metadata_value(parameter: str, value: str) -> None:
+    """What the registry's CustomerMetadataProperties accept, checked when the parameter arrives (before
+    any data is written or any instance billed), not at the register step after training."""
+    if len(value) > META_VALUE_MAX:
+        raise InputError(parameter, f"{len(value)} characters; the registry keeps at most {META_VALUE_MAX}")
+    if not re.fullmatch(META_ALLOWED, value):
+        bad = sorted({ch for ch in value if not re.fullmatch(META_ALLOWED, ch)})
+        raise InputError(parameter, f"{value!r} has characters the registry's metadata does not accept "
+                                    f"({' '.join(repr(ch) for ch in bad[:5])}; allowed: letters, digits, spaces "
+                                    "and . : / = + - @ _)")
+
+
+def _clean(value: str) -> str:
+    return re.sub(r"[^\w\s.:/=+\-@]", " ", value)[:META_VALUE_MAX]
+
+
+def alert_properties(alert: DriftAlert | None) -> dict[str, str]:
+    """The alert that started the run, as separate registry fields (not a sentence to parse back)."""
+    if alert is None:
+        return {}
+    fields = {
+        "drift-alert": alert.alertname,
+        "drift-alert-fingerprint": alert.fingerprint,
+        "drift-alert-starts-at": alert.startsAt,
+        "drift-alert-feature": alert.labels.get("feature", ""),
+        "drift-alert-severity": alert.labels.get("severity", ""),
+    }
+    return {f"{META_PREFIX}{k}": _clean(v) for k, v in fields.items() if v}
+
+
 def customer_metadata(lineage: ReleaseLineage, scores: dict[str, float], model_name: str, reason: str,
-                      gate_reason: str, baseline_uri: str) -> dict[str, str]:
+                      gate_reason: str, baseline_uri: str, alert: DriftAlert | None = None) -> dict[str, str]:
     # Values that come straight from a pipeline parameter are checked and blamed on it; the rest is ours.
     from_parameters = {
         f"{META_PREFIX}dataset-uri": ("dataset_uri", lineage.dataset_uri),
@@ -71,17 +103,15 @@ def customer_metadata(lineage: ReleaseLineage, scores: dict[str, float], model_n
         f"{META_PREFIX}model-name": ("model_name", model_name),
     }
     for parameter, value in from_parameters.values():
-        if len(value) > META_VALUE_MAX:
-            raise InputError(parameter, f"{len(value)} characters; the registry keeps at most {META_VALUE_MAX}")
-        if not re.fullmatch(META_ALLOWED, value):
-            raise InputError(parameter, f"{value!r} has characters the registry's metadata does not accept")
+        check_metadata_value(parameter, value)
     ours = {
         **lineage.properties(),
         f"{META_PREFIX}gate": gate_reason,
         f"{META_PREFIX}baseline-uri": baseline_uri,
         **{f"{META_PREFIX}metric.{k}": f"{v:.6f}" for k, v in sorted(scores.items())},
     }
-    props = {k: re.sub(r"[^\w\s.:/=+\-@]", " ", v)[:META_VALUE_MAX] for k, v in ours.items()}
+    props = {k: _clean(v) for k, v in ours.items()}
+    props.update(alert_properties(alert))
     props.update({k: v for k, (_, v) in from_parameters.items() if v})
     return props
 
@@ -137,21 +167,74 @@ def find_registered(sm: Any, group: str, training_job_arn: str) -> dict[str, Any
     return None
 
 
-def record_lineage(dataset_uri: str, dataset_version: str, model_package_arn: str) -> None:
-    """SageMaker lineage entities for dataset -> model package, where the lineage API exists."""
-    sm = aws.client("sagemaker", max_attempts=LINEAGE_MAX_ATTEMPTS)
+def _find_or_create_artifact(sm: Any, source_uri: str, **create: Any) -> str:
+    """An artifact per source URI: a re-run of the step reuses the one its first attempt created."""
+    found = sm.list_artifacts(SourceUri=source_uri, MaxResults=1).get("ArtifactSummaries") or []
+    if found:
+        return str(found[0]["ArtifactArn"])
+    return str(sm.create_artifact(Source={"SourceUri": source_uri, **create.pop("Source", {})}, **create)["ArtifactArn"])
+
+
+def _associate(sm: Any, source: str, destination: str, kind: str) -> None:
     try:
-        dataset = sm.create_artifact(
-            ArtifactType="DataSet",
-            Source={"SourceUri": dataset_uri[:2048], "SourceTypes": [{"SourceIdType": "Custom", "Value": dataset_version}]},
-        )["ArtifactArn"]
-        model = sm.create_artifact(ArtifactType="Model", Source={"SourceUri": model_package_arn})["ArtifactArn"]
-        sm.add_association(SourceArn=dataset, DestinationArn=model, AssociationType="ContributedTo")
-        log.info("lineage recorded: %s -> %s", dataset, model)
+        sm.add_association(SourceArn=source, DestinationArn=destination, AssociationType=kind)
     except aws.ClientError as exc:
-        # The registry entry already carries the lineage; the lineage API is an extra view of it.
+        # Re-running the step: the association from the first attempt is already there.
+        if "already exists" not in aws.error_message(exc).lower():
+            raise
+
+
+def trial_component_arn(training_job_arn: str) -> str:
+    """SageMaker creates a trial component `<job>-aws-training-job` for every training job (its lineage entity)."""
+    head, _, name = training_job_arn.rpartition(":training-job/")
+    return f"{head}:experiment-trial-component/{name}-aws-training-job"
+
+
+def record_lineage(sm: Any, *, dataset_uri: str, dataset_version: str, model_package_arn: str,
+                   training_job_arn: str, alert: DriftAlert | None = None) -> list[tuple[str, str, str]]:
+    """SageMaker ML lineage: dataset -> training job -> model package, and the drift alert that started
+    the run. Returns the associations (source, destination, type) made.
+
+    The registry entry already carries the lineage (CustomerMetadataProperties); the lineage API is the
+    view SageMaker Studio and `QueryLineage` use. Where the API is unavailable (an emulator, a partition
+    without it) the step logs it and carries on; a malformed request still fails loudly (botocore
+    validates it before sending).
+    """
+    made: list[tuple[str, str, str]] = []
+    try:
+        dataset = _find_or_create_artifact(
+            sm, dataset_uri[:2048], ArtifactType="DataSet", ArtifactName="training-data",
+            Source={"SourceTypes": [{"SourceIdType": "Custom", "Value": dataset_version[:256] or "unversioned"}]},
+            Properties={"DatasetVersion": dataset_version[:256] or "unversioned"},
+        )
+        model = _find_or_create_artifact(sm, model_package_arn, ArtifactType="ModelPackage",
+                                         ArtifactName="model-package")
+        try:
+            job = str(sm.describe_trial_component(
+                TrialComponentName=trial_component_arn(training_job_arn).rsplit("/", 1)[1])["TrialComponentArn"])
+        except aws.ClientError as exc:
+            if aws.error_code(exc) not in ("ResourceNotFound", "ValidationException"):
+                raise
+            job = ""
+        links = [(dataset, job, "ContributedTo"), (job, model, "Produced")] if job else [
+            (dataset, model, "ContributedTo")]
+        if alert is not None:
+            trigger = _find_or_create_artifact(
+                sm, f"alertmanager:fingerprint/{alert.fingerprint}/startsAt/{alert.startsAt}"[:2048],
+                ArtifactType="DriftAlert", ArtifactName=re.sub(r"[^a-zA-Z0-9-]", "-", alert.alertname)[:120] or "alert",
+                Properties={k: _clean(v)[:256] or "-" for k, v in (
+                    ("alertname", alert.alertname), ("fingerprint", alert.fingerprint), ("startsAt", alert.startsAt),
+                    ("feature", alert.labels.get("feature", "")), ("severity", alert.labels.get("severity", "")))},
+            )
+            links.append((trigger, job or model, "AssociatedWith"))
+        for source, destination, kind in links:
+            _associate(sm, source, destination, kind)
+            made.append((source, destination, kind))
+        log.info("lineage recorded: %s", "; ".join(f"{s} -{k}-> {d}" for s, d, k in made))
+    except aws.ClientError as exc:
         log.warning("SageMaker lineage API unavailable (%s); lineage kept in CustomerMetadataProperties",
                     aws.error_code(exc) or exc)
+    return made
 
 
 def register(sm: Any, request: dict[str, Any]) -> tuple[str, str, bool]:

@@ -129,7 +129,7 @@ def test_ack_training_job_is_created_valid_watched_and_reattached(aws, kube: Clu
     assert ack.seen["metadata"]["name"] == spec["trainingJobName"] == result.job_name
     assert spec["enableManagedSpotTraining"] is True
     assert spec["stoppingCondition"] == {"maxRuntimeInSeconds": 600, "maxWaitTimeInSeconds": 1200}
-    assert spec["checkpointConfig"]["s3URI"] == f"s3://{aws.bucket}/ckpt/"
+    assert spec["checkpointConfig"]["s3URI"] == f"s3://{aws.bucket}/ckpt/{result.job_name}/"  # its own prefix
     assert result.job_arn.endswith(f"training-job/{result.job_name}")
     assert result.model_uri == f"s3://{aws.bucket}/{model_key[0]}" and result.polls >= 3
     assert not result.reattached
@@ -189,7 +189,7 @@ def test_new_manifest_is_valid_and_carries_the_lineage() -> None:
     assert md.spec.monitoring.retrain and md.spec.monitoring.retrain.pipeline == "kanari-training"
     ann = obj["metadata"]["annotations"]
     assert ann["kanari.dev/lineage-dataset-version"] == "v7"
-    assert deployment.lineage_from_annotations(ann) == LINEAGE
+    assert deployment.lineage_from_annotations(ann) == LINEAGE.model_copy(update={"datasetVersion": "v7"})
 
 
 def test_existing_manifest_keeps_what_the_platform_team_set(tmp_path: Path) -> None:

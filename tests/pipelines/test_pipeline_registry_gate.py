@@ -8,9 +8,10 @@ import math
 from typing import Any
 
 import pytest
+from pipelines_testlib import trained_model_tarball
 
 from kfp_pipelines import aws as aws_mod
-from kfp_pipelines import evaluation, gate, registry, steps
+from kfp_pipelines import data, evaluation, gate, registry, steps
 from kfp_pipelines.errors import InputError, StepFailed
 
 JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/kanari-abc"
@@ -109,20 +110,64 @@ def test_approval_is_a_status_change_of_the_same_package(aws) -> None:
         registry.resolve_arn(aws.sm, f"{aws.group}/7")
 
 
-def test_gate_against_the_approved_model(aws) -> None:
-    assert steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.5}, gate_metric="pr_auc",
-                       gate_tolerance=0.02).passed  # the first model passes
-    arn, _ = register(aws, put_documents(aws, "kanari-champ", pr_auc=0.9), auto_approve=True)
-    worse = steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.85}, gate_metric="pr_auc",
-                        gate_tolerance=0.02)
-    assert not worse.passed and worse.champion_arn == arn and worse.champion == pytest.approx(0.9)
-    assert "worse than the Approved model's 0.9000 beyond the tolerance 0.02" in worse.reason
-    close = steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.885}, gate_metric="pr_auc",
-                        gate_tolerance=0.02)
-    assert close.passed
+def put_test_split(aws: Any, key: str = "holdout/test/test.csv") -> str:
+    parts = data.split(data.builtin_breast_cancer(), data.BUILTIN_TARGET, seed=7)
+    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=data.to_csv(parts.test))
+    return f"s3://{aws.bucket}/{key.rsplit('/', 1)[0]}/"
+
+
+def approved_champion(aws: Any, job: str, *, recorded_pr_auc: float, invert: bool) -> str:
+    """An Approved package whose recorded score (on its own, older test split) is `recorded_pr_auc`, and
+    whose model really ranks this data well (invert=False) or backwards (invert=True)."""
+    parts = data.split(data.builtin_breast_cancer(), data.BUILTIN_TARGET, seed=7)
+    docs = put_documents(aws, job, pr_auc=recorded_pr_auc)
+    aws.s3.put_object(Bucket=aws.bucket, Key=f"training/{job}/output/model.tar.gz",
+                      Body=trained_model_tarball(parts.train, data.BUILTIN_TARGET, invert=invert))
+    arn, _ = register(aws, docs, job_arn=f"{JOB_ARN}-{job}", auto_approve=True)
+    return arn
+
+
+def judge(aws: Any, pr_auc: float, test_uri: str, tolerance: float = 0.02) -> gate.GateVerdict:
+    return steps.judge(model_package_group=aws.group, scores={"pr_auc": pr_auc}, gate_metric="pr_auc",
+                       gate_tolerance=tolerance, test_uri=test_uri)
+
+
+def test_the_first_model_passes_and_bad_gate_parameters_are_named(aws) -> None:
+    test_uri = put_test_split(aws)
+    assert judge(aws, 0.5, test_uri).passed
     with pytest.raises(InputError) as err:
-        steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.9}, gate_metric="accuracy", gate_tolerance=0.0)
+        steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.9}, gate_metric="accuracy",
+                    gate_tolerance=0.0, test_uri=test_uri)
     assert err.value.parameter == "gate_metric"
+
+
+def test_the_gate_scores_the_approved_model_on_this_runs_test_split(aws) -> None:
+    """Regression: the Approved model's recorded 0.99 was on its own old split. On the current holdout it
+    ranks backwards; the candidate's 0.85 on the same rows is the better model and must pass."""
+    test_uri = put_test_split(aws)
+    arn = approved_champion(aws, "kanari-stale", recorded_pr_auc=0.99, invert=True)
+    verdict = judge(aws, 0.85, test_uri)
+    assert verdict.champion_arn == arn
+    assert verdict.champion is not None and verdict.champion < 0.5  # scored here, not read from the registry
+    assert verdict.passed, verdict.reason
+
+
+def test_a_champion_that_is_better_on_the_current_data_keeps_its_place(aws) -> None:
+    """The reverse: its recorded score (0.5, on harder old data) would let a worse candidate through."""
+    test_uri = put_test_split(aws)
+    approved_champion(aws, "kanari-strong", recorded_pr_auc=0.5, invert=False)
+    verdict = judge(aws, 0.6, test_uri)
+    assert verdict.champion is not None and verdict.champion > 0.9
+    assert not verdict.passed and "worse than the Approved model's" in verdict.reason
+
+
+def test_a_champion_that_cannot_be_scored_on_the_current_data_fails_the_gate(aws) -> None:
+    put_test_split(aws)
+    arn = approved_champion(aws, "kanari-other-schema", recorded_pr_auc=0.5, invert=False)
+    frame = data.builtin_breast_cancer().drop(columns=["mean radius"])
+    aws.s3.put_object(Bucket=aws.bucket, Key="narrow/test/test.csv", Body=data.to_csv(frame))
+    verdict = judge(aws, 0.99, f"s3://{aws.bucket}/narrow/test/")
+    assert not verdict.passed and arn in verdict.reason and "cannot compare" in verdict.reason
 
 
 @pytest.mark.parametrize(
