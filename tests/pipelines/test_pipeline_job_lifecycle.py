@@ -214,3 +214,14 @@ def test_the_ack_training_job_carries_the_run_label_the_exit_handler_selects() -
            "Tags": config.tags("7d3c1c4e-5a5f-4d4e-9f0b-1b2c3d4e5f60", "train", "h" * 8, "ack")}
     obj = config.ack_training_job(req, "ml-training")
     assert obj["metadata"]["labels"][config.RUN_TAG] == "7d3c1c4e-5a5f-4d4e-9f0b-1b2c3d4e5f60"
+
+
+def test_requests_are_held_to_sagemakers_limits_before_moto_sees_them(aws) -> None:
+    """tests/pipelines/conftest.py: max lengths, enums and patterns, which moto does not check."""
+    from kfp_pipelines import aws as aws_mod
+
+    sm = aws_mod.client("sagemaker", region="us-east-1")
+    with pytest.raises(ValueError, match="TrainingJobName"):
+        sm.describe_training_job(TrainingJobName="x" * 64)
+    with pytest.raises(ValueError, match="does not match"):
+        sm.describe_model_package_group(ModelPackageGroupName="not_valid!")
