@@ -106,9 +106,8 @@ def _strict_errors(shape: Any, value: Any, path: str) -> list[str]:
                 compiled = None
             if compiled is not None and not compiled.fullmatch(value):
                 errors.append(f"{path}: {value!r} does not match {pattern}")
-    elif kind in ("integer", "long") and isinstance(value, int):
-        if "max" in shape.metadata and value > shape.metadata["max"]:
-            errors.append(f"{path}: {value} > max {shape.metadata['max']}")
+    elif kind in ("integer", "long") and isinstance(value, int) and value > shape.metadata.get("max", value):
+        errors.append(f"{path}: {value} > max {shape.metadata['max']}")
     return errors
 
 
