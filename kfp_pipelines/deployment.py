@@ -80,8 +80,15 @@ def build(
     baseline_uri: str,
     lineage: v1alpha1.Lineage,
     dataset_version: str,
+    model_format: str = NEW_MODEL_FORMAT,
+    accelerator: str = NEW_MODEL_ACCELERATOR,
 ) -> dict[str, Any]:
-    """The manifest for the new version (pure). `existing` is the manifest currently at the path."""
+    """The manifest for the new version (pure). `existing` is the manifest currently at the path.
+
+    The model's format and accelerator follow what the registered package targets (its serving image
+    and instance types): a package built for Inferentia gets `accelerator: inferentia2`, so the
+    controller picks the Neuron runtime; everything else the platform team set is kept.
+    """
     check_names(name, namespace)
     if existing:
         obj = copy.deepcopy(existing)
@@ -96,8 +103,8 @@ def build(
             "kind": v1alpha1.KIND,
             "metadata": {"name": name, "namespace": namespace},
             "spec": {
-                "model": {"format": NEW_MODEL_FORMAT, "requireApproval": True},
-                "serving": {"accelerator": NEW_MODEL_ACCELERATOR},
+                "model": {"format": model_format, "requireApproval": True},
+                "serving": {"accelerator": accelerator},
                 "monitoring": {"retrain": {"pipeline": PIPELINE_NAME}},
             },
         }
@@ -107,6 +114,14 @@ def build(
     for stale in ("storageUri", "version"):
         model.pop(stale, None)
     model["modelPackageArn"] = model_package_arn
+    serving = spec.setdefault("serving", {})
+    current = serving.get("accelerator", "inferentia2")  # the CRD's default
+    if existing and current != accelerator:
+        raise StepFailed(f"the manifest serves on accelerator {current}, but the registered package targets "
+                         f"{accelerator} (format {model_format}): change spec.serving in the manifest, or register "
+                         f"a model built for {current}")
+    model["format"] = model_format
+    serving["accelerator"] = accelerator
     spec.setdefault("monitoring", {})["baselineUri"] = baseline_uri
     annotations = {k: v for k, v in (obj["metadata"].get("annotations") or {}).items()
                    if not k.startswith(LINEAGE_PREFIX)}

@@ -22,8 +22,6 @@ from kfp_pipelines.errors import InputError, StepFailed
 log = logging.getLogger("kanari.pipeline")
 
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
-SERVING_IMAGE_REPOSITORY = "pytorch-inference"
-SERVING_IMAGE_TAG = "2.3.0-cpu-py311"
 # The controller reads these keys back (kanari.controller.model_source.LINEAGE_KEYS / BASELINE_KEYS).
 META_PREFIX = "kanari:"
 META_VALUE_MAX = 256
@@ -32,8 +30,44 @@ RECENT_PACKAGES = 5
 LINEAGE_MAX_ATTEMPTS = 2
 
 
-def default_serving_image(region: str) -> str:
-    return f"763104351884.dkr.ecr.{region}.amazonaws.com/{SERVING_IMAGE_REPOSITORY}:{SERVING_IMAGE_TAG}"
+@dataclass(frozen=True)
+class ServingTarget:
+    """What a registered version can be served on: the inference image, the instance types it runs on,
+    and the ModelDeployment's model format and accelerator (the controller picks the runtime from them)."""
+
+    accelerator: str
+    model_format: str
+    image_repository: str
+    image_tag: str
+    framework_version: str
+    instance_types: tuple[str, ...]
+
+
+SERVING_TARGETS = {
+    "cpu": ServingTarget("cpu", "pytorch", "pytorch-inference", "2.3.0-cpu-py311", "2.3",
+                         ("ml.m5.large", "ml.m5.xlarge", "ml.m5.2xlarge", "ml.c5.xlarge", "ml.c5.2xlarge")),
+    # The Neuron runtime the controller chooses for accelerator inferentia2 (manifests/serving: kanari-neuron,
+    # format pytorch-neuronx) runs the same DLC family.
+    "inferentia2": ServingTarget("inferentia2", "pytorch-neuronx", "pytorch-inference-neuronx",
+                                 "2.1.2-neuronx-py310-sdk2.20.0-ubuntu20.04", "2.1",
+                                 ("ml.inf2.xlarge", "ml.inf2.8xlarge", "ml.inf2.24xlarge", "ml.inf2.48xlarge")),
+}
+TASK = "CLASSIFICATION"  # a binary classifier (SageMaker's Task values)
+DOMAIN = "MACHINE_LEARNING"
+FRAMEWORK = "PYTORCH"
+
+
+def serving_target(accelerator: str) -> ServingTarget:
+    if accelerator not in SERVING_TARGETS:
+        raise InputError("serving_accelerator", f"{accelerator!r} is not one of {', '.join(SERVING_TARGETS)}")
+    return SERVING_TARGETS[accelerator]
+
+
+def default_serving_image(region: str, accelerator: str = "cpu") -> str:
+    from kfp_pipelines.sagemaker.config import dlc_image
+
+    target = serving_target(accelerator)
+    return dlc_image(region, target.image_repository, target.image_tag)
 
 
 @dataclass(frozen=True)
@@ -127,6 +161,8 @@ def package_request(
     metadata: dict[str, str],
     auto_approve: bool,
     reason: str,
+    target: ServingTarget = SERVING_TARGETS["cpu"],
+    model_name: str = "",
 ) -> dict[str, Any]:
     """The CreateModelPackage request (pure)."""
     status = "Approved" if auto_approve else "PendingManualApproval"
@@ -137,10 +173,14 @@ def package_request(
             + ("; auto-approved by the pipeline's policy" if auto_approve else "")
         )[:1024],
         "InferenceSpecification": {
-            "Containers": [{"Image": serving_image, "ModelDataUrl": model_uri}],
+            "Containers": [{"Image": serving_image, "ModelDataUrl": model_uri, "Framework": FRAMEWORK,
+                            "FrameworkVersion": target.framework_version}],
             "SupportedContentTypes": ["application/json", "text/csv"],
             "SupportedResponseMIMETypes": ["application/json"],
+            "SupportedRealtimeInferenceInstanceTypes": list(target.instance_types),
         },
+        "Task": TASK,
+        "Domain": DOMAIN,
         "ModelApprovalStatus": status,
         "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri}}},
         "DriftCheckBaselines": {
@@ -150,7 +190,12 @@ def package_request(
             }
         },
         "MetadataProperties": {"CommitId": lineage.git_sha[:1024], "GeneratedBy": lineage.training_job_arn[:1024]},
-        "CustomerMetadataProperties": metadata,
+        "CustomerMetadataProperties": {**metadata, f"{META_PREFIX}serving-accelerator": target.accelerator},
+        "Tags": [
+            {"Key": "kanari.dev/pipeline-run", "Value": lineage.pipeline_run[:256]},
+            {"Key": "kanari.dev/serving-accelerator", "Value": target.accelerator},
+            *([{"Key": "kanari.dev/model", "Value": model_name[:256]}] if model_name else []),
+        ],
         # SageMaker deduplicates retried calls on this token: one package per training job and group.
         "ClientToken": hashlib.sha256(f"{group}\n{lineage.training_job_arn}".encode()).hexdigest()[:36],
     }
@@ -251,74 +296,3 @@ def register(sm: Any, request: dict[str, Any]) -> tuple[str, str, bool]:
         raise StepFailed(f"CreateModelPackage in {group}: {aws.error_code(exc)}: {aws.error_message(exc)}") from exc
     log.info("registered %s as %s", arn, request["ModelApprovalStatus"])
     return arn, str(request["ModelApprovalStatus"]), False
-
-
-# ------------------------------------------------------------------------------------------ CLI side
-@dataclass(frozen=True)
-class PackageRow:
-    arn: str
-    version: int
-    status: str
-    created: str
-    metrics: dict[str, str]
-    git_sha: str
-    training_job: str
-    description: str
-
-
-def resolve_arn(sm: Any, ref: str) -> str:
-    """A model package ARN, or GROUP/VERSION."""
-    if ref.startswith("arn:"):
-        return ref
-    group, _, version = ref.rpartition("/")
-    if not group or not version.isdigit():
-        raise InputError("model", f"{ref!r} is neither a model package ARN nor GROUP/VERSION")
-    for row in list_packages(sm, group):
-        if row.version == int(version):
-            return row.arn
-    raise InputError("model", f"no version {version} in model package group {group!r}")
-
-
-def list_packages(sm: Any, group: str) -> list[PackageRow]:
-    rows = []
-    for page in sm.get_paginator("list_model_packages").paginate(
-        ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending"
-    ):
-        for summary in page.get("ModelPackageSummaryList") or []:
-            desc = sm.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
-            meta = desc.get("CustomerMetadataProperties") or {}
-            rows.append(PackageRow(
-                arn=summary["ModelPackageArn"],
-                version=int(summary.get("ModelPackageVersion") or 0),
-                status=str(summary.get("ModelApprovalStatus", "")),
-                created=str(summary.get("CreationTime", ""))[:19],
-                metrics={k.removeprefix(f"{META_PREFIX}metric."): v for k, v in meta.items()
-                         if k.startswith(f"{META_PREFIX}metric.")},
-                git_sha=meta.get(f"{META_PREFIX}git-sha", ""),
-                training_job=meta.get(f"{META_PREFIX}training-job-arn", "").rsplit("/", 1)[-1],
-                description=str(desc.get("ApprovalDescription") or desc.get("ModelPackageDescription") or ""),
-            ))
-    return rows
-
-
-def set_status(sm: Any, arn: str, status: str, reason: str) -> str:
-    """Approve or reject: a status change on the registered package itself."""
-    if status not in APPROVAL_STATUSES:
-        raise InputError("status", f"{status!r} is not one of {', '.join(APPROVAL_STATUSES)}")
-    try:
-        current = sm.describe_model_package(ModelPackageName=arn)
-    except aws.ClientError as exc:
-        raise InputError("model", f"{arn}: {aws.error_message(exc)}") from None
-    kwargs: dict[str, Any] = {"ModelPackageArn": arn, "ModelApprovalStatus": status}
-    if current.get("CustomerMetadataProperties"):
-        # Re-sent unchanged (a no-op for SageMaker, which merges): some emulators replace the map on update,
-        # and the lineage must survive an approval.
-        kwargs["CustomerMetadataProperties"] = current["CustomerMetadataProperties"]
-    if reason:
-        kwargs["ApprovalDescription"] = reason[:1024]
-    sm.update_model_package(**kwargs)
-    after = sm.describe_model_package(ModelPackageName=arn).get("ModelApprovalStatus", "")
-    if after != status:
-        raise StepFailed(f"{arn} is {after} after asking for {status}")
-    log.info("%s: %s -> %s", arn, current.get("ModelApprovalStatus"), status)
-    return str(after)

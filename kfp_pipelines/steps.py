@@ -50,7 +50,7 @@ def drift_alert_of(raw: dict[str, Any] | None) -> DriftAlert | None:
 
 
 def check_parameters(*, model_name: str, namespace: str, git_sha: str, reason: str, dataset_uri: str,
-                     drift_alert: dict[str, Any] | None = None) -> None:
+                     drift_alert: dict[str, Any] | None = None, serving_accelerator: str = "cpu") -> None:
     """Everything about the run's parameters that would otherwise fail a later step (after training was billed)."""
     deployment.check_names(model_name, namespace)
     if not git_sha.strip():
@@ -59,6 +59,13 @@ def check_parameters(*, model_name: str, namespace: str, git_sha: str, reason: s
                              ("dataset_uri", dataset_uri)):
         registry.check_metadata_value(parameter, value)
     drift_alert_of(drift_alert)
+    target = registry.serving_target(serving_accelerator)
+    if target.accelerator == "inferentia2":
+        # The Neuron runtime serves a torch-neuronx compiled model (format pytorch-neuronx); the reference
+        # training script writes a CPU state dict. Registering it for Inferentia would deploy a model the
+        # runtime cannot load.
+        raise InputError("serving_accelerator", "inferentia2 needs a Neuron-compiled model artifact; Kanari's "
+                                                "reference training script produces a CPU model (use cpu)")
 
 
 def validate(
@@ -162,9 +169,10 @@ def register(
     *, model_uri: str, model_metadata: dict[str, Any], model_package_group: str, scores: dict[str, float],
     evaluation_uri: str, baseline_uri: str, dataset_uri: str, dataset_version: str, git_sha: str, run_id: str,
     auto_approve: bool, reason: str, model_name: str, serving_image: str, gate_reason: str,
-    drift_alert: dict[str, Any] | None = None,
+    drift_alert: dict[str, Any] | None = None, serving_accelerator: str = "cpu",
 ) -> tuple[str, str]:
     alert = drift_alert_of(drift_alert)
+    target = registry.serving_target(serving_accelerator)
     sm, s3 = aws.client("sagemaker"), aws.client("s3")
     gate.check_group(sm, model_package_group)
     # Every document the package points at must exist before the one call that creates it.
@@ -188,13 +196,15 @@ def register(
     request = registry.package_request(
         group=model_package_group,
         model_uri=model_uri,
-        serving_image=serving_image or registry.default_serving_image(sm.meta.region_name),
+        serving_image=serving_image or registry.default_serving_image(sm.meta.region_name, target.accelerator),
         evaluation_uri=evaluation_uri,
         baseline_uri=baseline_uri,
         lineage=lineage,
         metadata=metadata,
         auto_approve=auto_approve,
         reason=reason,
+        target=target,
+        model_name=model_name,
     )
     arn, status, existed = registry.register(sm, request)
     if not existed:
@@ -229,9 +239,11 @@ def deploy(
     *, model_package_arn: str, baseline_uri: str, model_metadata: dict[str, Any], dataset_uri: str,
     dataset_version: str, git_sha: str, run_id: str, model_name: str, namespace: str, manifest_dir: str,
     apply_manifest: bool, artifact_path: str, drift_alert: dict[str, Any] | None = None,
+    serving_accelerator: str = "cpu",
 ) -> tuple[dict[str, Any], str, str]:
     """Render the ModelDeployment; write it to the GitOps path and/or apply it. (object, path, applied)."""
     alert = drift_alert_of(drift_alert)
+    target = registry.serving_target(serving_accelerator)
     lineage = v1alpha1.Lineage(
         modelPackageArn=model_package_arn,
         trainingJob=str(model_metadata.get("training_job_arn", "")),
@@ -247,7 +259,8 @@ def deploy(
     path = deployment.manifest_path(manifest_dir, namespace, model_name) if manifest_dir else Path(artifact_path)
     existing = deployment.read_existing(path) if manifest_dir else None
     obj = deployment.build(existing, name=model_name, namespace=namespace, model_package_arn=model_package_arn,
-                           baseline_uri=baseline_uri, lineage=lineage, dataset_version=dataset_version)
+                           baseline_uri=baseline_uri, lineage=lineage, dataset_version=dataset_version,
+                           model_format=target.model_format, accelerator=target.accelerator)
     deployment.write(obj, path)
     if Path(artifact_path) != path:
         deployment.write(obj, Path(artifact_path))

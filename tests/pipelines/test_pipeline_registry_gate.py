@@ -11,7 +11,7 @@ import pytest
 from pipelines_testlib import trained_model_tarball
 
 from kfp_pipelines import aws as aws_mod
-from kfp_pipelines import data, evaluation, gate, registry, steps
+from kfp_pipelines import data, evaluation, gate, registry, registry_admin, steps
 from kfp_pipelines.errors import InputError, StepFailed
 
 JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/kanari-abc"
@@ -98,16 +98,16 @@ def test_missing_lineage_api_is_logged_and_registration_stands(aws, caplog) -> N
 
 def test_approval_is_a_status_change_of_the_same_package(aws) -> None:
     arn, _ = register(aws, put_documents(aws, "kanari-a"))
-    assert registry.resolve_arn(aws.sm, f"{aws.group}/1") == arn
-    assert registry.set_status(aws.sm, arn, "Approved", "reviewed by SRE") == "Approved"
+    assert registry_admin.resolve_arn(aws.sm, f"{aws.group}/1") == arn
+    assert registry_admin.set_status(aws.sm, arn, "Approved", "reviewed by SRE") == "Approved"
     desc = aws.sm.describe_model_package(ModelPackageName=arn)
     assert desc["ApprovalDescription"] == "reviewed by SRE"
-    rows = registry.list_packages(aws.sm, aws.group)
+    rows = registry_admin.list_packages(aws.sm, aws.group)
     assert [(r.version, r.status, r.git_sha) for r in rows] == [(1, "Approved", "6aacda1d590f")]
-    assert registry.set_status(aws.sm, arn, "Rejected", "") == "Rejected"
+    assert registry_admin.set_status(aws.sm, arn, "Rejected", "") == "Rejected"
     assert len(aws.packages()) == 1
     with pytest.raises(InputError, match="no version 7"):
-        registry.resolve_arn(aws.sm, f"{aws.group}/7")
+        registry_admin.resolve_arn(aws.sm, f"{aws.group}/7")
 
 
 def put_test_split(aws: Any, key: str = "holdout/test/test.csv") -> str:
@@ -184,3 +184,96 @@ def test_gate_decisions(candidate: dict[str, float], champion: gate.Champion | N
                         fragment: str) -> None:
     verdict = gate.decide(candidate, champion, "pr_auc", 0.02)
     assert verdict.passed is passed and fragment in verdict.reason
+
+
+LINEAGE = registry.ReleaseLineage(git_sha="6aacda1d590f", dataset_uri="s3://ml-data/fraud.csv", dataset_version="etag:1",
+                                  pipeline_run="run-5", training_job_arn=JOB_ARN, image_uri="img", image_digest="d",
+                                  source_digest="s")
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "inferentia2"])
+def test_the_package_says_what_it_runs_on_and_what_it_is(accelerator: str) -> None:
+    target = registry.serving_target(accelerator)
+    req = registry.package_request(group="fraud", model_uri="s3://b/m.tar.gz",
+                                   serving_image=registry.default_serving_image("eu-west-1", accelerator),
+                                   evaluation_uri="s3://b/e.json", baseline_uri="s3://b/base", lineage=LINEAGE,
+                                   metadata={}, auto_approve=False, reason="", target=target, model_name="fraud")
+    spec = req["InferenceSpecification"]
+    container = spec["Containers"][0]
+    assert req["Task"] == "CLASSIFICATION" and req["Domain"] == "MACHINE_LEARNING"
+    assert container["Framework"] == "PYTORCH" and container["FrameworkVersion"]
+    if accelerator == "inferentia2":
+        assert "/pytorch-inference-neuronx:" in container["Image"]
+        assert spec["SupportedRealtimeInferenceInstanceTypes"] == ["ml.inf2.xlarge", "ml.inf2.8xlarge",
+                                                                    "ml.inf2.24xlarge", "ml.inf2.48xlarge"]
+    else:
+        assert "/pytorch-inference:" in container["Image"] and "-cpu-" in container["Image"]
+        assert not any(t.startswith("ml.inf2") for t in spec["SupportedRealtimeInferenceInstanceTypes"])
+    assert {"Key": "kanari.dev/model", "Value": "fraud"} in req["Tags"]
+    assert req["CustomerMetadataProperties"]["kanari:serving-accelerator"] == accelerator
+    # Every member and value is one SageMaker accepts (its service model).
+    import boto3
+    from botocore.validate import ParamValidator
+    model = boto3.client("sagemaker", region_name="eu-west-1").meta.service_model.operation_model("CreateModelPackage")
+    report = ParamValidator().validate(req, model.input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_a_package_for_inferentia_gets_a_model_deployment_on_inferentia2() -> None:
+    from kanari.api import v1alpha1
+
+    from kfp_pipelines import deployment
+
+    target = registry.serving_target("inferentia2")
+    obj = deployment.build(None, name="fraud", namespace="ml-prod", model_package_arn="arn:aws:sagemaker:us-east-1:"
+                           "123456789012:model-package/fraud/3", baseline_uri="s3://b/base",
+                           lineage=v1alpha1.Lineage(), dataset_version="v1", model_format=target.model_format,
+                           accelerator=target.accelerator)
+    md = v1alpha1.parse_model_deployment(obj)
+    assert md.spec.serving.accelerator == "inferentia2" and md.spec.model.format == "pytorch-neuronx"
+    from kanari.controller.serving_runtime import choose_runtime
+
+    assert choose_runtime(md.spec, "kanari-neuron").runtime == "kanari-neuron"
+
+
+def test_inferentia_is_refused_up_front_while_the_artifact_is_a_cpu_model() -> None:
+    with pytest.raises(InputError) as err:
+        steps.check_parameters(model_name="fraud", namespace="ml", git_sha="abc", reason="", dataset_uri="",
+                               serving_accelerator="inferentia2")
+    assert err.value.parameter == "serving_accelerator" and "Neuron-compiled" in err.value.message
+
+
+def test_lineage_links_dataset_training_job_package_and_the_alert(aws) -> None:
+    """moto has no ML lineage API: botocore's Stubber checks each request against SageMaker's model."""
+    from botocore.stub import ANY, Stubber
+    from kanari.retrain.training_run import DriftAlert
+
+    sm = aws_mod.client("sagemaker")
+    pkg = "arn:aws:sagemaker:us-east-1:123456789012:model-package/fraud/4"
+    art = "arn:aws:sagemaker:us-east-1:123456789012:artifact/"
+    tc = "arn:aws:sagemaker:us-east-1:123456789012:experiment-trial-component/kanari-abc-aws-training-job"
+    alert = DriftAlert(alertname="KanariFeatureDrift", fingerprint="5f3a9c01", startsAt="2026-11-30T04:00:00Z",
+                       labels={"feature": "amount", "severity": "warning"})
+    with Stubber(sm) as stub:
+        stub.add_response("list_artifacts", {"ArtifactSummaries": []}, {"SourceUri": "s3://ml-data/fraud.csv", "MaxResults": 1})
+        stub.add_response("create_artifact", {"ArtifactArn": art + "d1"}, {
+            "ArtifactType": "DataSet", "ArtifactName": "training-data", "Properties": {"DatasetVersion": "etag:1"},
+            "Source": {"SourceUri": "s3://ml-data/fraud.csv", "SourceTypes": [{"SourceIdType": "Custom", "Value": "etag:1"}]}})
+        # The package's artifact exists already (a re-run of the step): reused, not duplicated.
+        stub.add_response("list_artifacts", {"ArtifactSummaries": [{"ArtifactArn": art + "m1"}]},
+                          {"SourceUri": pkg, "MaxResults": 1})
+        stub.add_response("describe_trial_component", {"TrialComponentArn": tc},
+                          {"TrialComponentName": "kanari-abc-aws-training-job"})
+        stub.add_response("list_artifacts", {"ArtifactSummaries": []}, {"SourceUri": ANY, "MaxResults": 1})
+        stub.add_response("create_artifact", {"ArtifactArn": art + "a1"}, {
+            "ArtifactType": "DriftAlert", "ArtifactName": "KanariFeatureDrift", "Source": {"SourceUri": ANY},
+            "Properties": {"alertname": "KanariFeatureDrift", "fingerprint": "5f3a9c01",
+                           "startsAt": "2026-11-30T04:00:00Z", "feature": "amount", "severity": "warning"}})
+        for source, dest, kind in ((art + "d1", tc, "ContributedTo"), (tc, art + "m1", "Produced"),
+                                   (art + "a1", tc, "AssociatedWith")):
+            stub.add_response("add_association", {"SourceArn": source, "DestinationArn": dest},
+                              {"SourceArn": source, "DestinationArn": dest, "AssociationType": kind})
+        made = registry.record_lineage(sm, dataset_uri="s3://ml-data/fraud.csv", dataset_version="etag:1",
+                                       model_package_arn=pkg, training_job_arn=JOB_ARN, alert=alert)
+        stub.assert_no_pending_responses()
+    assert made == [(art + "d1", tc, "ContributedTo"), (tc, art + "m1", "Produced"), (art + "a1", tc, "AssociatedWith")]

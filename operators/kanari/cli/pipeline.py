@@ -264,7 +264,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from kfp_pipelines import aws, registry
+    from kfp_pipelines import aws, registry_admin
     from kfp_pipelines.errors import InputError
     from kfp_pipelines.gate import check_group
 
@@ -275,7 +275,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"kanari: --group: {exc.message}", file=sys.stderr)
         return 2
-    rows = registry.list_packages(sm, group)
+    rows = registry_admin.list_packages(sm, group)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
@@ -287,13 +287,13 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_set(args: argparse.Namespace) -> int:
-    from kfp_pipelines import aws, registry
+    from kfp_pipelines import aws, registry_admin
     from kfp_pipelines.errors import InputError, StepFailed
 
     sm = aws.client("sagemaker")
     try:
-        arn = registry.resolve_arn(sm, args.model)
-        status = registry.set_status(sm, arn, args.status, args.reason)
+        arn = registry_admin.resolve_arn(sm, args.model)
+        status = registry_admin.set_status(sm, arn, args.status, args.reason)
     except InputError as exc:
         print(f"kanari: {exc.parameter}: {exc.message}", file=sys.stderr)
         return 2
