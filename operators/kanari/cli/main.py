@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "kanari.cli.drift",
     "kanari.cli.pipeline",
     "kanari.cli.lineage",
+    "kanari.cli.iam",
 )
 
 
