@@ -199,3 +199,58 @@ def test_the_launcher_starts_the_newest_version_with_typed_parameters_over_http(
 def test_the_launcher_reports_an_unreachable_server() -> None:
     with pytest.raises(LaunchError, match="Kubeflow Pipelines at http://127.0.0.1:9"):
         launcher().launch(LaunchRequest(alert(), policy()))
+
+
+@pytest.mark.timeout(180)
+def test_a_retrain_started_by_an_alert_completes_with_the_alert_in_lineage(aws, tmp_path) -> None:
+    """The demo's path, which is the cluster's: KfpLauncher -> kfp.Client -> the KFP API (devstack's
+    stand-in, which runs the pipeline through kfp.local) -> a registered version carrying the alert."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from devstack.stack import free_port
+    from devstack.supervisor import pid_alive
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "devstack.kfp_api", "serve", "--port", str(port), "--workdir",
+                               str(tmp_path / "work"), "--log-dir", str(tmp_path / "logs")], env=os.environ.copy())
+    try:
+        host = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                import httpx
+
+                if httpx.get(f"{host}/apis/v2beta1/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the KFP stand-in did not start"
+            time.sleep(0.2)
+        arn = f"arn:aws:sagemaker:us-east-1:123456789012:model-package/{aws.group}/1"
+        md = {**DEPLOYMENT,
+              "spec": {**DEPLOYMENT["spec"], "model": {"format": "pytorch", "modelPackageArn": arn},
+                       "monitoring": {"baselineUri": f"s3://{aws.bucket}/old/baseline"}},
+              "status": {"stableModel": {"revision": "r", "modelPackageArn": arn},
+                         "lineage": {"gitSha": "6aacda1d590f", "datasetUri": "sklearn://breast_cancer"}}}
+        run = KfpLauncher(host, deployments=lambda ns, name: md).launch(LaunchRequest(alert(), policy(
+            hyperparameters='{"epochs": 3}', manifest_dir=str(tmp_path / "gitops"))))
+        assert run.startswith("pid-")
+        pid = int(run.removeprefix("pid-"))
+        while pid_alive(pid):
+            time.sleep(0.5)
+        log = next((tmp_path / "logs").glob("*.log")).read_text()
+        assert '"gate_passed": true' in log, log[-2000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    packages = aws.packages()
+    assert len(packages) == 1
+    meta = aws.sm.describe_model_package(ModelPackageName=packages[0]["ModelPackageArn"])["CustomerMetadataProperties"]
+    assert meta["kanari:drift-alert"] == "KanariFeatureDriftCritical"
+    assert meta["kanari:drift-alert-fingerprint"] == "a1b2c3d4e5f6" and meta["kanari:git-sha"] == "6aacda1d590f"
+    assert meta["kanari:reason"] == "drift alert KanariFeatureDriftCritical amount"
+    manifest = yaml.safe_load((tmp_path / "gitops" / "ml-prod" / "fraud.yaml").read_text())
+    assert manifest["metadata"]["annotations"]["kanari.dev/lineage-drift-alert-fingerprint"] == "a1b2c3d4e5f6"
