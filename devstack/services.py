@@ -6,7 +6,8 @@
   cluster        stand-ins for the cluster: Kubernetes API emulator, KServe (revisions = model-server
                  processes), Knative/Istio routing (the router), prometheus-operator (rule files)
   drift-monitor  kanari.monitor.server (the production service)
-  receiver       kanari.retrain.receiver (the production service), launching `kanari pipeline run --local`
+  kfp-api        Kubeflow Pipelines API stand-in (devstack.kfp_api): runs the pipeline through kfp.local
+  receiver       kanari.retrain.receiver (the production service) with the KFP launcher, as on a cluster
   operator       kanari.controller (the production operator, kopf) against the API emulator
 
 Nothing listens beyond 127.0.0.1.
