@@ -19,7 +19,7 @@ GIT_SHA = "0123456789abcdef0123456789abcdef01234567"
 FAST = {"epochs": 6}
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_release_then_a_worse_model_is_refused(aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gitops = tmp_path / "gitops"
     progress: list[str] = []
