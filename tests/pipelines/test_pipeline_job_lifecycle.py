@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 from botocore.stub import ANY, Stubber
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kfp_pipelines import aws as aws_mod
 from kfp_pipelines.errors import StepFailed
@@ -225,3 +227,42 @@ def test_requests_are_held_to_sagemakers_limits_before_moto_sees_them(aws) -> No
         sm.describe_training_job(TrainingJobName="x" * 64)
     with pytest.raises(ValueError, match="does not match"):
         sm.describe_model_package_group(ModelPackageGroupName="not_valid!")
+
+
+class _Logs:
+    """FilterLogEvents over a growing list of events, paged, as CloudWatch answers it."""
+
+    def __init__(self, page_size: int):
+        self.events: list[dict[str, Any]] = []
+        self.page_size = page_size
+
+    def filter_log_events(self, *, logGroupName: str, logStreamNamePrefix: str, startTime: int,  # noqa: N803
+                          nextToken: str | None = None) -> dict[str, Any]:
+        matching = [e for e in self.events if e["timestamp"] >= startTime]
+        start = int(nextToken or 0)
+        page = matching[start:start + self.page_size]
+        out: dict[str, Any] = {"events": page}
+        if start + self.page_size < len(matching):
+            out["nextToken"] = str(start + self.page_size)
+        return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(min_value=0, max_value=3), max_size=8), max_size=8),
+       st.integers(min_value=1, max_value=4))
+def test_every_log_line_is_printed_once_in_order_whatever_the_timing(batches: list[list[int]], page_size: int) -> None:
+    """Events arrive in batches between polls, several in the same millisecond, pages of any size: each
+    line reaches the step's log exactly once, in CloudWatch's order."""
+    logs = _Logs(page_size)
+    printed: list[str] = []
+    tail = LogTail(logs, "job", printed.append)
+    now, n = 1_000, 0
+    for batch in batches:
+        for step in batch:
+            now += step  # 0: the same millisecond as the previous event
+            logs.events.append({"timestamp": now, "eventId": f"e{n}", "message": f"line {n}"})
+            n += 1
+        tail.poll()
+    while tail.poll():
+        pass
+    assert printed == [f"line {i}" for i in range(n)]
