@@ -194,6 +194,7 @@ def test_the_launcher_starts_the_newest_version_with_typed_parameters_over_http(
     params = body["runtime_config"]["parameters"]
     assert params["drift_alert"]["fingerprint"] == "a1b2c3d4e5f6"  # a struct, not a JSON string
     assert params["model_package_group"] == "fraud-models" and params["role_arn"] == ROLE
+    assert body["service_account"] == "kanari-pipeline"  # the IRSA-annotated account, not KFP's default
 
 
 def test_the_launcher_reports_an_unreachable_server() -> None:

@@ -121,6 +121,7 @@ class KfpLauncher:
         client_factory: Callable[..., Any] = kfp.Client,
         deployments: Callable[[str, str], dict[str, Any]] = read_deployment,
         defaults: dict[str, str] | None = None,
+        service_account: str = "kanari-pipeline",
     ):
         if alert_parameter != "drift_alert":
             # The training pipeline declares `drift_alert`; any other name would be refused by KFP.
@@ -131,6 +132,8 @@ class KfpLauncher:
         self._client_factory = client_factory
         self._deployments = deployments
         self.defaults = dict(defaults or {})
+        # KFP v2 sets the service account per run: the one IRSA gives the pipeline's IAM role.
+        self.service_account = service_account
         self._client: Any = None
 
     def _kfp(self) -> Any:
@@ -172,6 +175,7 @@ class KfpLauncher:
                 params=params,
                 pipeline_id=pipeline_id,
                 version_id=version_id,
+                service_account=self.service_account,
             )
         except LaunchError:
             raise
