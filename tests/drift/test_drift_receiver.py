@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import select
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -26,6 +28,8 @@ from kanari.retrain.history import FileTriggerStore, KubernetesTriggerStore, Sto
 from kanari.retrain.launchers import CommandLauncher, KfpLauncher, LaunchError, LaunchRequest
 from kanari.retrain.policy import Alert, RetrainPolicy, decide, parse_payload, policy_for
 from prometheus_client import generate_latest
+
+from devstack.stack import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -568,3 +572,69 @@ def test_a_corrupt_history_at_start_is_reported_and_the_receiver_goes_on(tmp_pat
     finally:
         svc.stop()
     assert list(tmp_path.glob("triggers.json.corrupt-*"))
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, as cert-manager would put in the Secret (tls.crt, tls.key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kanari-alert-receiver")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    crt, pem = tmp_path / "tls.crt", tmp_path / "tls.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return crt, pem
+
+
+def test_both_services_serve_https_with_a_mounted_certificate(tmp_path: Path, monitor_env: dict[str, str],
+                                                              cancer_baseline_dir: Path) -> None:
+    import ssl
+
+    crt, key = _self_signed(tmp_path)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"launcher": {"command": {"argv": ["true"]}},
+                                                    "store": {"file": str(tmp_path / "t.json")}}))
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "b.yaml").write_text(f"baselines:\n  ml/m: file://{cancer_baseline_dir}\n")
+    tls = ["--tls-cert-file", str(crt), "--tls-key-file", str(key)]
+    services = [
+        ("kanari.retrain.receiver", ["--config", str(tmp_path / "r.yaml"), "--token-file", str(tmp_path / "token"), *tls]),
+        ("kanari.monitor.server", ["--config", str(tmp_path / "b.yaml"), *tls]),
+    ]
+    for module, args in services:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
+                                env={**os.environ, **monitor_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            context = ssl.create_default_context(cafile=str(crt))
+            ok = wait_for(lambda p=port, c=context: _get(f"https://127.0.0.1:{p}/healthz", c), f"{module} over HTTPS")
+            assert ok == 200
+            with pytest.raises(httpx.TransportError):  # plain HTTP is not served
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    from kanari.retrain.receiver import main
+
+    assert main(["--config", str(tmp_path / "r.yaml"), "--token-file", str(tmp_path / "token"),
+                 "--tls-cert-file", str(tmp_path / "missing.crt"), "--tls-key-file", str(key)]) == 2
+
+
+def _get(url: str, context: Any) -> int | None:
+    try:
+        return httpx.get(url, verify=context, timeout=2).status_code
+    except httpx.TransportError:
+        return None
