@@ -201,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "operators"))
+    from kanari.drift.model_monitor import write_baseline
     from sklearn.datasets import load_breast_cancer
 
     from devstack.stack import free_port
-    from kanari.drift.model_monitor import write_baseline
 
     frame = load_breast_cancer(as_frame=True).frame
     features = frame.drop(columns=["target"])
