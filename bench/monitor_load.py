@@ -71,18 +71,23 @@ class Events:
 async def post(session: aiohttp.ClientSession, url: str, h: dict[str, str], body: bytes, lat: list[float],
                codes: dict[int, int]) -> None:
     t0 = time.perf_counter()
-    async with session.post(url, headers=h, data=body) as resp:
-        await resp.read()
-        codes[resp.status] = codes.get(resp.status, 0) + 1
+    try:
+        async with session.post(url, headers=h, data=body) as resp:
+            await resp.read()
+            codes[resp.status] = codes.get(resp.status, 0) + 1
+    except aiohttp.ClientError as exc:
+        # counted, not hidden: a connection the server closed (idle keep-alive race) or refused
+        codes[type(exc).__name__] = codes.get(type(exc).__name__, 0) + 1  # type: ignore[index]
+        return
     lat.append(time.perf_counter() - t0)
 
 
-def summary(lat: list[float], codes: dict[int, int], elapsed: float, pid: int, rss: list[float]) -> dict[str, Any]:
+def summary(lat: list[float], codes: dict[Any, int], elapsed: float, pid: int, rss: list[float]) -> dict[str, Any]:
     a = np.asarray(lat) * 1000
     return {
         "events": len(lat), "seconds": round(elapsed, 1), "events_per_s": round(len(lat) / elapsed, 1),
         "p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2),
-        "max_ms": round(float(a.max()), 1), "status_codes": {str(k): v for k, v in sorted(codes.items())},
+        "max_ms": round(float(a.max()), 1), "status_codes": {str(k): v for k, v in sorted(codes.items(), key=str)},
         "rss_mb_max": round(max(rss), 1), "rss_mb_end": round(rss_mb(pid), 1),
     }
 
@@ -168,7 +173,7 @@ async def hostile(url: str, names: int, pid: int) -> dict[str, Any]:
               if line.startswith("kanari_drift_limit{")}
     return {
         "names": names, "seconds": round(elapsed, 1), "events_per_s": round(names / elapsed, 1),
-        "status_codes": {str(k): v for k, v in sorted(codes.items())},
+        "status_codes": {str(k): v for k, v in sorted(codes.items(), key=str)},
         "rss_mb_before": round(rss_before, 1), "rss_mb_after": round(rss_mb(pid), 1),
         "rss_growth_mb": round(rss_mb(pid) - rss_before, 1),
         "windows_before": before["windows"], "windows_after": after["windows"],
@@ -250,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             results["crafted_tensor"] = asyncio.run(crafted_tensor(url))
             print(json.dumps(results["crafted_tensor"]), flush=True)
         finally:
+            alive = proc.poll() is None
+            print(f"monitor alive at the end: {alive}", flush=True)
+            if not alive:
+                print((work / "monitor.log").read_text()[-3000:], flush=True)
             proc.terminate()
             try:
                 proc.wait(10)
