@@ -242,12 +242,16 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, Any] = {
                 "machine": f"{os.cpu_count()} CPUs shared by the load generator, the monitor and other work",
                 "rss_mb_idle": round(rss_mb(proc.pid), 1),
+                # The machine is shared: a load average above the CPU count means the figures are a floor.
+                "load_average_1m_before": round(os.getloadavg()[0], 1),
             }
             print(f"paced {args.rate:g} events/s for {args.seconds:g}s", flush=True)
             results["paced"] = asyncio.run(paced(url, events, args.rate, args.seconds, proc.pid))
+            results["paced"]["load_average_1m_after"] = round(os.getloadavg()[0], 1)
             print(json.dumps(results["paced"]), flush=True)
             print(f"{args.clients} concurrent clients for {args.concurrent_seconds:g}s", flush=True)
             results["concurrent"] = asyncio.run(concurrent(url, events, args.clients, args.concurrent_seconds, proc.pid))
+            results["concurrent"]["load_average_1m_after"] = round(os.getloadavg()[0], 1)
             print(json.dumps(results["concurrent"]), flush=True)
             print(f"{args.hostile} hostile names", flush=True)
             results["hostile_names"] = asyncio.run(hostile(url, args.hostile, proc.pid))
