@@ -638,3 +638,25 @@ def _get(url: str, context: Any) -> int | None:
         return httpx.get(url, verify=context, timeout=2).status_code
     except httpx.TransportError:
         return None
+
+
+def test_kill_9_during_writes_leaves_a_whole_history_and_no_temp_files_after_restart(tmp_path: Path) -> None:
+    path = tmp_path / "triggers.json"
+    writer = (
+        "import sys; from datetime import UTC, datetime, timedelta\n"
+        "from kanari.retrain.history import FileTriggerStore\n"
+        "from kanari.retrain.policy import Alert, RetrainPolicy\n"
+        "store = FileTriggerStore(sys.argv[1]); policy = RetrainPolicy('p', 0, 100, {})\n"
+        "now = datetime(2026, 11, 27, tzinfo=UTC)\n"
+        "for i in range(100000):\n"
+        "    a = Alert('firing', {'namespace': 'ml', 'model': f'm{i % 50}', 'kanari_retrain': 'true'}, {}, '2026-11-27T11:00:00Z', f'f{i}')\n"
+        "    store.claim(a, policy, now + timedelta(hours=i)); store.complete(a, 'r', 'Started', '', now)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(path)])
+    wait_for(lambda: path.exists() and path.stat().st_size > 20_000, "the history to grow", timeout=30)
+    proc.kill()  # SIGKILL: no cleanup of any kind
+    proc.wait()
+    json.loads(path.read_text())  # the old or the new history, never half of one
+    store = FileTriggerStore(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["triggers.json", "triggers.json.lock"]
+    assert store.history("ml", "m0")
