@@ -190,6 +190,11 @@ def test_kubernetes_store_records_in_status_and_emits_events(cluster: Any) -> No
     assert "RetrainingTriggered" in kube.reasons(created["metadata"]["uid"])
     assert store.claim(alert(), POLICY, NOW).reason == "duplicate"
     assert store.claim(alert(model="absent"), POLICY, NOW).reason == "no_model"
+    # a record someone else wrote into status that is not a RetrainRecord: skipped, never a 500
+    kube.custom.patch_namespaced_custom_object_status(
+        "kanari.dev", "v1alpha1", "ml-prod", "modeldeployments", "fraud",
+        {"status": {"retraining": [*status["retraining"], {"outcome": "Started"}, "junk"]}})
+    assert store.claim(alert(), POLICY, NOW).reason == "duplicate"
 
 
 # ---------------------------------------------------------------------------------------- launchers
