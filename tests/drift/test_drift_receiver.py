@@ -665,3 +665,29 @@ def test_kill_9_during_writes_leaves_a_whole_history_and_no_temp_files_after_res
     store = FileTriggerStore(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["triggers.json", "triggers.json.lock"]
     assert store.history("ml", "m0")
+
+
+class _HangingKfpApi(_KfpApi):
+    """Answers kfp.Client's health check, then never answers the calls that start a run."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.startswith("/apis/v2beta1/healthz"):
+            self._send({"multi_user": False})
+        else:
+            self.release.wait(30)
+
+
+def test_kfp_launcher_gives_up_on_an_api_that_never_answers() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HangingKfpApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        launcher = KfpLauncher(f"http://127.0.0.1:{server.server_port}", timeout=(1.0, 1.0))
+        started = time.monotonic()
+        with pytest.raises(LaunchError, match="Kubeflow Pipelines at"):
+            launcher.launch(LaunchRequest(alert(), POLICY))
+        assert time.monotonic() - started < 15  # retried by urllib3 a few times, then given up
+    finally:
+        _HangingKfpApi.release.set()
+        server.shutdown()

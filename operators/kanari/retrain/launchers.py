@@ -5,6 +5,7 @@ A launcher returns a run id as soon as the run is submitted; it does not wait fo
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -18,6 +19,13 @@ import kfp
 from kanari.retrain.policy import Alert, RetrainPolicy
 
 ALERT_ENV = "KANARI_DRIFT_ALERT"
+KFP_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
+
+
+def _with_timeout(request: Callable[..., Any], timeout: tuple[float, float], *args: Any, **kwargs: Any) -> Any:
+    if not kwargs.get("_request_timeout"):
+        kwargs["_request_timeout"] = timeout
+    return request(*args, **kwargs)
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"}
 
 
@@ -107,17 +115,26 @@ class KfpLauncher:
         namespace: str | None = None,
         alert_parameter: str = "drift_alert",
         client_factory: Callable[..., Any] = kfp.Client,
+        timeout: tuple[float, float] = KFP_TIMEOUT,
     ):
         self.host = host
         self.experiment = experiment
         self.namespace = namespace
         self.alert_parameter = alert_parameter
         self._client_factory = client_factory
+        self._timeout = timeout
         self._client: Any = None
 
     def _kfp(self) -> Any:
         if self._client is None:
-            self._client = self._client_factory(host=self.host, namespace=self.namespace or "kubeflow")
+            client = self._client_factory(host=self.host, namespace=self.namespace or "kubeflow")
+            # kfp.Client takes no timeout and never passes the generated client's _request_timeout, so an
+            # API that accepts the connection and never answers would hold the launching thread forever.
+            # All its service APIs share one REST client: give its requests a default.
+            rest = getattr(getattr(getattr(client, "_run_api", None), "api_client", None), "rest_client", None)
+            if rest is not None:
+                rest.request = functools.partial(_with_timeout, rest.request, self._timeout)
+            self._client = client
         return self._client
 
     def launch(self, request: LaunchRequest) -> str:
