@@ -691,3 +691,21 @@ def test_kfp_launcher_gives_up_on_an_api_that_never_answers() -> None:
     finally:
         _HangingKfpApi.release.set()
         server.shutdown()
+
+
+def test_parameters_are_checked_against_and_typed_as_the_pipelines_inputs() -> None:
+    from kanari.retrain.launchers import typed_parameters
+
+    spec = {"pipeline_spec": {"root": {"inputDefinitions": {"parameters": {
+        "epochs": {"parameterType": "NUMBER_INTEGER"}, "lr": {"parameterType": "NUMBER_DOUBLE"},
+        "auto_approve": {"parameterType": "BOOLEAN"}, "image": {"parameterType": "STRING"},
+        "drift_alert": {"parameterType": "STRING"}}}}}}
+    assert typed_parameters(spec, {"epochs": "5", "lr": "0.01", "auto_approve": "false", "image": "x:1"}, "p") == {
+        "epochs": 5, "lr": 0.01, "auto_approve": False, "image": "x:1"}
+    with pytest.raises(LaunchError, match="'epoch' is not an input of pipeline 'p'"):
+        typed_parameters(spec, {"epoch": "5"}, "p")
+    with pytest.raises(LaunchError, match="'epochs' of pipeline 'p': 'five' is not a NUMBER_INTEGER"):
+        typed_parameters(spec, {"epochs": "five"}, "p")
+    with pytest.raises(LaunchError, match="is not a BOOLEAN"):
+        typed_parameters(spec, {"auto_approve": "yes please"}, "p")
+    assert typed_parameters(None, {"epochs": "5"}, "p") == {"epochs": "5"}  # nothing to check against

@@ -52,6 +52,45 @@ class LaunchRequest:
         }
 
 
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "STRING": str,
+    "NUMBER_INTEGER": int,
+    "NUMBER_DOUBLE": float,
+    "BOOLEAN": lambda v: {"true": True, "false": False}[v.strip().lower()],
+    "LIST": lambda v: _json_of(v, list),
+    "STRUCT": lambda v: _json_of(v, dict),
+}
+
+
+def _json_of(text: str, kind: type) -> Any:
+    value = json.loads(text)
+    if not isinstance(value, kind):
+        raise ValueError(f"not a JSON {kind.__name__}")
+    return value
+
+
+def typed_parameters(pipeline_spec: Any, given: dict[str, str], pipeline: str) -> dict[str, Any]:
+    """The retraining policy's parameters as the types the pipeline declares (its root inputDefinitions);
+    LaunchError naming a parameter the pipeline does not take or a value that is not of its type, so a
+    misspelt parameter fails here, with its name, not as a run that silently used the default."""
+    spec = pipeline_spec if isinstance(pipeline_spec, dict) else {}
+    spec = spec.get("pipeline_spec", spec)  # KFP may wrap the PipelineSpec next to a platform spec
+    declared = ((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters")
+    if not isinstance(declared, dict):
+        return dict(given)  # no spec to check against (an API that omits it): passed as given
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if name not in declared:
+            raise LaunchError(f"parameter {name!r} is not an input of pipeline {pipeline!r} "
+                              f"(inputs: {', '.join(sorted(declared)) or 'none'})")
+        kind = str((declared[name] or {}).get("parameterType", "STRING"))
+        try:
+            out[name] = _PARSERS.get(kind, str)(value)
+        except (ValueError, KeyError, json.JSONDecodeError):
+            raise LaunchError(f"parameter {name!r} of pipeline {pipeline!r}: {value!r} is not a {kind}") from None
+    return out
+
+
 class Launcher(Protocol):
     def launch(self, request: LaunchRequest) -> str:
         """Submit the run and return its id; LaunchError if it could not be submitted."""
@@ -148,8 +187,10 @@ class KfpLauncher:
             if not versions.pipeline_versions:
                 raise LaunchError(f"pipeline {pipeline!r} has no versions")
             version_id = versions.pipeline_versions[0].pipeline_version_id
+            typed = typed_parameters(getattr(versions.pipeline_versions[0], "pipeline_spec", None),
+                                     request.policy.parameters, pipeline)
             experiment = client.create_experiment(self.experiment, namespace=self.namespace)
-            params = {**request.policy.parameters, self.alert_parameter: json.dumps(request.alert.summary())}
+            params = {**typed, self.alert_parameter: json.dumps(request.alert.summary())}
             run = client.run_pipeline(
                 experiment.experiment_id,
                 f"retrain-{request.alert.model}-{request.alert.fingerprint[:8]}",
