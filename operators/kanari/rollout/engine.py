@@ -961,7 +961,8 @@ def _finish(run: _Pass, before_weight: int) -> None:
     weight = _weight(run.spec, st)
     if st.canaryModel is not None and not run.obs.canary_ready and weight > before_weight:
         weight = before_weight  # traffic moves onto a canary only while it is Ready
-    if weight != before_weight:
+    promoted = st.canaryModel is None and "promote" in run.moves  # the canary became the stable: no weight moved
+    if weight != before_weight and not promoted:
         run.event("WeightChanged", f"canary weight {before_weight} -> {weight}")
     st.canaryWeight = weight
     if state_of(st) is State.STABLE:

@@ -6,7 +6,7 @@ what the tests and the benchmark measure is the production loop, not a copy of i
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
@@ -39,12 +39,8 @@ async def step(
     now: datetime,
     prom: PrometheusClient,
     variables: Callable[[], dict[str, str]],
-    decide: Callable[[list[MetricResult] | None], T] | Callable[[list[MetricResult] | None], Awaitable[T]],
+    decide: Callable[[list[MetricResult] | None], T],
 ) -> T:
     """Measure what is due, then decide on it. `decide` is engine.decide or the controller's reconcile,
     bound to everything else they observe."""
-    measurement = await measure_due(spec, status, now, prom, variables)
-    out = decide(measurement)
-    if isinstance(out, Awaitable):
-        return await out  # type: ignore[no-any-return]
-    return out
+    return decide(await measure_due(spec, status, now, prom, variables))
