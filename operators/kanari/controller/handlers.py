@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from kanari import observability
 from kanari.api import v1alpha1 as api
