@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from kanari.api.conditions import get_condition
-from kanari.api.v1alpha1 import MetricResult, SpecError
+from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, SpecError
 from kanari.rollout.engine import TRANSITIONS, State, due_metrics
 from kanari.rollout.judge import judge
 from rollout_testlib import METRICS, Driver, make_spec, metric_of, pauses, reasons, ref, results, run_of
@@ -184,3 +184,27 @@ def test_the_transition_table_has_no_path_from_serving_to_a_new_model_without_a_
     # deployment never seen serving.
     assert {m for (s, m) in TRANSITIONS if s in (State.STABLE, State.ROLLED_BACK)} <= {"start", "retry", "supersede"}
     assert {s for (s, m) in TRANSITIONS if m == "replace"} == {State.DEPLOYING, State.DEPLOY_FAILED}
+
+
+def test_a_status_written_before_the_rework_keeps_its_rollback_and_its_canary():
+    """An operator upgrade must not retry a rolled-back revision nor treat a serving model as a first deployment
+    (which may be replaced without a canary)."""
+    spec = make_spec("v2", {"steps": [{"setWeight": 10}, {"pause": {}}]})
+    v1 = ref(make_spec("v1"))
+    legacy_rolled_back = {"phase": "RolledBack", "stableModel": v1.model_dump(), "canaryWeight": 0,
+                          "rollout": {"revision": spec.rollout_revision(), "abortedRevision": spec.rollout_revision(),
+                                      "lastAction": "abort/1"}}
+    d = Driver(spec, ModelDeploymentStatus.model_validate(legacy_rolled_back))
+    out = d.step()
+    assert out.status.phase == "RolledBack" and out.canary is None and "RolloutStarted" not in reasons(out)
+    legacy_serving = {"phase": "Succeeded", "stableModel": v1.model_dump(), "rollout": {"revision": v1.revision}}
+    d = Driver(spec, ModelDeploymentStatus.model_validate(legacy_serving))
+    out = d.step(canary_ready=False)
+    assert out.canary == ref(spec) and out.stable == v1 and out.canary_weight == 0 and "RolloutStarted" in reasons(out)
+    legacy_paused = {"phase": "Paused", "stableModel": v1.model_dump(), "canaryModel": ref(spec).model_dump(),
+                     "canaryWeight": 10, "currentStep": 1,
+                     "rollout": {"revision": spec.rollout_revision(), "pausedReason": "PausedByUser",
+                                 "stepStartedAt": "2026-03-01T11:00:00Z"}}
+    d = Driver(spec, ModelDeploymentStatus.model_validate(legacy_paused))
+    out = d.step()
+    assert out.status.phase == "Paused" and pauses(out.status) == ["PausedByUser"] and out.canary_weight == 10

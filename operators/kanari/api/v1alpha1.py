@@ -663,7 +663,8 @@ class RolloutState(BaseModel):
     lastProgressAt: str | None = None
     lastAction: str | None = None
     bakeUntil: str | None = None
-    stableReadyAt: str | None = None  # when the stable model was first seen Ready: it serves from then on
+    deploying: bool = False  # a first deployment not yet seen serving (nothing to protect with a canary)
+    stableReadyAt: str | None = None  # when the first deployment was seen serving
     deployFailed: str | None = None  # a first deployment that missed its progressDeadline (the message)
 
 
@@ -713,10 +714,26 @@ class ModelDeploymentStatus(BaseModel):
     previewUrl: str | None = Field(default=None, description="Where a BlueGreen preview answers (KServe tag URL).")
     conditions: list[Condition] = Field(default_factory=list)
     rollout: RolloutState = Field(default_factory=RolloutState)
+
     inferenceService: InferenceServiceRef | None = None
     lineage: Lineage | None = None
     retraining: list[RetrainRecord] = Field(default_factory=list, max_length=20)
     driftRule: str | None = Field(default=None, description="The PrometheusRule the controller owns for drift alerts.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_v0(cls, data: Any) -> Any:
+        """Read a status written before the rollout rework: its aborted revision and pause carry over (a
+        rolled-back revision must not be retried, nor a paused rollout resumed, by an operator upgrade)."""
+        if not isinstance(data, dict) or not isinstance(data.get("rollout"), dict):
+            return data
+        old = data["rollout"]
+        if old.get("abortedRevision") and "abortedRevision" not in data:
+            data = {**data, "abortedRevision": old["abortedRevision"]}
+        if old.get("pausedReason") and "pauseConditions" not in data:
+            since = old.get("stepStartedAt") or old.get("lastProgressAt") or "1970-01-01T00:00:00Z"
+            data = {**data, "pauseConditions": [{"reason": old["pausedReason"], "startTime": since}]}
+        return data
 
 
 # -------------------------------------------------------------------------------------- whole object

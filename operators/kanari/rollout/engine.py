@@ -112,7 +112,7 @@ TRANSITIONS: dict[tuple[State, str], State] = {
 def state_of(st: ModelDeploymentStatus) -> State:
     if st.stableModel is None:
         return State.EMPTY
-    if st.rollout.stableReadyAt is None:
+    if st.rollout.deploying:
         return State.DEPLOY_FAILED if st.rollout.deployFailed else State.DEPLOYING
     if st.canaryModel is not None:
         return State.BAKING if st.rollout.bakeUntil else State.ROLLING
@@ -470,7 +470,9 @@ def _deploy(run: _Pass, move: str) -> None:
     st.currentStep = 0
     st.pauseConditions = []
     st.analysisRuns = []
-    st.rollout = RolloutState(revision=d.revision, startedAt=run.at, lastProgressAt=run.at, lastAction=st.rollout.lastAction)
+    st.rollout = RolloutState(
+        revision=d.revision, startedAt=run.at, lastProgressAt=run.at, lastAction=st.rollout.lastAction, deploying=True
+    )
     run.move(move)
     run.event("Deploying", f"deploying {_name(d)} (revision {d.revision})")
 
@@ -482,6 +484,7 @@ def _deploying(run: _Pass, action: str | None) -> None:
         run.event("ActionIgnored", f"{action}: no rollout in progress ({_name(st.stableModel)} is being deployed)")
     if _serving(run):
         st.rollout.stableReadyAt = run.at
+        st.rollout.deploying = False
         st.rollout.deployFailed = None
         run.move("ready")
         run.note = f"{_name(st.stableModel)} serves all traffic"
