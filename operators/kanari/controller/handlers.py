@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from kanari import observability
 from kanari.api import v1alpha1 as api
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, SpecError, parse_spec
+from kanari.capacity.observer import CapacityObserver, needs_capacity
 from kanari.controller import kube
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
@@ -45,6 +46,8 @@ class OperatorContext:
     def __init__(self, config: OperatorConfig):
         self.config = config
         self.kube = kube.Kube()
+        # A rollout waiting for NeuronCores looks again at least once a resync.
+        self.capacity = CapacityObserver(self.kube.api.api_client, min(15.0, config.resync_seconds))
         self.prometheus = PrometheusClient(PrometheusConfig.from_env())
         self._sagemaker: Any = None
         self.packages: dict[str, tuple[float, PackageInfo]] = {}
@@ -246,6 +249,7 @@ async def reconcile_once(
     now = datetime.now(UTC)
     package: PackageInfo | None = None
     package_error: SpecError | None = None
+    capacity = None
     try:
         spec = parse_spec(snapshot["spec"])
     except SpecError:
@@ -266,9 +270,13 @@ async def reconcile_once(
     except ValidationError:
         status = ModelDeploymentStatus()  # reconcile() rebuilds an unreadable status too
 
+    if spec is not None and needs_capacity(spec, status):
+        capacity = await rt.capacity.view(spec, status, namespace, rt.config.inf2_selector_key)
+
     def decide(measurement: list[MetricResult] | None) -> ReconcileResult:
         observed = ClusterObservation(
-            now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement
+            now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
+            capacity=capacity,
         )
         return reconcile(snapshot, observed, rt.config)
 

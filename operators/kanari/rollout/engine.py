@@ -42,6 +42,7 @@ from kanari.api.v1alpha1 import (
     Phase,
     RolloutState,
 )
+from kanari.capacity import gate as capacity_gate
 from kanari.rollout.judge import UNAVAILABLE
 from kanari.rollout.templates import metric_interval
 
@@ -68,7 +69,12 @@ PAUSE_REASONS: dict[str, PauseReason] = {
     # consecutiveErrorLimit in a row roll back.
     "PrometheusUnavailable": PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
     "AnalysisError": PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
+    # Not enough NeuronCores for the next weight (kanari.capacity): re-checked, cleared once the room is there.
+    capacity_gate.REASON: PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
 }
+# Pauses the step loop itself re-examines each pass (a timed pause step ends, capacity turns up); every other
+# reason holds the rollout where it is until it is cleared.
+SELF_CHECKED = ("PauseStep", capacity_gate.REASON)
 ERROR_PAUSES = ("PrometheusUnavailable", "AnalysisError")
 
 
@@ -169,6 +175,8 @@ class RolloutObservation:
     # The revision the InferenceService serves, once KServe has observed it (None: not known). A first
     # deployment counts as serving only when this is its revision, never on an older template's readiness.
     serving_revision: str | None = None
+    # NeuronCore room for the canary (Inferentia deployments); None: the rollout is not capacity-gated.
+    capacity: capacity_gate.CapacityView | None = None
 
 
 @dataclass(frozen=True)
@@ -658,7 +666,11 @@ def _advance(run: _Pass, full: bool) -> None:
     # Each pass of the loop returns or moves currentStep forward.
     while True:
         _ensure_background(run)
-        if any(p.reason != "PauseStep" for p in st.pauseConditions):
+        if run.obs.capacity is None and _paused(st, capacity_gate.REASON):
+            st.pauseConditions = [p for p in st.pauseConditions if p.reason != capacity_gate.REASON]  # no longer gated
+        if any(p.reason not in SELF_CHECKED for p in st.pauseConditions):
+            return
+        if run.obs.capacity is not None and not _capacity_admits(run, steps):
             return
         if not run.obs.canary_ready:
             assert st.canaryModel is not None
@@ -702,6 +714,34 @@ def _advance(run: _Pass, full: bool) -> None:
             )
             return
         _next_step(run, "analysis passed")
+
+
+def _capacity_admits(run: _Pass, steps: list[CanaryStep]) -> bool:
+    """Size the canary for the weight about to be set; wait (never fail) while the NeuronCores are not there."""
+    st = run.st
+    assert run.obs.capacity is not None
+    st.canaryWeight = _weight(run.spec, st)  # where the steps taken so far (this pass included) have put it
+    target = capacity_gate.next_weight(steps, st.currentStep, st.canaryWeight)
+    result = capacity_gate.check(run.spec, st, run.obs.capacity, target)
+    st.capacity = result.status
+    recheck = run.now + timedelta(seconds=run.obs.capacity.recheck_seconds)
+    if not result.admitted:
+        if _add_pause(run, capacity_gate.REASON, f"step {st.currentStep}: waiting for NeuronCores: {result.message}"):
+            run.event(capacity_gate.REASON, f"step {st.currentStep}: {result.message}", True)
+        run.condition("CapacityAvailable", False, capacity_gate.REASON, result.message)
+        run.wake.append(recheck)
+        return False
+    if _paused(st, capacity_gate.REASON):
+        st.pauseConditions = [p for p in st.pauseConditions if p.reason != capacity_gate.REASON]
+        st.rollout.lastProgressAt = run.at  # the wait was not the rollout's fault: the deadline starts again
+        run.progressed = True
+        run.event("CapacityAvailable", f"step {st.currentStep}: {result.message}")
+    run.condition("CapacityAvailable", True, "CapacityAvailable", result.message)
+    if not result.ready:
+        run.note = f"step {st.currentStep}: scaling canary to {result.status.canaryReplicas} replica(s) for weight {target}"
+        run.wake.append(recheck)
+        return False
+    return True
 
 
 def _ensure_background(run: _Pass) -> None:
