@@ -50,11 +50,11 @@ def test_one_query_carries_value_samples_and_stable():
 
 def test_custom_query_variables_are_checked():
     m = MetricSpec(name="c", query='sum(x{ns="{{namespace}}", rev="{{ canaryRevision }}", z="{{zone}}"})',
-                   thresholdRange={"max": 1})
+                   thresholdRange={"max": 1}, minSampleCount=0)
     spec = make_spec("v2", {"analysis": {"metrics": [m.model_dump(exclude_none=True)]}})
     with pytest.raises(TemplateError, match=r"unknown variable \{\{zone\}\}"):
         metric_query(spec, m, {"namespace": "ml", "canaryRevision": "r2"})
-    ok = MetricSpec(name="c", query='sum(x{rev="{{canaryRevision}}"})', thresholdRange={"max": 1})
+    ok = MetricSpec(name="c", query='sum(x{rev="{{canaryRevision}}"})', thresholdRange={"max": 1}, minSampleCount=0)
     with pytest.raises(TemplateError, match=r"\{\{canaryRevision\}\} has no value"):
         metric_query(spec, ok, {"canaryRevision": ""})
     assert not metric_query(spec, ok, {"canaryRevision": "r2"}).combined
@@ -89,5 +89,13 @@ def test_controller_metrics_count_each_promotion_and_rollback_once():
     assert 'kanari_promotions_total{name="obs-test",namespace="ml"} 1.0' in text
     assert 'kanari_modeldeployment_phase{kanari_modeldeployment_phase="Succeeded",name="obs-test",namespace="ml"} 1.0' in text
     assert 'kanari_canary_weight_percent{name="obs-test",namespace="ml"} 0.0' in text
-    observability.forget("ml", "obs-test")
+    measured = ModelDeploymentStatus.model_validate({**rolling.model_dump(mode="json"), "analysisRuns": [
+        {"name": "step-1", "revision": "b2", "step": 1, "metrics": [{"name": "success-rate", "measurements": [
+            {"phase": "Successful", "value": 0.97, "finishedAt": "2026-03-01T12:00:00Z"},
+            {"phase": "Failed", "value": 0.42, "finishedAt": "2026-03-01T12:01:00Z"}]}]}]})
+    observability.observe("ml", "obs-test", measured)
+    text = generate_latest(observability.REGISTRY).decode()
+    assert 'kanari_analysis_value{metric="success-rate",name="obs-test",namespace="ml"} 0.42' in text
+    assert 'kanari_analysis_verdict{kanari_analysis_verdict="Failed",metric="success-rate",name="obs-test",namespace="ml"} 1.0' in text
+    observability.forget("ml", "obs-test", ("success-rate",))
     assert 'name="obs-test"' not in generate_latest(observability.REGISTRY).decode()

@@ -8,6 +8,7 @@ the last one left off.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -16,22 +17,27 @@ from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from kanari import notify, observability
 from kanari.api import v1alpha1 as api
-from kanari.api.v1alpha1 import ModelDeploymentStatus, SpecError, parse_spec
+from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, SpecError, parse_spec
 from kanari.capacity.observer import CapacityObserver, needs_capacity
 from kanari.controller import kube
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
-from kanari.controller.reconcile import ClusterObservation, reconcile
-from kanari.rollout import analysis, engine
+from kanari.controller.reconcile import ClusterObservation, ReconcileResult, reconcile
+from kanari.rollout import analysis, loop
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 
 log = logging.getLogger("kanari.controller")
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes handlers
 
 PACKAGE_TTL = 30.0  # registry lookups are cached briefly: approvals must still be noticed within a resync
+# A PrometheusRule the operator converged is re-read at most this often while its desired content is unchanged
+# (there is no watch on PrometheusRules: the operator's RBAC has no list/watch on them); an edit by someone
+# else is corrected within this time instead of within a resync.
+RULE_RECHECK = 300.0
 
 
 class OperatorContext:
@@ -46,6 +52,10 @@ class OperatorContext:
         self._sagemaker: Any = None
         self.packages: dict[str, tuple[float, PackageInfo]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
+        # InferenceServices as the watch last delivered them (an informer's cache): steady-state reconciles
+        # read children from here and make no API request. A miss (not delivered yet) is one GET.
+        self.children: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rules: dict[tuple[str, str], tuple[float, str]] = {}  # rule -> (when converged, desired content)
 
     def wakeup(self, uid: str) -> asyncio.Event:
         return self.wakeups.setdefault(uid, asyncio.Event())
@@ -118,9 +128,15 @@ async def md_event(body: kopf.Body, uid: str, **_: Any) -> None:
 
 
 @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", labels={"app.kubernetes.io/managed-by": "kanari"})
-async def isvc_event(body: kopf.Body, **_: Any) -> None:
+async def isvc_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     if CONTEXT is None:
         return
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("namespace")), str(meta.get("name")))
+    if event.get("type") == "DELETED":
+        CONTEXT.children.pop(key, None)
+    else:
+        CONTEXT.children[key] = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("kind") == api.KIND and ref.get("uid"):
             CONTEXT.wakeup(ref["uid"]).set()
@@ -140,6 +156,7 @@ async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: Logger
         names = tuple(str(m.get("name")) for m in analysis_spec.get("metrics") or [] if isinstance(m, dict))
         observability.forget(meta.get("namespace", ""), meta.get("name", ""), names)
         rt.wakeups.pop(uid, None)
+        rt.children.pop((meta.get("namespace", ""), meta.get("name", "")), None)
 
 
 async def _loop(rt: OperatorContext, stopped: Any, body: kopf.Body, wake: asyncio.Event, logger: Logger) -> None:
@@ -212,6 +229,17 @@ async def _sleep(stopped: Any, wake: asyncio.Event, delay: float) -> None:
             w.cancel()
 
 
+async def _converge_rule(rt: OperatorContext, namespace: str, rule: dict[str, Any]) -> None:
+    key = (namespace, rule["metadata"]["name"])
+    content = json.dumps(rule, sort_keys=True)
+    seen = rt.rules.get(key)
+    if seen is not None and seen[1] == content and time.monotonic() - seen[0] < RULE_RECHECK:
+        return
+    current = await rt.kube.get(kube.PROMETHEUS_RULE, namespace, key[1])
+    await rt.kube.apply(kube.PROMETHEUS_RULE, rule, current)
+    rt.rules[key] = (time.monotonic(), content)
+
+
 async def reconcile_once(
     rt: OperatorContext, snapshot: dict[str, Any], body: kopf.Body, logger: Logger
 ) -> tuple[float, str | None]:
@@ -221,7 +249,6 @@ async def reconcile_once(
     now = datetime.now(UTC)
     package: PackageInfo | None = None
     package_error: SpecError | None = None
-    measurement = None
     capacity = None
     try:
         spec = parse_spec(snapshot["spec"])
@@ -232,33 +259,49 @@ async def reconcile_once(
             package = await rt.package(spec.model.modelPackageArn)
         except SpecError as err:
             package_error = err
-    isvc = await rt.kube.get(kube.ISVC, namespace, name)
-    if spec is not None:
+    key = (namespace, name)
+    isvc = rt.children.get(key)
+    if isvc is None:
+        isvc = await rt.kube.get(kube.ISVC, namespace, name)
+        if isvc is not None:
+            rt.children[key] = isvc
+    try:
         status = ModelDeploymentStatus.model_validate(snapshot["status"] or {})
-        if engine.analysis_due(spec, status, now):
-            # Serverless revisions to compare are Knative's, known only from the InferenceService's status.
-            variables = analysis.variables(namespace, name, spec, status, isvc)
-            due = engine.due_metrics(spec, status, now)
-            measurement = await analysis.measure(spec, variables, rt.prometheus, now, due)
-        if needs_capacity(spec, status):
-            capacity = await rt.capacity.view(spec, status, namespace, rt.config.inf2_selector_key)
+    except ValidationError:
+        status = ModelDeploymentStatus()  # reconcile() rebuilds an unreadable status too
 
-    desired = reconcile(
-        snapshot,
-        ClusterObservation(now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
-                           capacity=capacity),
-        rt.config,
-    )
+    if spec is not None and needs_capacity(spec, status):
+        capacity = await rt.capacity.view(spec, status, namespace, rt.config.inf2_selector_key)
+
+    def decide(measurement: list[MetricResult] | None) -> ReconcileResult:
+        observed = ClusterObservation(
+            now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
+            capacity=capacity,
+        )
+        return reconcile(snapshot, observed, rt.config)
+
+    def variables() -> dict[str, str]:
+        # Serverless revisions to compare are Knative's, known only from the InferenceService's status.
+        assert spec is not None
+        return analysis.variables(namespace, name, spec, status, isvc)
+
+    desired = await loop.step(spec, status, now, rt.prometheus, variables, decide)
 
     if desired.isvc is not None:
-        outcome = await rt.kube.apply(kube.ISVC, desired.isvc, isvc)
+        try:
+            outcome = await rt.kube.apply(kube.ISVC, desired.isvc, isvc)
+        except ApiException as exc:
+            if exc.status == 409:
+                rt.children.pop(key, None)  # the cached copy is stale: the retry reads it fresh
+            raise
         if outcome != "unchanged":
+            rt.children.pop(key, None)  # the watch brings the written object; until then, read it fresh
             logger.info("InferenceService %s %s", name, outcome)
     if desired.prometheus_rule is not None:
-        current_rule = await rt.kube.get(kube.PROMETHEUS_RULE, namespace, desired.prometheus_rule["metadata"]["name"])
-        await rt.kube.apply(kube.PROMETHEUS_RULE, desired.prometheus_rule, current_rule)
+        await _converge_rule(rt, namespace, desired.prometheus_rule)
     elif desired.delete_prometheus_rule and snapshot["status"].get("driftRule"):
         await rt.kube.delete(kube.PROMETHEUS_RULE, namespace, snapshot["status"]["driftRule"])
+        rt.rules.pop((namespace, snapshot["status"]["driftRule"]), None)
 
     # status.retraining belongs to the alert receiver, which patches it on its own: never written back here.
     new_status = desired.status.model_dump(mode="json", exclude={"retraining"})
@@ -267,8 +310,9 @@ async def reconcile_once(
     elif desired.delete_prometheus_rule:
         new_status["driftRule"] = None  # deleted: not to be deleted again at every resync
     version = meta.get("resourceVersion")
-    # Compared as stored: a merge patch deletes null fields, so they are never read back.
-    if any(snapshot["status"].get(k) != _without_nulls(v) for k, v in new_status.items()):
+    # Compared without nulls on both sides: a merge patch deletes null fields, and an API server may keep or prune
+    # the nulls inside lists (a measurement with no value): either way they are not a change.
+    if any(_without_nulls(snapshot["status"].get(k)) != _without_nulls(v) for k, v in new_status.items()):
         written = await rt.kube.patch_status(namespace, name, new_status)
         version = (written.get("metadata") or {}).get("resourceVersion")
     for ev in desired.events:
