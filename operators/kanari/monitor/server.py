@@ -59,6 +59,7 @@ from kanari.monitor.payload import (
     to_arrays,
 )
 from kanari.monitor.settings import MonitorSettings, monitor_arguments
+from kanari.monitor.sharding import Shards, ShardSettings
 
 log = logging.getLogger("kanari.monitor.server")
 
@@ -461,7 +462,7 @@ def _profile_drift(base: Profile, cur: Profile) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
-def build_app(monitor: DriftMonitor) -> web.Application:
+def build_app(monitor: DriftMonitor, shards: Shards | None = None) -> web.Application:
     max_bytes = monitor.settings.max_event_bytes
 
     async def receive(request: web.Request) -> web.Response:
@@ -477,7 +478,12 @@ def build_app(monitor: DriftMonitor) -> web.Application:
         if len(raw) > max_bytes:
             status, body = monitor.oversized(None)
             return web.json_response(body, status=status)
-        status, body = await monitor.handle(dict(request.headers), raw)
+        headers = dict(request.headers)
+        if shards is not None and (target := shards.route_to(headers, raw)) is not None:
+            # Another replica keeps this model's window: one hop there.
+            status, body = await shards.forward(target, headers, raw)
+            return web.json_response(body, status=status)
+        status, body = await monitor.handle(headers, raw)
         return web.json_response(body, status=status)
 
     async def metrics(_request: web.Request) -> web.Response:
@@ -507,6 +513,8 @@ def build_app(monitor: DriftMonitor) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(evaluator)
+    if shards is not None:
+        app.cleanup_ctx.append(shards.context)
     return app
 
 
@@ -521,12 +529,14 @@ def run(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout,
         )
         static = StaticBaselines.from_file(args.config) if args.config else None
+        sharding = ShardSettings.from_args(args)
     except ValueError as exc:
         print(f"kanari drift monitor: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     monitor = DriftMonitor(settings, static=static)
-    web.run_app(build_app(monitor), host=args.host, port=args.port, print=None, access_log=None)
+    shards = Shards(sharding, monitor.registry, monitor.metrics.events) if sharding else None
+    web.run_app(build_app(monitor, shards), host=args.host, port=args.port, print=None, access_log=None)
     return 0
 
 

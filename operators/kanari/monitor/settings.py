@@ -50,3 +50,6 @@ def monitor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout", type=float, default=d.idle_timeout, help="seconds without events before a window is dropped"
     )
+    from kanari.monitor.sharding import shard_arguments  # light: no aiohttp until an event is forwarded
+
+    shard_arguments(parser)
