@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV" || { echo "cannot create $VENV" >&2; exit 2; }
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1
-"$VENV/bin/python" -m pip install --quiet -e . || { echo "cannot install the project into $VENV" >&2; exit 2; }
+"$VENV/bin/python" -m pip install --quiet -e ".[spark]" || { echo "cannot install the project into $VENV" >&2; exit 2; }
 : > "$VENV/peer-install.log"
 for peer in evidently alibi-detect; do
   if ! "$VENV/bin/python" -m pip install --quiet "$peer" >>"$VENV/peer-install.log" 2>&1; then
