@@ -414,8 +414,7 @@ def stream(total_rows: int, window: int, n_features: int = 20, batch: int = 1000
 
 def sketch_error() -> dict[str, Any]:
     from kanari.drift.methods import linf
-    from kanari.drift.sketch import KllSketch
-    from kanari.drift.sketch import DEFAULT_K, rank_error_bound
+    from kanari.drift.sketch import DEFAULT_K, KllSketch, rank_error_bound
     from scipy.stats import ks_2samp
 
     rng = np.random.default_rng(SEED)
