@@ -219,7 +219,8 @@ class CurrentBins:
         self.want_sums = np.array([self.methods[n] == "wasserstein" for n in numeric], dtype=np.bool_)
         self.sums = np.zeros(len(self.counts) if self.want_sums.any() else 0)
         self.nans = np.zeros(len(numeric), dtype=np.int64)
-        self.categories = {f.name: CategoryCounter(max_categories=2**31) for f in self.compared if not f.numeric}
+        # Bounded as a profile's are (past 1000 distinct values the rest pool under OTHER): the same values, bounded memory.
+        self.categories = {f.name: CategoryCounter() for f in self.compared if not f.numeric}
         self.schema = _Schema(present={f.name: 0 for f in self.compared})
         self.rows = 0
 
