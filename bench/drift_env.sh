@@ -19,4 +19,6 @@ for peer in evidently alibi-detect; do
     echo "could not install $peer (see $VENV/peer-install.log); run.py will say so in the results" >&2
   fi
 done
+# alibi-detect 0.13 pins numpy<2, and pyarrow 22+ needs numpy 2: keep a pyarrow that works with both.
+"$VENV/bin/python" -m pip install --quiet "pyarrow>=15,<22" >>"$VENV/peer-install.log" 2>&1
 exec "$VENV/bin/python" bench/drift/run.py "$@"
