@@ -199,8 +199,8 @@ def one(tool: str, rows: int, n_features: int) -> dict[str, Any]:
     }
 
 
-def timed_process(cmd: list[str], timeout: float) -> tuple[float, float, int, str]:
-    """(wall seconds, peak RSS MB of that process alone, exit code, stdout) of one child process."""
+def timed_process(cmd: list[str], timeout: float) -> tuple[float, float, int, str, float]:
+    """(wall seconds, peak RSS MB, exit code, stdout, CPU seconds) of one child process alone."""
     import tempfile
     import threading
 
@@ -222,7 +222,7 @@ def timed_process(cmd: list[str], timeout: float) -> tuple[float, float, int, st
         raise subprocess.TimeoutExpired(cmd, timeout)
     if code not in (0, 1):
         raise RuntimeError(f"{' '.join(cmd[2:6])} exited {code}: {errors.strip().splitlines()[-3:]}")
-    return wall, usage.ru_maxrss / 1024, code, text
+    return wall, usage.ru_maxrss / 1024, code, text, usage.ru_utime + usage.ru_stime
 
 
 ALIBI_PROCESS = """
@@ -258,8 +258,8 @@ def processes(rows: int, n_features: int, work: Path, timeout: float, peers: boo
     kanari = [sys.executable, "-m", "kanari.cli.main", "drift"]
     base = work / f"baseline-{rows}x{n_features}"
     try:
-        b_wall, b_peak, _, _ = timed_process([*kanari, "baseline", "--data", str(ref), "-o", str(base)], timeout)
-        c_wall, c_peak, _, text = timed_process(
+        b_wall, b_peak, _, _, b_cpu = timed_process([*kanari, "baseline", "--data", str(ref), "-o", str(base)], timeout)
+        c_wall, c_peak, _, text, c_cpu = timed_process(
             [*kanari, "compare", "--baseline", str(base), "--data", str(cur), "--format", "json"], timeout
         )
         drifted = sorted(int(f[1:]) for f in json.loads(text)["drifted_features"])
@@ -267,15 +267,16 @@ def processes(rows: int, n_features: int, work: Path, timeout: float, peers: boo
             "status": "ok", "wall_seconds": round(b_wall + c_wall, 3), "baseline_seconds": round(b_wall, 3),
             "compare_seconds": round(c_wall, 3), "rows_per_second": round(rows / (b_wall + c_wall)),
             "peak_memory_mb": round(max(b_peak, c_peak), 1), "drifted": drifted,
+            "cpu_seconds": round(b_cpu + c_cpu, 2), "compare_cpu_seconds": round(c_cpu, 2),
         }
     except (subprocess.TimeoutExpired, RuntimeError) as exc:
         out["kanari-cli"] = {"status": f"failed: {exc}"[:300]}
     if peers and installed("alibi-detect"):
         try:
-            wall, peak, _, text = timed_process([sys.executable, "-c", ALIBI_PROCESS, str(ref), str(cur)], timeout)
+            wall, peak, _, text, cpu = timed_process([sys.executable, "-c", ALIBI_PROCESS, str(ref), str(cur)], timeout)
             found = [int(j) for j in text.strip().split(",") if j]
             out["alibi-detect-process"] = {"status": "ok", "wall_seconds": round(wall, 3), "rows_per_second": round(rows / wall),
-                                           "peak_memory_mb": round(peak, 1), "drifted": found}
+                                           "peak_memory_mb": round(peak, 1), "drifted": found, "cpu_seconds": round(cpu, 2)}
         except (subprocess.TimeoutExpired, RuntimeError) as exc:
             out["alibi-detect-process"] = {"status": f"failed: {exc}"[:300]}
     return out
@@ -296,12 +297,16 @@ def score(result: dict[str, Any], truth: list[int]) -> None:
     result["false_positives"] = len(found - set(truth))
 
 
-def grid(configs: list[tuple[int, int, tuple[str, ...]]], timeout: float, work: Path) -> dict[str, Any]:
+def grid(configs: list[tuple[int, int, tuple[str, ...]]], timeout: float, work: Path, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`previous`: an earlier run's grid whose results for the tools not run now are kept (--keep)."""
     versions = {t: installed(t) for t in TOOLS}
     runs = []
     for rows, n_features, tools in configs:
         truth = shifted_features(n_features)
         entry: dict[str, Any] = {"rows": rows, "features": n_features, "shifted": truth, "tools": {}}
+        for old in (previous or {}).get("runs", []):
+            if (old["rows"], old["features"]) == (rows, n_features):
+                entry["tools"] = {t: r for t, r in old["tools"].items() if t not in tools and not t.endswith(("-cli", "-process"))}
         for tool in tools:
             if versions[tool] is None:
                 entry["tools"][tool] = {"status": "not installed"}
@@ -323,6 +328,7 @@ def grid(configs: list[tuple[int, int, tuple[str, ...]]], timeout: float, work: 
             entry["tools"][tool] = result
         print(f"grid: processes {rows}x{n_features}", file=sys.stderr, flush=True)
         entry["tools"].update(processes(rows, n_features, work, timeout, peers="alibi-detect" in tools))
+        entry["tools"] = {t: entry["tools"][t] for t in (*TOOLS, "kanari-cli", "alibi-detect-process") if t in entry["tools"]}
         for result in entry["tools"].values():
             if result.get("status") == "ok":
                 score(result, truth)
@@ -335,6 +341,8 @@ def grid(configs: list[tuple[int, int, tuple[str, ...]]], timeout: float, work: 
         cli, alibi_p = entry["tools"].get("kanari-cli", {}), entry["tools"].get("alibi-detect-process", {})
         if cli.get("status") == "ok" and alibi_p.get("status") == "ok":
             cli["speedup_vs_alibi_process"] = round(alibi_p["wall_seconds"] / cli["wall_seconds"], 1)
+            if cli.get("cpu_seconds") and alibi_p.get("cpu_seconds"):
+                cli["cpu_speedup_vs_alibi_process"] = round(alibi_p["cpu_seconds"] / cli["cpu_seconds"], 1)
         runs.append(entry)
     return {"versions": versions, "runs": runs}
 
@@ -348,8 +356,8 @@ def large(rows: int, n_features: int, work: Path, timeout: float) -> dict[str, A
     write_parquet(work / "large-ref.parquet", 200_000, n_features, SEED + 8, shift=False, row_group=50_000)
     kanari = [sys.executable, "-m", "kanari.cli.main", "drift"]
     timed_process([*kanari, "baseline", "--data", str(work / "large-ref.parquet"), "-o", str(base)], timeout)
-    wall, peak, _, text = timed_process([*kanari, "compare", "--baseline", str(base), "--data", str(path), "--format", "json"], timeout)
-    result = {"rows": rows, "features": n_features, "raw_values_mb": round(rows * n_features * 8 / 2**20), "file_mb": round(path.stat().st_size / 2**20),
+    wall, peak, _, text, cpu = timed_process([*kanari, "compare", "--baseline", str(base), "--data", str(path), "--format", "json"], timeout)
+    result = {"cpu_seconds": round(cpu, 1), "rows": rows, "features": n_features, "raw_values_mb": round(rows * n_features * 8 / 2**20), "file_mb": round(path.stat().st_size / 2**20),
               "wall_seconds": round(wall, 2), "rows_per_second": round(rows / wall), "peak_rss_mb": round(peak, 1),
               "drifted": sorted(int(f[1:]) for f in json.loads(text)["drifted_features"]), "note": "CLI process; baseline from 200k rows"}
     score(result, shifted_features(n_features))
@@ -366,8 +374,9 @@ def spark(rows: int, n_features: int, work: Path, timeout: float) -> dict[str, A
     for engine, extra in (("local", []), ("spark", ["--engine", "spark", "--spark-master", "local[2]"])):
         print(f"spark: {engine}", file=sys.stderr, flush=True)
         try:
-            wall, peak, _, _ = timed_process([*kanari, "-o", str(work / f"spark-base-{engine}"), *extra], timeout)
-            out[engine] = {"wall_seconds": round(wall, 1), "rows_per_second": round(rows / wall), "driver_peak_rss_mb": round(peak, 1)}
+            wall, peak, _, _, cpu = timed_process([*kanari, "-o", str(work / f"spark-base-{engine}"), *extra], timeout)
+            out[engine] = {"wall_seconds": round(wall, 1), "rows_per_second": round(rows / wall), "driver_peak_rss_mb": round(peak, 1),
+                           "driver_cpu_seconds": round(cpu, 1)}
         except (subprocess.TimeoutExpired, RuntimeError) as exc:
             out[engine] = {"status": f"failed: {exc}"[:300]}
     if all("wall_seconds" in out.get(e, {}) for e in ("local", "spark")):
@@ -535,8 +544,10 @@ def markdown(doc: dict[str, Any]) -> str:
                     note.append(f"floor {r['floor_seconds']}s (x{r['times_floor']}), CPU {r['cpu_seconds']}s")
                 if "baseline_seconds" in r:
                     note.append(f"baseline {r['baseline_seconds']}s + compare {r['compare_seconds']}s")
+                if "floor_seconds" not in r and r.get("cpu_seconds") is not None:
+                    note.append(f"CPU {r['cpu_seconds']}s")
                 if "speedup_vs_alibi_process" in r:
-                    note.append(f"{r['speedup_vs_alibi_process']}x alibi-detect's process")
+                    note.append(f"{r['speedup_vs_alibi_process']}x alibi-detect's process (CPU: {r.get('cpu_speedup_vs_alibi_process', '-')}x)")
                 lines.append(
                     f"| {run['rows']:,} | {run['features']} | {tool} | {r['wall_seconds']} | {r['rows_per_second']:,} | "
                     f"{r['peak_memory_mb']} | {len(r['drifted'])} ({r['recall']} / {r['false_positives']}) | "
@@ -545,7 +556,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lg = doc.get("large")
     if lg and "wall_seconds" in lg:
         lines += ["", f"**Large input** (Kanari CLI, streamed in chunks): {lg['rows']:,} x {lg['features']} ({lg['raw_values_mb']:,} MB of values, "
-                  f"{lg['file_mb']:,} MB Parquet) compared in {lg['wall_seconds']} s ({lg['rows_per_second']:,} rows/s), peak RSS "
+                  f"{lg['file_mb']:,} MB Parquet) compared in {lg['wall_seconds']} s ({lg['rows_per_second']:,} rows/s; CPU {lg.get('cpu_seconds', '-')} s), peak RSS "
                   f"{lg['peak_rss_mb']} MB; {len(lg['drifted'])} drifted (recall {lg['recall']}, {lg['false_positives']} false positives)."]
     sp = doc.get("spark")
     if sp and "local" in sp:
@@ -575,6 +586,8 @@ def main() -> int:
     parser.add_argument("--sections", default="grid,large,spark,monitor,sketch_error,stream")
     parser.add_argument("--spark-rows", type=int, default=10_000_000)
     parser.add_argument("--work", default="/tmp/kanari-drift-bench", help="where the Parquet inputs are written")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="grid tools to run")
+    parser.add_argument("--keep", action="store_true", help="keep the results in drift.json of sections and tools not run now")
     args = parser.parse_args()
     if args.one:
         tool, rows, feats = args.one
@@ -585,7 +598,9 @@ def main() -> int:
     # This environment's own compiled-kernel cache (its numpy differs from the project's .venv); the warm-up of
     # each in-process case fills it before the CLI processes are timed.
     os.environ.setdefault("NUMBA_CACHE_DIR", str(work / "numba-cache"))
-    configs = [(100_000, 100, TOOLS), (1_000_000, 20, TOOLS)]
+    tools = tuple(t for t in TOOLS if t in args.tools.split(","))
+    configs = [(100_000, 100, tools), (1_000_000, 20, tools)]
+    previous = json.loads((RESULTS / "drift.json").read_text()) if args.keep and (RESULTS / "drift.json").exists() else {}
     doc: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -600,7 +615,7 @@ def main() -> int:
                      "alibi-detect": "TabularDrift (KS per feature), a feature flagged at p < 0.05 / features (Bonferroni)"},
     }
     sections = {
-        "grid": lambda: grid(configs, args.timeout, work),
+        "grid": lambda: grid(configs, args.timeout, work, previous.get("grid")),
         "large": lambda: large(1_000_000, 500, work, args.timeout),
         "spark": lambda: spark(args.spark_rows, 20, work, args.timeout),
         "monitor": monitor_scale,
@@ -608,6 +623,11 @@ def main() -> int:
         "stream": lambda: stream(10_000_000, 1_000_000),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
+    for name, kept in previous.items():
+        if name in sections and name not in args.sections.split(","):
+            doc[name] = kept
+    if previous:
+        doc["kept_from"] = previous.get("started")
     for name in args.sections.split(","):
         print(f"section {name}", file=sys.stderr, flush=True)
         try:
