@@ -178,15 +178,17 @@ def test_events_for_one_model_always_reach_the_same_replica(replicas: list[Servi
         assert hops == forwarded > 0
 
 
-def test_an_unreachable_owner_is_reported_not_accepted(replicas: list[Service], tmp_path: Path) -> None:
-    # A third "replica" that no process serves: its models' events cannot be delivered.
+def test_an_unreachable_owner_is_reported_not_accepted(replicas: list[Service], tmp_path: Path, cancer_baseline_dir: Path) -> None:
+    # A second "replica" that no process serves: its models' events cannot be delivered.
+    config = tmp_path / "baselines.yaml"
+    config.write_text(json.dumps({"baselines": {f"ml-prod/m{i}": f"file://{cancer_baseline_dir}" for i in range(100)}}))
     dead = free_port()
     peers = [f"{replicas[0].url}/", f"http://127.0.0.1:{dead}/"]
     log = tmp_path / "solo.log"
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kanari.monitor.server", "--port", str(port), "--host", "127.0.0.1", "--peers", ",".join(peers),
-         "--replica-ordinal", "0"],
+         "--replica-ordinal", "0", "--config", str(config)],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
     svc = Service(proc, f"http://127.0.0.1:{port}", log)
