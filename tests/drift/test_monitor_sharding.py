@@ -226,6 +226,77 @@ def test_chart_runs_two_sharded_replicas_as_a_statefulset() -> None:
     selector = sts["spec"]["selector"]["matchLabels"]
     assert any(p.get("podSelector", {}).get("matchLabels") == selector for rule in policy["spec"]["ingress"] for p in rule["from"])
     assert any(p.get("podSelector", {}).get("matchLabels") == selector for rule in policy["spec"]["egress"] for p in rule.get("to", []))
+    tls = render_chart("--set", "driftMonitor.replicas=2", "--set", "tls.enabled=true", "--set", "tls.certManager.issuerRef.name=ca")
+    tls_sts = next(o for o in tls if o["kind"] == "StatefulSet")
+    tls_cmd = tls_sts["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert all(p.startswith("https://") for p in tls_cmd[tls_cmd.index("--peers") + 1].split(","))
+    assert tls_cmd[tls_cmd.index("--peer-ca-file") + 1] == "/var/run/kanari/tls/ca.crt"
+    cert = next(o for o in tls if o["kind"] == "Certificate")
+    assert "*.kanari-drift-monitor-peers.kanari-system.svc" in cert["spec"]["dnsNames"]
     single = render_chart("--set", "driftMonitor.replicas=1")
     assert any(o["kind"] == "Deployment" and o["metadata"]["name"] == "kanari-drift-monitor" for o in single)
     assert not [o for o in single if o["kind"] == "StatefulSet"]
+
+
+def _tls_files(where: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1, as cert-manager would issue them (cryptography)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kanari-test-ca")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "monitor")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = where / "ca.crt", where / "tls.crt", where / "tls.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
+
+
+def test_the_hop_between_replicas_is_verified_https_when_tls_is_on(tmp_path: Path, cancer_baseline_dir: Path) -> None:
+    ca, crt, key = _tls_files(tmp_path)
+    config = tmp_path / "baselines.yaml"
+    config.write_text(json.dumps({"baselines": {f"ml-prod/m{i}": f"file://{cancer_baseline_dir}" for i in range(50)}}))
+    ports = [free_port(), free_port()]
+    peers = ",".join(f"https://127.0.0.1:{p}/" for p in ports)
+    services = []
+    for i, port in enumerate(ports):
+        log = tmp_path / f"tls-{i}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kanari.monitor.server", "--port", str(port), "--host", "127.0.0.1", "--config", str(config),
+             "--peers", peers, "--replica-ordinal", str(i), "--peer-ca-file", str(ca), "--tls-cert-file", str(crt),
+             "--tls-key-file", str(key), "--evaluate-interval", "0.2", "--min-samples", "1"],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )
+        services.append(Service(proc, f"https://127.0.0.1:{port}", log))
+    try:
+        with httpx.Client(verify=str(ca), timeout=10) as http:
+            for svc in services:
+                wait_for(lambda s=svc: s.proc.poll() is None and _get_ok(http, f"{s.url}/healthz"), "https replica", timeout=30)
+            model = next(f"m{i}" for i in range(50) if owner("ml-prod", f"m{i}", 2) == 1)
+            r = http.post(f"{services[0].url}/", headers=kserve_headers(ce_id="t1", ce_type=REQUEST, model=model, namespace="ml-prod"),
+                          content=json.dumps({"instances": [cancer_frame().drop(columns=["target"]).iloc[0].tolist()]}).encode())
+            assert r.status_code == 200 and r.json()["replica"] == 1, r.text
+    finally:
+        for svc in services:
+            svc.stop()
+
+
+def _get_ok(http: httpx.Client, url: str) -> bool:
+    try:
+        return http.get(url).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -88,6 +88,7 @@ def ordinal_from_hostname(hostname: str) -> int:
 class ShardSettings:
     peers: tuple[str, ...]  # the base URL of each replica, by ordinal
     ordinal: int
+    ca_file: str | None = None  # the CA that signed the peers' certificate, for https:// peers
 
     def __post_init__(self) -> None:
         if not self.peers:
@@ -96,6 +97,12 @@ class ShardSettings:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"peers[{i}]: {url!r} is not an http(s) URL")
+        if any(p.startswith("https://") for p in self.peers) and self.ca_file is not None:
+            try:
+                with open(self.ca_file, "rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"peer CA file: cannot read: {type(exc).__name__}") from None
         if not 0 <= self.ordinal < len(self.peers):
             raise ValueError(f"replica ordinal: {self.ordinal} is not in [0, {len(self.peers)}) (peers: {len(self.peers)})")
 
@@ -109,7 +116,7 @@ class ShardSettings:
         if len(peers) <= 1:
             return None
         ordinal = args.replica_ordinal if args.replica_ordinal is not None else ordinal_from_hostname(socket.gethostname())
-        return cls(peers, ordinal)
+        return cls(peers, ordinal, args.peer_ca_file)
 
 
 def shard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +128,7 @@ def shard_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replica-ordinal", type=int, help="this replica's ordinal among --peers (default: from the hostname's -N suffix)"
     )
+    parser.add_argument("--peer-ca-file", help="CA bundle that signed the https:// peers' certificate (default: system CAs)")
 
 
 class Shards:
@@ -171,9 +179,15 @@ class Shards:
             return 503, {"outcome": "owner_unreachable", "replica": target, "error": f"replica {target}: {type(exc).__name__}"}
 
     async def context(self, _app: Any) -> AsyncIterator[None]:
+        import ssl
+
         import aiohttp
 
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT))
+        # Peers are verified like any server (an https:// peer's certificate covers *.<peers service>).
+        tls = ssl.create_default_context(cafile=self.settings.ca_file) if self.settings.ca_file else None
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT), connector=aiohttp.TCPConnector(ssl=tls if tls else True)
+        )
         yield
         await self._session.close()
 
