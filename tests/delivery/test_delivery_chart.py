@@ -32,7 +32,9 @@ def kinds(objs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
 
 
 def one(objs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
-    found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    # Sharded drift-monitor replicas run as a StatefulSet: a workload either way.
+    kinds_ = ("Deployment", "StatefulSet") if kind == "Deployment" else (kind,)
+    found = [o for o in objs if o["kind"] in kinds_ and o["metadata"]["name"] == name]
     assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
     return found[0]
 
@@ -44,8 +46,8 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 def pod_specs(objs: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for o in objs:
-        if o["kind"] == "Deployment":
-            out.append((f"Deployment {o['metadata']['name']}", o["spec"]["template"]["spec"]))
+        if o["kind"] in ("Deployment", "StatefulSet"):
+            out.append((f"{o['kind']} {o['metadata']['name']}", o["spec"]["template"]["spec"]))
         elif o["kind"] == "Pod":
             out.append((f"Pod {o['metadata']['name']}", o["spec"]))
     return out
@@ -103,7 +105,7 @@ def test_pods_are_restricted_and_never_root(scenario: str) -> None:
 def test_references_resolve(scenario: str) -> None:
     """Selectors, ports, ServiceAccounts and ConfigMaps that the objects name exist in the same render."""
     objs = rendered(scenario)
-    deployments = kinds(objs, "Deployment")
+    deployments = kinds(objs, "Deployment") + kinds(objs, "StatefulSet")
     pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in deployments]
 
     def selects(selector: dict[str, str]) -> list[dict[str, str]]:

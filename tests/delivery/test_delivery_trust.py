@@ -21,7 +21,9 @@ def rendered(scenario: str) -> tuple[dict[str, Any], ...]:
 
 
 def one(objs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
-    found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    # Sharded drift-monitor replicas run as a StatefulSet: a workload either way.
+    kinds = ("Deployment", "StatefulSet") if kind == "Deployment" else (kind,)
+    found = [o for o in objs if o["kind"] in kinds and o["metadata"]["name"] == name]
     assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
     return found[0]
 

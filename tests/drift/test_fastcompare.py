@@ -116,6 +116,9 @@ def test_compare_file_reads_only_the_baseline_columns_and_matches_the_frame(tmp_
     ref = pd.DataFrame({"n": rng.normal(size=3000), "i": rng.integers(0, 5, 3000), "c": rng.choice(["x", "y", "z"], 3000)})
     cur = pd.DataFrame({"n": rng.normal(0.5, 1, 2000), "i": rng.integers(0, 6, 2000), "c": rng.choice(["x", "y"], 2000)})
     cur["unused"] = "text"
+    cur["i"] = cur["i"].astype(float)
+    cur.loc[::50, "i"] = np.nan
+    cur.loc[7, "i"] = 2.5  # fractional values in an Integral feature: a type mismatch, from Arrow or pandas alike
     baseline = baseline_of(ref)
     path = tmp_path / f"current{suffix}"
     if suffix == ".parquet":
@@ -125,6 +128,7 @@ def test_compare_file_reads_only_the_baseline_columns_and_matches_the_frame(tmp_
     from_file = compare_file(baseline, path)
     assert from_file.to_dict() == compare_frame_fast(baseline, cur).to_dict()
     assert "n" in from_file.drifted_features
+    assert ("type_mismatch", "i") in {(v.kind, v.feature) for v in from_file.violations}
 
 
 MEMORY_PROBE = """

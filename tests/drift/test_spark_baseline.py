@@ -4,6 +4,7 @@ numeric CDFs within the two sketches' stated rank error. PySpark in local[2], on
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -115,13 +116,17 @@ def test_types_follow_the_local_rule() -> None:
 
 
 def test_cli_engine_spark_writes_a_baseline_compare_accepts(tmp_path: Path) -> None:
+    """Run as a user would, with only the system directories on PATH: Spark's Python workers must still run
+    Kanari's interpreter, not the first `python3` found (which has neither Kanari nor pandas)."""
     df = training_frame(2_000)
     df.to_parquet(tmp_path / "train.parquet")
     out = tmp_path / "base"
+    env = {k: v for k, v in os.environ.items() if k != "PYSPARK_PYTHON"}
+    env["PATH"] = "/usr/bin:/bin"
     run = subprocess.run(
         [sys.executable, "-m", "kanari.cli.main", "drift", "baseline", "--engine", "spark", "--spark-master", "local[2]",
          "--data", str(tmp_path / "train.parquet"), "-o", str(out), "--target", "label"],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True, text=True, timeout=240, env=env,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Spark" in run.stdout

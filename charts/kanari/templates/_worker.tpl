@@ -1,8 +1,9 @@
 {{/*
 Deployment and Service of a `kanari drift ...` HTTP worker (drift monitor, alert receiver): one port for its
 API and /metrics. Call with (dict "ctx" $ "component" NAME "values" VALUES "command" LIST "env" YAML), plus "config" (the
-YAML of a ConfigMap mounted at /etc/kanari) and "kubeAPI" (mount the ServiceAccount token) when needed. With
-.Values.tls.enabled the worker serves HTTPS with the certificate Secret mounted at /var/run/kanari/tls.
+YAML of a ConfigMap mounted at /etc/kanari) and "kubeAPI" (mount the ServiceAccount token) when needed, and
+"peersService" (a name) to run it as a StatefulSet with that headless Service. With .Values.tls.enabled the
+worker serves HTTPS with the certificate Secret mounted at /var/run/kanari/tls.
 */}}
 {{- define "kanari.worker" -}}
 {{- $ctx := .ctx }}
@@ -14,7 +15,7 @@ YAML of a ConfigMap mounted at /etc/kanari) and "kubeAPI" (mount the ServiceAcco
 {{- $command = concat $command (list "--tls-cert-file" "/var/run/kanari/tls/tls.crt" "--tls-key-file" "/var/run/kanari/tls/tls.key") }}
 {{- end }}
 apiVersion: apps/v1
-kind: Deployment
+kind: {{ ternary "Deployment" "StatefulSet" (empty .peersService) }}
 metadata:
   name: {{ $name }}
   namespace: {{ $ctx.Release.Namespace }}
@@ -22,6 +23,11 @@ metadata:
     {{- include "kanari.componentLabels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
 spec:
   replicas: {{ $values.replicas }}
+  {{- with .peersService }}
+  # Stable pod names (<name>-<ordinal>) and DNS through the headless Service: each replica owns a share.
+  serviceName: {{ . }}
+  podManagementPolicy: Parallel
+  {{- end }}
   selector:
     matchLabels:
       {{- include "kanari.selectorLabels" (dict "ctx" $ctx "component" .component) | nindent 6 }}
@@ -136,4 +142,26 @@ spec:
     port: {{ $values.port }}
     targetPort: http
     protocol: TCP
+{{- with .peersService }}
+---
+# Headless: one DNS name per replica, for the one hop from the replica an event lands on to its owner.
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ . }}
+  namespace: {{ $ctx.Release.Namespace }}
+  labels:
+    # Its own component label: the ServiceMonitor must not scrape every replica twice through it.
+    {{- include "kanari.componentLabels" (dict "ctx" $ctx "component" (printf "%s-peers" $.component)) | nindent 4 }}
+spec:
+  clusterIP: None
+  publishNotReadyAddresses: true
+  selector:
+    {{- include "kanari.selectorLabels" (dict "ctx" $ctx "component" $.component) | nindent 4 }}
+  ports:
+  - name: http
+    port: {{ $values.port }}
+    targetPort: http
+    protocol: TCP
+{{- end }}
 {{- end -}}

@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -219,8 +220,10 @@ class CurrentBins:
         self.want_sums = np.array([self.methods[n] == "wasserstein" for n in numeric], dtype=np.bool_)
         self.sums = np.zeros(len(self.counts) if self.want_sums.any() else 0)
         self.nans = np.zeros(len(numeric), dtype=np.int64)
-        self.categories = {f.name: CategoryCounter(max_categories=2**31) for f in self.compared if not f.numeric}
+        # Bounded as a profile's are (past 1000 distinct values the rest pool under OTHER): the same values, bounded memory.
+        self.categories = {f.name: CategoryCounter() for f in self.compared if not f.numeric}
         self.schema = _Schema(present={f.name: 0 for f in self.compared})
+        self._kind = {f.name: f.inferred_type for f in self.compared}
         self.rows = 0
 
     @property
@@ -238,6 +241,31 @@ class CurrentBins:
                 self._categorical(f, df[f.name])
         self.rows += len(df)
 
+    def add_batch(self, batch: Any) -> None:
+        """Add an Arrow RecordBatch: numeric columns go to the kernel straight from Arrow's buffers (one copy
+        into the kernel's matrix, no DataFrame); a batch whose numeric features Arrow did not type as numbers
+        goes through pandas (and the schema checks) instead."""
+        import pyarrow as pa
+
+        names = self.edges.names
+        types = {n: batch.schema.field(n).type for n in names}
+        if not all(pa.types.is_floating(t) or pa.types.is_integer(t) for t in types.values()):
+            self.add_frame(batch.to_pandas())
+            return
+        if names:
+            data = np.empty((len(names), batch.num_rows))
+            for j, n in enumerate(names):
+                data[j] = batch.column(n).to_numpy(zero_copy_only=False)  # nulls become NaN
+                if pa.types.is_floating(types[n]) and self._kind[n] == "Integral":
+                    self._check_whole(n, data[j])
+            self._bin(data)
+        categorical = [f for f in self.compared if not f.numeric]
+        if categorical:
+            frame = batch.select([f.name for f in categorical]).to_pandas()
+            for f in categorical:
+                self._categorical(f, frame[f.name])
+        self.rows += batch.num_rows
+
     def _matrix(self, df: pd.DataFrame, names: list[str]) -> np.ndarray:
         """The numeric columns as one (features, rows) C-ordered float64 array: pandas' own block, uncopied,
         when the columns are float64 and stored column by column (as Arrow and Parquet give them)."""
@@ -252,11 +280,8 @@ class CurrentBins:
 
     def _integral_checks(self, df: pd.DataFrame, names: list[str]) -> None:
         for name in names:
-            if self.edges_type(name) == "Integral":
-                self._numeric(df[name])
-
-    def edges_type(self, name: str) -> str:
-        return next(f.inferred_type for f in self.compared if f.name == name)
+            if self._kind[name] == "Integral":
+                self._check_whole(name, df[name].to_numpy(dtype=np.float64, na_value=np.nan))
 
     def _bin(self, data: np.ndarray) -> None:
         e = self.edges
@@ -273,10 +298,8 @@ class CurrentBins:
         feature = next(f for f in self.compared if f.name == name)
         if pd.api.types.is_float_dtype(series.dtype):
             values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-            if feature.inferred_type == "Integral" and name not in self.schema.fractional:
-                finite = values[np.isfinite(values)]
-                if len(finite) and not np.array_equal(finite, np.round(finite)):
-                    self.schema.fractional.add(name)
+            if feature.inferred_type == "Integral":
+                self._check_whole(name, values)
             return values
         if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_integer_dtype(series.dtype):
             return series.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -291,11 +314,15 @@ class CurrentBins:
                 if v not in seen:
                     seen.append(v)
         elif feature.inferred_type == "Integral" and pd.api.types.is_float_dtype(coerced.dtype):
-            finite = coerced.to_numpy(dtype=np.float64, na_value=np.nan)
-            finite = finite[np.isfinite(finite)]
+            self._check_whole(name, coerced.to_numpy(dtype=np.float64, na_value=np.nan))
+        return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def _check_whole(self, name: str, values: np.ndarray) -> None:
+        """An Integral feature with fractional values is a type mismatch."""
+        if name not in self.schema.fractional:
+            finite = values[np.isfinite(values)]
             if len(finite) and not np.array_equal(finite, np.round(finite)):
                 self.schema.fractional.add(name)
-        return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
 
     def _categorical(self, feature: Feature, series: pd.Series) -> None:
         codes, uniques = pd.factorize(series, use_na_sentinel=True)
@@ -459,7 +486,10 @@ def compare_file(
     bins = CurrentBins(baseline, columns, method)
     try:
         for chunk in iter_table(path, wanted, baseline, chunk_values):
-            bins.add_frame(chunk)
+            if isinstance(chunk, pd.DataFrame):
+                bins.add_frame(chunk)
+            else:
+                bins.add_batch(chunk)
     except DataError:
         raise
     except (OSError, ValueError) as exc:
@@ -471,8 +501,9 @@ def compare_file(
 
 def iter_table(
     path: str | os.PathLike[str], columns: Sequence[str], baseline: Baseline, chunk_values: int = CHUNK_VALUES
-) -> Iterator[pd.DataFrame]:
-    """The file's `columns` in chunks of about `chunk_values` values."""
+) -> Iterator[Any]:
+    """The file's `columns` in chunks of about `chunk_values` values: Arrow RecordBatches, or DataFrames where
+    pandas reads on after Arrow gave up on a CSV."""
     import pyarrow
 
     p = Path(path)
@@ -482,8 +513,7 @@ def iter_table(
         import pyarrow.parquet as pq
 
         # pre_buffer off: with it Arrow keeps every column chunk it read ahead (the whole file, in effect).
-        for batch in pq.ParquetFile(p, pre_buffer=False).iter_batches(batch_size=rows, columns=list(columns)):
-            yield batch.to_pandas()
+        yield from pq.ParquetFile(p, pre_buffer=False).iter_batches(batch_size=rows, columns=list(columns))
         return
     import pyarrow.csv as pacsv
 
@@ -511,10 +541,10 @@ def iter_table(
     done = 0
     try:
         if first is not None:
-            yield first.to_pandas()
+            yield first
             done += first.num_rows
         for batch in batches:
-            yield batch.to_pandas()
+            yield batch
             done += batch.num_rows
     except pyarrow.ArrowInvalid:
         # Arrow fixes column types from the first block; a later block that breaks them (a stray string

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -119,10 +120,14 @@ def session(master: str | None = None) -> SparkSession:
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("kanari-drift-baseline")
+    if master is None and "SPARK_HOME" not in os.environ and "PYSPARK_SUBMIT_ARGS" not in os.environ:
+        master = "local[*]"
     if master:
         builder = builder.master(master)
-    elif "SPARK_HOME" not in os.environ and "PYSPARK_SUBMIT_ARGS" not in os.environ:
-        builder = builder.master("local[*]")
+    if master and master.startswith("local"):
+        # Local workers must run this interpreter (where Kanari and pandas are installed), not the first
+        # `python3` on PATH; a cluster's own setting (spark-submit, SageMaker's container) is left alone.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return builder.getOrCreate()
 
 

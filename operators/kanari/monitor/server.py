@@ -71,6 +71,7 @@ from kanari.monitor.registry import (
     kubernetes_api,
 )
 from kanari.monitor.settings import MonitorSettings, monitor_arguments
+from kanari.monitor.sharding import Shards, ShardSettings
 from kanari.webguard import BodyRejected, read_body, ssl_context
 from kanari.webguard import run_app as serve
 
@@ -499,7 +500,9 @@ def _profile_drift(base: Profile, cur: Profile) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
-def build_app(monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None) -> web.Application:
+def build_app(
+    monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None, shards: Shards | None = None
+) -> web.Application:
     max_bytes = monitor.settings.max_event_bytes
 
     async def receive(request: web.Request) -> web.Response:
@@ -508,7 +511,12 @@ def build_app(monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = 
         except BodyRejected as exc:
             status, body = monitor.record(exc.outcome, exc.status, error=exc.detail)
             return web.json_response(body, status=status)
-        status, body = await monitor.handle(dict(request.headers), raw)
+        headers = dict(request.headers)
+        if shards is not None and (target := shards.route_to(headers, raw)) is not None:
+            # Another replica keeps this model's window: one hop there.
+            status, body = await shards.forward(target, headers, raw)
+            return web.json_response(body, status=status)
+        status, body = await monitor.handle(headers, raw)
         return web.json_response(body, status=status)
 
     async def metrics(_request: web.Request) -> web.Response:
@@ -544,6 +552,8 @@ def build_app(monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(evaluator)
+    if shards is not None:
+        app.cleanup_ctx.append(shards.context)
     return app
 
 
@@ -562,6 +572,7 @@ def run(args: argparse.Namespace) -> int:
             max_baseline_failures=args.max_baseline_failures,
             body_timeout=args.body_timeout,
         )
+        sharding = ShardSettings.from_args(args)
         tls = ssl_context(args.tls_cert_file, args.tls_key_file)
         if args.config:
             models = from_static_file(args.config)
@@ -580,7 +591,8 @@ def run(args: argparse.Namespace) -> int:
             watcher.start()
             watchers.append(watcher)
     monitor = DriftMonitor(settings, models)
-    serve(build_app(monitor, watchers), args.host, args.port, header_timeout=args.header_timeout, tls=tls)
+    shards = Shards(sharding, monitor.registry, monitor.metrics.events) if sharding else None
+    serve(build_app(monitor, watchers, shards), args.host, args.port, header_timeout=args.header_timeout, tls=tls)
     return 0
 
 

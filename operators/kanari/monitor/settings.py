@@ -75,3 +75,6 @@ def monitor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-baseline-failures", type=int, default=d.max_baseline_failures,
                         help="failed baseline fetches remembered (LRU) so a broken baseline is not fetched per event")
     add_arguments(parser)
+    from kanari.monitor.sharding import shard_arguments  # light: no aiohttp until an event is forwarded
+
+    shard_arguments(parser)
