@@ -202,3 +202,27 @@ def test_unknown_capacity_waits_rather_than_guessing() -> None:
                              capacity=CapacityView(room=None, error="nodepools.karpenter.sh is forbidden"))
     d = decide(v2, status, obs, 3)
     assert d.status.rollout.pausedReason == "CapacityPending" and "forbidden" in d.status.message
+
+
+def test_neuron_predictors_carry_their_runtime_tag_and_stay_valid_inferenceservices() -> None:
+    from kanari.api.v1alpha1 import ModelDeployment, ObjectMeta
+    from kanari.controller import inferenceservice
+    from kanari.controller.config import OperatorConfig
+    from kanari.controller.serving_runtime import RuntimeChoice
+
+    from tests.support.schemas import validate_custom
+
+    v1, v2 = inf2_spec("v1"), inf2_spec("v2")
+    status = deployed(v1)
+    cluster = Cluster(limit=64, nodes=8, stable=4)
+    status = run(v2, status, cluster, T0).status
+    md = ModelDeployment(metadata=ObjectMeta(name="llm", namespace="ml"), spec=v2, status=status)
+    built = inferenceservice.build(md, stable=status.stableModel, canary=status.canaryModel, canary_weight=25,
+                                   runtime=RuntimeChoice("kanari-neuron", "pytorch-neuronx"), config=OperatorConfig())
+    out = capacity_isvc.tag_neuron_runtimes(capacity_isvc.size(built, v2, status), v2)
+    assert out is not None
+    validate_custom(out)
+    assert status.stableModel is not None and status.canaryModel is not None
+    tags = [out["spec"]["predictor"]["model"]["env"], out["spec"]["canary"][0]["predictor"]["model"]["env"]]
+    assert tags == [[{"name": "NEURON_PROCESS_TAG", "value": f"ml.llm.{status.stableModel.revision}"}],
+                    [{"name": "NEURON_PROCESS_TAG", "value": f"ml.llm.{status.canaryModel.revision}"}]]

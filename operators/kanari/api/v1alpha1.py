@@ -297,6 +297,9 @@ TemplateName = Literal[
     "request-rate",
     "canary-vs-stable-psi",
     "prediction-drift",
+    "cost-per-1k-inferences",  # USD per 1,000 inferences (Neuron: held NeuronCore-seconds x price / requests)
+    "cost-per-1k-regression",  # percent the canary's cost per 1,000 is above the stable's
+    "cold-start-seconds",  # pod scheduled -> first successful inference, worst pod of the revision
 ]
 BUILTIN_TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 

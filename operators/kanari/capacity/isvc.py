@@ -12,6 +12,9 @@ import copy
 from typing import Any
 
 from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus
+from kanari.capacity.cost import PROCESS_TAG_ENV, runtime_tag
+
+REVISION_LABEL = "kanari.dev/revision"  # the predictor label kanari.controller.inferenceservice sets
 
 
 def _plan(status: ModelDeploymentStatus) -> Any:
@@ -38,4 +41,23 @@ def size(isvc: dict[str, Any] | None, spec: ModelDeploymentSpec, status: ModelDe
     if cap.stableReplicas is not None and spec.serving.capacityPolicy == "Replace" and out["spec"].get("canary"):
         pred = out["spec"]["predictor"]
         pred["minReplicas"] = pred["maxReplicas"] = max(1, cap.stableReplicas)
+    return out
+
+
+def tag_neuron_runtimes(isvc: dict[str, Any] | None, spec: ModelDeploymentSpec) -> dict[str, Any] | None:
+    """NEURON_PROCESS_TAG on each Neuron predictor: neuron-monitor labels the cores it holds `runtime_tag`,
+    which is how cost per 1,000 inferences finds a revision's NeuronCores (kanari.capacity.cost)."""
+    if isvc is None or spec.serving.accelerator != "inferentia2":
+        return isvc
+    out = copy.deepcopy(isvc)
+    meta = out["metadata"]
+    preds = [out["spec"]["predictor"], *(c.get("predictor") or {} for c in out["spec"].get("canary") or [])]
+    for pred in preds:
+        revision = (pred.get("labels") or {}).get(REVISION_LABEL)
+        model = pred.get("model")
+        if not revision or not isinstance(model, dict):
+            continue
+        env = [e for e in model.get("env") or [] if e.get("name") != PROCESS_TAG_ENV]
+        env.append({"name": PROCESS_TAG_ENV, "value": runtime_tag(meta["namespace"], meta["name"], revision)})
+        model["env"] = env
     return out

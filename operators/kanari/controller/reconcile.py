@@ -173,7 +173,7 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
         current=observed.isvc,
         baseline_uris=baselines,
     )
-    isvc = capacity_isvc.size(isvc, spec, new_status)
+    isvc = capacity_isvc.tag_neuron_runtimes(capacity_isvc.size(isvc, spec, new_status), spec)
 
     ready_before = get_condition(new_status.conditions, COND_READY)
     ready = reading.ready
