@@ -192,3 +192,45 @@ def test_rollout_rolls_back_a_canary_whose_cost_regresses(world: Any) -> None:
     d = asyncio.run(run())
     assert "cost-per-1k" in d.status.message and "breached threshold <= 10" in d.status.message
     assert any(e.reason == "RolledBack" for e in d.events)
+
+
+def test_controller_cost_records_and_the_exported_gauge(world: Any) -> None:
+    from kanari import observability
+    from kanari.api.v1alpha1 import ModelRef
+    from kanari.capacity.cost import measure_revision_costs
+    from prometheus_client import generate_latest
+
+    spec = spec_with([{"name": "cost", "template": "cost-per-1k-inferences", "thresholdRange": {"max": 1}}])
+    status = ModelDeploymentStatus(stableModel=ModelRef(revision=STABLE), canaryModel=ModelRef(revision=CANARY))
+
+    async def run() -> Any:
+        client = PrometheusClient(PrometheusConfig(url=world.url))
+        try:
+            return await measure_revision_costs(client, spec, status, variables(), datetime.now(UTC), 10)
+        finally:
+            await client.close()
+
+    records = {r.role: r for r in asyncio.run(run())}
+    per_core_second = INSTANCES["inf2.xlarge"].on_demand_usd_hour / 3600 / 2
+    for role, rev in (("stable", STABLE), ("canary", CANARY)):
+        r = records[role]
+        assert r.revision == rev and r.costPer1kInferences is not None, r.message
+        assert r.costPer1kInferences == pytest.approx(1000 * 2 * per_core_second / RPS[rev], rel=0.25)
+        assert r.neuronCoreSeconds == pytest.approx(20, rel=0.25)  # 2 cores held for the 10 s window
+    observability.observe(NS, NAME, status.model_copy(update={"cost": list(records.values())}))
+    text = generate_latest(observability.REGISTRY).decode()
+    assert f'kanari_cost_per_1k_inferences{{name="{NAME}",namespace="{NS}",revision="{CANARY}",role="canary"}}' in text
+    observability.forget(NS, NAME)
+    assert "kanari_cost_per_1k_inferences{" not in generate_latest(observability.REGISTRY).decode()
+
+    unreachable = PrometheusConfig(url=f"http://127.0.0.1:{free_port()}", attempts=1)
+
+    async def down() -> Any:
+        client = PrometheusClient(unreachable)
+        try:
+            return await measure_revision_costs(client, spec, status, variables(), datetime.now(UTC), 10)
+        finally:
+            await client.close()
+
+    for r in asyncio.run(down()):
+        assert r.costPer1kInferences is None and "not measured" in r.message

@@ -649,6 +649,20 @@ class CapacityStatus(BaseModel):
     message: str = ""
 
 
+class RevisionCost(BaseModel):
+    """What a served revision costs (kanari.capacity.cost), measured over `window` by the controller."""
+
+    model_config = ConfigDict(extra="ignore")
+    revision: str
+    role: Literal["stable", "canary"]
+    costPer1kInferences: float | None = Field(default=None, description="USD per 1,000 inferences; none: not known.")
+    neuronCoreSeconds: float | None = None
+    requests: float | None = None
+    window: str = ""
+    measuredAt: str = ""
+    message: str = ""
+
+
 class ModelDeploymentStatus(BaseModel):
     model_config = ConfigDict(extra="ignore")
     phase: Phase = "Pending"
@@ -667,6 +681,7 @@ class ModelDeploymentStatus(BaseModel):
     retraining: list[RetrainRecord] = Field(default_factory=list, max_length=20)
     driftRule: str | None = Field(default=None, description="The PrometheusRule the controller owns for drift alerts.")
     capacity: CapacityStatus | None = None
+    cost: list[RevisionCost] = Field(default_factory=list, max_length=2)
 
 
 # -------------------------------------------------------------------------------------- whole object

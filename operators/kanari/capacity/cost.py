@@ -21,10 +21,15 @@ scrape at which the pod's success counter is above zero; the worst pod of the re
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
+from kanari.api.conditions import now_iso
 from kanari.api.duration import format_duration
+from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus, RevisionCost
 from kanari.capacity.topology import INSTANCES, PriceTableError, core_price_per_second, parse_price_table
 
 ENV_PRICES = "KANARI_NEURON_PRICES"
@@ -132,3 +137,58 @@ def parts(template: str, mode: str, window_seconds: float) -> dict[str, str]:
     if template == COLD_START_TEMPLATE:
         return cold_start_parts(mode, window_seconds)
     return cost_parts(template, mode, window_seconds)
+
+
+COST_WINDOW_SECONDS = 300.0
+
+
+async def measure_revision_costs(
+    prom: Any,
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    variables: Mapping[str, str],
+    now: datetime,
+    window_seconds: float = COST_WINDOW_SECONDS,
+) -> list[RevisionCost]:
+    """Cost per 1,000 inferences of the stable and canary revisions over the last window.
+
+    Prometheus trouble or a missing price yields a record with no figure and the reason, never a number.
+    """
+    from kanari.rollout.prometheus import PrometheusError
+    from kanari.rollout.templates import TemplateError, substitute
+
+    window = format_duration(window_seconds)
+    at = now_iso(now)
+    out: list[RevisionCost] = []
+    for role, ref in (("stable", status.stableModel), ("canary", status.canaryModel)):
+        if ref is None:
+            continue
+        rec = RevisionCost(revision=ref.revision, role=role, window=window, measuredAt=at)  # type: ignore[arg-type]
+        try:
+            values = {**variables, "interval": window}
+            prices = configured_prices()
+            tag, rev = (values[f"{role}Tag"], values[f"{role}Revision"])
+            usd_q = substitute(cost_usd(tag, prices, window_seconds), values)
+            step = _step(window_seconds)
+            cores_q = substitute(
+                f"sum_over_time(sum({_cores(tag)})[{{{{interval}}}}:{format_duration(step)}]) * {step:g}", values
+            )
+            req_q = substitute(_requests(spec.serving.deploymentMode, rev), values)
+            usd, core_s, reqs = [await _scalar(prom, q, now) for q in (usd_q, cores_q, req_q)]
+        except (PrometheusError, TemplateError, PriceTableError) as exc:
+            out.append(rec.model_copy(update={"message": f"not measured: {exc}"}))
+            continue
+        update: dict[str, Any] = {"neuronCoreSeconds": core_s, "requests": reqs}
+        if usd is None or math.isnan(usd):
+            update["message"] = "no price for an instance type this revision runs on, or no neuron-monitor data"
+        elif not reqs:
+            update["message"] = "no requests in the window"
+        else:
+            update["costPer1kInferences"] = 1000 * usd / reqs
+        out.append(rec.model_copy(update=update))
+    return out
+
+
+async def _scalar(prom: Any, promql: str, now: datetime) -> float | None:
+    samples = await prom.query(promql, now)
+    return samples[0].value if samples else None

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kanari import observability
 from kanari.api import v1alpha1 as api
 from kanari.api.v1alpha1 import ModelDeploymentStatus, SpecError, parse_spec
+from kanari.capacity.cost import measure_revision_costs
 from kanari.capacity.observer import CapacityObserver, needs_capacity
 from kanari.controller import kube
 from kanari.controller.config import OperatorConfig
@@ -31,6 +32,7 @@ from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 log = logging.getLogger("kanari.controller")
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes handlers
 
+COST_EVERY = 60.0  # seconds between two cost-per-1,000 measurements of a Neuron ModelDeployment
 PACKAGE_TTL = 30.0  # registry lookups are cached briefly: approvals must still be noticed within a resync
 
 
@@ -46,6 +48,7 @@ class OperatorContext:
         self._sagemaker: Any = None
         self.packages: dict[str, tuple[float, PackageInfo]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
+        self.cost_measured: dict[str, float] = {}  # uid -> monotonic time of the last cost measurement
 
     def wakeup(self, uid: str) -> asyncio.Event:
         return self.wakeups.setdefault(uid, asyncio.Event())
@@ -140,6 +143,7 @@ async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: Logger
         names = tuple(str(m.get("name")) for m in analysis_spec.get("metrics") or [] if isinstance(m, dict))
         observability.forget(meta.get("namespace", ""), meta.get("name", ""), names)
         rt.wakeups.pop(uid, None)
+        rt.cost_measured.pop(uid, None)
 
 
 async def _loop(rt: OperatorContext, stopped: Any, body: kopf.Body, wake: asyncio.Event, logger: Logger) -> None:
@@ -223,6 +227,7 @@ async def reconcile_once(
     package_error: SpecError | None = None
     measurement = None
     capacity = None
+    cost = None
     try:
         spec = parse_spec(snapshot["spec"])
     except SpecError:
@@ -242,11 +247,16 @@ async def reconcile_once(
             measurement = await analysis.measure(spec, variables, rt.prometheus, now, due)
         if needs_capacity(spec, status):
             capacity = await rt.capacity.view(spec, status, namespace, rt.config.inf2_selector_key)
+        uid = str(meta.get("uid"))
+        if spec.serving.accelerator == "inferentia2" and time.monotonic() - rt.cost_measured.get(uid, -1e9) >= COST_EVERY:
+            rt.cost_measured[uid] = time.monotonic()
+            variables = analysis.variables(namespace, name, spec, status, isvc)
+            cost = await measure_revision_costs(rt.prometheus, spec, status, variables, now)
 
     desired = reconcile(
         snapshot,
         ClusterObservation(now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
-                           capacity=capacity),
+                           capacity=capacity, cost=cost),
         rt.config,
     )
 

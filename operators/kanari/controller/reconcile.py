@@ -20,6 +20,7 @@ from kanari.api.v1alpha1 import (
     ModelDeployment,
     ModelDeploymentStatus,
     ObjectMeta,
+    RevisionCost,
     SpecError,
     format_validation_error,
     parse_spec,
@@ -46,6 +47,7 @@ class ClusterObservation:
     measurement: list[MetricResult] | None = None
     known_runtimes: frozenset[str] = frozenset()
     capacity: CapacityView | None = None  # NeuronCore room (kanari.capacity.observer); None: not gated
+    cost: list[RevisionCost] | None = None  # cost per 1,000 inferences just measured; None: keep the last
 
 
 @dataclass
@@ -190,6 +192,8 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             name=meta.name, ready=ready, health=reading.health, url=reading.url, message=reading.message
         ),
     }
+    if observed.cost is not None:
+        update["cost"] = observed.cost
     if package is not None and decision.stable is not None and decision.stable.modelPackageArn == package.arn:
         update["lineage"] = package.lineage
     new_status = new_status.model_copy(update=update)
