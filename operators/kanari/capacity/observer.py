@@ -18,6 +18,8 @@ from kubernetes.client.exceptions import ApiException
 from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus
 from kanari.capacity.cluster import ClusterRoom, observe, pod_cores, room_for
 from kanari.capacity.gate import RECHECK_SECONDS, CapacityView
+from kanari.capacity.provenance import PREFIX as NEURON_PREFIX
+from kanari.capacity.provenance import RUNTIME_SDK_ANNOTATION
 from kanari.capacity.spec import node_selector, replica_cores
 
 NODEPOOLS = ("karpenter.sh", "v1", "nodepools")
@@ -25,6 +27,11 @@ NODECLAIMS = ("karpenter.sh", "v1", "nodeclaims")
 REVISION_LABEL = "kanari.dev/revision"
 SNAPSHOT_TTL = 5.0
 LIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+
+
+def needs_runtime_sdk(spec: ModelDeploymentSpec, package_metadata: dict[str, str] | None) -> bool:
+    """Only a Neuron model whose package records how it was built is checked against its runtime."""
+    return replica_cores(spec.serving) > 0 and any(k.startswith(NEURON_PREFIX) for k in package_metadata or {})
 
 
 def needs_capacity(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> bool:
@@ -42,12 +49,18 @@ class Snapshot:
     at: float
 
 
+SERVING_RUNTIMES = ("serving.kserve.io", "v1alpha1", "servingruntimes")
+CLUSTER_SERVING_RUNTIMES = ("serving.kserve.io", "v1alpha1", "clusterservingruntimes")
+RUNTIME_TTL = 30.0
+
+
 class CapacityObserver:
     def __init__(self, api_client: client.ApiClient | None = None, recheck_seconds: float = RECHECK_SECONDS):
         self.recheck = recheck_seconds
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self._snapshot: Snapshot | None = None
+        self._runtimes: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._lock = asyncio.Lock()
 
     async def _list_custom(self, gvr: tuple[str, str, str]) -> list[dict[str, Any]]:
@@ -82,6 +95,32 @@ class CapacityObserver:
                 snap = Snapshot(None, [], f"reading cluster capacity failed: {type(exc).__name__}", time.monotonic())
             self._snapshot = snap
             return snap
+
+    async def runtime_sdk(self, namespace: str, name: str) -> str | None:
+        """The Neuron SDK a ServingRuntime (or, failing that, a ClusterServingRuntime) declares; None: none.
+
+        API errors other than 404 propagate: the controller retries rather than calling the SDK unknown."""
+        key = (namespace, name)
+        cached = self._runtimes.get(key)
+        if cached and time.monotonic() - cached[0] < RUNTIME_TTL:
+            return cached[1]
+        found: dict[str, Any] | None = None
+        for gvr, ns in ((SERVING_RUNTIMES, namespace), (CLUSTER_SERVING_RUNTIMES, None)):
+            group, version, plural = gvr
+            try:
+                if ns is None:
+                    found = await asyncio.to_thread(self.custom.get_cluster_custom_object, group, version, plural, name)
+                else:
+                    found = await asyncio.to_thread(
+                        self.custom.get_namespaced_custom_object, group, version, ns, plural, name
+                    )
+                break
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        sdk = ((found or {}).get("metadata") or {}).get("annotations", {}).get(RUNTIME_SDK_ANNOTATION)
+        self._runtimes[key] = (time.monotonic(), sdk)
+        return sdk
 
     async def view(
         self, spec: ModelDeploymentSpec, status: ModelDeploymentStatus, namespace: str, selector_key: str

@@ -21,7 +21,7 @@ from kanari import observability
 from kanari.api import v1alpha1 as api
 from kanari.api.v1alpha1 import ModelDeploymentStatus, SpecError, parse_spec
 from kanari.capacity.cost import measure_revision_costs
-from kanari.capacity.observer import CapacityObserver, needs_capacity
+from kanari.capacity.observer import CapacityObserver, needs_capacity, needs_runtime_sdk
 from kanari.controller import kube
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
@@ -228,6 +228,7 @@ async def reconcile_once(
     measurement = None
     capacity = None
     cost = None
+    runtime_sdk = None
     try:
         spec = parse_spec(snapshot["spec"])
     except SpecError:
@@ -238,6 +239,8 @@ async def reconcile_once(
         except SpecError as err:
             package_error = err
     isvc = await rt.kube.get(kube.ISVC, namespace, name)
+    if spec is not None and package is not None and needs_runtime_sdk(spec, package.metadata):
+        runtime_sdk = await rt.capacity.runtime_sdk(namespace, spec.model.runtime or rt.config.neuron_runtime)
     if spec is not None:
         status = ModelDeploymentStatus.model_validate(snapshot["status"] or {})
         if engine.analysis_due(spec, status, now):
@@ -256,7 +259,7 @@ async def reconcile_once(
     desired = reconcile(
         snapshot,
         ClusterObservation(now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
-                           capacity=capacity, cost=cost),
+                           capacity=capacity, cost=cost, neuron_runtime_sdk=runtime_sdk),
         rt.config,
     )
 

@@ -26,7 +26,9 @@ from kanari.api.v1alpha1 import (
     parse_spec,
 )
 from kanari.capacity import isvc as capacity_isvc
+from kanari.capacity import provenance
 from kanari.capacity.gate import CapacityView
+from kanari.capacity.spec import check_fits_instance
 from kanari.controller import inferenceservice, isvc_health
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, baseline_uri, model_ref
@@ -48,6 +50,7 @@ class ClusterObservation:
     known_runtimes: frozenset[str] = frozenset()
     capacity: CapacityView | None = None  # NeuronCore room (kanari.capacity.observer); None: not gated
     cost: list[RevisionCost] | None = None  # cost per 1,000 inferences just measured; None: keep the last
+    neuron_runtime_sdk: str | None = None  # the chosen ServingRuntime's kanari.dev/neuron-sdk annotation
 
 
 @dataclass
@@ -112,6 +115,15 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
         return _invalid(status, err, now, generation)
     if observed.package_error is not None:
         return _invalid(status, observed.package_error, now, generation)
+    try:
+        # A compiled Neuron model that cannot run as asked is refused before any traffic moves.
+        check_fits_instance(spec.serving)
+        build = provenance.NeuronBuild.from_metadata(observed.package.metadata) if observed.package else None
+        mismatch = provenance.check(build, spec, runtime.runtime, observed.neuron_runtime_sdk)
+    except SpecError as err:
+        mismatch = err
+    if mismatch is not None:
+        return _invalid(status, mismatch, now, generation)
 
     conditions = _clear_invalid(status, now, generation)
     events: list[Event] = []
