@@ -118,6 +118,23 @@ class ModelSource(_Model):
 
 
 # -------------------------------------------------------------------------------------------- serving
+class AutoscalingSpec(_Model):
+    """Scale replicas on NeuronCore utilisation (neuron-monitor) instead of request concurrency.
+
+    Rendered as KServe's own predictor `autoScaling` with an External Prometheus metric, scaled by KEDA
+    (annotation serving.kserve.io/autoscalerClass: keda): RawDeployment only. Serverless revisions are
+    scaled by Knative's autoscaler, which knows concurrency and requests per second, not NeuronCores.
+    """
+
+    neuronCoreUtilization: float = Field(
+        gt=0, le=1, description="Target average utilisation of a replica's NeuronCores (0..1], e.g. 0.7."
+    )
+    prometheusUrl: str | None = Field(
+        default=None, pattern=r"^https?://.+",
+        description="Prometheus KEDA queries; default: the operator's (KANARI_PROMETHEUS_URL).",
+    )
+
+
 class ServingSpec(_Model):
     """Where and how the model runs."""
 
@@ -151,6 +168,9 @@ class ServingSpec(_Model):
             "Replace (RawDeployment): stable replicas are given up as the canary grows, never below capacityFloor."
         ),
     )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Scale on NeuronCore utilisation (RawDeployment on inferentia2)."
+    )
     capacityFloor: int | None = Field(
         default=None, ge=0, le=1000,
         description="Replicas the traffic needs (Replace never serves with fewer); default: the running stable fleet.",
@@ -161,6 +181,11 @@ class ServingSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _rule("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas", ".maxReplicas"),
+                _rule(
+                    "!has(self.autoscaling) || (self.deploymentMode == 'RawDeployment' && self.accelerator == 'inferentia2')",
+                    "autoscaling on NeuronCore utilisation needs deploymentMode RawDeployment and accelerator inferentia2",
+                    ".autoscaling",
+                ),
                 _rule(
                     "self.capacityPolicy != 'Replace' || self.deploymentMode == 'RawDeployment'",
                     "capacityPolicy Replace needs deploymentMode RawDeployment (Knative sizes Serverless revisions)",
@@ -197,6 +222,11 @@ class ServingSpec(_Model):
             raise ValueError(f"gpus: needs accelerator gpu, not {self.accelerator}")
         if self.accelerator == "inferentia2" and self.instanceType and not self.instanceType.startswith("inf2."):
             raise ValueError(f"instanceType: {self.instanceType} is not an inf2 type (accelerator inferentia2)")
+        if self.autoscaling is not None and (self.deploymentMode != "RawDeployment" or self.accelerator != "inferentia2"):
+            raise ValueError(
+                "autoscaling: NeuronCore utilisation scaling needs deploymentMode RawDeployment and accelerator "
+                "inferentia2 (Knative scales Serverless revisions on concurrency)"
+            )
         if self.capacityPolicy == "Replace" and self.deploymentMode != "RawDeployment":
             raise ValueError(
                 "capacityPolicy: Replace needs deploymentMode RawDeployment (Knative sizes Serverless revisions)"
@@ -522,7 +552,7 @@ class ModelDeploymentSpec(_Model):
         """
         # How capacity is found for a rollout is not what the rollout delivers.
         serving = self.serving.model_dump(
-            mode="json", exclude={"minReplicas", "maxReplicas", "capacityPolicy", "capacityFloor"}
+            mode="json", exclude={"minReplicas", "maxReplicas", "capacityPolicy", "capacityFloor", "autoscaling"}
         )
         payload = {"model": self.model.model_dump(mode="json"), "serving": serving}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]

@@ -188,6 +188,10 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
         baseline_uris=baselines,
     )
     isvc = capacity_isvc.tag_neuron_runtimes(capacity_isvc.size(isvc, spec, new_status), spec)
+    try:
+        isvc = capacity_isvc.autoscale(isvc, spec, config.prometheus_url)
+    except SpecError as err:
+        return _invalid(status, err, now, generation)
 
     ready_before = get_condition(new_status.conditions, COND_READY)
     ready = reading.ready
