@@ -95,7 +95,8 @@ def test_full_cluster_waits_in_capacity_pending_and_resumes_when_the_limit_is_ra
     assert status.canaryWeight == 0 and "RolledBack" not in events and events.count("CapacityPending") == 1
     cond = next(c for c in status.conditions if c.type == "CapacityAvailable")
     assert cond.status == "False"
-    assert "needs 2 more NeuronCores" in cond.message and "limit 8" in cond.message and "free 0" in cond.message
+    # Surge starts a rollout only when its peak (weight 100: 4 more replicas) fits, so it can finish.
+    assert "needs 8 more NeuronCores" in cond.message and "limit 8" in cond.message and "free 0" in cond.message
     assert status.capacity is not None and status.capacity.pending and status.capacity.canaryReplicas == 0
     # No canary pod exists while it waits: it could only sit Pending.
     assert capacity_isvc.hold_canary(status)
@@ -190,9 +191,10 @@ def test_surge_on_the_same_cluster_waits() -> None:
         status = run(v2, status, cluster, now).status
         cluster.converge(status, v2)
         now += timedelta(seconds=15)
-    # Weight 25 fits (one replica); weight 50 needs a second one and waits for it.
-    assert status.canaryWeight == 25 and status.rollout.pausedReason == "CapacityPending"
-    assert len(cluster.stable) == 4
+    # Weight 25 would fit (one replica) but weight 100 never could (four): it does not start, so it holds
+    # no NeuronCores another rollout could finish with.
+    assert status.canaryWeight == 0 and status.rollout.pausedReason == "CapacityPending"
+    assert len(cluster.stable) == 4 and cluster.canary == [] and "peak (weight 100)" in status.message
 
 
 def test_unknown_capacity_waits_rather_than_guessing() -> None:

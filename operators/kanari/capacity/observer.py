@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus
-from kanari.capacity.cluster import ClusterRoom, observe, pod_cores, room_for
+from kanari.capacity.cluster import ClusterRoom, observe, pod_cores, room_for, with_demand
 from kanari.capacity.gate import RECHECK_SECONDS, CapacityView
 from kanari.capacity.provenance import PREFIX as NEURON_PREFIX
 from kanari.capacity.provenance import RUNTIME_SDK_ANNOTATION
@@ -42,6 +42,37 @@ def needs_capacity(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> 
 
 
 @dataclass(frozen=True)
+class Plan:
+    """A rollout's admitted canary pods, remembered until its pods show up in a snapshot."""
+
+    namespace: str
+    revision: str
+    selector: dict[str, str]
+    cores: int
+    replicas: int
+
+
+def outstanding(plans: dict[tuple[str, str], Plan], pods: list[dict[str, Any]],
+                but: tuple[str, str]) -> list[tuple[dict[str, str], int]]:
+    """NeuronCores other rollouts were given that no pod holds yet: the room they will take.
+
+    Without this, rollouts deciding on one snapshot before the first one's pods exist would all be
+    given the same free NeuronCores."""
+    seen: dict[tuple[str, str], int] = {}
+    for p in pods:
+        meta = p.get("metadata") or {}
+        rev = (meta.get("labels") or {}).get(REVISION_LABEL)
+        if rev:
+            seen[(meta.get("namespace") or "", rev)] = seen.get((meta.get("namespace") or "", rev), 0) + 1
+    out = []
+    for key, plan in plans.items():
+        missing = plan.replicas - seen.get((plan.namespace, plan.revision), 0)
+        if key != but and missing > 0:
+            out.append((plan.selector, missing * plan.cores))
+    return out
+
+
+@dataclass(frozen=True)
 class Snapshot:
     room: ClusterRoom | None
     pods: list[dict[str, Any]]
@@ -61,6 +92,8 @@ class CapacityObserver:
         self.core = client.CoreV1Api(api_client)
         self._snapshot: Snapshot | None = None
         self._runtimes: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self.plans: dict[tuple[str, str], Plan] = {}
+        self.selector_key = "karpenter.k8s.aws/instance-family"
         self._lock = asyncio.Lock()
 
     async def _list_custom(self, gvr: tuple[str, str, str]) -> list[dict[str, Any]]:
@@ -96,6 +129,16 @@ class CapacityObserver:
             self._snapshot = snap
             return snap
 
+    def record(self, namespace: str, name: str, spec: ModelDeploymentSpec | None, status: ModelDeploymentStatus) -> None:
+        """Remember the canary pods a reconcile just admitted (or forget them once the rollout is over)."""
+        cap = status.capacity
+        key = (namespace, name)
+        if spec is None or cap is None or status.canaryModel is None or cap.revision != status.canaryModel.revision:
+            self.plans.pop(key, None)
+            return
+        self.plans[key] = Plan(namespace, cap.revision, node_selector(spec.serving, self.selector_key),
+                               cap.coresPerReplica, cap.canaryReplicas)
+
     async def runtime_sdk(self, namespace: str, name: str) -> str | None:
         """The Neuron SDK a ServingRuntime (or, failing that, a ClusterServingRuntime) declares; None: none.
 
@@ -123,12 +166,14 @@ class CapacityObserver:
         return sdk
 
     async def view(
-        self, spec: ModelDeploymentSpec, status: ModelDeploymentStatus, namespace: str, selector_key: str
+        self, spec: ModelDeploymentSpec, status: ModelDeploymentStatus, namespace: str, name: str, selector_key: str
     ) -> CapacityView:
         snap = await self._snapshot_now()
         if snap.room is None:
             return CapacityView(room=None, error=snap.error, recheck_seconds=self.recheck)
-        room = room_for(snap.room, node_selector(spec.serving, selector_key), replica_cores(spec.serving))
+        self.selector_key = selector_key
+        cluster = with_demand(snap.room, outstanding(self.plans, snap.pods, (namespace, name)))
+        room = room_for(cluster, node_selector(spec.serving, selector_key), replica_cores(spec.serving))
         return replace(_with_pods(room, snap.pods, status, namespace), recheck_seconds=self.recheck)
 
 

@@ -144,6 +144,7 @@ async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: Logger
         observability.forget(meta.get("namespace", ""), meta.get("name", ""), names)
         rt.wakeups.pop(uid, None)
         rt.cost_measured.pop(uid, None)
+        rt.capacity.plans.pop((meta.get("namespace", ""), meta.get("name", "")), None)
 
 
 async def _loop(rt: OperatorContext, stopped: Any, body: kopf.Body, wake: asyncio.Event, logger: Logger) -> None:
@@ -249,7 +250,7 @@ async def reconcile_once(
             due = engine.due_metrics(spec, status, now)
             measurement = await analysis.measure(spec, variables, rt.prometheus, now, due)
         if needs_capacity(spec, status):
-            capacity = await rt.capacity.view(spec, status, namespace, rt.config.inf2_selector_key)
+            capacity = await rt.capacity.view(spec, status, namespace, name, rt.config.inf2_selector_key)
         uid = str(meta.get("uid"))
         if spec.serving.accelerator == "inferentia2" and time.monotonic() - rt.cost_measured.get(uid, -1e9) >= COST_EVERY:
             rt.cost_measured[uid] = time.monotonic()
@@ -263,6 +264,7 @@ async def reconcile_once(
         rt.config,
     )
 
+    rt.capacity.record(namespace, name, spec, desired.status)  # its canary pods are not visible yet
     if desired.isvc is not None:
         outcome = await rt.kube.apply(kube.ISVC, desired.isvc, isvc)
         if outcome != "unchanged":
