@@ -670,6 +670,9 @@ class CapacityStatus(BaseModel):
     model_config = ConfigDict(extra="ignore")
     revision: str = Field(description="Canary revision this plan is for; a plan for another revision is void.")
     canaryReplicas: int = 0
+    reservedReplicas: int = Field(
+        default=0, description="Canary replicas the rollout was admitted for (its peak, with Surge); others leave room."
+    )
     stableReplicas: int | None = None
     coresPerReplica: int = 0
     neededCores: int = 0

@@ -78,12 +78,14 @@ def check(
                               coresPerReplica=cores, pending=True, message=msg)
         return GateResult(False, False, held, msg)
     want = canary_replicas(fleet, target_weight, serving.deploymentMode, serving.minReplicas)
+    reserved = previous.reservedReplicas if previous else 0
     if previous and current_canary >= want:
         ready = view.canary_ready_replicas is None or view.canary_ready_replicas >= current_canary
         return GateResult(True, ready, previous.model_copy(update={"pending": False}), previous.message)
     admit_for = target_weight
     if peak is not None and current_canary == 0 and serving.capacityPolicy == "Surge":
         admit_for = max(target_weight, peak)
+        reserved = canary_replicas(fleet, admit_for, serving.deploymentMode, serving.minReplicas)
     if admit_for != target_weight:
         whole = plan_step(
             policy="Surge", mode=serving.deploymentMode, fleet=fleet, floor=fleet, min_replicas=serving.minReplicas,
@@ -115,6 +117,7 @@ def check(
     new = CapacityStatus(
         revision=revision,
         canaryReplicas=plan.canary_replicas,
+        reservedReplicas=max(reserved, plan.canary_replicas) if plan.fits else 0,
         stableReplicas=plan.stable_replicas if serving.capacityPolicy == "Replace" else None,
         coresPerReplica=cores,
         neededCores=(want - current_canary) * cores,

@@ -137,7 +137,7 @@ class CapacityObserver:
             self.plans.pop(key, None)
             return
         self.plans[key] = Plan(namespace, cap.revision, node_selector(spec.serving, self.selector_key),
-                               cap.coresPerReplica, cap.canaryReplicas)
+                               cap.coresPerReplica, max(cap.canaryReplicas, cap.reservedReplicas))
 
     async def runtime_sdk(self, namespace: str, name: str) -> str | None:
         """The Neuron SDK a ServingRuntime (or, failing that, a ClusterServingRuntime) declares; None: none.
