@@ -154,16 +154,21 @@ async def measure_revision_costs(
 
     Prometheus trouble or a missing price yields a record with no figure and the reason, never a number.
     """
-    from kanari.rollout.prometheus import PrometheusError
+    from kanari.rollout.prometheus import PrometheusError, PrometheusUnavailable
     from kanari.rollout.templates import TemplateError, substitute
 
     window = format_duration(window_seconds)
     at = now_iso(now)
     out: list[RevisionCost] = []
+    unavailable: str | None = None
     for role, ref in (("stable", status.stableModel), ("canary", status.canaryModel)):
         if ref is None:
             continue
         rec = RevisionCost(revision=ref.revision, role=role, window=window, measuredAt=at)  # type: ignore[arg-type]
+        if unavailable is not None:
+            # One Prometheus outage is retried once per measurement, not once per query.
+            out.append(rec.model_copy(update={"message": unavailable}))
+            continue
         try:
             values = {**variables, "interval": window}
             prices = configured_prices()
@@ -177,6 +182,8 @@ async def measure_revision_costs(
             usd, core_s, reqs = [await _scalar(prom, q, now) for q in (usd_q, cores_q, req_q)]
         except (PrometheusError, TemplateError, PriceTableError) as exc:
             out.append(rec.model_copy(update={"message": f"not measured: {exc}"}))
+            if isinstance(exc, PrometheusUnavailable):
+                unavailable = f"not measured: {exc}"
             continue
         update: dict[str, Any] = {"neuronCoreSeconds": core_s, "requests": reqs}
         if usd is None or math.isnan(usd):
