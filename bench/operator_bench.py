@@ -6,16 +6,17 @@ Measured, from the requests the emulator answered (its clock, so the driver's ow
   - apply-to-child latency per ModelDeployment (its create -> its InferenceService's create), p50/p99;
   - seconds until KServe's readiness (written for every InferenceService, as KServe would) shows as
     phase Succeeded on every ModelDeployment;
-  - steady state over a window of resync periods: reconciles (one InferenceService GET each), requests
-    per reconcile by verb and resource, and LIST calls (expected: none; watches feed the operator);
+  - steady state over a window of resync periods: reconciles (counted by the operator itself,
+    kanari_reconcile_duration_seconds_count on its metrics port), API requests per reconcile by verb and
+    resource (expected: none; InferenceServices come from the watch-fed cache), and LIST calls (none);
   - the operator's peak RSS (VmHWM) and CPU seconds, from /proc.
 
 The emulator runs in this process (a thread), so the driver and the emulator share its CPU; the operator
 is a separate process. On a shared 2-core machine the figures vary with the load: the load average is
 recorded with them.
 
-Run: .venv/bin/python bench/operator_bench.py [--count 1000] [--resync 10] [--window 20]
-     -> bench/results/operator.json
+Run: .venv/bin/python bench/operator_bench.py [--count 1000 5000] [--resync 10] [--window 20]
+     -> bench/results/operator.json (one entry per count)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +73,16 @@ def count_isvcs(api: ApiServer) -> int:
         1 for (res, ns, _), obj in api.objects.items()
         if (res.group, res.version, res.plural) == ISVC and ns == NAMESPACE and not obj.deleted
     )
+
+
+def reconcile_count(operator: Operator) -> float:
+    """The operator's own count of reconciles (its metrics endpoint)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = operator.env["KANARI_METRICS_PORT"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "kanari_reconcile_duration_seconds_count")
 
 
 def wait(what: str, done: Any, timeout: float) -> float:
@@ -132,9 +144,11 @@ def run(count: int, resync: float, window: float, workdir: Path) -> dict[str, An
 
         time.sleep(resync + 2)  # work started by the readiness wave has ended
         t2 = time.monotonic()
+        reconciles_before = reconcile_count(operator)
         ready_wave = [c for c in cluster.calls(t1) if c.by_operator and c.plural is not None and c.at < t2]
         time.sleep(window)
         steady = [c for c in cluster.calls(t2) if c.by_operator and c.plural is not None]
+        reconciles = int(reconcile_count(operator) - reconciles_before)
         final = proc_stats(operator.proc.pid)
         log = operator.log.read_text(errors="replace").splitlines()
         errors = [i for i, line in enumerate(log) if "Traceback" in line or "reconcile crashed" in line]
@@ -142,7 +156,6 @@ def run(count: int, resync: float, window: float, workdir: Path) -> dict[str, An
             print("\n".join(log[max(0, i - 2):i + 40]), file=sys.stderr)
         operator.stop()
 
-    reconciles = sum(1 for c in steady if c.on(ISVC) and c.verb == "get")
     by_kind = requests_by_kind(steady)
     return {
         "what": "N ModelDeployments against kmock's KubernetesEmulator, real operator process",
@@ -182,13 +195,21 @@ def run(count: int, resync: float, window: float, workdir: Path) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--count", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--resync", type=float, default=10.0, help="KANARI_RESYNC_SECONDS of the operator")
     parser.add_argument("--window", type=float, default=20.0, help="steady-state measurement window, seconds")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="kanari-operator-bench-") as tmp:
-        result = run(args.count, args.resync, args.window, Path(tmp))
+    runs = []
+    for count in args.count:
+        with tempfile.TemporaryDirectory(prefix="kanari-operator-bench-") as tmp:
+            runs.append(run(count, args.resync, args.window, Path(tmp)))
+    result = {
+        "what": "steady-state API requests per reconcile at each fleet size (0: children come from watches)",
+        "requests_per_reconcile": {str(r["model_deployments"]): r["steady_state"]["requests_per_reconcile"]
+                                   for r in runs},
+        "runs": runs,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

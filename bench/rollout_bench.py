@@ -1,8 +1,8 @@
 """Rollout benchmark (not a test): how fast a breaching canary loses its traffic, and what analysis costs.
 
 Real Prometheus (scrape interval 1s) scrapes a loopback exporter serving Knative queue-proxy series for a
-stable and a canary revision; traffic flows at 200 requests/s. The controller loop (due_metrics ->
-measure -> decide, sleeping requeue_after) runs a Canary rollout with analysis every INTERVAL. After a few
+stable and a canary revision; traffic flows at 200 requests/s. The controller's own loop step
+(kanari.rollout.loop.step: due metrics -> measure -> decide, sleeping requeue_after) runs a Canary rollout with analysis every INTERVAL. After a few
 healthy measurements the canary starts failing half its requests; we time from that moment (the error
 rate crosses the 0.99 success threshold as soon as those requests exist) to the decision that sets the
 canary weight to 0. Prometheus queries are counted at the client.
@@ -24,11 +24,12 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from kanari.api.duration import parse_duration
 from kanari.api.v1alpha1 import ModelDeploymentStatus, ModelRef, parse_spec
-from kanari.rollout.analysis import measure
-from kanari.rollout.engine import RolloutObservation, decide, due_metrics
+from kanari.rollout import loop
+from kanari.rollout.engine import RolloutObservation, decide
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import UntypedMetricFamily
@@ -106,7 +107,10 @@ async def trial(prom: PrometheusClient, queue: Queue, n: int) -> dict[str, float
     traffic.start()
     v1, v2 = spec("v1"), spec("v2")
     desired = ModelRef(revision=v2.rollout_revision(), version="v2")
-    status = ModelDeploymentStatus(phase="Succeeded", stableModel=ModelRef(revision=v1.rollout_revision()))
+    # v1 deployed and seen serving (the engine's own first deployment), then v2 is asked for.
+    status = decide(v1, ModelDeploymentStatus(), RolloutObservation(
+        now=datetime.now(UTC), desired=ModelRef(revision=v1.rollout_revision(), version="v1"), stable_ready=True,
+        canary_ready=False), 1).status
     variables = {"namespace": ns, "name": "bench", "stableRevision": "stable", "canaryRevision": "canary"}
     measurements = queries = 0
     healthy_passes = 0
@@ -117,15 +121,20 @@ async def trial(prom: PrometheusClient, queue: Queue, n: int) -> dict[str, float
         end = time.monotonic() + 60
         while time.monotonic() < end:
             now = datetime.now(UTC)
-            due = due_metrics(v2, status, now)
-            results = None
-            if due:
-                before = prom.queries
-                results = await measure(v2, variables, prom, now, due)
+            seen: list[Any] = []
+
+            def decide_on(results: Any, now: datetime = now, status: ModelDeploymentStatus = status,
+                          seen: list[Any] = seen) -> Any:
+                seen.append(results)
+                return decide(v2, status, RolloutObservation(now=now, desired=desired, stable_ready=True,
+                                                             canary_ready=True, measurement=results), 1)
+
+            before = prom.queries
+            d = await loop.step(v2, status, now, prom, lambda: variables, decide_on)
+            results = seen[0]
+            if results is not None:
                 measurements += 1
                 queries += prom.queries - before
-            d = decide(v2, status, RolloutObservation(now=now, desired=desired, stable_ready=True, canary_ready=True,
-                                               measurement=results), 1)
             status = d.status
             traffic.weight = d.canary_weight if d.canary else 0
             if results and all(r.verdict == "Successful" for r in results) and broke_at is None:

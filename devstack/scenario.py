@@ -349,14 +349,18 @@ class Demo:
         self._write_manifest(v3, v2.baseline_uri)
         await self._rollout(v3, "rolled back")
         md = self.observer.md or {}
-        failed = [m for m in (md.get("status") or {}).get("lastAnalysis") or [] if m.get("verdict") == "Failed"]
-        names = ", ".join(f"{m['name']}={m.get('value')}" for m in failed) or "none recorded"
+        failed = [
+            (metric["name"], metric["measurements"][-1].get("value"))
+            for run in (md.get("status") or {}).get("analysisRuns") or [] for metric in run.get("metrics") or []
+            if metric.get("measurements") and metric["measurements"][-1].get("phase") == "Failed"
+        ]
+        names = ", ".join(f"{name}={value}" for name, value in failed) or "none recorded"
         self.say(f"v3 rolled back; failing metrics: {names}; {self.observer.snapshot.stable} keeps serving")
 
     async def _chaos_operator(self) -> None:
         await self.observer.until(lambda s: s.step >= 1 and s.phase == "Progressing", 90, "the first canary step")
         before = self.observer.snapshot
-        history_before = len(((self.observer.md or {}).get("status") or {}).get("analysisHistory") or [])
+        history_before = _measurement_count(self.observer.md)
         pid = self.stack.supervisor.services["operator"].pid
         self.stack.supervisor.kill("operator")
         self.observer.add("chaos", f"killed the operator (pid {pid}, SIGKILL) at step {before.step}, "
@@ -366,12 +370,12 @@ class Demo:
         self.observer.add("chaos", f"operator restarted (pid {self.stack.supervisor.services['operator'].pid}), "
                                    "as its Deployment would")
         after = await self.observer.until(lambda s: s.step >= before.step, 30, "the rollout state after restart")
-        history_after = len(((self.observer.md or {}).get("status") or {}).get("analysisHistory") or [])
+        history_after = _measurement_count(self.observer.md)
         if after.step < before.step or history_after < history_before:
             raise DemoFailed(f"the restarted operator lost rollout state: step {before.step} -> {after.step}, "
-                             f"analysis records {history_before} -> {history_after}")
+                             f"measurements {history_before} -> {history_after}")
         self.observer.add("chaos", f"rollout resumed at step {after.step} (was {before.step}) with its "
-                                   f"{history_after} analysis records: the state lives in .status")
+                                   f"{history_after} measurements on record: the state lives in .status")
 
     async def _drift_and_retrain(self) -> None:
         self.phase("Input drift: live traffic shifts away from the training data")
@@ -708,3 +712,9 @@ def _supervised(demo: Demo, stack: EmbeddedStack) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     return code
+
+
+def _measurement_count(md: dict[str, Any] | None) -> int:
+    """Measurements taken in the current rollout's analysis runs (status.analysisRuns[].metrics[].count)."""
+    runs = ((md or {}).get("status") or {}).get("analysisRuns") or []
+    return sum(int(m.get("count") or 0) for r in runs for m in r.get("metrics") or [])

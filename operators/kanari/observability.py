@@ -14,7 +14,7 @@ from typing import get_args
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
 
 from kanari.api.conditions import get_condition
-from kanari.api.v1alpha1 import ModelDeploymentStatus, Phase
+from kanari.api.v1alpha1 import Measurement, ModelDeploymentStatus, Phase
 
 REGISTRY = CollectorRegistry()
 VERDICTS = ("Successful", "Failed", "Inconclusive", "Error")
@@ -70,10 +70,10 @@ def observe(namespace: str, name: str, status: ModelDeploymentStatus) -> None:
     PHASE.labels(namespace, name).state(status.phase)
     CANARY_WEIGHT.labels(namespace, name).set(status.canaryWeight if status.canaryModel else 0)
     ROLLOUT_STEP.labels(namespace, name).set(status.currentStep)
-    for result in status.lastAnalysis:
-        if result.value is not None:
-            ANALYSIS_VALUE.labels(namespace, name, result.name).set(result.value)
-        ANALYSIS_VERDICT.labels(namespace, name, result.name).state(result.verdict)
+    for metric, last in latest_measurements(status).items():
+        if last.value is not None:
+            ANALYSIS_VALUE.labels(namespace, name, metric).set(last.value)
+        ANALYSIS_VERDICT.labels(namespace, name, metric).state(last.phase)
     cap = status.capacity
     live = cap is not None and status.canaryModel is not None and cap.revision == status.canaryModel.revision
     CAPACITY_PENDING.labels(namespace, name).set(1 if live and cap and cap.pending else 0)
@@ -103,6 +103,18 @@ def observe(namespace: str, name: str, status: ModelDeploymentStatus) -> None:
         _ROLLBACK_REASONS.setdefault(key, set()).add(reason)
     if now[1] is not None and now[1] == before[2]:
         PROMOTIONS.labels(namespace, name).inc()
+
+
+def latest_measurements(status: ModelDeploymentStatus) -> dict[str, Measurement]:
+    """Each metric's newest measurement across the analysis runs in status."""
+    out: dict[str, Measurement] = {}
+    for run in status.analysisRuns:
+        for metric in run.metrics:
+            if metric.measurements:
+                last = metric.measurements[-1]
+                if metric.name not in out or last.finishedAt >= out[metric.name].finishedAt:
+                    out[metric.name] = last
+    return out
 
 
 def forget(namespace: str, name: str, metrics: tuple[str, ...] = ()) -> None:

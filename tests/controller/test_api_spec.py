@@ -179,6 +179,10 @@ metric = st.fixed_dictionaries(
         "thresholdRange": st.one_of(st.just({"min": 0.9}), st.just({"max": 1.0}), st.just({}),
                                     st.just({"min": 2.0, "max": 1.0})),
         "successCondition": st.just("result >= 0.5"),
+        "failureCondition": st.just("result < 0.2"),
+        "sampleQuery": st.just("sum(up)"),
+        "minSampleCount": st.sampled_from([0, 5]),
+        "dryRun": st.booleans(),
     },
 )
 spec_dicts = st.fixed_dictionaries(
@@ -202,7 +206,8 @@ spec_dicts = st.fixed_dictionaries(
             "steps": steps,
             "linear": st.fixed_dictionaries({}, optional={"stepWeight": st.integers(0, 120),
                                                           "maxWeight": st.integers(0, 100)}),
-            "analysis": st.fixed_dictionaries({}, optional={"metrics": st.lists(metric, max_size=3)}),
+            "analysis": st.fixed_dictionaries({}, optional={"metrics": st.lists(metric, max_size=3),
+                                                            "minSampleCount": st.sampled_from([0, 100])}),
         }),
         "monitoring": st.fixed_dictionaries({}, optional={
             "drift": st.fixed_dictionaries({}, optional={"warn": st.sampled_from([0.1, 0.3]),

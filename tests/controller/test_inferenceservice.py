@@ -66,17 +66,41 @@ def test_serverless_canary_uses_canary_traffic_percent() -> None:
     assert obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
 
 
-def test_serverless_rollback_pins_failed_canary_at_zero() -> None:
-    m = md(serving={"deploymentMode": "Serverless"})
-    canary = build(m, stable=ref("a"), canary=ref("b", "s3://models/fraud/v2/model.tar.gz"), canary_weight=50)
+def _kserve_observed(isvc: dict[str, Any], created: str, ready: str, generation: int = 1) -> dict[str, Any]:
+    out = {**isvc, "metadata": {**isvc["metadata"], "generation": generation}}
+    out["status"] = {"observedGeneration": generation, "components": {"predictor": {
+        "latestCreatedRevision": created, "latestReadyRevision": ready, "latestRolledoutRevision": "fraud-00001"}}}
+    return out
+
+
+def test_serverless_rollback_writes_the_stable_template_pinned_until_its_revision_is_ready() -> None:
+    """Regression: a rollback used to keep the failed canary's predictor as is (its replicas, its model) until the
+    next rollout: scaling edits were never written and reverting spec.model left the failed template in place."""
+    m = md(serving={"deploymentMode": "Serverless", "minReplicas": 2, "maxReplicas": 4})
+    v2 = ref("b", "s3://models/fraud/v2/model.tar.gz")
+    canary = _kserve_observed(build(m, stable=ref("a"), canary=v2, canary_weight=50), "fraud-00002", "fraud-00002")
     rolled = build(m, stable=ref("a"), canary=None, canary_weight=0, current=canary)
-    # KServe's rollback: the failed revision stays the template at 0%; the last rolled-out one serves all.
-    assert rolled["spec"]["predictor"]["canaryTrafficPercent"] == 0
-    assert rolled["spec"]["predictor"]["model"]["storageUri"].endswith("v2/model.tar.gz")
-    assert build(m, stable=ref("a"), canary=None, canary_weight=0, current=rolled) == rolled
-    promoted = build(m, stable=ref("b", "s3://models/fraud/v2/model.tar.gz"), canary=None, canary_weight=0,
-                     current=canary)
+    pred = rolled["spec"]["predictor"]
+    # The stable model's template, with today's replicas; pinned at 0% so KServe keeps the last rolled-out
+    # (stable) revision at 100% instead of routing to the latest ready one, the failed canary.
+    assert pred["model"]["storageUri"].endswith("v1/model.tar.gz") and pred["canaryTrafficPercent"] == 0
+    assert (pred["minReplicas"], pred["maxReplicas"]) == (2, 4)
+    assert rolled["metadata"]["annotations"]["kanari.dev/revision"] == "a"
+    # A scaling edit while the pin holds is written too.
+    scaled = md(serving={"deploymentMode": "Serverless", "minReplicas": 1, "maxReplicas": 6})
+    pinned = _kserve_observed(rolled, "fraud-00003", "fraud-00002", generation=2)
+    again = build(scaled, stable=ref("a"), canary=None, canary_weight=0, current=pinned)
+    assert again["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert (again["spec"]["predictor"]["minReplicas"], again["spec"]["predictor"]["maxReplicas"]) == (1, 6)
+    # Once the stable template's own revision is Ready, the pin goes: all traffic to it, the failed one unrouted.
+    ready = _kserve_observed(again, "fraud-00003", "fraud-00003", generation=3)
+    final = build(scaled, stable=ref("a"), canary=None, canary_weight=0, current=ready)
+    assert "canaryTrafficPercent" not in final["spec"]["predictor"]
+    assert build(scaled, stable=ref("a"), canary=None, canary_weight=0, current=final) == final
+    # A promotion drops the canary percent once the promoted revision is the Ready latest one.
+    promoted = build(m, stable=v2, canary=None, canary_weight=0, current=canary)
     assert "canaryTrafficPercent" not in promoted["spec"]["predictor"]
+    assert promoted["metadata"]["annotations"]["serving.kserve.io/enable-tag-routing"] == "true"
 
 
 def test_raw_deployment_canary_list() -> None:
@@ -105,7 +129,6 @@ def test_payload_logger_points_at_drift_monitor_with_baseline() -> None:
         ({"model": {"storageUri": "s3://m", "format": "sklearn"}}, "spec.model.format"),
         ({"model": {"storageUri": "s3://m", "format": "pytorch-neuronx"}, "serving": {"accelerator": "cpu"}},
          "spec.model.format"),
-        ({"model": {"storageUri": "s3://m", "runtime": "my-runtime"}}, "spec.model.runtime"),
     ],
 )
 def test_unservable_specs(spec: dict[str, Any], field: str) -> None:
@@ -116,10 +139,14 @@ def test_unservable_specs(spec: dict[str, Any], field: str) -> None:
     assert info.value.field == field
 
 
-def test_known_runtime_in_cluster_is_accepted() -> None:
+def test_explicit_runtime_is_passed_to_kserve() -> None:
+    """Regression: a custom runtime used to be refused as unknown although no ServingRuntime was ever looked up.
+    The name now goes to KServe, which reports an unknown one in the InferenceService's status."""
     m = parse_model_deployment({"apiVersion": "kanari.dev/v1alpha1", "kind": "ModelDeployment",
                                 "metadata": {"name": "x"}, "spec": {"model": {"storageUri": "s3://m", "runtime": "mine"}}})
-    assert choose_runtime(m.spec, "kanari-neuron", {"mine"}).runtime == "mine"
+    assert choose_runtime(m.spec, "kanari-neuron").runtime == "mine"
+    obj = build(m, stable=ref("a"), canary=None, canary_weight=0)
+    assert obj["spec"]["predictor"]["model"]["runtime"] == "mine"
 
 
 def _argocd_cases() -> list[tuple[str, str]]:

@@ -6,7 +6,9 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import yaml
+from kanari.api.v1alpha1 import ACTION_ANNOTATION
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo
 from kanari.controller.reconcile import ClusterObservation, reconcile
@@ -119,3 +121,111 @@ def test_new_version_becomes_a_canary_not_a_replacement() -> None:
     assert pred.get("canaryTrafficPercent", 0) == 0
     assert d3.status.stableModel is not None and d3.status.stableModel.storageUri.endswith("v1/model.tar.gz")
     assert d3.status.phase == "Progressing"
+
+
+# ------------------------------------------------------------------------------ issue 10 regressions
+CPU = {"model": {"storageUri": "s3://models/fraud/v1", "format": "sklearn"},
+       "serving": {"accelerator": "cpu", "deploymentMode": "Serverless", "minReplicas": 1, "maxReplicas": 3},
+       "rollout": {"steps": [{"setWeight": 20}, {"pause": {}}]}}
+
+
+class Live:
+    """One ModelDeployment driven through reconcile(), with the KServe stand-in applying what it emits."""
+
+    def __init__(self, spec: dict[str, Any]):
+        from tests.controller.kserve_sim import KServeSim
+
+        self.spec, self.generation, self.status = copy.deepcopy(spec), 1, {}
+        self.kserve = KServeSim(spec["serving"]["deploymentMode"])
+        self.now = T0
+        self.events: list[str] = []
+
+    def reconcile(self, settle: bool = True, annotations: dict[str, str] | None = None) -> Any:
+        self.now += timedelta(seconds=5)
+        out = reconcile(body(self.spec, self.status, self.generation, annotations),
+                        ClusterObservation(now=self.now, isvc=self.kserve.isvc), CONFIG)
+        self.status = out.status.model_dump(mode="json", exclude={"retraining"})
+        self.events += [e.reason for e in out.events]
+        self.kserve.apply(out.isvc)
+        if settle:
+            self.kserve.settle(ready=True)
+        return out
+
+    def edit(self, **serving: Any) -> None:
+        self.spec = copy.deepcopy(self.spec)
+        model = serving.pop("model", None)
+        if model:
+            self.spec["model"]["storageUri"] = f"s3://models/fraud/{model}"
+        if "suspend" in serving:
+            self.spec["suspend"] = serving.pop("suspend")
+        self.spec["serving"].update(serving)
+        self.generation += 1
+
+
+def serving_v1(spec: dict[str, Any] = CPU) -> Live:
+    live = Live(spec)
+    for _ in range(3):
+        live.reconcile()
+    assert live.status["phase"] == "Succeeded" and live.kserve.traffic() == {"s3://models/fraud/v1": 100}
+    return live
+
+
+def test_invalid_edit_then_new_model_goes_through_a_canary() -> None:
+    """Defect: an invalid edit set phase Failed, and the engine read "Failed, no canary" as a first deployment
+    pending: the next valid edit that changed the model went straight to 100% (events Deploying, Deployed)."""
+    live = serving_v1()
+    live.edit(minReplicas=5, maxReplicas=1)
+    out = live.reconcile()
+    assert out.isvc is None and out.status.phase == "Failed"
+    assert out.status.stableModel.storageUri.endswith("/v1"), "an invalid spec changes no rollout fact"
+    live.edit(minReplicas=1, maxReplicas=3, model="v2")
+    live.events.clear()
+    out = live.reconcile()
+    assert "RolloutStarted" in live.events and "Deployed" not in live.events and "Deploying" not in live.events
+    assert out.status.canaryModel.storageUri.endswith("/v2") and out.status.canaryWeight == 0
+    assert live.kserve.traffic() == {"s3://models/fraud/v1": 100}
+    out = live.reconcile()
+    assert out.status.canaryWeight == 20 and out.status.phase in ("Progressing", "Paused")
+    live.reconcile()
+    assert live.kserve.traffic() == {"s3://models/fraud/v2": 20, "s3://models/fraud/v1": 80}
+
+
+def test_suspend_and_edits_while_invalid_do_not_bypass_the_canary() -> None:
+    live = serving_v1()
+    live.edit(suspend=True)
+    live.reconcile()
+    live.edit(minReplicas=5, maxReplicas=1, model="v3")  # edited while invalid (and suspended)
+    live.reconcile()
+    live.edit(suspend=False)
+    live.reconcile()
+    live.edit(minReplicas=1, maxReplicas=3)
+    live.events.clear()
+    out = live.reconcile()
+    assert "RolloutStarted" in live.events and "Deployed" not in live.events
+    assert out.status.stableModel.storageUri.endswith("/v1") and out.status.canaryModel.storageUri.endswith("/v3")
+    assert live.kserve.traffic() == {"s3://models/fraud/v1": 100}
+    assert cond(out.status, "Suspended")["status"] == "False"
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+def test_scaling_after_a_rollback_reaches_the_inference_service(mode: str) -> None:
+    """Defect (Serverless): after a rollback the failed canary's predictor was copied as is until the next
+    rollout: minReplicas edits were never written, and reverting spec.model left the failed template in place."""
+    live = serving_v1({**CPU, "serving": {**CPU["serving"], "deploymentMode": mode}})
+    live.edit(model="v2")
+    live.reconcile()
+    live.reconcile()
+    assert live.status["canaryWeight"] == 20
+    out = live.reconcile(annotations={ACTION_ANNOTATION: "abort/1"})
+    assert out.status.phase == "RolledBack"
+    live.edit(minReplicas=2)
+    out = live.reconcile(annotations={ACTION_ANNOTATION: "abort/1"})
+    assert out.isvc is not None and out.isvc["spec"]["predictor"]["minReplicas"] == 2
+    assert out.isvc["spec"]["predictor"]["model"]["storageUri"].endswith("/v1"), "the failed template is gone"
+    for _ in range(2):
+        live.reconcile(annotations={ACTION_ANNOTATION: "abort/1"})
+    assert live.kserve.traffic() == {"s3://models/fraud/v1": 100}
+    live.edit(model="v1")
+    out = live.reconcile(annotations={ACTION_ANNOTATION: "abort/1"})
+    assert out.status.phase == "Succeeded" and "canaryTrafficPercent" not in out.isvc["spec"]["predictor"]
+    assert out.isvc["spec"]["predictor"]["minReplicas"] == 2

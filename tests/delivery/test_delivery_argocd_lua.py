@@ -173,3 +173,29 @@ def test_argocd_cm_carries_these_exact_scripts() -> None:
     actions = yaml.safe_load(data["resource.customizations.actions.kanari.dev_ModelDeployment"])
     assert actions["discovery.lua"] == DISCOVERY
     assert {d["name"]: d["action.lua"] for d in actions["definitions"]} == {a: action_script(a) for a in ACTIONS}
+
+
+def test_health_reads_the_status_the_engine_writes(lua: ArgoLua) -> None:
+    """The status shape of the rollout engine (pause conditions, analysis runs), not a hand-written copy."""
+    from datetime import timedelta
+
+    from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, ModelRef, parse_spec
+    from kanari.rollout.engine import RolloutObservation, decide
+
+    obj = load_yaml(CUSTOM / "testdata" / "paused.yaml")
+    obj["spec"]["rollout"]["steps"] = [{"setWeight": 10}, {"analysis": {}}]
+    obj["spec"]["rollout"]["analysis"].update(interval="1m", inconclusiveLimit=0)
+    spec = parse_spec(obj["spec"])
+    v1 = ModelRef(revision="r1", version="fraud-scorer/7")
+    v2 = ModelRef(revision=spec.rollout_revision(), version="fraud-scorer/8")
+    status = ModelDeploymentStatus()
+    for ref, now, measurement in [(v1, TEST_CLOCK, None), (v2, TEST_CLOCK, None),
+                                  (v2, TEST_CLOCK + timedelta(minutes=1), [MetricResult(
+                                      name="success-rate", verdict="Inconclusive", message="success-rate: no data")])]:
+        status = decide(spec, status, RolloutObservation(now=now, desired=ref, stable_ready=True, canary_ready=True,
+                                                         measurement=measurement), 4).status
+    obj["status"] = status.model_dump(mode="json")
+    assert [p["reason"] for p in obj["status"]["pauseConditions"]] == ["AnalysisInconclusive"]
+    health = lua.health(HEALTH, obj)
+    assert health["status"] == "Suspended"
+    assert health["message"].startswith("Paused with fraud-scorer/8 at 0% (step 2): analysis run step-1 inconclusive")

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus
-from kanari.rollout import analysis
-from kanari.rollout.engine import RolloutDecision, RolloutObservation, decide, due_metrics
+from kanari.rollout import loop
+from kanari.rollout.engine import RolloutDecision, RolloutObservation, decide
 from kanari.rollout.prometheus import PrometheusClient
 from kserve import metrics as kserve_metrics
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
@@ -144,6 +144,20 @@ class Traffic(threading.Thread):
         self.join()
 
 
+def serving_status(spec_v1: ModelDeploymentSpec) -> ModelDeploymentStatus:
+    """v1 deployed and seen serving."""
+    d = decide(spec_v1, ModelDeploymentStatus(), RolloutObservation(now=datetime.now(UTC), desired=ref(spec_v1),
+                                                                   stable_ready=True, canary_ready=False), 1)
+    return d.status
+
+
+def last(status: ModelDeploymentStatus, metric: str):
+    """The newest measurement of `metric` across the analysis runs."""
+    found = [(m.finishedAt, m) for r in status.analysisRuns for mr in r.metrics if mr.name == metric
+             for m in mr.measurements]
+    return max(found, key=lambda x: x[0])[1]
+
+
 async def drive(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, prom: PrometheusClient,
                 variables: dict[str, str], traffic: Traffic | None, until, timeout: float,
                 canary_ready: bool = True) -> tuple[ModelDeploymentStatus, list[RolloutDecision]]:
@@ -154,10 +168,13 @@ async def drive(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, prom: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = datetime.now(UTC)
-        due = due_metrics(spec, status, now)
-        measurement = await analysis.measure(spec, variables, prom, now, due) if due else None
-        d = decide(spec, status, RolloutObservation(now=now, desired=ref(spec), stable_ready=True,
-                                             canary_ready=canary_ready, measurement=measurement), 1)
+
+        def decide_on(measurement, now=now, status=status):
+            return decide(spec, status, RolloutObservation(now=now, desired=ref(spec), stable_ready=True,
+                                                         canary_ready=canary_ready, measurement=measurement), 1)
+
+        # The production loop step: due metrics -> measure -> decide.
+        d = await loop.step(spec, status, now, prom, lambda: variables, decide_on)
         decisions.append(d)
         status = ModelDeploymentStatus.model_validate(d.status.model_dump(mode="json"))
         if traffic is not None:

@@ -31,9 +31,22 @@ def results(spec: ModelDeploymentSpec, verdict: str = "Successful", **per_metric
     for m in spec.rollout.analysis.metrics:
         v = per_metric.get(m.name.replace("-", "_"), verdict)
         value = {"Successful": 0.999, "Failed": 0.5}.get(v)
-        out.append(MetricResult(name=m.name, value=value, threshold=">= 0.99", verdict=v,  # type: ignore[arg-type]
+        out.append(MetricResult(name=m.name, value=value, stableValue=0.998, threshold=">= 0.99",
+                                verdict=v,  # type: ignore[arg-type]
                                 sampleCount=500, message=f"{m.name}: {v.lower()} value {value}"))
     return out
+
+
+def run_of(status: ModelDeploymentStatus, name: str):
+    return next(r for r in status.analysisRuns if r.name == name)
+
+
+def metric_of(status: ModelDeploymentStatus, run: str, metric: str):
+    return next(m for m in run_of(status, run).metrics if m.name == metric)
+
+
+def pauses(status: ModelDeploymentStatus) -> list[str]:
+    return [p.reason for p in status.pauseConditions]
 
 
 def same(a: RolloutDecision, b: RolloutDecision) -> bool:

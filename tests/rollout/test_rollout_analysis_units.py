@@ -50,11 +50,11 @@ def test_one_query_carries_value_samples_and_stable():
 
 def test_custom_query_variables_are_checked():
     m = MetricSpec(name="c", query='sum(x{ns="{{namespace}}", rev="{{ canaryRevision }}", z="{{zone}}"})',
-                   thresholdRange={"max": 1})
+                   thresholdRange={"max": 1}, minSampleCount=0)
     spec = make_spec("v2", {"analysis": {"metrics": [m.model_dump(exclude_none=True)]}})
     with pytest.raises(TemplateError, match=r"unknown variable \{\{zone\}\}"):
         metric_query(spec, m, {"namespace": "ml", "canaryRevision": "r2"})
-    ok = MetricSpec(name="c", query='sum(x{rev="{{canaryRevision}}"})', thresholdRange={"max": 1})
+    ok = MetricSpec(name="c", query='sum(x{rev="{{canaryRevision}}"})', thresholdRange={"max": 1}, minSampleCount=0)
     with pytest.raises(TemplateError, match=r"\{\{canaryRevision\}\} has no value"):
         metric_query(spec, ok, {"canaryRevision": ""})
     assert not metric_query(spec, ok, {"canaryRevision": "r2"}).combined

@@ -12,7 +12,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kanari.api.v1alpha1 import ACTION_ANNOTATION, MetricResult, ModelDeploymentStatus, parse_spec
+from kanari.api.v1alpha1 import (
+    ACTION_ANNOTATION,
+    AnalysisRun,
+    Measurement,
+    MetricRun,
+    ModelDeploymentStatus,
+    parse_spec,
+)
 from kanari.cli.main import main
 from kanari.rollout.engine import RolloutObservation, decide
 from rollout_testlib import T0, make_spec, ref
@@ -24,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NS = "ml"
 SPEC = {"model": {"storageUri": "s3://models/fraud/v2", "format": "sklearn"}, "serving": {"accelerator": "cpu"},
         "rollout": {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"analysis": {}}],
-                    "analysis": {"metrics": [{"name": "success-rate", "template": "request-success-rate",
+                    "analysis": {"count": 3, "metrics": [{"name": "success-rate", "template": "request-success-rate",
                                               "thresholdRange": {"min": 0.99}}]}}}
 
 
@@ -50,8 +57,13 @@ def paused_rollout_status() -> ModelDeploymentStatus:
     d = decide(spec, ModelDeploymentStatus(phase="Succeeded", stableModel=ref(make_spec("v1"))),
                RolloutObservation(now=T0, desired=ref(spec), stable_ready=True, canary_ready=True), 1)
     status = d.status.model_copy(deep=True)
-    status.lastAnalysis = [MetricResult(name="success-rate", value=0.9987, threshold=">= 0.99",
-                                        verdict="Successful", sampleCount=1532, at="2026-03-01T12:00:30Z")]
+    status.analysisRuns = [AnalysisRun(name="step-3", revision=spec.rollout_revision(), step=3, phase="Running",
+                                       startedAt="2026-03-01T12:00:00Z", metrics=[MetricRun(
+        name="success-rate", count=2, successful=1, inconclusive=1, phase="Running", measurements=[
+            Measurement(phase="Inconclusive", value=None, threshold=">= 0.99", sampleCount=12,
+                        message="success-rate: 12 samples in the window, fewer than minSampleCount 100"),
+            Measurement(phase="Successful", value=0.9987, stableValue=0.9991, threshold=">= 0.99", sampleCount=1532,
+                        finishedAt="2026-03-01T12:00:30Z")])])]
     return ModelDeploymentStatus.model_validate(status.model_dump(mode="json"))
 
 
@@ -72,7 +84,7 @@ def test_actions_set_the_annotation_with_a_fresh_nonce(kube, capsys, argv, actio
 
 def test_promote_annotation_is_consumed_by_the_engine(kube):
     status = paused_rollout_status()
-    assert status.rollout.pausedReason == "PauseStep" and status.canaryWeight == 20
+    assert [p.reason for p in status.pauseConditions] == ["PauseStep"] and status.canaryWeight == 20
     assert main(["promote", kube.name, "-n", NS]) == 0
     value = kube.md(kube.name)["metadata"]["annotations"][ACTION_ANNOTATION]
     spec = parse_spec(SPEC)
@@ -95,7 +107,11 @@ def test_status_shows_the_rollout_at_a_glance(kube, capsys):
     assert "Phase:       Paused" in out
     assert "Step: 1/4" in out and "stable 80%  canary 20%" in out
     assert "Stable:      v1" in out and "Canary:      v2" in out
-    assert re.search(r"success-rate\s+0\.9987\s+>= 0\.99\s+Successful\s+1532", out)
+    # The analysis runs, the way `kubectl argo rollouts get` shows AnalysisRuns.
+    assert re.search(r"α step-3\s+AnalysisRun\s+◌ Running\s+\S+\s+✔ 1  \? 1", out), out
+    assert re.search(r"└── success-rate\s+Metric\s+◌ Running\s+✔ 1  \? 1  latest 0\.9987 \(stable 0\.9991\)"
+                     r"  >= 0\.99  1532 samples", out), out
+    assert re.search(r"Paused:\s+PauseStep since", out)
     assert re.search(r"Paused\s+True\s+PauseStep", out)
     assert main(["status", kube.name, "-n", NS, "-o", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)

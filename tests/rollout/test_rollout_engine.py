@@ -5,7 +5,7 @@ from __future__ import annotations
 from kanari.api.conditions import get_condition
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus
 from kanari.rollout.engine import due_metrics
-from rollout_testlib import METRICS, Driver, make_spec, reasons, ref, results
+from rollout_testlib import METRICS, Driver, make_spec, metric_of, pauses, reasons, ref, results, run_of
 
 CANARY = {
     "strategy": "Canary",
@@ -60,14 +60,19 @@ def test_healthy_canary_is_promoted_step_by_step():
     assert "AnalysisPassed" in reasons(out)
     assert out.canary_weight == 50 and out.status.currentStep == 3
     assert get_condition(out.status.conditions, "AnalysisPassing").status == "True"
-    assert [r.verdict for r in out.status.lastAnalysis] == ["Successful", "Successful"]
+    step1 = run_of(out.status, "step-1")
+    assert step1.phase == "Successful" and step1.revision == ref(d.spec).revision
+    assert [(m.name, m.count, m.successful, m.measurements[-1].phase) for m in step1.metrics] == [
+        ("success-rate", 1, 1, "Successful"), ("p99", 1, 1, "Successful")]
+    assert step1.metrics[0].measurements[-1].stableValue == 0.998
     assert out.requeue_after == 60
+    assert out.status.phase == "Paused" and pauses(out.status) == ["PauseStep"], "a timed pause step is a pause"
 
     d.tick(60)
     out = d.step()
     assert "Promoted" in reasons(out)
     assert out.stable == ref(d.spec) and out.canary is None and out.canary_weight == 0
-    assert out.status.phase == "Succeeded" and out.status.analysisHistory[-1].verdict == "Successful"
+    assert out.status.phase == "Succeeded" and out.status.pauseConditions == []
     assert d.step().status.phase == "Succeeded"
 
 
@@ -87,7 +92,8 @@ def test_breaching_canary_is_rolled_back_and_not_retried_until_asked():
     assert "spec.rollout.analysis.metrics[1]" in out.status.message
     assert [e.type for e in out.events if e.reason == "RolledBack"] == ["Warning"]
     assert get_condition(out.status.conditions, "Progressing").reason == "AnalysisFailed"
-    assert out.status.rollout.abortedRevision == d.spec.rollout_revision()
+    assert out.status.abortedRevision == d.spec.rollout_revision()
+    assert run_of(out.status, "step-1").phase == "Failed"
 
     d.tick(600)
     out = d.step(action="promote/1")
@@ -112,7 +118,7 @@ def test_failure_limit_tolerates_failures_before_rolling_back():
     assert out.status.phase == "RolledBack" and out.canary_weight == 0
 
 
-def test_no_data_is_inconclusive_then_paused_never_promoted():
+def test_no_data_is_inconclusive_then_paused_at_zero_percent_never_promoted():
     spec = {**CANARY, "analysis": {"interval": "30s", "inconclusiveLimit": 1, "metrics": METRICS}}
     d = serving(make_spec("v1", spec))
     d.spec = make_spec("v2", spec)
@@ -120,8 +126,11 @@ def test_no_data_is_inconclusive_then_paused_never_promoted():
     for _ in range(2):
         d.tick(30)
         out = d.step(measurement=results(d.spec, "Inconclusive"))
-    assert out.status.phase == "Paused" and out.status.rollout.pausedReason == "AnalysisInconclusive"
-    assert out.canary_weight == 10 and out.status.currentStep == 1
+    assert out.status.phase == "Paused" and pauses(out.status) == ["AnalysisInconclusive"]
+    # A canary with too few requests to judge may be failing all of them: it serves nothing while a person decides.
+    assert out.canary_weight == 0 and out.status.currentStep == 1 and out.canary == ref(d.spec)
+    assert "WeightChanged" in reasons(out)
+    assert run_of(out.status, "step-1").phase == "Inconclusive"
     paused = get_condition(out.status.conditions, "Paused")
     assert paused.status == "True" and paused.reason == "AnalysisInconclusive"
     assert get_condition(out.status.conditions, "AnalysisPassing").status == "Unknown"
@@ -130,6 +139,8 @@ def test_no_data_is_inconclusive_then_paused_never_promoted():
     assert d.step().status.phase == "Paused", "an inconclusive pause waits for a person, not the deadline"
     out = d.step(action="resume/a")
     assert out.status.phase == "Progressing" and "Resumed" in reasons(out)
+    assert out.canary_weight == 10, "resuming gives the canary its step's weight back"
+    assert run_of(out.status, "step-1").metrics[0].count == 0, "resume starts a fresh run"
     d.tick(30)
     out = d.step(measurement=results(d.spec))
     assert out.canary_weight == 50
@@ -143,14 +154,16 @@ def test_prometheus_unavailable_pauses_with_reason_and_recovers():
     down = [MetricResult(name=m, verdict="Error", message=f"{m}: Prometheus unavailable: ConnectError")
             for m in ("success-rate", "p99")]
     out = d.step(measurement=down)
-    assert out.status.phase == "Paused" and out.status.rollout.pausedReason == "PrometheusUnavailable"
+    assert out.status.phase == "Paused" and pauses(out.status) == ["PrometheusUnavailable"]
     assert out.canary_weight == 10, "an outage holds traffic where it is"
+    assert metric_of(out.status, "step-1", "p99").consecutiveError == 1
     assert get_condition(out.status.conditions, "AnalysisPassing").reason == "PrometheusUnavailable"
     assert not d.due()
     d.tick(30)
     assert d.due(), "retried at the next interval"
     out = d.step(measurement=results(d.spec))
-    assert out.canary_weight == 50 and out.status.rollout.pausedReason is None
+    assert out.canary_weight == 50 and pauses(out.status) == ["PauseStep"], "then the timed pause step"
+    assert metric_of(out.status, "step-1", "p99").consecutiveError == 0
 
 
 def test_rejected_query_names_the_metric_and_keeps_stable():
@@ -189,14 +202,14 @@ def test_operator_actions_pause_resume_promote_abort():
     d.spec = make_spec("v2", steps)
     out = d.step()
     assert out.canary_weight == 20 and out.status.phase == "Paused"
-    assert out.status.rollout.pausedReason == "PauseStep"
+    assert pauses(out.status) == ["PauseStep"]
     out = d.step(action="promote/1")
-    assert out.canary_weight == 60 and out.status.phase == "Progressing"
+    assert out.canary_weight == 60 and out.status.currentStep == 3
     assert out.status.rollout.lastAction == "promote/1"
     out = d.step(action="promote/1")
     assert out.canary_weight == 60 and out.status.currentStep == 3, "an action value is consumed once"
     out = d.step(action="pause/2")
-    assert out.status.phase == "Paused" and out.status.rollout.pausedReason == "PausedByUser"
+    assert out.status.phase == "Paused" and "PausedByUser" in pauses(out.status)
     d.tick(7200)
     assert d.step().status.phase == "Paused", "a user pause holds even a timed pause step"
     out = d.step(action="resume/3")
@@ -246,7 +259,7 @@ def test_all_at_once_switches_when_ready():
 
 
 def test_blue_green_previews_switches_bakes_and_switches_back_instantly():
-    bg = {"strategy": "BlueGreen", "blueGreen": {"bakeDuration": "10m"},
+    bg = {"strategy": "BlueGreen", "blueGreen": {"bakeDuration": "10m", "previewDuration": "30s"},
           "analysis": {"interval": "30s", "metrics": METRICS}}
     d = serving(make_spec("v1", bg))
     v1 = ref(d.spec)
@@ -284,16 +297,17 @@ def test_spec_change_mid_rollout_restarts_or_cancels():
     assert "RolloutSuperseded" in reasons(out)
 
 
-def test_history_is_capped_and_status_survives_a_restart():
-    spec = {**CANARY, "analysis": {"interval": "30s", "count": 30, "metrics": METRICS}}
+def test_measurements_are_capped_by_retention_and_status_survives_a_restart():
+    spec = {**CANARY, "analysis": {"interval": "30s", "count": 30, "measurementRetention": 7, "metrics": METRICS}}
     d = serving(make_spec("v1", spec))
     d.spec = make_spec("v2", spec)
     d.step()
     for _ in range(25):
         d.tick(30)
         d.step(measurement=results(d.spec))
-    assert len(d.status.analysisHistory) == 20
-    assert d.status.rollout.metrics[0].successes == 25 and d.status.canaryWeight == 10
+    sr = metric_of(d.status, "step-1", "success-rate")
+    assert len(sr.measurements) == 7 and sr.count == 25 and sr.successful == 25
+    assert d.status.canaryWeight == 10 and run_of(d.status, "step-1").phase == "Running"
     restarted = Driver(d.spec, ModelDeploymentStatus.model_validate(d.status.model_dump(mode="json")))
     restarted.now = d.now
     out = restarted.step()

@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 from kanari.api.conditions import get_condition
-from kanari.api.v1alpha1 import ModelDeploymentStatus
 from kanari.rollout import analysis
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
-from rollout_promlib import RawPod, ServerlessExporter, Traffic, drive
+from rollout_promlib import RawPod, ServerlessExporter, Traffic, drive, last, serving_status
 from rollout_testlib import make_spec, ref
 
 from devstack.stack import start_prometheus
@@ -43,10 +42,6 @@ def world(tmp_path_factory):
     prom.stop()
     for e in [*sl.values(), *raw.values()]:
         e.close()
-
-
-def serving_status(spec_v1):
-    return ModelDeploymentStatus(phase="Succeeded", stableModel=ref(spec_v1))
 
 
 def variables(ns, stable=STABLE, canary=CANARY):
@@ -97,12 +92,13 @@ def test_healthy_canary_is_promoted_step_by_step_with_one_query_per_metric(world
     assert status.stableModel == ref(spec)
     weights = [d.canary_weight for d in decisions]
     assert 20 in weights and 50 in weights and weights.index(20) < weights.index(50)
-    passed = [r for r in status.analysisHistory if r.verdict == "Successful"]
+    passed = [r for r in status.analysisRuns if r.phase == "Successful"]
     assert {r.step for r in passed} == {1, 3}
-    measured = sum(len(r.metrics) for r in status.analysisHistory)
+    measured = len({(m.startedAt, mr.name) for r in status.analysisRuns for mr in r.metrics for m in mr.measurements})
     assert queries == measured, "one Prometheus query per metric per measurement"
-    sr = next(m for m in passed[-1].metrics if m.name == "success-rate")
+    sr = last(status, "success-rate")
     assert sr.value == pytest.approx(1.0) and sr.sampleCount >= 20 and "stable" in sr.message
+    assert sr.stableValue == pytest.approx(1.0) and "revision_app_request_count" in sr.query
 
 
 @pytest.mark.parametrize("case", ["raw-error-rate", "serverless-latency", "serverless-all-errors"])
@@ -147,8 +143,8 @@ def test_breaching_canary_is_rolled_back_naming_the_metric(world, case):
     assert status.phase == "RolledBack", status.message
     assert decisions[-1].canary_weight == 0 and decisions[-1].canary is None
     assert status.stableModel == ref(spec_v1)
-    failed = next(r for r in status.lastAnalysis if r.name == metric["name"])
-    assert failed.verdict == "Failed"
+    failed = last(status, metric["name"])
+    assert failed.phase == "Failed"
     assert metric["name"] in status.message and failed.threshold in status.message
     assert f"{failed.value:.6g}" in status.message
     if case == "raw-error-rate":
@@ -171,10 +167,10 @@ def test_no_traffic_stays_inconclusive_and_pauses_with_the_reason(world):
                                lambda d: d.status.phase == "Paused", 30)
 
     status, decisions = asyncio.run(go())
-    assert status.rollout.pausedReason == "AnalysisInconclusive"
-    assert status.canaryWeight == 20 and status.currentStep == 1
+    assert [p.reason for p in status.pauseConditions] == ["AnalysisInconclusive"]
+    assert status.canaryWeight == 0 and status.currentStep == 1, "paused inconclusive: the canary serves nothing"
     assert all(d.status.phase != "Succeeded" for d in decisions)
-    assert "fewer than minSampleCount 20" in status.lastAnalysis[0].message
+    assert "fewer than minSampleCount 20" in last(status, "success-rate").message
     cond = get_condition(status.conditions, "Paused")
     assert cond.status == "True" and cond.reason == "AnalysisInconclusive"
 
@@ -200,16 +196,17 @@ def test_prometheus_stopped_mid_analysis_is_not_a_pass(world, tmp_path):
     finally:
         traffic.stop()
         own.stop()
-    assert status.phase == "Paused" and status.rollout.pausedReason == "PrometheusUnavailable"
+    assert status.phase == "Paused" and [p.reason for p in status.pauseConditions] == ["PrometheusUnavailable"]
     assert status.canaryWeight == 20 and status.currentStep == 1
-    assert status.lastAnalysis[0].verdict == "Error" and "Prometheus unavailable" in status.lastAnalysis[0].message
+    down = last(status, "success-rate")
+    assert down.phase == "Error" and "Prometheus unavailable" in down.message
     assert get_condition(status.conditions, "AnalysisPassing").reason == "PrometheusUnavailable"
 
 
 def test_rejected_promql_is_an_error_with_prometheus_message(world):
     prom_proc, _, _ = world
     bad = {"name": "custom", "query": 'sum(rate(revision_app_request_count{namespace_name="{{namespace}}"}[{{interval}}]',
-           "thresholdRange": {"min": 1}}
+           "thresholdRange": {"min": 1}, "minSampleCount": 0}
     spec = make_spec("v2", rollout([SUCCESS, bad]))
 
     async def go():

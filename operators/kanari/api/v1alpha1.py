@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from typing import Annotated, Any, Literal, get_args
 
@@ -240,9 +241,11 @@ class Pause(_Model):
 
 
 class StepAnalysis(_Model):
-    """Run the rollout's analysis metrics for `count` intervals at this step before moving on."""
+    """Run the rollout's analysis metrics at this step (one AnalysisRun) before moving on."""
 
-    count: int | None = Field(default=None, ge=1, le=1000, description="Intervals to measure (default: analysis.count).")
+    count: int | None = Field(
+        default=None, ge=1, le=1000, description="Judged measurements per metric (default: metric or analysis count)."
+    )
 
 
 class CanaryStep(_Model):
@@ -349,13 +352,30 @@ class MetricSpec(_Model):
         pattern=r"^\s*result\s*(<=|>=|<|>|==|!=)\s*-?[0-9.eE+-]+(\s*(&&|and)\s*result\s*(<=|>=|<|>|==|!=)\s*-?[0-9.eE+-]+)*\s*$",
         description="Alternative to thresholdRange, e.g. 'result >= 0.99 && result <= 1'.",
     )
+    failureCondition: str | None = Field(
+        default=None,
+        pattern=r"^\s*result\s*(<=|>=|<|>|==|!=)\s*-?[0-9.eE+-]+(\s*(&&|and)\s*result\s*(<=|>=|<|>|==|!=)\s*-?[0-9.eE+-]+)*\s*$",
+        description=(
+            "A measurement meeting it is Failed. With it, a value meeting neither the success condition "
+            "(thresholdRange/successCondition) nor this one is Inconclusive: a band between pass and fail."
+        ),
+    )
     sampleQuery: str | None = Field(
         default=None, description="PromQL counting the samples behind a custom query (for minSampleCount)."
     )
+    minSampleCount: int | None = Field(
+        default=None, ge=0,
+        description="Overrides analysis.minSampleCount; 0 opts this metric out of the sample check (stated in status).",
+    )
     interval: Duration | None = Field(default=None, description="Overrides analysis.interval for this metric.")
-    count: int | None = Field(default=None, ge=1, le=1000)
+    initialDelay: Duration | None = Field(
+        default=None, description="Wait before the first measurement of a run (default: one interval)."
+    )
+    count: int | None = Field(default=None, ge=1, le=1000, description="Judged measurements per run.")
     failureLimit: int | None = Field(default=None, ge=0)
     inconclusiveLimit: int | None = Field(default=None, ge=0)
+    consecutiveErrorLimit: int | None = Field(default=None, ge=0)
+    dryRun: bool = Field(default=False, description="Measured and shown, never gating the rollout.")
 
     model_config = ConfigDict(
         extra="forbid",
@@ -379,12 +399,28 @@ class MetricSpec(_Model):
         return self
 
 
+class BackgroundAnalysis(_Model):
+    """Measure the metrics for the whole rollout, pauses included, not only at analysis steps."""
+
+    startingStep: int = Field(default=0, ge=0, description="Step index from which the background run measures.")
+
+
 class AnalysisSpec(_Model):
     interval: Duration = "1m"
-    count: int = Field(default=1, ge=1, le=1000, description="Measurements per analysis step.")
-    failureLimit: int = Field(default=0, ge=0, description="Failed measurements tolerated before rollback.")
-    inconclusiveLimit: int = Field(default=2, ge=0, description="Inconclusive measurements before pausing.")
+    count: int = Field(default=1, ge=1, le=1000, description="Judged (Successful or Failed) measurements per run.")
+    failureLimit: int = Field(default=0, ge=0, description="Failed measurements tolerated; one more rolls back.")
+    inconclusiveLimit: int = Field(
+        default=2, ge=0, description="Inconclusive measurements tolerated; one more pauses with the canary at 0%."
+    )
+    consecutiveErrorLimit: int = Field(
+        default=4, ge=0,
+        description="Errors in a row tolerated (Prometheus down, query rejected); one more rolls back.",
+    )
     minSampleCount: int = Field(default=100, ge=0, description="Fewer requests in the window: inconclusive, never a pass.")
+    measurementRetention: int = Field(default=10, ge=1, le=100, description="Measurements kept per metric in status.")
+    background: BackgroundAnalysis | None = Field(
+        default=None, description="Also measure continuously through the whole rollout (one background run)."
+    )
     metrics: list[MetricSpec] = Field(default=[], max_length=20)
 
     model_config = ConfigDict(
@@ -395,7 +431,13 @@ class AnalysisSpec(_Model):
                     "self.metrics.all(m, self.metrics.filter(n, n.name == m.name).size() == 1)",
                     "metric names must be unique",
                     ".metrics",
-                )
+                ),
+                _rule(
+                    "self.metrics.all(m, !has(m.query) || has(m.sampleQuery) || "
+                    "(has(m.minSampleCount) ? m.minSampleCount == 0 : self.minSampleCount == 0))",
+                    "a custom query needs a sampleQuery, or minSampleCount: 0 to opt out of the sample check",
+                    ".metrics",
+                ),
             ]
         },
     )
@@ -406,7 +448,17 @@ class AnalysisSpec(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"metrics: names must be unique: {', '.join(dupes)}")
+        for i, m in enumerate(self.metrics):
+            if m.query is not None and m.sampleQuery is None and self.min_samples(m) > 0:
+                raise ValueError(
+                    f"metrics[{i}].sampleQuery: metric {m.name} has a custom query but no sampleQuery, so "
+                    "minSampleCount cannot be checked; add a sampleQuery counting the samples behind it, or set "
+                    "minSampleCount: 0 on the metric to opt out"
+                )
         return self
+
+    def min_samples(self, metric: MetricSpec) -> int:
+        return self.minSampleCount if metric.minSampleCount is None else metric.minSampleCount
 
 
 class RolloutSpec(_Model):
@@ -483,10 +535,14 @@ class RolloutSpec(_Model):
                 steps.extend(analysis or [CanaryStep(pause=Pause(duration=lin.interval))])
             return steps
         bg = self.blueGreen or BlueGreenSpec()
-        # Blue-green: the preview gets no user traffic (weight 0) while analysed, then takes all of it.
-        pre: list[CanaryStep] = []
-        if bg.prePromotionAnalysis and analysis:
-            pre = [CanaryStep(setWeight=0), *analysis]
+        # Blue-green: the preview gets no user traffic (weight 0) for previewDuration, then takes all of it.
+        # With analysis, the preview is measured once an interval for that long; without, it is a timed pause.
+        pre: list[CanaryStep] = [CanaryStep(setWeight=0)]
+        if bg.prePromotionAnalysis and analysis and self.analysis is not None:
+            count = max(1, math.ceil(parse_duration(bg.previewDuration) / parse_duration(self.analysis.interval)))
+            pre.append(CanaryStep(analysis=StepAnalysis(count=min(count, 1000))))
+        else:
+            pre.append(CanaryStep(pause=Pause(duration=bg.previewDuration)))
         if not bg.autoPromote:
             pre.append(CanaryStep(pause=Pause()))
         return [*pre, CanaryStep(setWeight=100)]
@@ -584,55 +640,88 @@ class ModelRef(BaseModel):
     format: str = ""
 
 
+Verdict = Literal["Successful", "Failed", "Inconclusive", "Error"]
+
+
 class MetricResult(BaseModel):
+    """One measurement of one metric as the analysis produced it (what the engine is given)."""
+
     model_config = ConfigDict(extra="ignore")
     name: str
     value: float | None = None
+    stableValue: float | None = None
     threshold: str = ""
-    verdict: Literal["Successful", "Failed", "Inconclusive", "Error"]
+    verdict: Verdict
     sampleCount: float | None = None
+    query: str = ""
     message: str = ""
     at: str = ""
 
 
-class AnalysisRecord(BaseModel):
+class Measurement(BaseModel):
+    """One measurement as kept in an analysis run (Argo Rollouts' Measurement, with Kanari's figures)."""
+
     model_config = ConfigDict(extra="ignore")
-    at: str
-    step: int
-    revision: str
-    verdict: Literal["Successful", "Failed", "Inconclusive", "Error"]
-    metrics: list[MetricResult] = Field(default_factory=list)
+    phase: Verdict
+    value: float | None = None
+    stableValue: float | None = None
+    sampleCount: float | None = None
+    threshold: str = ""
+    query: str = ""
+    message: str = ""
+    startedAt: str = ""
+    finishedAt: str = ""
 
 
-class MetricProgress(BaseModel):
-    """One metric's counters in the current analysis step: counts and limits are per metric."""
+class MetricRun(BaseModel):
+    """One metric's counters and recent measurements within an analysis run."""
 
     model_config = ConfigDict(extra="ignore")
     name: str
-    measurements: int = 0
-    successes: int = 0
-    failures: int = 0
-    inconclusives: int = 0
-    lastMeasuredAt: str | None = None
+    dryRun: bool = False
+    count: int = 0
+    successful: int = 0
+    failed: int = 0
+    inconclusive: int = 0
+    error: int = 0
+    consecutiveError: int = 0
+    phase: str = "Pending"  # derived from the counters and limits
+    measurements: list[Measurement] = Field(default_factory=list, max_length=100)
+
+
+class AnalysisRun(BaseModel):
+    """An analysis run of the current rollout: one per analysis step reached, plus "background"."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    revision: str
+    step: int | None = None
+    phase: str = "Pending"  # derived from its metrics
+    message: str = ""
+    startedAt: str = ""
+    metrics: list[MetricRun] = Field(default_factory=list)
+
+
+class PauseCondition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    reason: str
+    startTime: str
+    message: str = ""
 
 
 class RolloutState(BaseModel):
-    """Everything the rollout engine needs to resume after a restart; it lives only here."""
+    """Bookkeeping the engine needs to resume after a restart (times and the last consumed action)."""
 
     model_config = ConfigDict(extra="ignore")
     revision: str | None = None
     startedAt: str | None = None
     stepStartedAt: str | None = None
     lastProgressAt: str | None = None
-    measurements: int = 0
-    failures: int = 0
-    inconclusives: int = 0
-    lastMeasuredAt: str | None = None
-    pausedReason: str | None = None
-    abortedRevision: str | None = None
     lastAction: str | None = None
     bakeUntil: str | None = None
-    metrics: list[MetricProgress] = Field(default_factory=list)
+    deploying: bool = False  # a first deployment not yet seen serving (nothing to protect with a canary)
+    stableReadyAt: str | None = None  # when the first deployment was seen serving
+    deployFailed: str | None = None  # a first deployment that missed its progressDeadline (the message)
 
 
 class Lineage(BaseModel):
@@ -697,24 +786,44 @@ class RevisionCost(BaseModel):
 
 
 class ModelDeploymentStatus(BaseModel):
+    """Facts are stored; `phase` and `message` are derived from them last and never read to decide."""
+
     model_config = ConfigDict(extra="ignore")
     phase: Phase = "Pending"
     message: str = ""
     observedGeneration: int | None = None
-    currentStep: int = 0
-    canaryWeight: int = 0
     stableModel: ModelRef | None = None
     canaryModel: ModelRef | None = None
+    canaryWeight: int = 0
+    currentStep: int = 0
+    pauseConditions: list[PauseCondition] = Field(default_factory=list)
+    abortedRevision: str | None = None
+    analysisRuns: list[AnalysisRun] = Field(default_factory=list, max_length=60)
+    previewUrl: str | None = Field(default=None, description="Where a BlueGreen preview answers (KServe tag URL).")
     conditions: list[Condition] = Field(default_factory=list)
-    lastAnalysis: list[MetricResult] = Field(default_factory=list)
-    analysisHistory: list[AnalysisRecord] = Field(default_factory=list, max_length=50)
     rollout: RolloutState = Field(default_factory=RolloutState)
+
     inferenceService: InferenceServiceRef | None = None
     lineage: Lineage | None = None
     retraining: list[RetrainRecord] = Field(default_factory=list, max_length=20)
     driftRule: str | None = Field(default=None, description="The PrometheusRule the controller owns for drift alerts.")
     capacity: CapacityStatus | None = None
     cost: list[RevisionCost] = Field(default_factory=list, max_length=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_v0(cls, data: Any) -> Any:
+        """Read a status written before the rollout rework: its aborted revision and pause carry over (a
+        rolled-back revision must not be retried, nor a paused rollout resumed, by an operator upgrade)."""
+        if not isinstance(data, dict) or not isinstance(data.get("rollout"), dict):
+            return data
+        old = data["rollout"]
+        if old.get("abortedRevision") and "abortedRevision" not in data:
+            data = {**data, "abortedRevision": old["abortedRevision"]}
+        if old.get("pausedReason") and "pauseConditions" not in data:
+            since = old.get("stepStartedAt") or old.get("lastProgressAt") or "1970-01-01T00:00:00Z"
+            data = {**data, "pauseConditions": [{"reason": old["pausedReason"], "startTime": since}]}
+        return data
 
 
 # -------------------------------------------------------------------------------------- whole object

@@ -33,6 +33,7 @@ from kanari.api.v1alpha1 import (
     SpecError,
     parse_spec,
 )
+from kanari.cli.analysis_view import render_runs
 
 SETTLED = ("Succeeded", "RolledBack", "Failed")
 POLL_SECONDS = 1.0
@@ -202,24 +203,19 @@ def render_status(obj: dict[str, Any]) -> str:
         f"Stable:      {_model(st.stableModel)}",
         f"Canary:      {_model(st.canaryModel)}",
     ]
-    if ro.pausedReason:
-        lines.append(f"Paused:      {ro.pausedReason}")
-    if ro.abortedRevision:
-        lines.append(f"Rolled back: revision {ro.abortedRevision} (not retried until the spec changes or `retry`)")
+    for p in st.pauseConditions:
+        lines.append(f"Paused:      {p.reason} since {p.startTime}" + (f"  -  {p.message}" if p.message else ""))
+    if st.abortedRevision:
+        lines.append(f"Rolled back: revision {st.abortedRevision} (not retried until the spec changes or `retry`)")
     if ro.bakeUntil:
         lines.append(f"Bake until:  {ro.bakeUntil} (previous version kept warm)")
+    if st.previewUrl:
+        lines.append(f"Preview:     {st.previewUrl}")
     if ro.lastAction:
         lines.append(f"Last action: {ro.lastAction}")
-    if st.lastAnalysis:
-        lines.append(f"Analysis:    last measured {ro.lastMeasuredAt or '-'}")
-        rows = [["METRIC", "VALUE", "THRESHOLD", "VERDICT", "SAMPLES", "AT"]]
-        for r in st.lastAnalysis:
-            rows.append([
-                r.name, "-" if r.value is None else f"{r.value:.4g}", r.threshold, r.verdict,
-                "-" if r.sampleCount is None else f"{r.sampleCount:.0f}", r.at,
-            ])
-        lines += _table(rows)
-        lines += [f"    {r.message}" for r in st.lastAnalysis if r.verdict != "Successful" and r.message]
+    if st.analysisRuns:
+        lines.append("Analysis runs:")
+        lines += render_runs(st.analysisRuns)
     if st.conditions:
         lines.append("Conditions:")
         rows = [["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"]]

@@ -8,6 +8,7 @@ the last one left off.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -16,17 +17,18 @@ from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from kanari import observability
 from kanari.api import v1alpha1 as api
-from kanari.api.v1alpha1 import ModelDeploymentStatus, SpecError, parse_spec
+from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, SpecError, parse_spec
 from kanari.capacity.cost import measure_revision_costs
 from kanari.capacity.observer import CapacityObserver, needs_capacity, needs_runtime_sdk
 from kanari.controller import kube
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
-from kanari.controller.reconcile import ClusterObservation, reconcile
-from kanari.rollout import analysis, engine
+from kanari.controller.reconcile import ClusterObservation, ReconcileResult, reconcile
+from kanari.rollout import analysis, loop
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 
 log = logging.getLogger("kanari.controller")
@@ -34,6 +36,10 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes handler
 
 COST_EVERY = 60.0  # seconds between two cost-per-1,000 measurements of a Neuron ModelDeployment
 PACKAGE_TTL = 30.0  # registry lookups are cached briefly: approvals must still be noticed within a resync
+# A PrometheusRule the operator converged is re-read at most this often while its desired content is unchanged
+# (there is no watch on PrometheusRules: the operator's RBAC has no list/watch on them); an edit by someone
+# else is corrected within this time instead of within a resync.
+RULE_RECHECK = 300.0
 
 
 class OperatorContext:
@@ -49,6 +55,10 @@ class OperatorContext:
         self.packages: dict[str, tuple[float, PackageInfo]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
         self.cost_measured: dict[str, float] = {}  # uid -> monotonic time of the last cost measurement
+        # InferenceServices as the watch last delivered them (an informer's cache): steady-state reconciles
+        # read children from here and make no API request. A miss (not delivered yet) is one GET.
+        self.children: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rules: dict[tuple[str, str], tuple[float, str]] = {}  # rule -> (when converged, desired content)
 
     def wakeup(self, uid: str) -> asyncio.Event:
         return self.wakeups.setdefault(uid, asyncio.Event())
@@ -121,9 +131,15 @@ async def md_event(body: kopf.Body, uid: str, **_: Any) -> None:
 
 
 @kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices", labels={"app.kubernetes.io/managed-by": "kanari"})
-async def isvc_event(body: kopf.Body, **_: Any) -> None:
+async def isvc_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     if CONTEXT is None:
         return
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("namespace")), str(meta.get("name")))
+    if event.get("type") == "DELETED":
+        CONTEXT.children.pop(key, None)
+    else:
+        CONTEXT.children[key] = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("kind") == api.KIND and ref.get("uid"):
             CONTEXT.wakeup(ref["uid"]).set()
@@ -145,6 +161,7 @@ async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: Logger
         rt.wakeups.pop(uid, None)
         rt.cost_measured.pop(uid, None)
         rt.capacity.plans.pop((meta.get("namespace", ""), meta.get("name", "")), None)
+        rt.children.pop((meta.get("namespace", ""), meta.get("name", "")), None)
 
 
 async def _loop(rt: OperatorContext, stopped: Any, body: kopf.Body, wake: asyncio.Event, logger: Logger) -> None:
@@ -217,6 +234,17 @@ async def _sleep(stopped: Any, wake: asyncio.Event, delay: float) -> None:
             w.cancel()
 
 
+async def _converge_rule(rt: OperatorContext, namespace: str, rule: dict[str, Any]) -> None:
+    key = (namespace, rule["metadata"]["name"])
+    content = json.dumps(rule, sort_keys=True)
+    seen = rt.rules.get(key)
+    if seen is not None and seen[1] == content and time.monotonic() - seen[0] < RULE_RECHECK:
+        return
+    current = await rt.kube.get(kube.PROMETHEUS_RULE, namespace, key[1])
+    await rt.kube.apply(kube.PROMETHEUS_RULE, rule, current)
+    rt.rules[key] = (time.monotonic(), content)
+
+
 async def reconcile_once(
     rt: OperatorContext, snapshot: dict[str, Any], body: kopf.Body, logger: Logger
 ) -> tuple[float, str | None]:
@@ -226,7 +254,6 @@ async def reconcile_once(
     now = datetime.now(UTC)
     package: PackageInfo | None = None
     package_error: SpecError | None = None
-    measurement = None
     capacity = None
     cost = None
     runtime_sdk = None
@@ -239,41 +266,60 @@ async def reconcile_once(
             package = await rt.package(spec.model.modelPackageArn)
         except SpecError as err:
             package_error = err
-    isvc = await rt.kube.get(kube.ISVC, namespace, name)
+    key = (namespace, name)
+    isvc = rt.children.get(key)
+    if isvc is None:
+        isvc = await rt.kube.get(kube.ISVC, namespace, name)
+        if isvc is not None:
+            rt.children[key] = isvc
+    try:
+        status = ModelDeploymentStatus.model_validate(snapshot["status"] or {})
+    except ValidationError:
+        status = ModelDeploymentStatus()  # reconcile() rebuilds an unreadable status too
+    # Neuron deployments: the ServingRuntime's SDK for the compiled-model check, the cluster's NeuronCore room
+    # for the capacity gate, and the revisions' cost per 1,000 inferences (kanari.capacity).
     if spec is not None and package is not None and needs_runtime_sdk(spec, package.metadata):
         runtime_sdk = await rt.capacity.runtime_sdk(namespace, spec.model.runtime or rt.config.neuron_runtime)
-    if spec is not None:
-        status = ModelDeploymentStatus.model_validate(snapshot["status"] or {})
-        if engine.analysis_due(spec, status, now):
-            # Serverless revisions to compare are Knative's, known only from the InferenceService's status.
-            variables = analysis.variables(namespace, name, spec, status, isvc)
-            due = engine.due_metrics(spec, status, now)
-            measurement = await analysis.measure(spec, variables, rt.prometheus, now, due)
-        if needs_capacity(spec, status):
-            capacity = await rt.capacity.view(spec, status, namespace, name, rt.config.inf2_selector_key)
-        uid = str(meta.get("uid"))
-        if spec.serving.accelerator == "inferentia2" and time.monotonic() - rt.cost_measured.get(uid, -1e9) >= COST_EVERY:
-            rt.cost_measured[uid] = time.monotonic()
-            variables = analysis.variables(namespace, name, spec, status, isvc)
-            cost = await measure_revision_costs(rt.prometheus, spec, status, variables, now)
+    if spec is not None and needs_capacity(spec, status):
+        capacity = await rt.capacity.view(spec, status, namespace, name, rt.config.inf2_selector_key)
+    uid = str(meta.get("uid"))
+    if (spec is not None and spec.serving.accelerator == "inferentia2"
+            and time.monotonic() - rt.cost_measured.get(uid, -1e9) >= COST_EVERY):
+        rt.cost_measured[uid] = time.monotonic()
+        cost = await measure_revision_costs(
+            rt.prometheus, spec, status, analysis.variables(namespace, name, spec, status, isvc), now
+        )
 
-    desired = reconcile(
-        snapshot,
-        ClusterObservation(now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
-                           capacity=capacity, cost=cost, neuron_runtime_sdk=runtime_sdk),
-        rt.config,
-    )
+    def decide(measurement: list[MetricResult] | None) -> ReconcileResult:
+        observed = ClusterObservation(
+            now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
+            capacity=capacity, cost=cost, neuron_runtime_sdk=runtime_sdk,
+        )
+        return reconcile(snapshot, observed, rt.config)
+
+    def variables() -> dict[str, str]:
+        # Serverless revisions to compare are Knative's, known only from the InferenceService's status.
+        assert spec is not None
+        return analysis.variables(namespace, name, spec, status, isvc)
+
+    desired = await loop.step(spec, status, now, rt.prometheus, variables, decide)
 
     rt.capacity.record(namespace, name, spec, desired.status)  # its canary pods are not visible yet
     if desired.isvc is not None:
-        outcome = await rt.kube.apply(kube.ISVC, desired.isvc, isvc)
+        try:
+            outcome = await rt.kube.apply(kube.ISVC, desired.isvc, isvc)
+        except ApiException as exc:
+            if exc.status == 409:
+                rt.children.pop(key, None)  # the cached copy is stale: the retry reads it fresh
+            raise
         if outcome != "unchanged":
+            rt.children.pop(key, None)  # the watch brings the written object; until then, read it fresh
             logger.info("InferenceService %s %s", name, outcome)
     if desired.prometheus_rule is not None:
-        current_rule = await rt.kube.get(kube.PROMETHEUS_RULE, namespace, desired.prometheus_rule["metadata"]["name"])
-        await rt.kube.apply(kube.PROMETHEUS_RULE, desired.prometheus_rule, current_rule)
+        await _converge_rule(rt, namespace, desired.prometheus_rule)
     elif desired.delete_prometheus_rule and snapshot["status"].get("driftRule"):
         await rt.kube.delete(kube.PROMETHEUS_RULE, namespace, snapshot["status"]["driftRule"])
+        rt.rules.pop((namespace, snapshot["status"]["driftRule"]), None)
 
     # status.retraining belongs to the alert receiver, which patches it on its own: never written back here.
     new_status = desired.status.model_dump(mode="json", exclude={"retraining"})

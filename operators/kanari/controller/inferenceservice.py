@@ -20,6 +20,7 @@ MANAGED_BY = "kanari"
 BASELINE_ANNOTATION = "kanari.dev/baseline-uri"
 VERSION_ANNOTATION = "kanari.dev/model-version"
 REVISION_ANNOTATION = "kanari.dev/revision"
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 
 
 def owner_reference(md: ModelDeployment) -> dict[str, Any]:
@@ -128,9 +129,7 @@ def build(
 ) -> dict[str, Any] | None:
     """The desired InferenceService, or None when there is nothing to serve yet.
 
-    `current` is the InferenceService as it stands: in Serverless mode a rolled-back canary must stay the
-    predictor template at 0% (KServe's documented rollback), because writing the stable template back
-    would create a new Knative revision and briefly route to the latest ready one — the failed canary.
+    `current` is the InferenceService as it stands (Serverless needs it, see `_pin`).
     """
     baseline_uris = baseline_uris or {}
     serving_model = canary or stable
@@ -147,7 +146,6 @@ def build(
         annotations[BASELINE_ANNOTATION] = baseline
     spec: dict[str, Any]
     if mode == "RawDeployment":
-        assert stable is not None or canary is not None
         base = stable or canary
         assert base is not None
         spec = {"predictor": predictor(md, base, runtime, config, baseline_uris.get(base.revision))}
@@ -159,23 +157,15 @@ def build(
                 }
             ]
     else:
+        # Tag routing gives the canary (a BlueGreen preview at 0% included) its own URL, latest-<name>-...
+        annotations[TAG_ROUTING_ANNOTATION] = "true"
+        spec = {"predictor": predictor(md, serving_model, runtime, config, baseline)}
         if canary is not None and stable is not None and canary.revision != stable.revision:
-            spec = {"predictor": predictor(md, canary, runtime, config, baseline)}
             spec["predictor"]["canaryTrafficPercent"] = int(canary_weight)
         else:
-            assert stable is not None
-            held = _held_rollback(current, stable)
-            if held is not None:
-                spec = held
-                assert current is not None
-                kept = (current.get("metadata") or {}).get("annotations") or {}
-                for key in (VERSION_ANNOTATION, REVISION_ANNOTATION, BASELINE_ANNOTATION):
-                    if key in kept:
-                        annotations[key] = kept[key]
-            else:
-                spec = {"predictor": predictor(md, stable, runtime, config, baseline_uris.get(stable.revision))}
-                annotations[VERSION_ANNOTATION] = stable.version
-                annotations[REVISION_ANNOTATION] = stable.revision
+            pinned = _pin(current, serving_model)
+            if pinned is not None:
+                spec["predictor"]["canaryTrafficPercent"] = pinned
     return {
         "apiVersion": ISVC_API_VERSION,
         "kind": ISVC_KIND,
@@ -190,16 +180,35 @@ def build(
     }
 
 
-def _held_rollback(current: dict[str, Any] | None, stable: ModelRef) -> dict[str, Any] | None:
-    """In Serverless mode, keep a canary template that is not the stable model pinned at 0%."""
+def _pin(current: dict[str, Any] | None, stable: ModelRef) -> int | None:
+    """Serverless, no canary: the canaryTrafficPercent to keep on the stable template, or None for none.
+
+    Without canaryTrafficPercent Knative routes all traffic to the latest *ready* revision. After a rollback
+    (or a superseded canary) that is the other model's revision until the stable template written now has a
+    Ready revision of its own: so the stable template goes in pinned at 0% (KServe keeps the last rolled-out
+    revision, the stable one, at 100%), and the pin is dropped once its own revision is Ready. Scaling edits
+    reach the template either way; the other model's revision, no longer routed, is scaled away by Knative.
+    """
     if not current:
         return None
     pred = (current.get("spec") or {}).get("predictor") or {}
+    carries = ((current.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
+    if carries != stable.revision:
+        return 0
     if "canaryTrafficPercent" not in pred:
         return None
-    current_revision = ((current.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
-    if current_revision == stable.revision:
+    if latest_revision_ready(current):
         return None
-    held = dict(pred)
-    held["canaryTrafficPercent"] = 0
-    return {"predictor": held}
+    return int(pred["canaryTrafficPercent"])
+
+
+def latest_revision_ready(isvc: dict[str, Any]) -> bool:
+    """KServe has observed the current template and its newest Knative revision is Ready."""
+    status = isvc.get("status") or {}
+    generation = (isvc.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    if generation is not None and (observed is None or observed < generation):
+        return False
+    predictor = (status.get("components") or {}).get("predictor") or {}
+    latest = predictor.get("latestCreatedRevision")
+    return bool(latest) and predictor.get("latestReadyRevision") == latest

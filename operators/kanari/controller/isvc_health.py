@@ -22,6 +22,8 @@ class IsvcReading:
     stable_ready: bool
     canary_ready: bool
     url: str | None = None
+    serving_revision: str = ""  # our revision annotation, once KServe has observed that generation ("" before)
+    preview_url: str | None = None  # the tag-routed URL of the latest revision (Serverless canary/preview)
 
 
 def _conditions(isvc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,16 +86,17 @@ def read(isvc: dict[str, Any] | None, canary_revision: str | None = None) -> Isv
     observed = status.get("observedGeneration")
     generation = (isvc.get("metadata") or {}).get("generation")
     carries = ((isvc.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
-    current = (canary_revision is None or carries == canary_revision) and (
-        observed is None or generation is None or observed >= generation
-    )
+    observed_now = observed is None or generation is None or observed >= generation
+    current = (canary_revision is None or carries == canary_revision) and observed_now
+    serving = str(carries or "") if observed_now else ""
 
     if spec.get("canary"):  # RawDeployment canary: KServe reports each canary's readiness
         canary_ready = current and any(c.get("ready") is True for c in status.get("canaryStatuses") or [])
         stable_ready = by_type.get("PredictorReady") == "True"
-        return IsvcReading(verdict, message, verdict == "Healthy", stable_ready, canary_ready, url)
+        return IsvcReading(verdict, message, verdict == "Healthy", stable_ready, canary_ready, url, serving)
 
     predictor = (status.get("components") or {}).get("predictor") or {}
+    preview = next((t.get("url") for t in predictor.get("traffic") or [] if t.get("tag") == "latest"), None)
     if "canaryTrafficPercent" in (spec.get("predictor") or {}):
         # Serverless canary: the new revision is the latest created one; the stable one is the last rolled out.
         latest_created = predictor.get("latestCreatedRevision")
@@ -101,9 +104,9 @@ def read(isvc: dict[str, Any] | None, canary_revision: str | None = None) -> Isv
             current and latest_created and predictor.get("latestReadyRevision") == latest_created
         )
         stable_ready = bool(predictor.get("latestRolledoutRevision")) or by_type.get("PredictorReady") == "True"
-        return IsvcReading(verdict, message, verdict == "Healthy", stable_ready, canary_ready, url)
+        return IsvcReading(verdict, message, verdict == "Healthy", stable_ready, canary_ready, url, serving, preview)
 
     # No canary: a change KServe has not observed yet (a promotion, a new replica count) does not stop the
     # serving revision (Knative routes to the last ready one until another is ready): its readiness holds.
     ready = verdict == "Healthy"
-    return IsvcReading(verdict, message, ready, ready, False, url)
+    return IsvcReading(verdict, message, ready, ready, False, url, serving)

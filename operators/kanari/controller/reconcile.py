@@ -47,7 +47,6 @@ class ClusterObservation:
     package: PackageInfo | None = None
     package_error: SpecError | None = None
     measurement: list[MetricResult] | None = None
-    known_runtimes: frozenset[str] = frozenset()
     capacity: CapacityView | None = None  # NeuronCore room (kanari.capacity.observer); None: not gated
     cost: list[RevisionCost] | None = None  # cost per 1,000 inferences just measured; None: keep the last
     neuron_runtime_sdk: str | None = None  # the chosen ServingRuntime's kanari.dev/neuron-sdk annotation
@@ -71,15 +70,21 @@ def _status_of(body: dict[str, Any]) -> ModelDeploymentStatus:
         return ModelDeploymentStatus()
 
 
+def _stable_ready(status: ModelDeploymentStatus) -> bool:
+    ready = get_condition(status.conditions, COND_READY)
+    return ready is not None and ready.status == "True"
+
+
 def _invalid(
     status: ModelDeploymentStatus, err: SpecError, now: datetime, generation: int | None, reason: str = "InvalidSpec"
 ) -> ReconcileResult:
     previous = get_condition(status.conditions, COND_INVALID)
     conds = set_condition(status.conditions, COND_INVALID, True, reason, str(err), now, generation)
-    # A spec that cannot be served leaves the running InferenceService and the stable version alone.
-    new = status.model_copy(
-        update={"conditions": conds, "phase": "Failed", "message": str(err), "observedGeneration": generation}
-    )
+    # A spec that cannot be served leaves the running InferenceService and every rollout fact alone: the
+    # InvalidSpec condition is the only record of it, and the phase shows it (derived, never read back).
+    new = status.model_copy(update={"conditions": conds, "observedGeneration": generation})
+    new.phase = engine.derive_phase(new, _stable_ready(new))
+    new.message = str(err)
     events = []
     if previous is None or previous.status != "True" or previous.message != str(err):
         events.append(Event("Warning", reason, str(err)))
@@ -110,7 +115,7 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
         return ReconcileResult(status=status.model_copy(update={"conditions": conds, "observedGeneration": generation}))
 
     try:
-        runtime = choose_runtime(spec, config.neuron_runtime, set(observed.known_runtimes))
+        runtime = choose_runtime(spec, config.neuron_runtime)
     except SpecError as err:
         return _invalid(status, err, now, generation)
     if observed.package_error is not None:
@@ -126,6 +131,8 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
         return _invalid(status, mismatch, now, generation)
 
     conditions = _clear_invalid(status, now, generation)
+    if get_condition(conditions, "Suspended") is not None:
+        conditions = set_condition(conditions, "Suspended", False, "Resumed", "spec.suspend is false", now, generation)
     events: list[Event] = []
     package = observed.package
     if spec.model.modelPackageArn:
@@ -141,10 +148,9 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             conditions = set_condition(conditions, COND_APPROVED, False, "ModelNotApproved", msg, now, generation)
             if before is None or before.status != "False":
                 events.append(Event("Warning", "ModelNotApproved", msg))
-            phase = status.phase if status.stableModel else "Pending"
-            new = status.model_copy(
-                update={"conditions": conditions, "message": msg, "observedGeneration": generation, "phase": phase}
-            )
+            new = status.model_copy(update={"conditions": conditions, "observedGeneration": generation})
+            new.phase = engine.derive_phase(new, isvc_health.read(observed.isvc).stable_ready)
+            new.message = msg
             return ReconcileResult(status=new, events=events, requeue_after=config.resync_seconds)
         conditions = set_condition(
             conditions, COND_APPROVED, True, "ModelApproved" if approved else "ApprovalNotRequired",
@@ -164,6 +170,7 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             canary_ready=reading.canary_ready,
             measurement=observed.measurement,
             action=md.metadata.annotations.get(ACTION_ANNOTATION),
+            serving_revision=reading.serving_revision,
             capacity=observed.capacity,
         ),
         generation,
@@ -201,9 +208,11 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
         events.append(
             Event("Normal" if ready else "Warning", reason, f"InferenceService {meta.name}: {reading.message}")
         )
+    preview = reading.preview_url if decision.canary is not None else None
     update: dict[str, Any] = {
         "conditions": conditions,
         "observedGeneration": generation,
+        "previewUrl": preview,
         "inferenceService": InferenceServiceRef(
             name=meta.name, ready=ready, health=reading.health, url=reading.url, message=reading.message
         ),

@@ -27,8 +27,13 @@ class RuntimeChoice:
     model_format: str
 
 
-def choose_runtime(spec: ModelDeploymentSpec, neuron_runtime: str, known: set[str] | None = None) -> RuntimeChoice:
-    """Pick the runtime, or raise SpecError naming the field that makes the model unservable."""
+def choose_runtime(spec: ModelDeploymentSpec, neuron_runtime: str) -> RuntimeChoice:
+    """Pick the runtime, or raise SpecError naming the field that makes the model unservable.
+
+    An explicit spec.model.runtime is passed to KServe as written: the operator does not list ServingRuntimes
+    (that needs cluster-wide read rights for a check KServe makes anyway). A name KServe does not know shows
+    as the InferenceService not becoming Ready, in the Ready condition, with KServe's own message.
+    """
     fmt = spec.model.format
     acc = spec.serving.accelerator
     if acc == "inferentia2" and fmt not in NEURON_FORMATS:
@@ -42,12 +47,4 @@ def choose_runtime(spec: ModelDeploymentSpec, neuron_runtime: str, known: set[st
     if acc == "gpu" and fmt in CPU_ONLY:
         raise SpecError("spec.model.format", f"{fmt} has no GPU runtime; use accelerator cpu")
     default = neuron_runtime if fmt in NEURON_FORMATS else KSERVE_RUNTIMES[fmt]
-    runtime = spec.model.runtime or default
-    allowed = (known or set()) | {neuron_runtime, *KSERVE_RUNTIMES.values()}
-    if runtime not in allowed:
-        raise SpecError(
-            "spec.model.runtime",
-            f"unknown runtime {runtime!r}: no ServingRuntime or ClusterServingRuntime of that name "
-            f"(known: {', '.join(sorted(allowed))})",
-        )
-    return RuntimeChoice(runtime=runtime, model_format=fmt)
+    return RuntimeChoice(runtime=spec.model.runtime or default, model_format=fmt)

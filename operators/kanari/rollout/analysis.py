@@ -69,7 +69,7 @@ async def measure(
     chosen = [m for m in analysis.metrics if metrics is None or m.name in metrics]
     at = now_iso(now)
     return list(
-        await asyncio.gather(*(_one(spec, m, variables, prom, now, at, analysis.minSampleCount) for m in chosen))
+        await asyncio.gather(*(_one(spec, m, variables, prom, now, at, analysis.min_samples(m)) for m in chosen))
     )
 
 
@@ -89,14 +89,16 @@ async def _one(
     try:
         samples = await prom.query(q.promql, now)
     except PrometheusUnavailable as exc:
-        return error(metric, f"{UNAVAILABLE}: {exc}", at)
+        return error(metric, f"{UNAVAILABLE}: {exc}", at, q.promql)
     except PrometheusQueryError as exc:
-        return error(metric, f"Prometheus rejected the query ({exc.error_type}): {exc.message}", at)
+        return error(metric, f"Prometheus rejected the query ({exc.error_type}): {exc.message}", at, q.promql)
     try:
         value, count, stable = _read(q, samples)
     except ValueError as exc:
-        return error(metric, str(exc), at)
-    return judge(metric, value, count, min_samples if q.has_samples else None, at, stable)
+        return error(metric, str(exc), at, q.promql)
+    # minSampleCount 0 is the explicit opt-out (a custom query without sampleQuery must state it).
+    checked = min_samples if q.has_samples and min_samples > 0 else None
+    return judge(metric, value, count, checked, at, stable, q.promql)
 
 
 def _read(q: MetricQuery, samples: list[Sample]) -> tuple[float | None, float | None, float | None]:

@@ -1,45 +1,166 @@
 """The rollout engine: (spec, status, observation) -> next status, traffic and events. Pure: no I/O.
 
-Everything the engine knows between calls lives in the status it returns, so a restarted controller
-resumes exactly where it was, and calling decide() again with its own output changes nothing.
+Facts are stored in status (stable and canary model, current step, pause conditions, analysis runs, the
+aborted revision, a few timestamps); everything else is derived from them: the rollout state (`state_of`),
+the canary weight (`_weight`) and, last, `status.phase` (`derive_phase`). Nothing here reads `phase` to
+decide, so no summary written by one code path can steer another (the cause of the old canary bypass).
 
-The controller's loop: resolve the desired ModelRef; if analysis_due(), run one measurement
-(kanari.rollout.analysis.measure, for due_metrics()); call decide(); apply stable/canary/canary_weight
-to the InferenceService; write the status; emit the events; requeue after requeue_after.
+The rollout states and every allowed move between them are in one table, TRANSITIONS; `decide` checks that
+the state the facts end in is the one the table gives for the moves it made, so a path that skips the
+canary cannot be added without changing the table.
+
+Everything the engine knows between calls lives in the status it returns: a restarted controller resumes
+exactly where it was, and calling decide() again with its own output changes nothing.
+
+The loop (kanari.rollout.loop): due_metrics() -> measure those -> decide() -> apply the traffic -> requeue.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Literal
 
-from kanari.api.conditions import Event, now_iso, parse_time, set_condition
+from kanari.api.conditions import Event, get_condition, now_iso, parse_time, set_condition
 from kanari.api.duration import parse_duration
 from kanari.api.v1alpha1 import (
     ACTION_ANNOTATION,
     ACTIONS,
-    AnalysisRecord,
+    AnalysisRun,
+    AnalysisSpec,
     CanaryStep,
-    MetricProgress,
+    Measurement,
     MetricResult,
+    MetricRun,
     MetricSpec,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     ModelRef,
+    PauseCondition,
+    Phase,
     RolloutState,
 )
 from kanari.capacity import gate as capacity_gate
 from kanari.rollout.judge import UNAVAILABLE
 from kanari.rollout.templates import metric_interval
 
-HISTORY_CAP = 20
-# Pauses that wait for a person (resume/promote); the progress deadline does not run during them.
-HUMAN_PAUSES = ("PausedByUser", "PauseStep", "AnalysisInconclusive")
-# Pauses the engine leaves by itself at the next measurement that works.
+BACKGROUND = "background"
+
+
+# ------------------------------------------------------------------------------------------ pause reasons
+@dataclass(frozen=True)
+class PauseReason:
+    """How a pause behaves. One place: a new reason (e.g. CapacityPending) is one line here."""
+
+    waits_for_person: bool  # cleared only by resume/promote (or, for a timed PauseStep, its duration)
+    drops_traffic: bool  # the canary gets 0% while it lasts
+    blocks_measuring: bool  # no analysis measurement is taken while it lasts
+
+
+PAUSE_REASONS: dict[str, PauseReason] = {
+    "PauseStep": PauseReason(waits_for_person=True, drops_traffic=False, blocks_measuring=False),
+    "PausedByUser": PauseReason(waits_for_person=True, drops_traffic=False, blocks_measuring=False),
+    # Too little data to judge beyond inconclusiveLimit: a person decides, and meanwhile the canary, which may be
+    # failing every one of its few requests, serves nothing.
+    "AnalysisInconclusive": PauseReason(waits_for_person=True, drops_traffic=True, blocks_measuring=True),
+    # Measurements that could not be taken: retried each interval, cleared by the next that works; more than
+    # consecutiveErrorLimit in a row roll back.
+    "PrometheusUnavailable": PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
+    "AnalysisError": PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
+    # Not enough NeuronCores for the canary's next replicas (kanari.capacity): cleared by itself when there are.
+    capacity_gate.REASON: PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
+}
 ERROR_PAUSES = ("PrometheusUnavailable", "AnalysisError")
 
 
+# ------------------------------------------------------------------------------------------ states
+class State(StrEnum):
+    EMPTY = "Empty"  # nothing deployed
+    DEPLOYING = "Deploying"  # first deployment, never seen Ready: nothing to protect with a canary yet
+    DEPLOY_FAILED = "DeployFailed"  # first deployment missed its progressDeadline
+    STABLE = "Stable"  # the stable model serves all traffic
+    ROLLING = "Rolling"  # a canary walks its steps
+    BAKING = "Baking"  # BlueGreen: switched to the new model, the old kept warm until bakeUntil
+    ROLLED_BACK = "RolledBack"  # the desired revision was rolled back; the stable serves until the spec moves
+
+
+# (state, move) -> next state. The only moves there are. Note what is absent: nothing leaves STABLE or
+# ROLLED_BACK for a new model except "start" (a canary at 0%), and only DEPLOYING/DEPLOY_FAILED, where no
+# model has ever been seen serving, may "replace" the model outright.
+TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.EMPTY, "deploy"): State.DEPLOYING,
+    (State.DEPLOYING, "replace"): State.DEPLOYING,
+    (State.DEPLOYING, "ready"): State.STABLE,
+    (State.DEPLOYING, "deadline"): State.DEPLOY_FAILED,
+    (State.DEPLOY_FAILED, "replace"): State.DEPLOYING,
+    (State.DEPLOY_FAILED, "ready"): State.STABLE,
+    (State.STABLE, "start"): State.ROLLING,
+    (State.ROLLING, "start"): State.ROLLING,
+    (State.ROLLING, "supersede"): State.STABLE,
+    (State.ROLLING, "bake"): State.BAKING,
+    (State.ROLLING, "promote"): State.STABLE,
+    (State.ROLLING, "rollback"): State.ROLLED_BACK,
+    (State.BAKING, "start"): State.ROLLING,
+    (State.BAKING, "supersede"): State.STABLE,
+    (State.BAKING, "promote"): State.STABLE,
+    (State.BAKING, "rollback"): State.ROLLED_BACK,
+    (State.ROLLED_BACK, "start"): State.ROLLING,
+    (State.ROLLED_BACK, "retry"): State.ROLLING,
+    (State.ROLLED_BACK, "supersede"): State.STABLE,
+}
+
+
+def state_of(st: ModelDeploymentStatus) -> State:
+    if st.stableModel is None:
+        return State.EMPTY
+    if st.rollout.deploying:
+        return State.DEPLOY_FAILED if st.rollout.deployFailed else State.DEPLOYING
+    if st.canaryModel is not None:
+        return State.BAKING if st.rollout.bakeUntil else State.ROLLING
+    if st.abortedRevision:
+        return State.ROLLED_BACK
+    return State.STABLE
+
+
+def describe(st: ModelDeploymentStatus, stable_ready: bool, note: str = "") -> tuple[Phase, str]:
+    """Phase and message, derived from facts (`note`: the engine's word on a rollout in progress)."""
+    phase = derive_phase(st, stable_ready)
+    state = state_of(st)
+    stable = _name(st.stableModel) if st.stableModel else ""
+    if state in (State.ROLLING, State.BAKING):
+        return phase, note or "; ".join(p.message or p.reason for p in st.pauseConditions)
+    if state is State.ROLLED_BACK:
+        cond = get_condition(st.conditions, "Progressing")
+        return phase, cond.message if cond else f"revision {st.abortedRevision} was rolled back; {stable} serves"
+    if state is State.DEPLOY_FAILED:
+        return phase, st.rollout.deployFailed or ""
+    if state is State.DEPLOYING:
+        return phase, f"waiting for {stable} to become Ready"
+    if state is State.STABLE:
+        return phase, f"{stable} serves all traffic" if stable_ready else f"stable {stable} is not Ready"
+    return phase, ""
+
+
+def derive_phase(st: ModelDeploymentStatus, stable_ready: bool) -> Phase:
+    """The summary, computed last from facts. Never read back to decide anything."""
+    invalid = get_condition(st.conditions, "InvalidSpec")
+    if invalid is not None and invalid.status == "True":
+        return "Failed"
+    state = state_of(st)
+    if state is State.ROLLING:
+        return "Paused" if st.pauseConditions else "Progressing"
+    if state is State.STABLE:
+        return "Succeeded" if stable_ready else "Degraded"
+    phases: dict[State, Phase] = {
+        State.EMPTY: "Pending", State.DEPLOYING: "Progressing", State.DEPLOY_FAILED: "Failed",
+        State.BAKING: "Promoting", State.ROLLED_BACK: "RolledBack",
+    }
+    return phases[state]
+
+
+# ------------------------------------------------------------------------------------------ I/O types
 @dataclass(frozen=True)
 class RolloutObservation:
     now: datetime
@@ -48,6 +169,9 @@ class RolloutObservation:
     canary_ready: bool
     measurement: list[MetricResult] | None = None
     action: str | None = None
+    # The revision the InferenceService serves, once KServe has observed it (None: not known). A first
+    # deployment counts as serving only when this is its revision, never on an older template's readiness.
+    serving_revision: str | None = None
     # NeuronCore room for the canary (Inferentia deployments); None: the rollout is not capacity-gated.
     capacity: capacity_gate.CapacityView | None = None
 
@@ -60,6 +184,7 @@ class RolloutDecision:
     canary_weight: int
     events: list[Event]
     requeue_after: float | None
+    moves: tuple[str, ...] = ()
 
 
 @dataclass
@@ -68,12 +193,21 @@ class _Pass:
     st: ModelDeploymentStatus
     obs: RolloutObservation
     generation: int | None
+    due: dict[str, list[str]]
     events: list[Event] = field(default_factory=list)
     wake: list[datetime] = field(default_factory=list)
+    moves: list[str] = field(default_factory=list)
+    note: str = ""
+    progressed: bool = False
+    input_pauses: tuple[str, ...] = ()
 
     @property
     def now(self) -> datetime:
         return self.obs.now
+
+    @property
+    def at(self) -> str:
+        return now_iso(self.obs.now)
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))
@@ -81,84 +215,241 @@ class _Pass:
     def condition(self, type_: str, status: bool | Literal["Unknown"], reason: str, message: str) -> None:
         self.st.conditions = set_condition(self.st.conditions, type_, status, reason, message, self.now, self.generation)
 
-
-# ------------------------------------------------------------------------------------------ queries
-def _in_flight(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> bool:
-    ro = status.rollout
-    return (
-        status.canaryModel is not None
-        and ro.revision == status.canaryModel.revision == spec.rollout_revision()
-        and status.phase not in ("Succeeded", "RolledBack", "Failed")
-    )
+    def move(self, name: str) -> None:
+        self.moves.append(name)
 
 
-def _step(spec: ModelDeploymentSpec, status: ModelDeploymentStatus) -> CanaryStep | None:
-    steps = spec.rollout.effective_steps()
-    return steps[status.currentStep] if status.currentStep < len(steps) else None
-
-
-def _count(spec: ModelDeploymentSpec, step: CanaryStep, metric: MetricSpec) -> int:
+# ------------------------------------------------------------------------------------------ analysis runs
+def _analysis(spec: ModelDeploymentSpec) -> AnalysisSpec:
     assert spec.rollout.analysis is not None
-    step_count = step.analysis.count if step.analysis else None
-    return metric.count or step_count or spec.rollout.analysis.count
+    return spec.rollout.analysis
 
 
-def _progress(status: ModelDeploymentStatus, name: str) -> MetricProgress:
-    return next((p for p in status.rollout.metrics if p.name == name), MetricProgress(name=name))
+def _steps(spec: ModelDeploymentSpec) -> list[CanaryStep]:
+    return spec.rollout.effective_steps()
 
 
-def _next_due(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, metric: MetricSpec) -> datetime:
-    started = parse_time(status.rollout.stepStartedAt)
-    last = parse_time(_progress(status, metric.name).lastMeasuredAt)
-    base = max(t for t in (started, last) if t is not None) if (started or last) else datetime.min
-    return base + timedelta(seconds=metric_interval(spec, metric))
+def _limit(default: int, override: int | None) -> int:
+    return default if override is None else override
+
+
+def _count(spec: ModelDeploymentSpec, run: AnalysisRun, metric: MetricSpec) -> int | None:
+    """Judged measurements a metric needs in this run; None: the background run, which has no end."""
+    if run.step is None:
+        return None
+    step = _steps(spec)[run.step] if run.step < len(_steps(spec)) else None
+    step_count = step.analysis.count if step is not None and step.analysis is not None else None
+    return step_count or metric.count or _analysis(spec).count
+
+
+def metric_phase(spec: ModelDeploymentSpec, run: AnalysisRun, mr: MetricRun) -> str:
+    """Argo Rollouts' assessment, with one difference: only judged measurements (Successful or Failed) count
+    towards `count`, so a run never ends Successful on Inconclusive or Error measurements (missing data)."""
+    a = _analysis(spec)
+    metric = next((m for m in a.metrics if m.name == mr.name), None)
+    if metric is None:
+        return "Pending"
+    if mr.failed > _limit(a.failureLimit, metric.failureLimit):
+        return "Failed"
+    if mr.inconclusive > _limit(a.inconclusiveLimit, metric.inconclusiveLimit):
+        return "Inconclusive"
+    if mr.consecutiveError > _limit(a.consecutiveErrorLimit, metric.consecutiveErrorLimit):
+        return "Error"
+    count = _count(spec, run, metric)
+    if count is not None and mr.successful + mr.failed >= count:
+        return "Successful"
+    return "Running" if mr.count else "Pending"
+
+
+def run_phase(spec: ModelDeploymentSpec, run: AnalysisRun) -> str:
+    """Worst phase of the gating (non-dryRun) metrics; a run of dry-run metrics only ends when they have run."""
+    a = _analysis(spec)
+    dry = {m.name for m in a.metrics if m.dryRun}
+    phases = {mr.name: metric_phase(spec, run, mr) for mr in run.metrics}
+    gating = [phases[n] for n in phases if n not in dry]
+    if not gating:
+        return "Successful" if phases and all(p not in ("Running", "Pending") for p in phases.values()) else (
+            "Running" if any(mr.count for mr in run.metrics) else "Pending")
+    for worst in ("Failed", "Error", "Inconclusive"):
+        if worst in gating:
+            return worst
+    if all(p == "Successful" for p in gating):
+        return "Successful"
+    return "Running" if any(mr.count for mr in run.metrics) else "Pending"
+
+
+def _new_run(spec: ModelDeploymentSpec, name: str, revision: str, step: int | None, at: str) -> AnalysisRun:
+    metrics = [MetricRun(name=m.name, dryRun=m.dryRun) for m in _analysis(spec).metrics]
+    return AnalysisRun(name=name, revision=revision, step=step, startedAt=at, metrics=metrics)
+
+
+def _run(st: ModelDeploymentStatus, name: str) -> AnalysisRun | None:
+    return next((r for r in st.analysisRuns if r.name == name), None)
+
+
+def _active_runs(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> list[AnalysisRun]:
+    """Runs that still measure: the current step's run until it completes, and the background run."""
+    if spec.rollout.analysis is None or st.canaryModel is None or state_of(st) not in (State.ROLLING, State.BAKING):
+        return []
+    if any(PAUSE_REASONS.get(p.reason, PAUSE_REASONS["PausedByUser"]).blocks_measuring for p in st.pauseConditions):
+        return []
+    out = []
+    for run in st.analysisRuns:
+        if run.revision != st.canaryModel.revision:
+            continue
+        current = run.name == BACKGROUND or (run.step == st.currentStep and state_of(st) is State.ROLLING)
+        if current and run_phase(spec, run) in ("Pending", "Running"):
+            out.append(run)
+    return out
+
+
+def _metric_done(spec: ModelDeploymentSpec, run: AnalysisRun, mr: MetricRun) -> bool:
+    return metric_phase(spec, run, mr) not in ("Pending", "Running")
+
+
+def _next_due(spec: ModelDeploymentSpec, run: AnalysisRun, mr: MetricRun) -> datetime:
+    metric = next(m for m in _analysis(spec).metrics if m.name == mr.name)
+    interval = metric_interval(spec, metric)
+    last = parse_time(mr.measurements[-1].finishedAt) if mr.measurements else None
+    if last is not None:
+        return last + timedelta(seconds=interval)
+    started = parse_time(run.startedAt) or datetime.min
+    # The first measurement waits one interval by default, so its query window holds only traffic the canary
+    # served in this run (at this step's weight).
+    delay = parse_duration(metric.initialDelay) if metric.initialDelay else interval
+    return started + timedelta(seconds=delay)
+
+
+def _due_runs(spec: ModelDeploymentSpec, st: ModelDeploymentStatus, now: datetime) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for run in _active_runs(spec, st):
+        names = [
+            mr.name for mr in run.metrics
+            if _metric_spec(spec, mr.name) is not None and not _metric_done(spec, run, mr)
+            and now >= _next_due(spec, run, mr)
+        ]
+        if names:
+            out[run.name] = names
+    return out
 
 
 def due_metrics(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime) -> list[str]:
-    """Metrics to measure now: the current step analyses, and each one's interval has elapsed."""
-    if not _in_flight(spec, status) or status.rollout.pausedReason in HUMAN_PAUSES:
+    """Metrics to measure now (each once, whichever runs want it), in spec order."""
+    if spec.rollout.analysis is None or status.canaryModel is None or status.canaryModel.revision != spec.rollout_revision():
         return []
-    step = _step(spec, status)
-    if step is None or step.analysis is None or spec.rollout.analysis is None:
-        return []
-    return [
-        m.name
-        for m in spec.rollout.analysis.metrics
-        if _progress(status, m.name).successes < _count(spec, step, m) and now >= _next_due(spec, status, m)
-    ]
+    wanted = {n for names in _due_runs(spec, status, now).values() for n in names}
+    return [m.name for m in spec.rollout.analysis.metrics if m.name in wanted]
 
 
 def analysis_due(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime) -> bool:
     return bool(due_metrics(spec, status, now))
 
 
+def _next_wake(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> datetime | None:
+    times = [
+        _next_due(spec, run, mr) for run in _active_runs(spec, st) for mr in run.metrics
+        if _metric_spec(spec, mr.name) is not None and not _metric_done(spec, run, mr)
+    ]
+    return min(times) if times else None
+
+
 # ------------------------------------------------------------------------------------------ decide
 def decide(
     spec: ModelDeploymentSpec, status: ModelDeploymentStatus, obs: RolloutObservation, generation: int | None
 ) -> RolloutDecision:
-    run = _Pass(spec, status.model_copy(deep=True), obs, generation)
-    st = run.st
+    st = status.model_copy(deep=True)
+    # What is due is decided on the status as it came in: a measurement is counted only if it was due then.
+    due = _due_runs(spec, st, obs.now) if obs.measurement is not None and st.canaryModel is not None and (
+        st.canaryModel.revision == obs.desired.revision) else {}
+    run = _Pass(spec, st, obs, generation, due, input_pauses=tuple(p.reason for p in st.pauseConditions))
+    before_state = state_of(st)
+    before_weight = st.canaryWeight if st.canaryModel is not None else 0
     action = _take_action(run)
-    desired = obs.desired
-    if st.rollout.abortedRevision and st.rollout.abortedRevision != desired.revision:
-        st.rollout.abortedRevision = None  # the spec moved on: a later return to it is a new attempt
-    if st.stableModel is None or (_first_deploy_pending(st) and st.stableModel.revision != desired.revision):
-        _deploy(run)
-    elif desired.revision == st.stableModel.revision:
-        _steady(run, action)
-    else:
-        _rollout(run, action)
+    _dispatch(run, action, before_state)
+    _finish(run, before_weight)
+    _check_moves(before_state, run)
     if generation is not None:
         st.observedGeneration = generation
+    st.phase, st.message = describe(st, obs.stable_ready, run.note)
     _summary_conditions(run)
     return RolloutDecision(
         status=st,
         stable=st.stableModel,
         canary=st.canaryModel,
-        canary_weight=st.canaryWeight,
+        canary_weight=st.canaryWeight if st.canaryModel is not None else 0,
         events=run.events,
         requeue_after=_requeue(run),
+        moves=tuple(run.moves),
     )
+
+
+def _dispatch(run: _Pass, action: str | None, state: State) -> None:
+    st, d = run.st, run.obs.desired
+    if state is State.EMPTY:
+        _deploy(run, "deploy")
+        _deploying(run, action)
+    elif state in (State.DEPLOYING, State.DEPLOY_FAILED):
+        assert st.stableModel is not None
+        # Readiness first: a first model seen serving is the stable one, and a new model is then a canary.
+        if d.revision != st.stableModel.revision and not _serving(run):
+            _deploy(run, "replace")
+        _deploying(run, action if d.revision == st.stableModel.revision else None)
+        if state_of(st) is State.STABLE and d.revision != st.stableModel.revision:
+            _start(run, "start")
+            _rolling(run, action)
+    elif state is State.STABLE:
+        assert st.stableModel is not None
+        if d.revision == st.stableModel.revision:
+            _steady(run, action)
+        else:
+            _start(run, "start")
+            _rolling(run, action)
+    elif state is State.ROLLED_BACK:
+        assert st.stableModel is not None
+        if d.revision == st.stableModel.revision:
+            # The spec moved back to the stable: the rolled-back revision is forgotten (a return to it is new).
+            st.abortedRevision = None
+            run.move("supersede")
+            run.event("RollbackCleared", f"spec returned to the stable {_name(st.stableModel)}")
+            _steady(run, action)
+        elif d.revision != st.abortedRevision:
+            _start(run, "start")
+            _rolling(run, action if action != "retry" else None)
+        elif action == "retry":
+            st.abortedRevision = None
+            run.event("Retrying", f"retrying revision {d.revision} on request")
+            _start(run, "retry")
+            _rolling(run, None)
+        else:
+            if action:
+                run.event("ActionIgnored", f"{action}: revision {d.revision} was rolled back; use retry")
+    else:  # ROLLING, BAKING
+        assert st.canaryModel is not None and st.stableModel is not None
+        if d.revision == st.stableModel.revision:
+            run.event("RolloutSuperseded", f"spec returned to the stable {_name(d)}; dropped canary {_name(st.canaryModel)}")
+            _drop_canary(run)
+            run.move("supersede")
+            _steady(run, action)
+        elif d.revision != st.canaryModel.revision:
+            _start(run, "start")
+            _rolling(run, action)
+        elif state is State.BAKING:
+            _baking(run, action)
+        else:
+            _rolling(run, action)
+
+
+def _check_moves(before: State, run: _Pass) -> None:
+    state = before
+    for m in run.moves:
+        nxt = TRANSITIONS.get((state, m))
+        if nxt is None:
+            raise AssertionError(f"rollout engine bug: move {m!r} from state {state.value} is not in TRANSITIONS")
+        state = nxt
+    after = state_of(run.st)
+    if after is not state:
+        raise AssertionError(f"rollout engine bug: moves {run.moves} from {before.value} give {state.value}, "
+                             f"facts say {after.value}")
 
 
 def _take_action(run: _Pass) -> str | None:
@@ -175,110 +466,95 @@ def _take_action(run: _Pass) -> str | None:
     return name
 
 
-def _first_deploy_pending(st: ModelDeploymentStatus) -> bool:
-    return st.canaryModel is None and st.phase in ("Pending", "Progressing", "Failed")
-
-
-def _deploy(run: _Pass) -> None:
-    """First deployment: nothing serves yet, so there is nothing to protect with a canary."""
+# ------------------------------------------------------------------------------------------ first deploy
+def _deploy(run: _Pass, move: str) -> None:
+    """First deployment (or a replacement of one never seen serving): nothing to protect with a canary."""
     st, d = run.st, run.obs.desired
     st.stableModel = d
     st.canaryModel = None
-    st.canaryWeight = 0
     st.currentStep = 0
+    st.pauseConditions = []
+    st.analysisRuns = []
     st.rollout = RolloutState(
-        revision=d.revision, startedAt=now_iso(run.now), lastProgressAt=now_iso(run.now),
-        lastAction=st.rollout.lastAction,
+        revision=d.revision, startedAt=run.at, lastProgressAt=run.at, lastAction=st.rollout.lastAction, deploying=True
     )
-    st.phase = "Progressing"
+    run.move(move)
     run.event("Deploying", f"deploying {_name(d)} (revision {d.revision})")
-    _steady(run, None)
 
 
-def _steady(run: _Pass, action: str | None) -> None:
-    st, d = run.st, run.obs.desired
-    first = _first_deploy_pending(st)
-    if st.canaryModel is not None:
-        if st.canaryWeight:
-            run.event("WeightChanged", f"canary weight {st.canaryWeight} -> 0")
-        run.event("RolloutSuperseded", f"spec returned to the stable {_name(d)}; dropped canary {_name(st.canaryModel)}")
-        st.canaryModel = None
-        st.canaryWeight = 0
-        st.currentStep = 0
-        st.rollout = RolloutState(revision=d.revision, lastAction=st.rollout.lastAction)
+def _deploying(run: _Pass, action: str | None) -> None:
+    st = run.st
+    assert st.stableModel is not None
     if action:
-        run.event("ActionIgnored", f"{action}: no rollout in progress ({_name(d)} is stable)")
-    if run.obs.stable_ready:
-        if st.phase != "Succeeded":
-            st.phase, st.message = "Succeeded", f"{_name(d)} serves all traffic"
-            run.event("Deployed", st.message)
-            run.condition("Progressing", False, "RolloutComplete", st.message)
+        run.event("ActionIgnored", f"{action}: no rollout in progress ({_name(st.stableModel)} is being deployed)")
+    if _serving(run):
+        st.rollout.stableReadyAt = run.at
+        st.rollout.deploying = False
+        st.rollout.deployFailed = None
+        run.move("ready")
+        run.note = f"{_name(st.stableModel)} serves all traffic"
+        run.event("Deployed", run.note)
+        run.condition("Progressing", False, "RolloutComplete", run.note)
         return
-    if not first:
-        _degraded(run)
-        return
-    if st.phase == "Failed":
+    if st.rollout.deployFailed:
+        run.note = st.rollout.deployFailed
         return
     deadline = _deadline(run)
     if run.now >= deadline:
-        st.phase = "Failed"
-        st.message = f"{_name(d)} did not become Ready within progressDeadline {run.spec.rollout.progressDeadline}"
-        run.event("ProgressDeadlineExceeded", st.message, True)
-        run.condition("Progressing", False, "ProgressDeadlineExceeded", st.message)
+        st.rollout.deployFailed = (
+            f"{_name(st.stableModel)} did not become Ready within progressDeadline {run.spec.rollout.progressDeadline}"
+        )
+        run.move("deadline")
+        run.note = st.rollout.deployFailed
+        run.event("ProgressDeadlineExceeded", run.note, True)
+        run.condition("Progressing", False, "ProgressDeadlineExceeded", run.note)
         return
-    st.phase, st.message = "Progressing", f"waiting for {_name(d)} to become Ready"
-    run.condition("Progressing", True, "Deploying", st.message)
+    run.note = f"waiting for {_name(st.stableModel)} to become Ready"
+    run.condition("Progressing", True, "Deploying", run.note)
     run.wake.append(deadline)
 
 
-def _rollout(run: _Pass, action: str | None) -> None:
-    st, d, ro = run.st, run.obs.desired, run.st.rollout
-    if ro.abortedRevision == d.revision:
-        if action != "retry":
-            if action:
-                run.event("ActionIgnored", f"{action}: revision {d.revision} was rolled back; use retry")
-            _hold_rolled_back(run)
-            return
-        ro.abortedRevision = None
-        run.event("Retrying", f"retrying revision {d.revision} on request")
-        _start(run)
-        action = None
-    elif not _in_flight(run.spec, st) or not (st.canaryModel and st.canaryModel.revision == d.revision):
-        _start(run)
+def _serving(run: _Pass) -> bool:
+    st = run.st
+    assert st.stableModel is not None
+    served = run.obs.serving_revision is None or run.obs.serving_revision == st.stableModel.revision
+    return run.obs.stable_ready and served
+
+
+def _steady(run: _Pass, action: str | None) -> None:
+    st = run.st
+    assert st.stableModel is not None
     if action:
-        _apply_action(run, action)
-        if st.phase == "RolledBack":
-            return
-    progress_before = st.rollout.lastProgressAt
-    _advance(run, full=action == "promote-full")
-    if st.phase in ("RolledBack", "Succeeded"):
-        return
-    if _deadline_applies(run):
-        deadline = _deadline(run)
-        if run.now >= deadline and st.rollout.lastProgressAt == progress_before:
-            _rollback(
-                run, "ProgressDeadlineExceeded",
-                f"no progress at step {st.currentStep} for progressDeadline {run.spec.rollout.progressDeadline}",
-            )
-            return
-        run.wake.append(deadline)
+        run.event("ActionIgnored", f"{action}: no rollout in progress ({_name(st.stableModel)} is stable)")
 
 
-def _start(run: _Pass) -> None:
+def _stable_conditions(run: _Pass) -> None:
+    st = run.st
+    assert st.stableModel is not None
+    progressing = get_condition(st.conditions, "Progressing")
+    if not run.obs.stable_ready:
+        run.condition("Progressing", False, "StableNotReady", f"stable {_name(st.stableModel)} is not Ready")
+    elif progressing is None or progressing.reason != "RolloutComplete":
+        run.condition("Progressing", False, "RolloutComplete", f"{_name(st.stableModel)} serves all traffic")
+
+
+# ------------------------------------------------------------------------------------------ rollout
+def _start(run: _Pass, move: str) -> None:
     st, d = run.st, run.obs.desired
     previous = st.canaryModel
-    if st.canaryWeight:
-        run.event("WeightChanged", f"canary weight {st.canaryWeight} -> 0")
     st.rollout = RolloutState(
-        revision=d.revision, startedAt=now_iso(run.now), stepStartedAt=now_iso(run.now),
-        lastProgressAt=now_iso(run.now), lastAction=st.rollout.lastAction,
+        revision=d.revision, startedAt=run.at, stepStartedAt=run.at, lastProgressAt=run.at,
+        lastAction=st.rollout.lastAction, stableReadyAt=st.rollout.stableReadyAt,
     )
     st.currentStep = 0
     st.canaryModel = d
     st.canaryWeight = 0
-    st.lastAnalysis = []
-    st.phase = "Progressing"
-    steps = run.spec.rollout.effective_steps()
+    st.pauseConditions = []
+    st.analysisRuns = []
+    st.abortedRevision = None
+    run.move(move)
+    run.note = ""
+    steps = _steps(run.spec)
     replaced = f", replacing canary {_name(previous)}" if previous and previous.revision != d.revision else ""
     assert st.stableModel is not None
     run.event(
@@ -289,240 +565,207 @@ def _start(run: _Pass) -> None:
     run.condition("AnalysisPassing", "Unknown", "NotMeasured", "no analysis of this revision yet")
 
 
+def _drop_canary(run: _Pass) -> None:
+    st = run.st
+    st.canaryModel = None
+    st.currentStep = 0
+    st.pauseConditions = []
+    st.rollout.bakeUntil = None
+
+
+def _rolling(run: _Pass, action: str | None) -> None:
+    st = run.st
+    _consume(run)
+    if state_of(st) is State.ROLLED_BACK:
+        return
+    if action:
+        _apply_action(run, action)
+        if state_of(st) is not State.ROLLING:
+            return
+    full = action == "promote-full"
+    _advance(run, full)
+    if state_of(st) is not State.ROLLING:
+        return
+    if _deadline_applies(run) and not run.progressed:
+        deadline = _deadline(run)
+        if run.now >= deadline:
+            _rollback(
+                run, "ProgressDeadlineExceeded",
+                f"no progress at step {st.currentStep} for progressDeadline {run.spec.rollout.progressDeadline}",
+            )
+            return
+        run.wake.append(deadline)
+
+
+def _baking(run: _Pass, action: str | None) -> None:
+    st = run.st
+    _consume(run)
+    if state_of(st) is State.ROLLED_BACK:
+        return
+    if action == "abort":
+        _rollback(run, "Aborted", "aborted by an operator")
+        return
+    if action == "promote-full":
+        _promote(run)
+        return
+    if action:
+        run.event("ActionIgnored", f"{action}: the new version already serves all traffic (abort or promote-full)")
+    _complete(run, full=False)
+
+
 def _apply_action(run: _Pass, action: str) -> None:
-    st, ro = run.st, run.st.rollout
+    st = run.st
     if action == "abort":
         _rollback(run, "Aborted", "aborted by an operator")
     elif action == "pause":
-        if ro.pausedReason != "PausedByUser":
-            ro.pausedReason = "PausedByUser"
+        if not _paused(st, "PausedByUser"):
+            _add_pause(run, "PausedByUser", f"paused by an operator at step {st.currentStep}")
             run.event("Paused", f"paused by an operator at step {st.currentStep}")
     elif action == "resume":
-        if not ro.pausedReason:
+        waiting = [p for p in st.pauseConditions if PAUSE_REASONS.get(p.reason, PAUSE_REASONS["PausedByUser"]).waits_for_person]
+        if not waiting:
             run.event("ActionIgnored", "resume: the rollout is not paused")
             return
-        was = ro.pausedReason
-        ro.pausedReason = None
-        ro.lastProgressAt = now_iso(run.now)
-        for p in ro.metrics:
-            p.inconclusives = 0
+        was = ", ".join(p.reason for p in waiting)
+        _resume(run, waiting)
         run.event("Resumed", f"resumed at step {st.currentStep} (was paused: {was})")
-        if was == "PauseStep":
+        if any(p.reason == "PauseStep" for p in waiting):
             _next_step(run, "resumed by an operator")
     elif action in ("promote", "promote-full"):
-        ro.pausedReason = None
+        _resume(run, list(st.pauseConditions))
         if action == "promote":
             _next_step(run, "promoted by an operator")
         else:
-            st.currentStep = len(run.spec.rollout.effective_steps())
+            st.currentStep = len(_steps(run.spec))
+            run.progressed = True
             run.event("StepAdvanced", "full promotion requested by an operator")
     else:
         run.event("ActionIgnored", f"{action}: revision {run.obs.desired.revision} is not rolled back")
 
 
+def _resume(run: _Pass, pauses: list[PauseCondition]) -> None:
+    st = run.st
+    reasons = {p.reason for p in pauses}
+    st.pauseConditions = [p for p in st.pauseConditions if p not in pauses]
+    st.rollout.lastProgressAt = run.at
+    run.progressed = True
+    if "AnalysisInconclusive" in reasons and st.canaryModel is not None and run.spec.rollout.analysis is not None:
+        # A fresh run for each that ended Inconclusive: resuming means "measure again", not "count on".
+        st.analysisRuns = [
+            _new_run(run.spec, r.name, r.revision, r.step, run.at) if run_phase(run.spec, r) == "Inconclusive" else r
+            for r in st.analysisRuns
+        ]
+
+
 def _advance(run: _Pass, full: bool) -> None:
     st, ro = run.st, run.st.rollout
-    steps = run.spec.rollout.effective_steps()
-    # Each pass returns or moves currentStep forward (a pause step sets its reason, then returns).
+    steps = _steps(run.spec)
+    # Each pass of the loop returns or moves currentStep forward.
     while True:
-        if ro.pausedReason in HUMAN_PAUSES:
-            _hold_paused(run)
+        _ensure_background(run)
+        if run.obs.capacity is not None and not _waiting_for_person(st) and not _capacity_admits(run, steps):
             return
-        if run.obs.capacity is not None and not _capacity_admits(run, steps):
+        if any(p.reason != "PauseStep" for p in st.pauseConditions):
             return
         if not run.obs.canary_ready:
-            st.phase = "Paused" if ro.pausedReason else "Progressing"
             assert st.canaryModel is not None
-            st.message = f"waiting for canary {_name(st.canaryModel)} to become Ready (weight {st.canaryWeight})"
+            run.note = f"waiting for canary {_name(st.canaryModel)} to become Ready (weight {_weight(run.spec, st)})"
             return
         if st.currentStep >= len(steps):
             _complete(run, full)
             return
         step = steps[st.currentStep]
         if step.setWeight is not None:
-            _set_weight(run, step.setWeight)
             _next_step(run, f"weight {step.setWeight}")
             continue
         if step.pause is not None:
-            if step.pause.duration is None:
-                ro.pausedReason = "PauseStep"
-                run.event("Paused", f"step {st.currentStep}: paused until an operator resumes or promotes")
-                continue
             started = parse_time(ro.stepStartedAt) or run.now
+            if step.pause.duration is None:
+                text = f"step {st.currentStep}: paused until an operator resumes or promotes"
+                if _add_pause(run, "PauseStep", text, started):
+                    run.event("Paused", text)
+                return
             end = started + timedelta(seconds=parse_duration(step.pause.duration))
             if run.now < end:
-                st.phase = "Progressing"
-                st.message = f"step {st.currentStep}/{len(steps)}: pausing until {now_iso(end)}"
+                _add_pause(run, "PauseStep", f"step {st.currentStep}: pausing until {now_iso(end)}", started)
                 run.wake.append(end)
                 return
             _next_step(run, f"pause {step.pause.duration} elapsed")
             continue
-        if not _analysis_step(run, step):
+        assert run.spec.rollout.analysis is not None
+        name = f"step-{st.currentStep}"
+        current = _run(st, name)
+        if current is None or st.canaryModel is None or current.revision != st.canaryModel.revision:
+            assert st.canaryModel is not None
+            st.analysisRuns = [r for r in st.analysisRuns if r.name != name] + [
+                _new_run(run.spec, name, st.canaryModel.revision, st.currentStep, run.at)
+            ]
+            current = _run(st, name)
+            assert current is not None
+        if run_phase(run.spec, current) != "Successful":
+            run.note = (
+                f"step {st.currentStep}/{len(steps)}: analysing at weight {_weight(run.spec, st)}: "
+                + ", ".join(_progress_text(run.spec, current, mr) for mr in current.metrics)
+            )
             return
         _next_step(run, "analysis passed")
 
 
+def _waiting_for_person(st: ModelDeploymentStatus) -> bool:
+    return any(
+        p.reason != "PauseStep" and PAUSE_REASONS.get(p.reason, PAUSE_REASONS["PausedByUser"]).waits_for_person
+        for p in st.pauseConditions
+    )
+
+
 def _capacity_admits(run: _Pass, steps: list[CanaryStep]) -> bool:
     """Size the canary for the weight about to be set; wait (never fail) while the NeuronCores are not there."""
-    st, ro = run.st, run.st.rollout
+    st = run.st
     assert run.obs.capacity is not None
-    target = capacity_gate.next_weight(steps, st.currentStep, st.canaryWeight)
-    peak = capacity_gate.peak_weight(steps, st.currentStep, st.canaryWeight)
-    result = capacity_gate.check(run.spec, st, run.obs.capacity, target, peak)
+    current = _weight(run.spec, st)
+    target = capacity_gate.next_weight(steps, st.currentStep, current)
+    peak = capacity_gate.peak_weight(steps, st.currentStep, current)
+    result = capacity_gate.check(run.spec, st.model_copy(update={"canaryWeight": current}), run.obs.capacity, target, peak)
     st.capacity = result.status
     recheck = run.now + timedelta(seconds=run.obs.capacity.recheck_seconds)
     if not result.admitted:
-        if ro.pausedReason != capacity_gate.REASON:
-            ro.pausedReason = capacity_gate.REASON
+        if _add_pause(run, capacity_gate.REASON, result.message):
             run.event(capacity_gate.REASON, f"step {st.currentStep}: {result.message}", True)
         run.condition("CapacityAvailable", False, capacity_gate.REASON, result.message)
-        st.phase = "Paused"
-        st.message = f"step {st.currentStep}: waiting for NeuronCores: {result.message}"
+        run.note = f"step {st.currentStep}: waiting for NeuronCores: {result.message}"
         run.wake.append(recheck)
         return False
-    if ro.pausedReason == capacity_gate.REASON:
-        ro.pausedReason = None
-        ro.lastProgressAt = now_iso(run.now)  # the wait was not the rollout's fault: the deadline starts again
+    if _paused(st, capacity_gate.REASON):
+        st.pauseConditions = [p for p in st.pauseConditions if p.reason != capacity_gate.REASON]
+        st.rollout.lastProgressAt = run.at  # the wait was not the rollout's fault: the deadline starts again
+        run.progressed = True
         run.event("CapacityAvailable", f"step {st.currentStep}: {result.message}")
     run.condition("CapacityAvailable", True, "CapacityAvailable", result.message)
     if not result.ready:
-        st.phase = "Progressing"
-        st.message = f"step {st.currentStep}: scaling canary to {result.status.canaryReplicas} replica(s) for weight {target}"
+        run.note = f"step {st.currentStep}: scaling canary to {result.status.canaryReplicas} replica(s) for weight {target}"
         run.wake.append(recheck)
         return False
     return True
 
 
-def _hold_paused(run: _Pass) -> None:
-    st = run.st
-    st.phase = "Paused"
-    total = len(run.spec.rollout.effective_steps())
-    st.message = f"paused at step {st.currentStep}/{total}: {st.rollout.pausedReason}"
-
-
-def _analysis_step(run: _Pass, step: CanaryStep) -> bool:
-    """True when every metric has its count of Successful measurements for this step."""
-    st, ro, spec = run.st, run.st.rollout, run.spec
-    analysis = spec.rollout.analysis
-    assert analysis is not None
-    due = due_metrics(spec, st, run.now)
-    if run.obs.measurement is not None and due:
-        _consume(run, due)
-        if st.phase == "RolledBack":
-            return False
-    pending = [m for m in analysis.metrics if _progress(st, m.name).successes < _count(spec, step, m)]
-    if not pending:
-        return True
-    if ro.pausedReason in HUMAN_PAUSES:
-        _hold_paused(run)
-        return False
-    done = ", ".join(f"{m.name} {_progress(st, m.name).successes}/{_count(spec, step, m)}" for m in analysis.metrics)
-    st.phase = "Paused" if ro.pausedReason else "Progressing"
-    reason = f" ({ro.pausedReason})" if ro.pausedReason else ""
-    st.message = f"step {st.currentStep}: analysing at weight {st.canaryWeight}{reason}: {done}"
-    run.wake.append(min(_next_due(spec, st, m) for m in pending))
-    return False
-
-
-def _consume(run: _Pass, due: list[str]) -> None:
-    st, ro, spec = run.st, run.st.rollout, run.spec
-    analysis = spec.rollout.analysis
-    assert analysis is not None and run.obs.measurement is not None
-    at = now_iso(run.now)
-    got = {r.name: r for r in run.obs.measurement}
-    index = {m.name: i for i, m in enumerate(analysis.metrics)}
-    results: list[MetricResult] = []
-    for m in analysis.metrics:
-        if m.name not in due:
-            continue
-        r = got.get(m.name) or MetricResult(
-            name=m.name, verdict="Inconclusive", message=f"{m.name}: no result in this measurement"
-        )
-        r = r.model_copy(update={"at": r.at or at})
-        results.append(r)
-        p = _progress(st, m.name)
-        p.lastMeasuredAt = at
-        p.measurements += 1
-        if r.verdict == "Successful":
-            p.successes += 1
-        elif r.verdict == "Failed":
-            p.failures += 1
-        elif r.verdict == "Inconclusive":
-            p.inconclusives += 1
-        ro.metrics = [q for q in ro.metrics if q.name != m.name] + [p]
-    ro.metrics.sort(key=lambda q: index.get(q.name, len(index)))
-    ro.lastMeasuredAt = at
-    ro.measurements += 1
-    verdicts = {r.verdict for r in results}
-    overall = next(v for v in ("Failed", "Error", "Inconclusive", "Successful") if v in verdicts or v == "Successful")
-    merged = {r.name: r for r in st.lastAnalysis}
-    merged.update({r.name: r for r in results})
-    st.lastAnalysis = [merged[m.name] for m in analysis.metrics if m.name in merged]
-    record = AnalysisRecord(at=at, step=st.currentStep, revision=ro.revision or "", verdict=overall, metrics=results)
-    st.analysisHistory = [*st.analysisHistory, record][-HISTORY_CAP:]
-
-    failed = [r for r in results if r.verdict == "Failed"]
-    if failed:
-        ro.failures += 1
-        over = [r for r in failed if _progress(st, r.name).failures > _limit(analysis.failureLimit, _metric(run, r.name).failureLimit)]
-        text = "; ".join(f"{_where(index, r.name)}: {_result_text(r)}" for r in failed)
-        run.condition("AnalysisPassing", False, "AnalysisFailed", text)
-        run.event("AnalysisFailed", text, True)
-        if over:
-            worst = over[0]
-            limit = _limit(analysis.failureLimit, _metric(run, worst.name).failureLimit)
-            _rollback(
-                run, "AnalysisFailed",
-                f"metric {worst.name} ({_where(index, worst.name)}) value {_fmt(worst.value)} breached "
-                f"threshold {worst.threshold} ({_progress(st, worst.name).failures} failures > failureLimit {limit})",
-            )
+def _ensure_background(run: _Pass) -> None:
+    st, a = run.st, run.spec.rollout.analysis
+    if a is None or a.background is None or st.canaryModel is None or not run.obs.canary_ready:
         return
-    errors = [r for r in results if r.verdict == "Error"]
-    if errors:
-        reason = "PrometheusUnavailable" if any(UNAVAILABLE in r.message for r in errors) else "AnalysisError"
-        text = "; ".join(f"{_where(index, r.name)}: {r.message}" for r in errors)
-        if ro.pausedReason not in HUMAN_PAUSES:
-            ro.pausedReason = reason
-        run.condition("AnalysisPassing", False, reason, text)
-        run.event(reason, f"{text}; retrying at the next interval; traffic unchanged", True)
+    if st.currentStep < a.background.startingStep or _run(st, BACKGROUND) is not None:
         return
-    if ro.pausedReason in ERROR_PAUSES:
-        run.event("Resumed", f"analysis works again (was {ro.pausedReason})")
-        ro.pausedReason = None
-    unsure = [r for r in results if r.verdict == "Inconclusive"]
-    if unsure:
-        ro.inconclusives += 1
-        text = "; ".join(r.message for r in unsure)
-        run.condition("AnalysisPassing", "Unknown", "AnalysisInconclusive", text)
-        over = [
-            r for r in unsure
-            if _progress(st, r.name).inconclusives > _limit(analysis.inconclusiveLimit, _metric(run, r.name).inconclusiveLimit)
-        ]
-        run.event("AnalysisInconclusive", text, True)
-        if over:
-            ro.pausedReason = "AnalysisInconclusive"
-            run.event("Paused", f"inconclusive analysis beyond inconclusiveLimit: {text}; resume to measure again", True)
-        return
-    ro.lastProgressAt = at
-    text = "; ".join(r.message for r in results)
-    run.condition("AnalysisPassing", True, "AnalysisSuccessful", text)
-    run.event("AnalysisPassed", text)
+    st.analysisRuns = [*st.analysisRuns, _new_run(run.spec, BACKGROUND, st.canaryModel.revision, None, run.at)]
 
 
-def _set_weight(run: _Pass, weight: int) -> None:
-    st = run.st
-    if st.canaryWeight != weight:
-        run.event("WeightChanged", f"canary weight {st.canaryWeight} -> {weight}")
-        st.canaryWeight = weight
+def _progress_text(spec: ModelDeploymentSpec, run: AnalysisRun, mr: MetricRun) -> str:
+    metric = next((m for m in _analysis(spec).metrics if m.name == mr.name), None)
+    count = _count(spec, run, metric) if metric is not None else None
+    dry = " (dryRun)" if mr.dryRun else ""
+    return f"{mr.name} {mr.successful + mr.failed}/{count if count is not None else '-'}{dry}"
 
 
-def _next_step(run: _Pass, why: str) -> None:
-    st, ro = run.st, run.st.rollout
-    total = len(run.spec.rollout.effective_steps())
-    st.currentStep = min(st.currentStep + 1, total)
-    ro.stepStartedAt = ro.lastProgressAt = now_iso(run.now)
-    ro.metrics = [MetricProgress(name=p.name, lastMeasuredAt=p.lastMeasuredAt) for p in ro.metrics]
-    run.event("StepAdvanced", f"step {st.currentStep}/{total} ({why})")
+def _metric_spec(spec: ModelDeploymentSpec, name: str) -> MetricSpec | None:
+    return next((m for m in _analysis(spec).metrics if m.name == name), None)
 
 
 def _complete(run: _Pass, full: bool) -> None:
@@ -530,71 +773,261 @@ def _complete(run: _Pass, full: bool) -> None:
     assert st.canaryModel is not None and st.stableModel is not None
     bake = parse_duration(spec.rollout.blueGreen.bakeDuration) if spec.rollout.blueGreen else 0.0
     if spec.rollout.strategy == "BlueGreen" and bake and not full:
-        _set_weight(run, 100)
         if ro.bakeUntil is None:
             ro.bakeUntil = now_iso(run.now + timedelta(seconds=bake))
+            run.move("bake")
             run.event("Switched", f"all traffic on {_name(st.canaryModel)}; {_name(st.stableModel)} kept warm until {ro.bakeUntil}")
         until = parse_time(ro.bakeUntil)
         assert until is not None
         if run.now < until:
-            st.phase = "Promoting"
-            st.message = f"{_name(st.canaryModel)} serves all traffic; {_name(st.stableModel)} kept warm until {ro.bakeUntil}"
+            run.note = f"{_name(st.canaryModel)} serves all traffic; {_name(st.stableModel)} kept warm until {ro.bakeUntil}"
             run.wake.append(until)
+            nxt = _next_wake(spec, st)
+            if nxt is not None:
+                run.wake.append(nxt)
             return
+    _promote(run)
+
+
+def _promote(run: _Pass) -> None:
+    st, ro = run.st, run.st.rollout
+    assert st.canaryModel is not None and st.stableModel is not None
     previous = st.stableModel
     st.stableModel = st.canaryModel
     st.canaryModel = None
-    st.canaryWeight = 0
+    st.pauseConditions = []
     ro.bakeUntil = None
-    ro.pausedReason = None
-    ro.lastProgressAt = now_iso(run.now)
-    st.phase = "Succeeded"
-    st.message = f"promoted {_name(st.stableModel)} (was {_name(previous)})"
-    run.event("Promoted", st.message)
-    run.condition("Progressing", False, "RolloutComplete", st.message)
-    if not run.obs.stable_ready:
-        _degraded(run)
-
-
-def _degraded(run: _Pass) -> None:
-    st = run.st
-    assert st.stableModel is not None
-    st.phase, st.message = "Degraded", f"stable {_name(st.stableModel)} is not Ready"
-    run.condition("Progressing", False, "StableNotReady", st.message)
+    ro.lastProgressAt = run.at
+    run.move("promote")
+    run.note = f"promoted {_name(st.stableModel)} (was {_name(previous)})"
+    run.event("Promoted", run.note)
+    run.condition("Progressing", False, "RolloutComplete", run.note)
 
 
 def _rollback(run: _Pass, reason: str, message: str) -> None:
     st, ro = run.st, run.st.rollout
-    if st.canaryWeight:
-        run.event("WeightChanged", f"canary weight {st.canaryWeight} -> 0")
     canary = st.canaryModel
-    st.canaryWeight = 0
     st.canaryModel = None
-    ro.abortedRevision = run.obs.desired.revision
-    ro.pausedReason = None
+    st.abortedRevision = run.obs.desired.revision
+    st.pauseConditions = []
     ro.bakeUntil = None
-    st.phase = "RolledBack"
+    run.move("rollback")
     assert st.stableModel is not None
-    st.message = f"rolled back {_name(canary) if canary else run.obs.desired.revision}: {message}; {_name(st.stableModel)} serves"
+    run.note = f"rolled back {_name(canary) if canary else run.obs.desired.revision}: {message}; {_name(st.stableModel)} serves"
     if reason != "AnalysisFailed":
         run.event(reason, message, True)
-    run.event("RolledBack", f"{reason}: {st.message}", True)
-    run.condition("Progressing", False, reason, st.message)
+    run.event("RolledBack", f"{reason}: {run.note}", True)
+    run.condition("Progressing", False, reason, run.note)
 
 
-def _hold_rolled_back(run: _Pass) -> None:
+def _next_step(run: _Pass, why: str) -> None:
+    st, ro = run.st, run.st.rollout
+    total = len(_steps(run.spec))
+    st.currentStep = min(st.currentStep + 1, total)
+    st.pauseConditions = [p for p in st.pauseConditions if p.reason != "PauseStep"]
+    ro.stepStartedAt = ro.lastProgressAt = run.at
+    run.progressed = True
+    run.event("StepAdvanced", f"step {st.currentStep}/{total} ({why})")
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def _consume(run: _Pass) -> None:
+    """Record the measurement in every run it was due for, then act on what the runs now say."""
+    st, spec = run.st, run.spec
+    if not run.due or run.obs.measurement is None or spec.rollout.analysis is None:
+        return
+    a = spec.rollout.analysis
+    got = {r.name: r for r in run.obs.measurement}
+    index = {m.name: i for i, m in enumerate(a.metrics)}
+    fresh: dict[str, MetricResult] = {}
+    for name, metrics in run.due.items():
+        ar = _run(st, name)
+        if ar is None:
+            continue
+        for mr in ar.metrics:
+            if mr.name not in metrics:
+                continue
+            r = got.get(mr.name) or MetricResult(
+                name=mr.name, verdict="Inconclusive", message=f"{mr.name}: no result in this measurement"
+            )
+            fresh[mr.name] = r
+            _record(mr, r, run.at, a.measurementRetention)
+        _refresh(spec, ar)
+    if not fresh:
+        return
+    _react(run, fresh, index)
+
+
+def _record(mr: MetricRun, r: MetricResult, at: str, retention: int) -> None:
+    mr.count += 1
+    if r.verdict == "Successful":
+        mr.successful += 1
+    elif r.verdict == "Failed":
+        mr.failed += 1
+    elif r.verdict == "Inconclusive":
+        mr.inconclusive += 1
+    else:
+        mr.error += 1
+    mr.consecutiveError = mr.consecutiveError + 1 if r.verdict == "Error" else 0
+    m = Measurement(
+        phase=r.verdict, value=r.value, stableValue=r.stableValue, sampleCount=r.sampleCount, threshold=r.threshold,
+        query=r.query, message=r.message, startedAt=r.at or at, finishedAt=at,
+    )
+    mr.measurements = [*mr.measurements, m][-retention:]
+
+
+def _refresh(spec: ModelDeploymentSpec, ar: AnalysisRun) -> None:
+    """The derived phases shown in status (for readers; the engine recomputes them from the counters)."""
+    for mr in ar.metrics:
+        mr.phase = metric_phase(spec, ar, mr)
+    ar.phase = run_phase(spec, ar)
+
+
+def _react(run: _Pass, fresh: dict[str, MetricResult], index: dict[str, int]) -> None:
+    st, spec = run.st, run.spec
+    a = _analysis(spec)
+    dry = {m.name for m in a.metrics if m.dryRun}
+    gating = {n: r for n, r in fresh.items() if n not in dry}
+    where = {n: f"spec.rollout.analysis.metrics[{index.get(n, '?')}]" for n in fresh}
+
+    # Every metric of this measurement is reported, whatever its siblings said.
+    failed = [r for r in gating.values() if r.verdict == "Failed"]
+    errors = [r for r in gating.values() if r.verdict == "Error"]
+    unsure = [r for r in gating.values() if r.verdict == "Inconclusive"]
+    for r in (r for r in fresh.values() if r.name in dry and r.verdict != "Successful"):
+        run.event("DryRunMetric", f"{where[r.name]} (dryRun, not gating): {_result_text(r)}")
+    parts = [f"{where[r.name]}: {_result_text(r)}" for r in (*failed, *errors, *unsure)]
+    text = "; ".join(parts)
+    if failed:
+        run.condition("AnalysisPassing", False, "AnalysisFailed", text)
+        run.event("AnalysisFailed", text, True)
+    elif errors:
+        reason = "PrometheusUnavailable" if any(UNAVAILABLE in r.message for r in errors) else "AnalysisError"
+        run.condition("AnalysisPassing", False, reason, text)
+    elif unsure:
+        run.condition("AnalysisPassing", "Unknown", "AnalysisInconclusive", text)
+        run.event("AnalysisInconclusive", text, True)
+    elif gating:
+        ok = "; ".join(r.message for r in gating.values())
+        run.condition("AnalysisPassing", True, "AnalysisSuccessful", ok)
+        run.event("AnalysisPassed", ok)
+    if any(r.verdict == "Successful" for r in gating.values()):
+        st.rollout.lastProgressAt = run.at
+        run.progressed = True
+
+    # Then what the runs say, worst first.
+    for ar in _current_runs(spec, st):
+        phase = run_phase(spec, ar)
+        if phase == "Failed":
+            mr = next(m for m in ar.metrics if m.name not in dry and metric_phase(spec, ar, m) == "Failed")
+            metric = next(m for m in a.metrics if m.name == mr.name)
+            last = next((x for x in reversed(mr.measurements) if x.phase == "Failed"), None)
+            value = _fmt(last.value) if last else "none"
+            _rollback(
+                run, "AnalysisFailed",
+                f"metric {mr.name} ({where.get(mr.name, mr.name)}) value {value} breached threshold "
+                f"{last.threshold if last else ''} ({mr.failed} failures > failureLimit "
+                f"{_limit(a.failureLimit, metric.failureLimit)}) in analysis run {ar.name}",
+            )
+            return
+    for ar in _current_runs(spec, st):
+        if run_phase(spec, ar) == "Error":
+            mr = next(m for m in ar.metrics if m.name not in dry and metric_phase(spec, ar, m) == "Error")
+            metric = next(m for m in a.metrics if m.name == mr.name)
+            detail = mr.measurements[-1].message if mr.measurements else ""
+            _rollback(
+                run, "AnalysisError",
+                f"metric {mr.name} ({where.get(mr.name, mr.name)}) could not be measured {mr.consecutiveError} times "
+                f"in a row (> consecutiveErrorLimit {_limit(a.consecutiveErrorLimit, metric.consecutiveErrorLimit)}): "
+                f"{detail}",
+            )
+            return
+    for ar in _current_runs(spec, st):
+        if run_phase(spec, ar) == "Inconclusive" and not _paused(st, "AnalysisInconclusive"):
+            msg = f"analysis run {ar.name} inconclusive beyond inconclusiveLimit: {text}; canary at 0% until resumed"
+            _add_pause(run, "AnalysisInconclusive", msg)
+            run.event("Paused", msg, True)
+    # Measurement errors within the limit hold the rollout where it is; the next measurement that works clears it.
+    erroring = [
+        mr for ar in _current_runs(spec, st) for mr in ar.metrics
+        if mr.name not in dry and mr.consecutiveError > 0
+    ]
+    if erroring and errors:
+        reason = "PrometheusUnavailable" if any(UNAVAILABLE in r.message for r in errors) else "AnalysisError"
+        st.pauseConditions = [p for p in st.pauseConditions if p.reason not in ERROR_PAUSES or p.reason == reason]
+        _add_pause(run, reason, f"{text}; retrying at the next interval; traffic unchanged")
+        run.event(reason, f"{text}; retrying at the next interval; traffic unchanged", True)
+    elif not erroring:
+        st.pauseConditions = [p for p in st.pauseConditions if p.reason not in ERROR_PAUSES]
+        if any(p in ERROR_PAUSES for p in run.input_pauses):
+            run.event("Resumed", "analysis measurements work again")
+
+
+def _current_runs(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> list[AnalysisRun]:
+    if st.canaryModel is None:
+        return []
+    return [
+        r for r in st.analysisRuns
+        if r.revision == st.canaryModel.revision and (r.name == BACKGROUND or r.step == st.currentStep)
+    ]
+
+
+# ------------------------------------------------------------------------------------------ pauses
+def _paused(st: ModelDeploymentStatus, reason: str) -> bool:
+    return any(p.reason == reason for p in st.pauseConditions)
+
+
+def _add_pause(run: _Pass, reason: str, message: str, since: datetime | None = None) -> bool:
+    """Add or update a pause condition (its startTime kept); True when it is new."""
     st = run.st
-    st.canaryModel = None
-    st.canaryWeight = 0
-    st.phase = "RolledBack"
-    st.rollout.pausedReason = None
+    existing = next((p for p in st.pauseConditions if p.reason == reason), None)
+    start = existing.startTime if existing else now_iso(since or run.now)
+    new = PauseCondition(reason=reason, startTime=start, message=message)
+    st.pauseConditions = [new if p.reason == reason else p for p in st.pauseConditions] if existing else [
+        *st.pauseConditions, new]
+    return existing is None
+
+
+# ------------------------------------------------------------------------------------------ derived
+def step_weight(spec: ModelDeploymentSpec, step: int) -> int:
+    """The weight the steps before `step` have set."""
+    weights = [s.setWeight for s in _steps(spec)[:step] if s.setWeight is not None]
+    return weights[-1] if weights else 0
+
+
+def _weight(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> int:
+    if st.canaryModel is None:
+        return 0
+    if any(PAUSE_REASONS.get(p.reason, PAUSE_REASONS["PausedByUser"]).drops_traffic for p in st.pauseConditions):
+        return 0
+    return step_weight(spec, st.currentStep)
+
+
+def _finish(run: _Pass, before_weight: int) -> None:
+    st = run.st
+    weight = _weight(run.spec, st)
+    if st.canaryModel is not None and not run.obs.canary_ready and weight > before_weight:
+        weight = before_weight  # traffic moves onto a canary only while it is Ready
+    promoted = st.canaryModel is None and "promote" in run.moves  # the canary became the stable: no weight moved
+    if weight != before_weight and not promoted:
+        run.event("WeightChanged", f"canary weight {before_weight} -> {weight}")
+    st.canaryWeight = weight
+    if state_of(st) is State.STABLE:
+        _stable_conditions(run)
+    if run.spec.rollout.analysis is not None:
+        for ar in st.analysisRuns:
+            _refresh(run.spec, ar)
+        nxt = _next_wake(run.spec, st)
+        if nxt is not None:
+            run.wake.append(nxt)
 
 
 def _deadline_applies(run: _Pass) -> bool:
-    st, ro = run.st, run.st.rollout
-    if ro.pausedReason in (*HUMAN_PAUSES, capacity_gate.REASON) or ro.bakeUntil:
+    st = run.st
+    if st.pauseConditions or st.rollout.bakeUntil:
         return False
-    step = _step(run.spec, st)
+    steps = _steps(run.spec)
+    step = steps[st.currentStep] if st.currentStep < len(steps) else None
     return not (step is not None and step.pause is not None and run.obs.canary_ready)
 
 
@@ -605,11 +1038,10 @@ def _deadline(run: _Pass) -> datetime:
 
 def _summary_conditions(run: _Pass) -> None:
     st = run.st
-    reason = st.rollout.pausedReason
-    paused = st.phase == "Paused" and bool(reason)
-    run.condition("Paused", paused, reason if paused and reason else "NotPaused", st.message if paused else "")
-    if st.phase in ("Progressing", "Promoting", "Paused") and st.canaryModel is not None:
-        why = "RolloutPaused" if st.phase == "Paused" else "RolloutInProgress"
+    pause = st.pauseConditions[0] if st.pauseConditions else None
+    run.condition("Paused", pause is not None, pause.reason if pause else "NotPaused", pause.message if pause else "")
+    if state_of(st) in (State.ROLLING, State.BAKING):
+        why = "RolloutPaused" if pause else "RolloutInProgress"
         run.condition("Progressing", True, why, st.message)
 
 
@@ -619,21 +1051,8 @@ def _requeue(run: _Pass) -> float | None:
     return max(0.0, (min(run.wake) - run.now).total_seconds())
 
 
-def _metric(run: _Pass, name: str) -> MetricSpec:
-    assert run.spec.rollout.analysis is not None
-    return next(m for m in run.spec.rollout.analysis.metrics if m.name == name)
-
-
-def _limit(default: int, override: int | None) -> int:
-    return default if override is None else override
-
-
-def _where(index: dict[str, int], name: str) -> str:
-    return f"spec.rollout.analysis.metrics[{index.get(name, '?')}]"
-
-
 def _fmt(value: float | None) -> str:
-    return "none" if value is None else f"{value:.6g}"
+    return "none" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
 
 
 def _result_text(r: MetricResult) -> str:

@@ -9,15 +9,12 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from typing import Literal
 
-from kanari.api.v1alpha1 import MetricResult, MetricSpec
+from kanari.api.v1alpha1 import MetricResult, MetricSpec, Verdict
 
 # Error messages that mean "Prometheus could not be asked" start with this; the engine pauses with
 # reason PrometheusUnavailable on them instead of blaming the query.
 UNAVAILABLE = "Prometheus unavailable"
-
-Verdict = Literal["Successful", "Failed", "Inconclusive", "Error"]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq, "!=": operator.ne,
@@ -47,6 +44,11 @@ def parse_condition(text: str) -> list[tuple[str, float]]:
     return out
 
 
+def fails(metric: MetricSpec, value: float) -> bool:
+    assert metric.failureCondition
+    return all(_OPS[op](value, bound) for op, bound in parse_condition(metric.failureCondition))
+
+
 def passes(metric: MetricSpec, value: float) -> bool:
     if metric.successCondition:
         return all(_OPS[op](value, bound) for op, bound in parse_condition(metric.successCondition))
@@ -62,14 +64,19 @@ def judge(
     min_samples: int | None,
     at: str,
     stable: float | None = None,
+    query: str = "",
 ) -> MetricResult:
-    """Verdict for one measurement. `min_samples` None: the metric has no sample query to check."""
+    """Verdict for one measurement. `min_samples` None: the metric opted out of the sample check
+    (minSampleCount: 0), which the message then says."""
     threshold = threshold_text(metric)
+    if metric.failureCondition:
+        threshold += f"; fails at {metric.failureCondition.strip()}"
+    clean_stable = None if stable is None or math.isnan(stable) else stable
 
     def result(verdict: Verdict, message: str, value: float | None = None) -> MetricResult:
         return MetricResult(
-            name=metric.name, value=value, threshold=threshold, verdict=verdict, sampleCount=samples,
-            message=f"{metric.name}: {message}", at=at,
+            name=metric.name, value=value, stableValue=clean_stable, threshold=threshold, verdict=verdict,
+            sampleCount=samples, query=query, message=f"{metric.name}: {message}", at=at,
         )
 
     if min_samples is not None and (samples is None or math.isnan(samples) or samples < min_samples):
@@ -80,13 +87,19 @@ def judge(
         return result("Inconclusive", "the query returned no data")
     if math.isnan(value):
         return result("Inconclusive", "the query returned NaN")
-    vs = f" (stable: {stable:.6g})" if stable is not None and not math.isnan(stable) else ""
+    vs = f" (stable: {clean_stable:.6g})" if clean_stable is not None else ""
+    vs += "; sample count not checked (minSampleCount: 0)" if min_samples is None else ""
+    if metric.failureCondition and fails(metric, value):
+        return result("Failed", f"value {value:.6g} meets failureCondition {metric.failureCondition.strip()}{vs}", value)
     if passes(metric, value):
-        return result("Successful", f"value {value:.6g} meets {threshold}{vs}", value)
+        return result("Successful", f"value {value:.6g} meets {threshold_text(metric)}{vs}", value)
+    if metric.failureCondition:
+        return result("Inconclusive", f"value {value:.6g} is between pass and fail ({threshold}){vs}", value)
     return result("Failed", f"value {value:.6g} breaches {threshold}{vs}", value)
 
 
-def error(metric: MetricSpec, message: str, at: str) -> MetricResult:
+def error(metric: MetricSpec, message: str, at: str, query: str = "") -> MetricResult:
     return MetricResult(
-        name=metric.name, threshold=threshold_text(metric), verdict="Error", message=f"{metric.name}: {message}", at=at
+        name=metric.name, threshold=threshold_text(metric), verdict="Error", query=query,
+        message=f"{metric.name}: {message}", at=at,
     )

@@ -110,8 +110,14 @@ elseif phase == "Paused" then
   hs.status = "Suspended"
   local why = ""
   local paused = condition(status, "Paused")
-  if status.rollout ~= nil and status.rollout.pausedReason ~= nil then
-    why = ": " .. status.rollout.pausedReason
+  -- pauseConditions (facts, newest reasons last); the Paused condition summarises the first of them.
+  if status.pauseConditions ~= nil and status.pauseConditions[1] ~= nil then
+    local pc = status.pauseConditions[1]
+    if pc.message ~= nil and pc.message ~= "" then
+      why = ": " .. pc.message
+    else
+      why = ": " .. pc.reason
+    end
   elseif paused ~= nil and paused.status == "True" then
     why = ": " .. describe(paused)
   end

@@ -1,0 +1,221 @@
+"""The headline guarantee, over random sequences of what users and the cluster do, through the controller's
+whole decision (reconcile) and a KServe stand-in that applies every InferenceService it emits:
+
+- no model reaches 100% of traffic unless it was first served as a canary at a weight strictly between 0
+  and 100. Excepted, as documented: the first model ever served, a model a person promoted by hand
+  (promote / promote-full), and strategies with no step strictly between 0 and 100 (AllAtOnce, and a
+  BlueGreen switch, which must follow a Ready preview);
+- scaling edits reach the InferenceService whatever the rollout did before (after a rollback included);
+- with no rollout in progress the InferenceService's template is the stable model (a rolled-back template
+  is never kept);
+- reconcile is idempotent: run again on its own output, it changes nothing and says nothing.
+
+CI runs it derandomized (the same sequences every run) for both deployment modes; KANARI_INVARIANT_EXAMPLES
+raises the count for a longer hunt.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kanari.api.v1alpha1 import ACTION_ANNOTATION, MetricResult, ModelDeploymentStatus, SpecError, parse_spec
+from kanari.controller.config import OperatorConfig
+from kanari.controller.reconcile import ClusterObservation, reconcile
+from kanari.rollout import engine
+
+from tests.controller.kserve_sim import KServeSim
+
+T0 = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+CONFIG = OperatorConfig(drift_monitor_url="http://drift.kanari:8080")
+EXAMPLES = int(os.environ.get("KANARI_INVARIANT_EXAMPLES", "800"))
+METRIC = {"name": "success-rate", "template": "request-success-rate", "thresholdRange": {"min": 0.99}}
+ROLLOUTS: list[dict[str, Any]] = [
+    {"steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 60}, {"pause": {"duration": "1m"}}],
+     "analysis": {"interval": "30s", "inconclusiveLimit": 1, "consecutiveErrorLimit": 1, "metrics": [METRIC]},
+     "progressDeadline": "5m"},
+    {"steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}, {"pause": {"duration": "2m"}}],
+     "analysis": {"interval": "30s", "background": {}, "metrics": [METRIC]}},
+    {"strategy": "Linear", "linear": {"stepWeight": 40, "interval": "1m"}},
+    {"strategy": "BlueGreen", "blueGreen": {"previewDuration": "1m", "bakeDuration": "1m"},
+     "analysis": {"interval": "30s", "metrics": [METRIC]}},
+    {"strategy": "AllAtOnce"},
+]
+VERSIONS = ("v1", "v2", "v3", "v4")
+ACTIONS = ("promote", "promote-full", "abort", "pause", "resume", "retry")
+
+# Weighted towards progress (KServe making things Ready, time passing, passing measurements), so that most
+# sequences take several models through whole rollouts, with edits and failures arriving in between.
+progress = st.one_of(
+    st.tuples(st.just("advance")),  # KServe makes things Ready, 31 s pass, a passing measurement if one is due
+    st.tuples(st.just("advance")),
+    st.tuples(st.just("kserve"), st.just(True)),
+    st.tuples(st.just("tick"), st.sampled_from((30, 61))),
+    st.tuples(st.just("measure"), st.just("Successful")),
+)
+op = st.one_of(
+    progress, progress, progress, progress, progress, progress, progress, progress,
+    # A model edit that may also fix an invalid spec: the old canary bypass ("invalid, then a valid edit with a
+    # new model went straight to 100%").
+    st.tuples(st.just("model"), st.sampled_from(VERSIONS), st.booleans()),
+    st.tuples(st.just("invalid"), st.sampled_from((True, False, False))),
+    st.tuples(st.just("suspend"), st.booleans()),
+    st.tuples(st.just("scale"), st.integers(0, 3)),
+    st.tuples(st.just("strategy"), st.integers(0, len(ROLLOUTS) - 1)),
+    st.tuples(st.just("action"), st.sampled_from(ACTIONS)),
+    st.tuples(st.just("kserve"), st.just(False)),
+    st.tuples(st.just("tick"), st.sampled_from((5, 400))),
+    st.tuples(st.just("measure"), st.sampled_from(("Failed", "Inconclusive", "Error"))),
+)
+
+
+class World:
+    def __init__(self, mode: str, broken: set[str]):
+        self.mode = mode
+        self.kserve = KServeSim(mode, broken={f"s3://models/fraud/{v}" for v in broken})
+        self.version, self.rollout, self.min_replicas = "v1", 0, 1
+        self.invalid = self.suspend = False
+        self.status: dict[str, Any] = {}
+        self.generation = 1
+        self.annotations: dict[str, str] = {}
+        self.now = T0
+        self.nonce = 0
+        # What traffic has shown so far.
+        self.full: set[str] = set()  # models that have had 100%
+        self.partial: set[str] = set()  # models served at 0 < weight < 100
+        self.previewed: set[str] = set()  # models seen as a Ready canary/preview template
+        self.exempt: set[str] = set()  # models promoted by hand, or by a strategy without partial weights
+
+    def spec(self) -> dict[str, Any]:
+        serving: dict[str, Any] = {"accelerator": "cpu", "deploymentMode": self.mode,
+                                   "minReplicas": self.min_replicas, "maxReplicas": 3}
+        if self.invalid:
+            serving.update(minReplicas=3, maxReplicas=1)
+        return {"model": {"storageUri": f"s3://models/fraud/{self.version}", "format": "sklearn"},
+                "serving": serving, "rollout": ROLLOUTS[self.rollout], "suspend": self.suspend}
+
+    def body(self) -> dict[str, Any]:
+        return {"apiVersion": "kanari.dev/v1alpha1", "kind": "ModelDeployment",
+                "metadata": {"name": "fraud", "namespace": "ml", "uid": "uid-1", "generation": self.generation,
+                             "annotations": dict(self.annotations)},
+                "spec": self.spec(), "status": self.status}
+
+    def edit(self, **changes: Any) -> None:
+        for k, v in changes.items():
+            setattr(self, k, v)
+        self.generation += 1
+
+    def measurement(self, verdict: str) -> list[MetricResult] | None:
+        try:
+            spec = parse_spec(self.spec())
+        except SpecError:
+            return None
+        due = engine.due_metrics(spec, ModelDeploymentStatus.model_validate(self.status), self.now)
+        if not due:
+            return None
+        value = {"Successful": 0.999, "Failed": 0.5}.get(verdict)
+        return [MetricResult(name=n, verdict=verdict, value=value, sampleCount=500,  # type: ignore[arg-type]
+                             message=f"{n}: {verdict}") for n in due]
+
+    def reconcile(self, measurement: list[MetricResult] | None = None) -> None:
+        obs = ClusterObservation(now=self.now, isvc=self.kserve.isvc, measurement=measurement)
+        out = reconcile(self.body(), obs, CONFIG)
+        stored = out.status.model_dump(mode="json", exclude={"retraining"})
+        again = reconcile({**self.body(), "status": stored}, obs, CONFIG)
+        assert again.status.model_dump(mode="json", exclude={"retraining"}) == stored, "reconcile is not idempotent"
+        assert again.events == [], f"a repeated reconcile emitted {again.events}"
+        assert again.isvc == out.isvc
+        before = (self.status.get("stableModel") or {}).get("storageUri")
+        self.status = stored
+        model = f"s3://models/fraud/{self.version}"
+        if any(e.reason == "ActionConsumed" and "=promote" in e.message for e in out.events):
+            self.exempt.add(model)
+        after = (stored.get("stableModel") or {}).get("storageUri")
+        if stored.get("canaryModel") and stored.get("canaryWeight") == 100:
+            after = stored["canaryModel"]["storageUri"]  # all traffic to the canary (AllAtOnce, BlueGreen bake)
+        if before and after != before and after not in self.partial:
+            # How the promotion was decided, whatever the spec says by the time KServe applies it.
+            steps = parse_spec({**self.spec(), "serving": {"accelerator": "cpu"}}).rollout.effective_steps()
+            if not any(s.setWeight is not None and 0 < s.setWeight < 100 for s in steps):
+                if ROLLOUTS[self.rollout].get("strategy") == "BlueGreen":
+                    assert after in self.previewed, f"BlueGreen switched to {after} without a Ready preview"
+                self.exempt.add(after)
+        self.kserve.apply(out.isvc)
+        self.check_desired(out.isvc)
+
+    def check_desired(self, isvc: dict[str, Any] | None) -> None:
+        if isvc is None or self.invalid or self.suspend:
+            return
+        preds = [isvc["spec"]["predictor"]] + [c["predictor"] for c in isvc["spec"].get("canary") or []]
+        for p in preds:
+            assert (p["minReplicas"], p["maxReplicas"]) == (self.min_replicas, 3), "a scaling edit was not applied"
+        st_ = ModelDeploymentStatus.model_validate(self.status)
+        if st_.canaryModel is None and st_.stableModel is not None:
+            assert isvc["spec"]["predictor"]["model"]["storageUri"] == st_.stableModel.storageUri, \
+                "no rollout in progress, yet the template is not the stable model"
+            assert "canary" not in isvc["spec"]
+
+    def observe_traffic(self) -> None:
+        traffic = self.kserve.traffic()
+        assert sum(traffic.values()) in (0, 100), traffic
+        preview = self.kserve.ready_preview()
+        if preview is not None:
+            self.previewed.add(preview)
+        for model, pct in traffic.items():
+            if 0 < pct < 100:
+                self.partial.add(model)
+            if pct == 100 and model not in self.full:
+                allowed = not self.full or model in self.partial or model in self.exempt  # first model: nothing before
+
+                assert allowed, (f"{model} reached 100% without being a canary between 0 and 100% "
+                                 f"(ever full: {sorted(self.full)}, partial: {sorted(self.partial)})")
+                self.full.add(model)
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+def test_no_model_takes_all_traffic_without_its_canary(mode: str) -> None:
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(broken=st.sets(st.sampled_from(VERSIONS[1:]), max_size=2), ops=st.lists(op, min_size=20, max_size=100))
+    def run(broken: set[str], ops: list[tuple[Any, ...]]) -> None:
+        w = World(mode, broken)
+        w.reconcile()
+        w.kserve.settle(ready=True)
+        w.observe_traffic()
+        for o in ops:
+            measurement = None
+            kind = o[0]
+            if kind == "model":
+                w.edit(version=o[1], invalid=w.invalid and not o[2])
+            elif kind == "invalid":
+                w.edit(invalid=o[1])
+            elif kind == "suspend":
+                w.edit(suspend=o[1])
+            elif kind == "scale":
+                w.edit(min_replicas=o[1])
+            elif kind == "strategy":
+                w.edit(rollout=o[1])
+            elif kind == "action":
+                w.nonce += 1
+                w.annotations[ACTION_ANNOTATION] = f"{o[1]}/{w.nonce}"
+            elif kind == "tick":
+                w.now += timedelta(seconds=o[1])
+            elif kind == "measure":
+                measurement = w.measurement(o[1])
+            elif kind == "advance":
+                w.kserve.settle(ready=True)
+                w.observe_traffic()
+                w.reconcile()
+                w.now += timedelta(seconds=31)
+                measurement = w.measurement("Successful")
+            if kind == "kserve":
+                w.kserve.settle(ready=o[1])
+                w.observe_traffic()
+            w.reconcile(measurement)
+            w.observe_traffic()
+
+    run()

@@ -1,0 +1,120 @@
+"""Every shipped sample's analysis, against a real Prometheus: it passes for a healthy canary and fails for a
+broken one (the queries are the sample's own, for its deployment mode's real metric names)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kanari.api.v1alpha1 import ModelDeploymentSpec, parse_model_deployment
+from kanari.capacity.cost import COST_TEMPLATES, runtime_tag
+from kanari.rollout import analysis
+from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
+from rollout_promlib import RawPod, ServerlessExporter, Traffic
+
+from devstack.neuron_monitor import NeuronMonitorStandIn
+from devstack.stack import start_prometheus
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "samples").glob("*.yaml"))
+STABLE, CANARY = "rev-stable", "rev-canary"
+
+
+def sample(path: Path) -> tuple[str, ModelDeploymentSpec]:
+    md = parse_model_deployment(yaml.safe_load(path.read_text()))
+    return md.metadata.namespace, md.spec
+
+
+def test_every_sample_with_a_rollout_analysis_is_covered():
+    analysed = [p.name for p in SAMPLES if sample(p)[1].rollout.analysis]
+    assert len(analysed) >= 3, analysed
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Exporters for each sample (healthy and broken variants, in their own namespaces) and one Prometheus."""
+    sinks: dict[tuple[str, str], dict[str, Any]] = {}
+    closers: list[Any] = []
+    targets = []
+    for path in SAMPLES:
+        ns, spec = sample(path)
+        if spec.rollout.analysis is None:
+            continue
+        for health in ("healthy", "broken"):
+            key = (path.name, health)
+            namespace = f"{ns}-{health}"
+            if spec.serving.deploymentMode == "RawDeployment":
+                pods = {rev: RawPod(namespace, rev, "m") for rev in (STABLE, CANARY)}
+                targets += [p.target for p in pods.values()]
+                closers += pods.values()
+                sinks[key] = {"namespace": namespace, "sinks": pods, "drift": None}
+            else:
+                exp = ServerlessExporter(namespace)
+                targets += exp.targets()
+                closers.append(exp)
+                sinks[key] = {"namespace": namespace, "sinks": {STABLE: exp, CANARY: exp}, "drift": exp}
+            if any(m.template in COST_TEMPLATES for m in spec.rollout.analysis.metrics):
+                # Cost per 1,000: the NeuronCores each revision holds, as neuron-monitor reports them.
+                monitor = NeuronMonitorStandIn("inf2.xlarge")
+                for rev in (STABLE, CANARY):
+                    monitor.set_runtime(runtime_tag(namespace, path.stem, rev), cores=2)
+                targets.append(monitor.target(f"neuron-monitor-{namespace}"))
+                closers.append(monitor)
+    prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=targets)
+    yield prom, sinks
+    prom.stop()
+    for c in closers:
+        c.close()
+
+
+@pytest.mark.parametrize("health", ["healthy", "broken"])
+@pytest.mark.parametrize("path", [p for p in SAMPLES if sample(p)[1].rollout.analysis], ids=lambda p: p.name)
+def test_sample_analysis_against_real_prometheus(world, path: Path, health: str) -> None:
+    prom_proc, sinks = world
+    ns, spec = sample(path)
+    setup = sinks[(path.name, health)]
+    namespace, name = setup["namespace"], path.stem
+    traffic = Traffic(setup["sinks"], STABLE, CANARY, rps=300)
+    traffic.canary_weight = 50
+    if health == "broken":
+        traffic.behaviour[CANARY].error_ratio = 0.4
+        traffic.behaviour[CANARY].latency = 0.9
+    if setup["drift"] is not None:  # the drift monitor's gauges, as it would publish them
+        gauges = setup["drift"]
+        md_name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        gauges.divergence.labels(namespace, md_name, "psi").set(0.6 if health == "broken" else 0.02)
+        for endpoint in ("default", "canary"):
+            gauges.window.labels(namespace, md_name, endpoint).set(800)
+        name = md_name
+    traffic.start()
+    variables = {"namespace": namespace, "name": name, "stableRevision": STABLE, "canaryRevision": CANARY,
+                 "stableTag": runtime_tag(namespace, name, STABLE), "canaryTag": runtime_tag(namespace, name, CANARY)}
+
+    async def go():
+        async with PrometheusClient(PrometheusConfig(url=prom_proc.url)) as prom:
+            end = time.monotonic() + 40
+            results = []
+            while time.monotonic() < end:
+                await asyncio.sleep(1.0)
+                results = await analysis.measure(spec, variables, prom, datetime.now(UTC))
+                # Enough scrapes for rate() and minSampleCount: every metric judged (Successful or Failed).
+                if all(r.verdict in ("Successful", "Failed") for r in results):
+                    return results
+            return results
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        traffic.stop()
+    verdicts = {r.name: r.verdict for r in results}
+    detail = "; ".join(r.message for r in results)
+    if health == "healthy":
+        assert set(verdicts.values()) == {"Successful"}, detail
+    else:
+        assert "Failed" in verdicts.values(), detail
+        assert "Inconclusive" not in verdicts.values() and "Error" not in verdicts.values(), detail
