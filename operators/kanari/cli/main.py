@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "kanari.cli.rollout",
     "kanari.cli.drift",
     "kanari.cli.pipeline",
+    "kanari.dashboard.cli",
 )
 
 
