@@ -13,6 +13,9 @@ COMMAND_MODULES = (
     "kanari.cli.rollout",
     "kanari.cli.drift",
     "kanari.cli.pipeline",
+    "kanari.dashboard.cli",
+    "kanari.cli.lineage",
+    "kanari.cli.iam",
 )
 
 

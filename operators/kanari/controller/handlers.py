@@ -19,7 +19,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from kanari import observability
+from kanari import notify, observability
 from kanari.api import v1alpha1 as api
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, SpecError, parse_spec
 from kanari.capacity.cost import measure_revision_costs
@@ -334,6 +334,7 @@ async def reconcile_once(
         version = (written.get("metadata") or {}).get("resourceVersion")
     for ev in desired.events:
         kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+    notify.publish(namespace, name, desired.status, desired.events)  # queued, never waited for
     observability.observe(namespace, name, desired.status)
     delay = desired.requeue_after if desired.requeue_after is not None else rt.config.resync_seconds
     return delay, version
