@@ -91,7 +91,7 @@ def test_full_cluster_waits_in_capacity_pending_and_resumes_when_the_limit_is_ra
         status = d.status
         events += [e.reason for e in d.events]
         now += timedelta(seconds=15)
-    assert status.phase == "Paused" and "CapacityPending" in [p.reason for p in status.pauseConditions]
+    assert status.phase == "Paused" and [p.reason for p in status.pauseConditions] == ["CapacityPending"]
     assert status.canaryWeight == 0 and "RolledBack" not in events and events.count("CapacityPending") == 1
     cond = next(c for c in status.conditions if c.type == "CapacityAvailable")
     assert cond.status == "False"
@@ -178,7 +178,7 @@ def test_replace_waits_when_a_step_outgrows_the_floor() -> None:
         status = run(v2, status, cluster, now).status
         cluster.converge(status, v2)
         now += timedelta(seconds=15)
-    assert status.canaryWeight == 50 and "CapacityPending" in [p.reason for p in status.pauseConditions]
+    assert status.canaryWeight == 50 and [p.reason for p in status.pauseConditions] == ["CapacityPending"]
     assert "keeps at least 2 stable replica(s)" in status.message and len(cluster.stable) == 3
 
 
@@ -193,7 +193,7 @@ def test_surge_on_the_same_cluster_waits() -> None:
         now += timedelta(seconds=15)
     # Weight 25 would fit (one replica) but weight 100 never could (four): it does not start, so it holds
     # no NeuronCores another rollout could finish with.
-    assert status.canaryWeight == 0 and "CapacityPending" in [p.reason for p in status.pauseConditions]
+    assert status.canaryWeight == 0 and [p.reason for p in status.pauseConditions] == ["CapacityPending"]
     assert len(cluster.stable) == 4 and cluster.canary == [] and "peak (weight 100)" in status.message
 
 

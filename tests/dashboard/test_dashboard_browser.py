@@ -231,7 +231,7 @@ def test_scorecard_shows_the_failing_metric_after_a_rollback(stack: Stack, brows
         "strategy": "Canary", "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 50},
                                         {"pause": {"duration": "4s"}}, {"analysis": {}}, {"setWeight": 100}],
         "analysis": {"interval": "1s", "count": 1, "metrics": [
-            {"name": "success-rate", "query": query, "thresholdRange": {"min": 0.95}}]},
+            {"name": "success-rate", "query": query, "minSampleCount": 0, "thresholdRange": {"min": 0.95}}]},
     })
     wait_for(lambda: kube.md("ml-prod", "fraud-b")["status"].get("canaryWeight") == 50, "the first analysis to pass", 40)
     # Then it drops; the pause before the second analysis lets Prometheus scrape it (every second).

@@ -74,7 +74,8 @@ def test_rollback_message_names_the_failing_metric_and_value(stack: Stack) -> No
     query = 'max(kanari_test_success_rate{namespace="{{namespace}}", revision="{{canaryRevision}}"})'
     start(stack, "notify-b", {"strategy": "Canary", "steps": [{"setWeight": 20}, {"analysis": {}}, {"setWeight": 100}],
                               "analysis": {"interval": "1s", "count": 1, "metrics": [
-                                  {"name": "success-rate", "query": query, "thresholdRange": {"min": 0.95}}]}})
+                                  {"name": "success-rate", "query": query, "minSampleCount": 0,
+                                   "thresholdRange": {"min": 0.95}}]}})
     wait_for(lambda: stack.kube.md("ml-prod", "notify-b")["status"].get("phase") == "RolledBack", "notify-b rolled back", 40)
     got = check_one_per_event(stack, "notify-b")
     rb = next(b for b in got if b["kind"] == "rolled_back")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.operator.harness import ISVC, condition, wait_for
+from tests.operator.harness import ISVC, MD, condition, wait_for
 
 V1 = "s3://models/fraud/v1/model.tar.gz"
 V2 = "s3://models/fraud/v2/model.tar.gz"
@@ -137,3 +137,11 @@ def test_unreachable_prometheus_never_promotes(env: Any) -> None:
     time.sleep(1.2)  # a resync later, the rollback holds: two writes (pin, unpin), no flapping
     patches = [c for c in env.cluster.calls() if c.by_operator and c.on(ISVC, name) and c.verb == "patch"]
     assert len(patches) == changes_before + 2
+
+    # Settled: resyncs write nothing, although the stored analysis runs hold measurements with no value (nulls
+    # inside lists, which a merge patch keeps).
+    settled = time.monotonic()
+    time.sleep(2.5)
+    writes = [c for c in env.cluster.calls(settled) if c.by_operator and c.verb in ("patch", "create")
+              and (c.on(ISVC, name) or c.on(MD, name, subresource="status"))]
+    assert writes == [], [(c.plural, c.subresource) for c in writes]

@@ -90,5 +90,13 @@ def test_controller_metrics_count_each_promotion_and_rollback_once():
     assert 'kanari_promotions_total{name="obs-test",namespace="ml"} 1.0' in text
     assert 'kanari_modeldeployment_phase{kanari_modeldeployment_phase="Succeeded",name="obs-test",namespace="ml"} 1.0' in text
     assert 'kanari_canary_weight_percent{name="obs-test",namespace="ml"} 0.0' in text
-    observability.forget("ml", "obs-test")
+    measured = ModelDeploymentStatus.model_validate({**rolling.model_dump(mode="json"), "analysisRuns": [
+        {"name": "step-1", "revision": "b2", "step": 1, "metrics": [{"name": "success-rate", "measurements": [
+            {"phase": "Successful", "value": 0.97, "finishedAt": "2026-03-01T12:00:00Z"},
+            {"phase": "Failed", "value": 0.42, "finishedAt": "2026-03-01T12:01:00Z"}]}]}]})
+    observability.observe("ml", "obs-test", measured)
+    text = generate_latest(observability.REGISTRY).decode()
+    assert 'kanari_analysis_value{metric="success-rate",name="obs-test",namespace="ml"} 0.42' in text
+    assert 'kanari_analysis_verdict{kanari_analysis_verdict="Failed",metric="success-rate",name="obs-test",namespace="ml"} 1.0' in text
+    observability.forget("ml", "obs-test", ("success-rate",))
     assert 'name="obs-test"' not in generate_latest(observability.REGISTRY).decode()

@@ -328,8 +328,9 @@ async def reconcile_once(
     elif desired.delete_prometheus_rule:
         new_status["driftRule"] = None  # deleted: not to be deleted again at every resync
     version = meta.get("resourceVersion")
-    # Compared as stored: a merge patch deletes null fields, so they are never read back.
-    if any(snapshot["status"].get(k) != _without_nulls(v) for k, v in new_status.items()):
+    # Compared without nulls on both sides: a merge patch deletes null fields, and an API server may keep or prune
+    # the nulls inside lists (a measurement with no value): either way they are not a change.
+    if any(_without_nulls(snapshot["status"].get(k)) != _without_nulls(v) for k, v in new_status.items()):
         written = await rt.kube.patch_status(namespace, name, new_status)
         version = (written.get("metadata") or {}).get("resourceVersion")
     for ev in desired.events:

@@ -69,9 +69,12 @@ PAUSE_REASONS: dict[str, PauseReason] = {
     # consecutiveErrorLimit in a row roll back.
     "PrometheusUnavailable": PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
     "AnalysisError": PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
-    # Not enough NeuronCores for the canary's next replicas (kanari.capacity): cleared by itself when there are.
+    # Not enough NeuronCores for the next weight (kanari.capacity): re-checked, cleared once the room is there.
     capacity_gate.REASON: PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
 }
+# Pauses the step loop itself re-examines each pass (a timed pause step ends, capacity turns up); every other
+# reason holds the rollout where it is until it is cleared.
+SELF_CHECKED = ("PauseStep", capacity_gate.REASON)
 ERROR_PAUSES = ("PrometheusUnavailable", "AnalysisError")
 
 
@@ -663,9 +666,11 @@ def _advance(run: _Pass, full: bool) -> None:
     # Each pass of the loop returns or moves currentStep forward.
     while True:
         _ensure_background(run)
-        if run.obs.capacity is not None and not _waiting_for_person(st) and not _capacity_admits(run, steps):
+        if run.obs.capacity is None and _paused(st, capacity_gate.REASON):
+            st.pauseConditions = [p for p in st.pauseConditions if p.reason != capacity_gate.REASON]  # no longer gated
+        if any(p.reason not in SELF_CHECKED for p in st.pauseConditions):
             return
-        if any(p.reason != "PauseStep" for p in st.pauseConditions):
+        if run.obs.capacity is not None and not _capacity_admits(run, steps):
             return
         if not run.obs.canary_ready:
             assert st.canaryModel is not None
@@ -711,28 +716,20 @@ def _advance(run: _Pass, full: bool) -> None:
         _next_step(run, "analysis passed")
 
 
-def _waiting_for_person(st: ModelDeploymentStatus) -> bool:
-    return any(
-        p.reason != "PauseStep" and PAUSE_REASONS.get(p.reason, PAUSE_REASONS["PausedByUser"]).waits_for_person
-        for p in st.pauseConditions
-    )
-
-
 def _capacity_admits(run: _Pass, steps: list[CanaryStep]) -> bool:
     """Size the canary for the weight about to be set; wait (never fail) while the NeuronCores are not there."""
     st = run.st
     assert run.obs.capacity is not None
-    current = _weight(run.spec, st)
-    target = capacity_gate.next_weight(steps, st.currentStep, current)
-    peak = capacity_gate.peak_weight(steps, st.currentStep, current)
-    result = capacity_gate.check(run.spec, st.model_copy(update={"canaryWeight": current}), run.obs.capacity, target, peak)
+    st.canaryWeight = _weight(run.spec, st)  # where the steps taken so far (this pass included) have put it
+    target = capacity_gate.next_weight(steps, st.currentStep, st.canaryWeight)
+    peak = capacity_gate.peak_weight(steps, st.currentStep, st.canaryWeight)
+    result = capacity_gate.check(run.spec, st, run.obs.capacity, target, peak)
     st.capacity = result.status
     recheck = run.now + timedelta(seconds=run.obs.capacity.recheck_seconds)
     if not result.admitted:
-        if _add_pause(run, capacity_gate.REASON, result.message):
+        if _add_pause(run, capacity_gate.REASON, f"step {st.currentStep}: waiting for NeuronCores: {result.message}"):
             run.event(capacity_gate.REASON, f"step {st.currentStep}: {result.message}", True)
         run.condition("CapacityAvailable", False, capacity_gate.REASON, result.message)
-        run.note = f"step {st.currentStep}: waiting for NeuronCores: {result.message}"
         run.wake.append(recheck)
         return False
     if _paused(st, capacity_gate.REASON):
