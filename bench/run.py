@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "pipeline": [PY, "bench/pipeline_bench.py"],
     "operator": [PY, "bench/operator_bench.py"],
     "capacity": [PY, "bench/capacity_bench.py"],
+    "monitor": [PY, "bench/monitor_load.py"],
     # Drift compares against Evidently and alibi-detect, installed only in its own environment.
     "drift": ["bash", "bench/drift_env.sh"],
 }
