@@ -46,6 +46,10 @@ CAPACITY_NEEDED = Gauge(
 CAPACITY_FREE = Gauge(
     "kanari_capacity_free_neuroncores", "NeuronCores free for the rollout on existing nodes.", _MD, registry=REGISTRY
 )
+COST_PER_1K = Gauge(
+    "kanari_cost_per_1k_inferences", "USD per 1,000 inferences of each served revision (NeuronCore-seconds x price).",
+    (*_MD, "revision", "role"), registry=REGISTRY,
+)
 RECONCILE_DURATION = Histogram(
     "kanari_reconcile_duration_seconds", "Time spent in one reconcile.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
@@ -58,6 +62,7 @@ RECONCILE_ERRORS = Counter(
 # so observing the same status again (every reconcile does) counts nothing twice.
 _LAST: dict[tuple[str, str], tuple[str, str | None, str | None]] = {}
 _ROLLBACK_REASONS: dict[tuple[str, str], set[str]] = {}
+_COST_LABELS: dict[tuple[str, str], set[tuple[str, str]]] = {}
 
 
 def observe(namespace: str, name: str, status: ModelDeploymentStatus) -> None:
@@ -75,6 +80,13 @@ def observe(namespace: str, name: str, status: ModelDeploymentStatus) -> None:
     CAPACITY_NEEDED.labels(namespace, name).set(cap.neededCores if live and cap else 0)
     CAPACITY_FREE.labels(namespace, name).set(cap.freeCores if live and cap else 0)
     key = (namespace, name)
+    costs = {(c.revision, c.role): c.costPer1kInferences for c in status.cost if c.costPer1kInferences is not None}
+    for gone in _COST_LABELS.get(key, set()) - set(costs):
+        with suppress(KeyError):
+            COST_PER_1K.remove(namespace, name, *gone)
+    for (revision, role), value in costs.items():
+        COST_PER_1K.labels(namespace, name, revision, role).set(value)
+    _COST_LABELS[key] = set(costs)
     now = (
         status.phase,
         status.stableModel.revision if status.stableModel else None,
@@ -108,6 +120,9 @@ def latest_measurements(status: ModelDeploymentStatus) -> dict[str, Measurement]
 def forget(namespace: str, name: str, metrics: tuple[str, ...] = ()) -> None:
     """Drop a deleted ModelDeployment's series (its analysis metric names in `metrics`)."""
     _LAST.pop((namespace, name), None)
+    for labels in _COST_LABELS.pop((namespace, name), set()):
+        with suppress(KeyError):
+            COST_PER_1K.remove(namespace, name, *labels)
     for reason in _ROLLBACK_REASONS.pop((namespace, name), set()):
         ROLLBACKS.remove(namespace, name, reason)
     for family in (PHASE, CANARY_WEIGHT, ROLLOUT_STEP, PROMOTIONS, CAPACITY_PENDING, CAPACITY_NEEDED, CAPACITY_FREE):

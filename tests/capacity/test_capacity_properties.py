@@ -182,3 +182,36 @@ def test_stable_floor_covers_the_stable_share(weight: int, floor: int) -> None:
     assert stable_floor(floor, weight) >= floor * (100 - weight) / 100
     assert stable_floor(floor, weight) <= floor
     assert math.ceil(floor * (100 - weight) / 100) == stable_floor(floor, weight)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.sampled_from(["Surge", "Replace"]),
+    st.lists(st.integers(8, 20), min_size=4, max_size=12),  # the NodePool limit (cores) over time, operators' edits
+    st.integers(0, 4),  # capacityFloor
+)
+def test_engine_never_fails_or_overcommits_whatever_the_limit_does(policy: str, limits: list[int], floor: int) -> None:
+    """Random NodePool limits while a rollout runs: it waits or moves, is never rolled back for capacity, never
+    needs a node past the limit of the moment, and finishes once the limit has room for it."""
+    from datetime import timedelta
+
+    from tests.capacity.test_capacity_rollout import Cluster, deployed, inf2_spec, run
+    from tests.rollout.rollout_testlib import T0
+
+    steps = [{"setWeight": w} for w in (25, 50, 75, 100)]
+    v1 = inf2_spec("v1", policy=policy, steps=steps, capacityFloor=floor)
+    v2 = inf2_spec("v2", policy=policy, steps=steps, capacityFloor=floor)
+    cluster = Cluster(limit=limits[0], nodes=4, stable=4)
+    status = deployed(v1)
+    now = T0
+    for limit in [*limits, 16, 16, 16, 16]:  # an operator finally makes room for a second fleet
+        cluster.limit = limit  # may be below what is provisioned: then nothing more is launched
+        for _ in range(6):
+            d = run(v2, status, cluster, now)
+            status = d.status
+            assert status.phase != "RolledBack", status.message
+            cluster.converge(status, v2)  # raises if a plan needed a node beyond the limit
+            if status.canaryModel is not None and policy == "Replace":
+                assert len(cluster.stable) * 100 >= floor * (100 - status.canaryWeight)
+            now += timedelta(seconds=15)
+    assert status.phase == "Succeeded", status.message

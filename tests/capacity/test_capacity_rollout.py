@@ -95,7 +95,8 @@ def test_full_cluster_waits_in_capacity_pending_and_resumes_when_the_limit_is_ra
     assert status.canaryWeight == 0 and "RolledBack" not in events and events.count("CapacityPending") == 1
     cond = next(c for c in status.conditions if c.type == "CapacityAvailable")
     assert cond.status == "False"
-    assert "needs 2 more NeuronCores" in cond.message and "limit 8" in cond.message and "free 0" in cond.message
+    # Surge starts a rollout only when its peak (weight 100: 4 more replicas) fits, so it can finish.
+    assert "needs 8 more NeuronCores" in cond.message and "limit 8" in cond.message and "free 0" in cond.message
     assert status.capacity is not None and status.capacity.pending and status.capacity.canaryReplicas == 0
     # No canary pod exists while it waits: it could only sit Pending.
     assert capacity_isvc.hold_canary(status)
@@ -190,9 +191,10 @@ def test_surge_on_the_same_cluster_waits() -> None:
         status = run(v2, status, cluster, now).status
         cluster.converge(status, v2)
         now += timedelta(seconds=15)
-    # Weight 25 fits (one replica); weight 50 needs a second one and waits for it.
-    assert status.canaryWeight == 25 and [p.reason for p in status.pauseConditions] == ["CapacityPending"]
-    assert len(cluster.stable) == 4
+    # Weight 25 would fit (one replica) but weight 100 never could (four): it does not start, so it holds
+    # no NeuronCores another rollout could finish with.
+    assert status.canaryWeight == 0 and [p.reason for p in status.pauseConditions] == ["CapacityPending"]
+    assert len(cluster.stable) == 4 and cluster.canary == [] and "peak (weight 100)" in status.message
 
 
 def test_unknown_capacity_waits_rather_than_guessing() -> None:
@@ -201,4 +203,28 @@ def test_unknown_capacity_waits_rather_than_guessing() -> None:
     obs = RolloutObservation(now=T0, desired=ref(v2), stable_ready=True, canary_ready=True,
                              capacity=CapacityView(room=None, error="nodepools.karpenter.sh is forbidden"))
     d = decide(v2, status, obs, 3)
-    assert [p.reason for p in d.status.pauseConditions] == ["CapacityPending"] and "forbidden" in d.status.message
+    assert "CapacityPending" in [p.reason for p in d.status.pauseConditions] and "forbidden" in d.status.message
+
+
+def test_neuron_predictors_carry_their_runtime_tag_and_stay_valid_inferenceservices() -> None:
+    from kanari.api.v1alpha1 import ModelDeployment, ObjectMeta
+    from kanari.controller import inferenceservice
+    from kanari.controller.config import OperatorConfig
+    from kanari.controller.serving_runtime import RuntimeChoice
+
+    from tests.support.schemas import validate_custom
+
+    v1, v2 = inf2_spec("v1"), inf2_spec("v2")
+    status = deployed(v1)
+    cluster = Cluster(limit=64, nodes=8, stable=4)
+    status = run(v2, status, cluster, T0).status
+    md = ModelDeployment(metadata=ObjectMeta(name="llm", namespace="ml"), spec=v2, status=status)
+    built = inferenceservice.build(md, stable=status.stableModel, canary=status.canaryModel, canary_weight=25,
+                                   runtime=RuntimeChoice("kanari-neuron", "pytorch-neuronx"), config=OperatorConfig())
+    out = capacity_isvc.tag_neuron_runtimes(capacity_isvc.size(built, v2, status), v2)
+    assert out is not None
+    validate_custom(out)
+    assert status.stableModel is not None and status.canaryModel is not None
+    tags = [out["spec"]["predictor"]["model"]["env"], out["spec"]["canary"][0]["predictor"]["model"]["env"]]
+    assert tags == [[{"name": "NEURON_PROCESS_TAG", "value": f"ml.llm.{status.stableModel.revision}"}],
+                    [{"name": "NEURON_PROCESS_TAG", "value": f"ml.llm.{status.canaryModel.revision}"}]]

@@ -124,3 +124,20 @@ def test_price_table() -> None:
                        ("{", "KANARI_NEURON_PRICES"), ('{"inf2.xlarge": "cheap"}', "inf2.xlarge")):
         with pytest.raises(PriceTableError, match=field):
             parse_price_table(bad)
+
+
+def test_planned_pods_not_created_yet_take_room_from_other_rollouts() -> None:
+    from kanari.capacity.cluster import with_demand
+    from kanari.capacity.observer import Plan, outstanding
+
+    cluster = observe([], [], [node("a", "inf2.xlarge"), node("b", "inf2.xlarge")], [])
+    plans = {("ml", "one"): Plan("ml", "r1", INF2, 2, 1), ("ml", "two"): Plan("ml", "r2", INF2, 2, 1)}
+    # "one" was admitted a replica on the last pass; its pod does not exist yet. "two" sees one node left.
+    assert room_for(with_demand(cluster, outstanding(plans, [], ("ml", "two"))), INF2, 2).slots == 1
+    # Once "one"'s pod exists it is counted as a pod (on its node), not twice.
+    bound = pod("one-0", 2, "a")
+    bound["metadata"]["labels"] = {"kanari.dev/revision": "r1"}
+    cluster = observe([], [], [node("a", "inf2.xlarge"), node("b", "inf2.xlarge")], [bound])
+    assert room_for(with_demand(cluster, outstanding(plans, [bound], ("ml", "two"))), INF2, 2).slots == 1
+    # A rollout never competes with its own plan.
+    assert outstanding(plans, [], ("ml", "one")) == [(INF2, 2)]

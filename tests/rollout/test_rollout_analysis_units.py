@@ -71,7 +71,8 @@ def test_variables_come_from_the_inference_service_in_serverless_mode():
     assert variables("ml", "fraud", spec, status)["canaryRevision"] == "", "unknown stays empty, never guessed"
     raw = make_spec("v2", serving={"accelerator": "cpu", "deploymentMode": "RawDeployment"})
     assert variables("ml", "fraud", raw, status) == {"namespace": "ml", "name": "fraud", "canaryRevision": "b2",
-                                                      "stableRevision": "a1"}
+                                                      "stableRevision": "a1", "canaryTag": "ml.fraud.b2",
+                                                      "stableTag": "ml.fraud.a1"}
 
 
 def test_controller_metrics_count_each_promotion_and_rollback_once():

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 import yaml
 from kanari.api.v1alpha1 import ModelDeploymentSpec, parse_model_deployment
+from kanari.capacity.cost import COST_TEMPLATES, runtime_tag
 from kanari.rollout import analysis
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 from rollout_promlib import RawPod, ServerlessExporter, Traffic
 
+from devstack.neuron_monitor import NeuronMonitorStandIn
 from devstack.stack import start_prometheus
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
@@ -56,6 +58,13 @@ def world(tmp_path_factory):
                 targets += exp.targets()
                 closers.append(exp)
                 sinks[key] = {"namespace": namespace, "sinks": {STABLE: exp, CANARY: exp}, "drift": exp}
+            if any(m.template in COST_TEMPLATES for m in spec.rollout.analysis.metrics):
+                # Cost per 1,000: the NeuronCores each revision holds, as neuron-monitor reports them.
+                monitor = NeuronMonitorStandIn("inf2.xlarge")
+                for rev in (STABLE, CANARY):
+                    monitor.set_runtime(runtime_tag(namespace, path.stem, rev), cores=2)
+                targets.append(monitor.target(f"neuron-monitor-{namespace}"))
+                closers.append(monitor)
     prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=targets)
     yield prom, sinks
     prom.stop()
@@ -83,7 +92,8 @@ def test_sample_analysis_against_real_prometheus(world, path: Path, health: str)
             gauges.window.labels(namespace, md_name, endpoint).set(800)
         name = md_name
     traffic.start()
-    variables = {"namespace": namespace, "name": name, "stableRevision": STABLE, "canaryRevision": CANARY}
+    variables = {"namespace": namespace, "name": name, "stableRevision": STABLE, "canaryRevision": CANARY,
+                 "stableTag": runtime_tag(namespace, name, STABLE), "canaryTag": runtime_tag(namespace, name, CANARY)}
 
     async def go():
         async with PrometheusClient(PrometheusConfig(url=prom_proc.url)) as prom:

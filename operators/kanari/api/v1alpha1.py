@@ -119,6 +119,23 @@ class ModelSource(_Model):
 
 
 # -------------------------------------------------------------------------------------------- serving
+class AutoscalingSpec(_Model):
+    """Scale replicas on NeuronCore utilisation (neuron-monitor) instead of request concurrency.
+
+    Rendered as KServe's own predictor `autoScaling` with an External Prometheus metric, scaled by KEDA
+    (annotation serving.kserve.io/autoscalerClass: keda): RawDeployment only. Serverless revisions are
+    scaled by Knative's autoscaler, which knows concurrency and requests per second, not NeuronCores.
+    """
+
+    neuronCoreUtilization: float = Field(
+        gt=0, le=1, description="Target average utilisation of a replica's NeuronCores (0..1], e.g. 0.7."
+    )
+    prometheusUrl: str | None = Field(
+        default=None, pattern=r"^https?://.+",
+        description="Prometheus KEDA queries; default: the operator's (KANARI_PROMETHEUS_URL).",
+    )
+
+
 class ServingSpec(_Model):
     """Where and how the model runs."""
 
@@ -152,6 +169,9 @@ class ServingSpec(_Model):
             "Replace (RawDeployment): stable replicas are given up as the canary grows, never below capacityFloor."
         ),
     )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Scale on NeuronCore utilisation (RawDeployment on inferentia2)."
+    )
     capacityFloor: int | None = Field(
         default=None, ge=0, le=1000,
         description="Replicas the traffic needs (Replace never serves with fewer); default: the running stable fleet.",
@@ -162,6 +182,11 @@ class ServingSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _rule("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas", ".maxReplicas"),
+                _rule(
+                    "!has(self.autoscaling) || (self.deploymentMode == 'RawDeployment' && self.accelerator == 'inferentia2')",
+                    "autoscaling on NeuronCore utilisation needs deploymentMode RawDeployment and accelerator inferentia2",
+                    ".autoscaling",
+                ),
                 _rule(
                     "self.capacityPolicy != 'Replace' || self.deploymentMode == 'RawDeployment'",
                     "capacityPolicy Replace needs deploymentMode RawDeployment (Knative sizes Serverless revisions)",
@@ -198,6 +223,11 @@ class ServingSpec(_Model):
             raise ValueError(f"gpus: needs accelerator gpu, not {self.accelerator}")
         if self.accelerator == "inferentia2" and self.instanceType and not self.instanceType.startswith("inf2."):
             raise ValueError(f"instanceType: {self.instanceType} is not an inf2 type (accelerator inferentia2)")
+        if self.autoscaling is not None and (self.deploymentMode != "RawDeployment" or self.accelerator != "inferentia2"):
+            raise ValueError(
+                "autoscaling: NeuronCore utilisation scaling needs deploymentMode RawDeployment and accelerator "
+                "inferentia2 (Knative scales Serverless revisions on concurrency)"
+            )
         if self.capacityPolicy == "Replace" and self.deploymentMode != "RawDeployment":
             raise ValueError(
                 "capacityPolicy: Replace needs deploymentMode RawDeployment (Knative sizes Serverless revisions)"
@@ -300,6 +330,9 @@ TemplateName = Literal[
     "request-rate",
     "canary-vs-stable-psi",
     "prediction-drift",
+    "cost-per-1k-inferences",  # USD per 1,000 inferences (Neuron: held NeuronCore-seconds x price / requests)
+    "cost-per-1k-regression",  # percent the canary's cost per 1,000 is above the stable's
+    "cold-start-seconds",  # pod scheduled -> first successful inference, worst pod of the revision
 ]
 BUILTIN_TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 
@@ -575,7 +608,7 @@ class ModelDeploymentSpec(_Model):
         """
         # How capacity is found for a rollout is not what the rollout delivers.
         serving = self.serving.model_dump(
-            mode="json", exclude={"minReplicas", "maxReplicas", "capacityPolicy", "capacityFloor"}
+            mode="json", exclude={"minReplicas", "maxReplicas", "capacityPolicy", "capacityFloor", "autoscaling"}
         )
         payload = {"model": self.model.model_dump(mode="json"), "serving": serving}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
@@ -731,12 +764,29 @@ class CapacityStatus(BaseModel):
     model_config = ConfigDict(extra="ignore")
     revision: str = Field(description="Canary revision this plan is for; a plan for another revision is void.")
     canaryReplicas: int = 0
+    reservedReplicas: int = Field(
+        default=0, description="Canary replicas the rollout was admitted for (its peak, with Surge); others leave room."
+    )
     stableReplicas: int | None = None
     coresPerReplica: int = 0
     neededCores: int = 0
     freeCores: int = 0
     limitCores: int | None = None
     pending: bool = False
+    message: str = ""
+
+
+class RevisionCost(BaseModel):
+    """What a served revision costs (kanari.capacity.cost), measured over `window` by the controller."""
+
+    model_config = ConfigDict(extra="ignore")
+    revision: str
+    role: Literal["stable", "canary"]
+    costPer1kInferences: float | None = Field(default=None, description="USD per 1,000 inferences; none: not known.")
+    neuronCoreSeconds: float | None = None
+    requests: float | None = None
+    window: str = ""
+    measuredAt: str = ""
     message: str = ""
 
 
@@ -763,6 +813,7 @@ class ModelDeploymentStatus(BaseModel):
     retraining: list[RetrainRecord] = Field(default_factory=list, max_length=20)
     driftRule: str | None = Field(default=None, description="The PrometheusRule the controller owns for drift alerts.")
     capacity: CapacityStatus | None = None
+    cost: list[RevisionCost] = Field(default_factory=list, max_length=2)
 
     @model_validator(mode="before")
     @classmethod

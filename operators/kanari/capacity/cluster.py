@@ -250,6 +250,12 @@ def observe(
     return ClusterRoom(tuple(rooms), tuple(pools), tuple(pending))
 
 
+def with_demand(cluster: ClusterRoom, demand: Iterable[tuple[Mapping[str, str], int]]) -> ClusterRoom:
+    """The cluster with more demand to come: planned pods not created yet count as pending ones."""
+    extra = tuple((sel, cores) for sel, cores in demand if cores > 0)
+    return ClusterRoom(cluster.nodes, cluster.pools, cluster.pending + extra) if extra else cluster
+
+
 def _claim_labels(claim: Mapping[str, Any]) -> dict[str, str]:
     """The labels the claim's Node will carry: single-valued requirements, the claim's labels, and what the
     instance type implies (Karpenter labels nodes with their family and size)."""

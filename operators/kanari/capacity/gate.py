@@ -38,6 +38,12 @@ class GateResult:
     message: str
 
 
+def peak_weight(steps: list[CanaryStep], current_step: int, current_weight: int) -> int:
+    """The highest weight the rest of the rollout sets (what Surge must have room for before starting)."""
+    later = [s.setWeight for s in steps[current_step:] if s.setWeight is not None]
+    return max([current_weight, *later])
+
+
 def next_weight(steps: list[CanaryStep], current_step: int, current_weight: int) -> int:
     """The weight the canary must be sized for now: the current step's setWeight, else where it is."""
     if current_step < len(steps) and steps[current_step].setWeight is not None:
@@ -46,8 +52,18 @@ def next_weight(steps: list[CanaryStep], current_step: int, current_weight: int)
 
 
 def check(
-    spec: ModelDeploymentSpec, status: ModelDeploymentStatus, view: CapacityView, target_weight: int
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    view: CapacityView,
+    target_weight: int,
+    peak: int | None = None,
 ) -> GateResult:
+    """`peak`: with Surge, a rollout that has no canary pod yet starts only when its highest weight fits.
+
+    Why: rollouts that each took the room for their first step and then waited for their next one would
+    hold the cluster's spare NeuronCores between them and none could finish (a deadlock). Started only when
+    they can finish, they finish, and their room goes to the next one.
+    """
     serving = spec.serving
     assert status.canaryModel is not None
     revision = status.canaryModel.revision
@@ -62,9 +78,28 @@ def check(
                               coresPerReplica=cores, pending=True, message=msg)
         return GateResult(False, False, held, msg)
     want = canary_replicas(fleet, target_weight, serving.deploymentMode, serving.minReplicas)
+    reserved = previous.reservedReplicas if previous else 0
     if previous and current_canary >= want:
         ready = view.canary_ready_replicas is None or view.canary_ready_replicas >= current_canary
         return GateResult(True, ready, previous.model_copy(update={"pending": False}), previous.message)
+    admit_for = target_weight
+    if peak is not None and current_canary == 0 and serving.capacityPolicy == "Surge":
+        admit_for = max(target_weight, peak)
+        reserved = canary_replicas(fleet, admit_for, serving.deploymentMode, serving.minReplicas)
+    if admit_for != target_weight:
+        whole = plan_step(
+            policy="Surge", mode=serving.deploymentMode, fleet=fleet, floor=fleet, min_replicas=serving.minReplicas,
+            canary_cores=cores, stable_cores=view.stable_cores or cores, current_weight=status.canaryWeight,
+            target_weight=admit_for, current_canary=0, current_stable=current_stable, room=view.room,
+        )
+        if not whole.fits:
+            msg = f"the rollout's peak (weight {admit_for}) does not fit yet, so it does not start: {whole.message}"
+            held = CapacityStatus(
+                revision=revision, canaryReplicas=0, coresPerReplica=cores,
+                neededCores=canary_replicas(fleet, admit_for, serving.deploymentMode, serving.minReplicas) * cores,
+                freeCores=view.room.free_cores, limitCores=view.room.limit_cores, pending=True, message=msg,
+            )
+            return GateResult(False, False, held, msg)
     plan = plan_step(
         policy=serving.capacityPolicy,
         mode=serving.deploymentMode,
@@ -82,6 +117,7 @@ def check(
     new = CapacityStatus(
         revision=revision,
         canaryReplicas=plan.canary_replicas,
+        reservedReplicas=max(reserved, plan.canary_replicas) if plan.fits else 0,
         stableReplicas=plan.stable_replicas if serving.capacityPolicy == "Replace" else None,
         coresPerReplica=cores,
         neededCores=(want - current_canary) * cores,

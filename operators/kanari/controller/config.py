@@ -18,6 +18,7 @@ class OperatorConfig:
     inf2_selector_key: str = "karpenter.k8s.aws/instance-family"
     resync_seconds: float = 30.0
     peering_name: str | None = None
+    prometheus_url: str | None = None  # what KEDA queries for NeuronCore autoscaling, unless the spec says
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -28,4 +29,5 @@ class OperatorConfig:
             neuron_runtime=env.get("KANARI_NEURON_RUNTIME", "kanari-neuron"),
             resync_seconds=float(env.get("KANARI_RESYNC_SECONDS", "30")),
             peering_name=env.get("KANARI_PEERING_NAME") or None,
+            prometheus_url=env.get("KANARI_PROMETHEUS_URL") or None,
         )

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from kanari import notify, observability
 from kanari.api import v1alpha1 as api
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, SpecError, parse_spec
-from kanari.capacity.observer import CapacityObserver, needs_capacity
+from kanari.capacity.cost import measure_revision_costs
+from kanari.capacity.observer import CapacityObserver, needs_capacity, needs_runtime_sdk
 from kanari.controller import kube
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
@@ -33,6 +34,7 @@ from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 log = logging.getLogger("kanari.controller")
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes handlers
 
+COST_EVERY = 60.0  # seconds between two cost-per-1,000 measurements of a Neuron ModelDeployment
 PACKAGE_TTL = 30.0  # registry lookups are cached briefly: approvals must still be noticed within a resync
 # A PrometheusRule the operator converged is re-read at most this often while its desired content is unchanged
 # (there is no watch on PrometheusRules: the operator's RBAC has no list/watch on them); an edit by someone
@@ -52,6 +54,7 @@ class OperatorContext:
         self._sagemaker: Any = None
         self.packages: dict[str, tuple[float, PackageInfo]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
+        self.cost_measured: dict[str, float] = {}  # uid -> monotonic time of the last cost measurement
         # InferenceServices as the watch last delivered them (an informer's cache): steady-state reconciles
         # read children from here and make no API request. A miss (not delivered yet) is one GET.
         self.children: dict[tuple[str, str], dict[str, Any]] = {}
@@ -156,6 +159,8 @@ async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: Logger
         names = tuple(str(m.get("name")) for m in analysis_spec.get("metrics") or [] if isinstance(m, dict))
         observability.forget(meta.get("namespace", ""), meta.get("name", ""), names)
         rt.wakeups.pop(uid, None)
+        rt.cost_measured.pop(uid, None)
+        rt.capacity.plans.pop((meta.get("namespace", ""), meta.get("name", "")), None)
         rt.children.pop((meta.get("namespace", ""), meta.get("name", "")), None)
 
 
@@ -250,6 +255,8 @@ async def reconcile_once(
     package: PackageInfo | None = None
     package_error: SpecError | None = None
     capacity = None
+    cost = None
+    runtime_sdk = None
     try:
         spec = parse_spec(snapshot["spec"])
     except SpecError:
@@ -269,14 +276,24 @@ async def reconcile_once(
         status = ModelDeploymentStatus.model_validate(snapshot["status"] or {})
     except ValidationError:
         status = ModelDeploymentStatus()  # reconcile() rebuilds an unreadable status too
-
+    # Neuron deployments: the ServingRuntime's SDK for the compiled-model check, the cluster's NeuronCore room
+    # for the capacity gate, and the revisions' cost per 1,000 inferences (kanari.capacity).
+    if spec is not None and package is not None and needs_runtime_sdk(spec, package.metadata):
+        runtime_sdk = await rt.capacity.runtime_sdk(namespace, spec.model.runtime or rt.config.neuron_runtime)
     if spec is not None and needs_capacity(spec, status):
-        capacity = await rt.capacity.view(spec, status, namespace, rt.config.inf2_selector_key)
+        capacity = await rt.capacity.view(spec, status, namespace, name, rt.config.inf2_selector_key)
+    uid = str(meta.get("uid"))
+    if (spec is not None and spec.serving.accelerator == "inferentia2"
+            and time.monotonic() - rt.cost_measured.get(uid, -1e9) >= COST_EVERY):
+        rt.cost_measured[uid] = time.monotonic()
+        cost = await measure_revision_costs(
+            rt.prometheus, spec, status, analysis.variables(namespace, name, spec, status, isvc), now
+        )
 
     def decide(measurement: list[MetricResult] | None) -> ReconcileResult:
         observed = ClusterObservation(
             now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
-            capacity=capacity,
+            capacity=capacity, cost=cost, neuron_runtime_sdk=runtime_sdk,
         )
         return reconcile(snapshot, observed, rt.config)
 
@@ -287,6 +304,7 @@ async def reconcile_once(
 
     desired = await loop.step(spec, status, now, rt.prometheus, variables, decide)
 
+    rt.capacity.record(namespace, name, spec, desired.status)  # its canary pods are not visible yet
     if desired.isvc is not None:
         try:
             outcome = await rt.kube.apply(kube.ISVC, desired.isvc, isvc)

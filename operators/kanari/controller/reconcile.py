@@ -20,12 +20,15 @@ from kanari.api.v1alpha1 import (
     ModelDeployment,
     ModelDeploymentStatus,
     ObjectMeta,
+    RevisionCost,
     SpecError,
     format_validation_error,
     parse_spec,
 )
 from kanari.capacity import isvc as capacity_isvc
+from kanari.capacity import provenance
 from kanari.capacity.gate import CapacityView
+from kanari.capacity.spec import check_fits_instance
 from kanari.controller import inferenceservice, isvc_health
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, baseline_uri, model_ref
@@ -45,6 +48,8 @@ class ClusterObservation:
     package_error: SpecError | None = None
     measurement: list[MetricResult] | None = None
     capacity: CapacityView | None = None  # NeuronCore room (kanari.capacity.observer); None: not gated
+    cost: list[RevisionCost] | None = None  # cost per 1,000 inferences just measured; None: keep the last
+    neuron_runtime_sdk: str | None = None  # the chosen ServingRuntime's kanari.dev/neuron-sdk annotation
 
 
 @dataclass
@@ -115,6 +120,15 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
         return _invalid(status, err, now, generation)
     if observed.package_error is not None:
         return _invalid(status, observed.package_error, now, generation)
+    try:
+        # A compiled Neuron model that cannot run as asked is refused before any traffic moves.
+        check_fits_instance(spec.serving)
+        build = provenance.NeuronBuild.from_metadata(observed.package.metadata) if observed.package else None
+        mismatch = provenance.check(build, spec, runtime.runtime, observed.neuron_runtime_sdk)
+    except SpecError as err:
+        mismatch = err
+    if mismatch is not None:
+        return _invalid(status, mismatch, now, generation)
 
     conditions = _clear_invalid(status, now, generation)
     if get_condition(conditions, "Suspended") is not None:
@@ -180,7 +194,11 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
         current=observed.isvc,
         baseline_uris=baselines,
     )
-    isvc = capacity_isvc.size(isvc, spec, new_status)
+    isvc = capacity_isvc.tag_neuron_runtimes(capacity_isvc.size(isvc, spec, new_status), spec)
+    try:
+        isvc = capacity_isvc.autoscale(isvc, spec, config.prometheus_url)
+    except SpecError as err:
+        return _invalid(status, err, now, generation)
 
     ready_before = get_condition(new_status.conditions, COND_READY)
     ready = reading.ready
@@ -199,6 +217,8 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             name=meta.name, ready=ready, health=reading.health, url=reading.url, message=reading.message
         ),
     }
+    if observed.cost is not None:
+        update["cost"] = observed.cost
     if package is not None and decision.stable is not None and decision.stable.modelPackageArn == package.arn:
         update["lineage"] = package.lineage
     new_status = new_status.model_copy(update=update)

@@ -15,6 +15,7 @@ from typing import Any
 
 from kanari.api.conditions import now_iso
 from kanari.api.v1alpha1 import MetricResult, MetricSpec, ModelDeploymentSpec, ModelDeploymentStatus
+from kanari.capacity.cost import runtime_tag
 from kanari.rollout.judge import UNAVAILABLE, error, judge
 from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable, Sample
 from kanari.rollout.templates import PART_LABEL, MetricQuery, TemplateError, metric_query
@@ -35,6 +36,8 @@ def variables(
     set). One that cannot be known yet stays empty: a query needing it reports an Error, never a pass.
     """
     out = {"namespace": namespace, "name": name, "canaryRevision": "", "stableRevision": ""}
+    for key, ref in (("canaryTag", status.canaryModel), ("stableTag", status.stableModel)):
+        out[key] = runtime_tag(namespace, name, ref.revision) if ref else ""
     if spec.serving.deploymentMode == "RawDeployment":
         out["canaryRevision"] = status.canaryModel.revision if status.canaryModel else ""
         out["stableRevision"] = status.stableModel.revision if status.stableModel else ""

@@ -722,7 +722,8 @@ def _capacity_admits(run: _Pass, steps: list[CanaryStep]) -> bool:
     assert run.obs.capacity is not None
     st.canaryWeight = _weight(run.spec, st)  # where the steps taken so far (this pass included) have put it
     target = capacity_gate.next_weight(steps, st.currentStep, st.canaryWeight)
-    result = capacity_gate.check(run.spec, st, run.obs.capacity, target)
+    peak = capacity_gate.peak_weight(steps, st.currentStep, st.canaryWeight)
+    result = capacity_gate.check(run.spec, st, run.obs.capacity, target, peak)
     st.capacity = result.status
     recheck = run.now + timedelta(seconds=run.obs.capacity.recheck_seconds)
     if not result.admitted:

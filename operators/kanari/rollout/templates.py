@@ -34,10 +34,12 @@ from dataclasses import dataclass
 
 from kanari.api.duration import format_duration, parse_duration
 from kanari.api.v1alpha1 import MetricSpec, ModelDeploymentSpec
+from kanari.capacity import cost
 
 PART_LABEL = "kanari_part"
 RAW_REVISION_LABEL = "kanari_dev_revision"
-VARIABLES = ("namespace", "name", "canaryRevision", "stableRevision", "interval")
+# canaryTag/stableTag: the revisions' Neuron runtime tags (kanari.capacity.cost.runtime_tag).
+VARIABLES = ("namespace", "name", "canaryRevision", "stableRevision", "interval", "canaryTag", "stableTag")
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -134,6 +136,8 @@ def builtin_parts(spec: ModelDeploymentSpec, metric: MetricSpec) -> dict[str, st
     """value/samples/stable PromQL (with {{variables}} still in) for a built-in template."""
     template = metric.template or ""
     window = "{{interval}}"
+    if template in cost.TEMPLATES:
+        return cost.parts(template, spec.serving.deploymentMode, metric_interval(spec, metric))
     if template in ("canary-vs-stable-psi", "prediction-drift"):
         value, samples = _drift(template, spec, "canary")
         parts = {"value": value, "samples": samples}
