@@ -293,6 +293,9 @@ def stop_run_ack_jobs(api: Any, namespace: str, run_id: str) -> list[str]:
                                                label_selector=f"{RUN_TAG}={run_label(run_id)}")
     stopped = []
     for obj in listed.get("items") or []:
+        # Checked here too: a run must never delete another run's jobs, whatever the server did with the selector.
+        if ((obj.get("metadata") or {}).get("labels") or {}).get(RUN_TAG) != run_label(run_id):
+            continue
         if ack.describe_from_status(obj).get("TrainingJobStatus") in ("Completed", *ENDED_UNSUCCESSFULLY):
             continue
         name = obj["metadata"]["name"]

@@ -245,3 +245,20 @@ def test_apply_creates_then_updates_the_model_deployment(kube: Cluster) -> None:
     assert "version" not in stored["spec"]["model"]  # fields the new manifest drops are removed
     assert stored["metadata"]["annotations"]["kanari.dev/lineage-model-package-arn"] == newer
     strict_validator(MODELDEPLOYMENT_CRD).validate({k: v for k, v in stored.items() if k != "status"})
+
+
+@pytest.mark.timeout(30)
+def test_the_exit_handler_deletes_the_runs_unfinished_ack_training_jobs(kube: Cluster) -> None:
+    """ACK stops the SageMaker job when its TrainingJob is deleted; a finished one is left as the record."""
+    api = custom_api(kube)
+    group, version, plural = TRAININGJOB
+    for name, run, status in (("kanari-running", "run-1", None), ("kanari-done", "run-1", "Completed"),
+                              ("kanari-other-run", "run-2", None)):
+        req = {"TrainingJobName": name, "RoleArn": ROLE, "Tags": config.tags(run, "train", "h" * 8, "ack")}
+        api.create_namespaced_custom_object(group, version, NS, plural, config.ack_training_job(req, NS))
+        if status:
+            api.patch_namespaced_custom_object_status(group, version, NS, plural, name,
+                                                      {"status": {"trainingJobStatus": status}})
+    assert training.stop_run_ack_jobs(api, NS, "run-1") == ["kanari-running"]
+    left = sorted(o["metadata"]["name"] for o in api.list_namespaced_custom_object(group, version, NS, plural)["items"])
+    assert left == ["kanari-done", "kanari-other-run"]

@@ -76,10 +76,10 @@ def _compile_options(p: argparse.ArgumentParser, root_from_bucket: bool = False)
     p.add_argument("--image", default=os.environ.get(IMAGE_ENV),
                    help="the components' image, built from the Dockerfile's `pipeline` target and pushed "
                         f"(REPO:TAG or REPO@sha256:...; default ${IMAGE_ENV})")
-    default = " (default s3://BUCKET/kanari/pipeline-root)" if root_from_bucket else ""
+    example = "default" if root_from_bucket else "e.g."
     p.add_argument("--pipeline-root", default=os.environ.get(ROOT_ENV),
-                   help=f"where KFP stores the steps' output artifacts, e.g. s3://BUCKET/kanari/pipeline-root"
-                        f"{default} (${ROOT_ENV})")
+                   help=f"where KFP stores the steps' output artifacts ({example} s3://BUCKET/kanari/pipeline-root; "
+                        f"${ROOT_ENV})")
 
 
 def _check_up_front(params: dict[str, Any]) -> None:
