@@ -1,4 +1,4 @@
-"""The dashboard's test stack, shared by the session: API emulator, exporter + real Prometheus, the real operator,
+"""The dashboard's test stack, shared by tests/dashboard: API emulator, exporter + real Prometheus, the real operator,
 a KServe stand-in, webhooks for its notifications, and two `kanari dashboard` processes (an admin's and a
 read-only user's kubeconfig)."""
 
@@ -39,7 +39,9 @@ class Stack:
     webhooks: WebhookReceiver
 
 
-@pytest.fixture(scope="session")
+# Package scope: torn down after the last test here, not left running (an operator resyncing every second)
+# through the rest of the suite.
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not shutil.which("prometheus"):
         pytest.fail("prometheus is not installed (scripts/bootstrap.sh installs it)")

@@ -218,3 +218,41 @@ def test_no_nan_reaches_the_page() -> None:
     status = {**ROLLED_BACK, "analysisHistory": [{**ROLLED_BACK["analysisHistory"][0], "metrics": [
         {"name": "success-rate", "value": math.nan, "verdict": "Inconclusive", "sampleCount": math.inf}]}]}
     json.dumps(views.detail(md(status), [], 1_796_011_900.0), allow_nan=False)
+
+
+def test_the_contracts_status_fills_every_scorecard_column() -> None:
+    """The rollout rework's shape (CONTRACT.md): stable value, PromQL and sample count per measurement, a
+    background run, pause conditions as a list."""
+    status = {
+        "phase": "RolledBack", "stableModel": {"revision": "r1", "version": "v1"}, "canaryWeight": 0,
+        "abortedRevision": "r2", "pauseConditions": [],
+        "analysisRuns": [
+            {"name": "background", "revision": "r2", "step": None, "phase": "Successful", "message": "",
+             "startedAt": "2026-11-30T04:09:00Z", "metrics": [
+                 {"name": "p99-latency", "phase": "Successful", "count": 3, "successful": 3, "measurements": [
+                     {"phase": "Successful", "value": 0.12, "stableValue": 0.11, "sampleCount": 512,
+                      "threshold": "<= 0.25", "query": "histogram_quantile(0.99, ...)",
+                      "startedAt": "2026-11-30T04:09:59Z", "finishedAt": "2026-11-30T04:10:00Z"}]}]},
+            {"name": "step-1", "revision": "r2", "step": 1, "phase": "Failed", "message": "success-rate failed",
+             "startedAt": "2026-11-30T04:10:00Z", "metrics": [
+                 {"name": "success-rate", "dryRun": False, "phase": "Failed", "count": 2, "successful": 1, "failed": 1,
+                  "measurements": [
+                      {"phase": "Successful", "value": 0.99, "stableValue": 0.995, "sampleCount": 480,
+                       "threshold": ">= 0.95", "query": "sum(rate(...))", "finishedAt": "2026-11-30T04:10:05Z"},
+                      {"phase": "Failed", "value": 0.62, "stableValue": 0.995, "sampleCount": 470,
+                       "threshold": ">= 0.95", "query": "sum(rate(...))", "message": "0.62 breaches >= 0.95",
+                       "finishedAt": "2026-11-30T04:10:10Z"}]}]},
+        ],
+    }
+    doc = views.detail(md(status), [], 1_796_011_900.0)
+    latest = doc["scorecards"][0]
+    assert (latest["name"], latest["phase"]) == ("step-1", "Failed")
+    row = latest["metrics"][0]
+    assert (row["canary"], row["stable"], row["samples"], row["query"], row["why"]) == (
+        "0.62", "0.995", "470", "sum(rate(...))", "0.62 breaches >= 0.95")
+    assert row["counts"] == "1 ok, 1 failed, 0 inconclusive, 0 error of 2"
+    assert doc["scorecards"][1]["name"] == "background" and doc["scorecards"][1]["step"] is None
+    assert doc["rollbackReason"] == "success-rate = 0.62 breached >= 0.95 (revision r2, step-1)"
+    assert doc["summary"]["verdict"] == "Failed" and doc["actions"] == ["retry"]
+    stable = [p["stable"] for p in next(c for c in doc["charts"] if c["metric"] == "success-rate")["points"]]
+    assert stable == [0.995, 0.995]
