@@ -36,7 +36,7 @@ def normalized(text: str) -> str:
 
 def test_compiled_pipeline_matches_the_golden_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pipeline.yaml"
-    assert main(["pipeline", "compile", "-o", str(out)]) == 0
+    assert main(["pipeline", "compile", "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     got = normalized(out.read_text())
     if os.environ.get("KANARI_UPDATE_GOLDEN"):

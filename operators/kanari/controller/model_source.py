@@ -7,19 +7,16 @@ failing is a TransientError (retried by the controller), never mistaken for "not
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kanari import awsclient
 from kanari.api.v1alpha1 import Lineage, ModelDeploymentSpec, ModelRef, SpecError
 
 ARN_FIELD = "spec.model.modelPackageArn"
-_RETRY = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=20)
 
 # CustomerMetadataProperties keys the Kanari pipeline writes (kfp_pipelines register step).
 LINEAGE_KEYS = {
@@ -55,10 +52,11 @@ class PackageInfo:
         return explicit
 
 
-def sagemaker_client() -> Any:
-    # boto3 reads only AWS_DEFAULT_REGION; AWS_REGION is what the chart (and every other AWS SDK) sets.
+def sagemaker_client(region: str | None = None) -> Any:
     try:
-        return boto3.client("sagemaker", region_name=os.environ.get("AWS_REGION") or None, config=_RETRY)
+        return awsclient.client(
+            "sagemaker", region_name=region, config=awsclient.retry_config(connect_timeout=5, read_timeout=20)
+        )
     except BotoCoreError as exc:
         raise TransientError(f"cannot create a SageMaker client: {exc} (set AWS_REGION)") from None
 
