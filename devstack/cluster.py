@@ -33,9 +33,9 @@ import aiohttp.web
 import attrs
 import kmock
 import yaml
+from kanari import mergepatch
 from kanari.api.conditions import now_iso
 from kmock import KubernetesEmulator, KubernetesError
-from kmock._internal.dicts import merge_patch_dict  # the merge the emulator itself applies
 from typing_extensions import override
 
 log = logging.getLogger("devstack.cluster")
@@ -227,7 +227,7 @@ class ClusterEmulator(KubernetesEmulator):
             meta.pop(immutable, None)
         if not meta:
             patch.pop("metadata", None)
-        after = dict(merge_patch_dict(current, patch))
+        after = mergepatch.apply(current, patch)
         if after == current:
             return patch  # a no-op write changes nothing, not even the resourceVersion
         patch.setdefault("metadata", {})["resourceVersion"] = version

@@ -12,13 +12,13 @@ import base64
 import html
 import json
 import math
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from kanari.rollout.prometheus import PrometheusConfig, run_blocking
 
 # Event kinds drawn as vertical markers, with their colour.
 MARKERS = {
@@ -93,21 +93,15 @@ class Report:
 
 # ----------------------------------------------------------------------------------------- Prometheus
 def range_query(url: str, promql: str, start: float, end: float, step: float) -> list[tuple[dict[str, str], list]]:
-    params = urllib.parse.urlencode({"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"})
-    with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query_range?{params}", timeout=30) as resp:
-        doc = json.loads(resp.read())
-    if doc.get("status") != "success":
-        raise RuntimeError(f"Prometheus rejected {promql!r}: {doc.get('error')}")
-    return [(r["metric"], [(float(t), float(v)) for t, v in r["values"]]) for r in doc["data"]["result"]]
+    """Kanari's Prometheus client (retries, errors named), used synchronously by the report."""
+    series = run_blocking(PrometheusConfig(url=url.rstrip("/"), timeout=30.0),
+                          lambda prom: prom.query_range(promql, start, end, step))
+    return [(s.labels, s.points) for s in series]
 
 
 def instant_query(url: str, promql: str) -> list[tuple[dict[str, str], float]]:
-    params = urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{params}", timeout=30) as resp:
-        doc = json.loads(resp.read())
-    if doc.get("status") != "success":
-        raise RuntimeError(f"Prometheus rejected {promql!r}: {doc.get('error')}")
-    return [(r["metric"], float(r["value"][1])) for r in doc["data"]["result"]]
+    samples = run_blocking(PrometheusConfig(url=url.rstrip("/"), timeout=30.0), lambda prom: prom.query(promql))
+    return [(s.labels, s.value) for s in samples]
 
 
 def _finite(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kanari import registry_metadata as keys
+
 from kfp_pipelines import aws
 from kfp_pipelines.errors import InputError, StepFailed
 
@@ -22,8 +24,6 @@ log = logging.getLogger("kanari.pipeline")
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 SERVING_IMAGE_REPOSITORY = "pytorch-inference"
 SERVING_IMAGE_TAG = "2.3.0-cpu-py311"
-# The controller reads these keys back (kanari.controller.model_source.LINEAGE_KEYS / BASELINE_KEYS).
-META_PREFIX = "kanari:"
 META_VALUE_MAX = 256
 # Looked at before registering: a restarted register step finds the package its first attempt made.
 RECENT_PACKAGES = 5
@@ -47,14 +47,14 @@ class ReleaseLineage:
 
     def properties(self) -> dict[str, str]:
         return {
-            f"{META_PREFIX}git-sha": self.git_sha,
-            f"{META_PREFIX}dataset-uri": self.dataset_uri,
-            f"{META_PREFIX}dataset-version": self.dataset_version,
-            f"{META_PREFIX}pipeline-run-id": self.pipeline_run,
-            f"{META_PREFIX}training-job-arn": self.training_job_arn,
-            f"{META_PREFIX}training-image": self.image_uri,
-            f"{META_PREFIX}image-digest": self.image_digest,
-            f"{META_PREFIX}source-digest": self.source_digest,
+            keys.GIT_SHA: self.git_sha,
+            keys.DATASET_URI: self.dataset_uri,
+            keys.DATASET_VERSION: self.dataset_version,
+            keys.PIPELINE_RUN: self.pipeline_run,
+            keys.TRAINING_JOB: self.training_job_arn,
+            keys.TRAINING_IMAGE: self.image_uri,
+            keys.IMAGE_DIGEST: self.image_digest,
+            keys.SOURCE_DIGEST: self.source_digest,
         }
 
 
@@ -65,10 +65,10 @@ def customer_metadata(lineage: ReleaseLineage, scores: dict[str, float], model_n
                       gate_reason: str, baseline_uri: str) -> dict[str, str]:
     # Values that come straight from a pipeline parameter are checked and blamed on it; the rest is ours.
     from_parameters = {
-        f"{META_PREFIX}dataset-uri": ("dataset_uri", lineage.dataset_uri),
-        f"{META_PREFIX}reason": ("reason", reason),
-        f"{META_PREFIX}git-sha": ("git_sha", lineage.git_sha),
-        f"{META_PREFIX}model-name": ("model_name", model_name),
+        keys.DATASET_URI: ("dataset_uri", lineage.dataset_uri),
+        keys.REASON: ("reason", reason),
+        keys.GIT_SHA: ("git_sha", lineage.git_sha),
+        keys.MODEL_NAME: ("model_name", model_name),
     }
     for parameter, value in from_parameters.values():
         if len(value) > META_VALUE_MAX:
@@ -77,9 +77,9 @@ def customer_metadata(lineage: ReleaseLineage, scores: dict[str, float], model_n
             raise InputError(parameter, f"{value!r} has characters the registry's metadata does not accept")
     ours = {
         **lineage.properties(),
-        f"{META_PREFIX}gate": gate_reason,
-        f"{META_PREFIX}baseline-uri": baseline_uri,
-        **{f"{META_PREFIX}metric.{k}": f"{v:.6f}" for k, v in sorted(scores.items())},
+        keys.GATE: gate_reason,
+        keys.BASELINE_URI: baseline_uri,
+        **{f"{keys.METRIC_PREFIX}{k}": f"{v:.6f}" for k, v in sorted(scores.items())},
     }
     props = {k: re.sub(r"[^\w\s.:/=+\-@]", " ", v)[:META_VALUE_MAX] for k, v in ours.items()}
     props.update({k: v for k, (_, v) in from_parameters.items() if v})
@@ -132,7 +132,7 @@ def find_registered(sm: Any, group: str, training_job_arn: str) -> dict[str, Any
                                   MaxResults=RECENT_PACKAGES)
     for summary in page.get("ModelPackageSummaryList") or []:
         desc = sm.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
-        if (desc.get("CustomerMetadataProperties") or {}).get(f"{META_PREFIX}training-job-arn") == training_job_arn:
+        if (desc.get("CustomerMetadataProperties") or {}).get(keys.TRAINING_JOB) == training_job_arn:
             return dict(desc)
     return None
 
@@ -157,7 +157,7 @@ def record_lineage(dataset_uri: str, dataset_version: str, model_package_arn: st
 def register(sm: Any, request: dict[str, Any]) -> tuple[str, str, bool]:
     """(ARN, approval status, whether it already existed)."""
     group = request["ModelPackageGroupName"]
-    job_arn = request["CustomerMetadataProperties"][f"{META_PREFIX}training-job-arn"]
+    job_arn = request["CustomerMetadataProperties"][keys.TRAINING_JOB]
     existing = find_registered(sm, group, job_arn)
     if existing is not None:
         log.info("already registered: %s (%s)", existing["ModelPackageArn"], existing.get("ModelApprovalStatus"))
@@ -209,10 +209,10 @@ def list_packages(sm: Any, group: str) -> list[PackageRow]:
                 version=int(summary.get("ModelPackageVersion") or 0),
                 status=str(summary.get("ModelApprovalStatus", "")),
                 created=str(summary.get("CreationTime", ""))[:19],
-                metrics={k.removeprefix(f"{META_PREFIX}metric."): v for k, v in meta.items()
-                         if k.startswith(f"{META_PREFIX}metric.")},
-                git_sha=meta.get(f"{META_PREFIX}git-sha", ""),
-                training_job=meta.get(f"{META_PREFIX}training-job-arn", "").rsplit("/", 1)[-1],
+                metrics={k.removeprefix(keys.METRIC_PREFIX): v for k, v in meta.items()
+                         if k.startswith(keys.METRIC_PREFIX)},
+                git_sha=meta.get(keys.GIT_SHA, ""),
+                training_job=meta.get(keys.TRAINING_JOB, "").rsplit("/", 1)[-1],
                 description=str(desc.get("ApprovalDescription") or desc.get("ModelPackageDescription") or ""),
             ))
     return rows

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import attrs
 import kmock
 import yaml
+from kanari import mergepatch
 from kanari.api import v1alpha1 as api
 from kubernetes import client
 
@@ -60,19 +61,6 @@ T = TypeVar("T")
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, the semantics of application/merge-patch+json."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _merge(out.get(key), value)
-    return out
 
 
 @dataclass(frozen=True)
@@ -231,7 +219,7 @@ class ApiServer(kmock.KubernetesEmulator):
         interleaved = self._interleaved.pop(key) if by_operator and key in self._interleaved else None
         if interleaved is not None and self._current(request, request.name) is not None:
             obj = self.objects[request.resource, request.namespace, request.name]
-            obj.patch(_merge(interleaved, {"metadata": {"resourceVersion": str(next(self._counter))}}))
+            obj.patch(mergepatch.apply(interleaved, {"metadata": {"resourceVersion": str(next(self._counter))}}))
         current = self._current(request, request.name)
         if current is None:
             return  # kmock answers 404
@@ -250,7 +238,7 @@ class ApiServer(kmock.KubernetesEmulator):
                     del data[key]
             else:
                 data.pop("status", None)
-        after = _merge(current, data)
+        after = mergepatch.apply(current, data)
         changed = {k for k in set(current) | set(after) if k not in ("metadata", "status") and current.get(k) != after.get(k)}
         meta = data.setdefault("metadata", {})
         if after == current:

@@ -14,20 +14,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kanari import awsclient
+from kanari import registry_metadata as keys
 from kanari.api.v1alpha1 import Lineage, ModelDeploymentSpec, ModelRef, SpecError
 
 ARN_FIELD = "spec.model.modelPackageArn"
-
-# CustomerMetadataProperties keys the Kanari pipeline writes (kfp_pipelines register step).
-LINEAGE_KEYS = {
-    "trainingJob": ("kanari:training-job-arn", "TrainingJobArn"),
-    "pipelineRun": ("kanari:pipeline-run-id", "PipelineRunId"),
-    "datasetUri": ("kanari:dataset-uri", "DatasetUri"),
-    "gitSha": ("kanari:git-sha", "GitSha"),
-    "imageDigest": ("kanari:image-digest", "ImageDigest"),
-}
-BASELINE_KEYS = ("kanari:baseline-uri", "BaselineUri")
-
 
 class TransientError(RuntimeError):
     """The registry could not be asked (throttled past retries, network, 5xx): try again later."""
@@ -43,12 +33,12 @@ class PackageInfo:
 
     @property
     def lineage(self) -> Lineage:
-        values = {k: next((self.metadata[m] for m in keys if m in self.metadata), None) for k, keys in LINEAGE_KEYS.items()}
+        values = {k: next((self.metadata[m] for m in keys if m in self.metadata), None) for k, keys in keys.LINEAGE.items()}
         return Lineage(modelPackageArn=self.arn, **values)
 
     @property
     def baseline_uri(self) -> str | None:
-        explicit = next((self.metadata[k] for k in BASELINE_KEYS if k in self.metadata), None)
+        explicit = next((self.metadata[k] for k in keys.BASELINE if k in self.metadata), None)
         return explicit
 
 

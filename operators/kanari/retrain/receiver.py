@@ -123,13 +123,12 @@ def build_launcher(cfg: LauncherConfig) -> Launcher:
 def build_store(cfg: StoreConfig) -> TriggerStore:
     if cfg.file is not None:
         return FileTriggerStore(cfg.file)
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return KubernetesTriggerStore(client.CustomObjectsApi(), client.CoreV1Api())
+    from kanari.kubeclient import connect
+
+    api_client = connect().api_client
+    return KubernetesTriggerStore(client.CustomObjectsApi(api_client), client.CoreV1Api(api_client))
 
 
 def read_token(token_file: str | None) -> str:
