@@ -113,8 +113,11 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         print(render_table(report))
     if args.plot:
-        from kanari.cli.drift_plot import plot_report
-
+        try:
+            from kanari.cli.drift_plot import plot_report
+        except ImportError:
+            print("kanari drift compare: --plot needs matplotlib: pip install 'kanari[cli]'", file=sys.stderr)
+            return EXIT_BAD_INPUT
         try:
             plotted = plot_report(report, baseline, current, args.plot)
         except (ValueError, OSError) as exc:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import kfp
-
 from kanari.retrain.policy import Alert, RetrainPolicy
 
 ALERT_ENV = "KANARI_DRIFT_ALERT"
@@ -90,7 +88,7 @@ class CommandLauncher:
 
 
 class KfpLauncher:
-    """Starts the newest version of a named pipeline through kfp.Client, with the alert (JSON) as
+    """Starts the newest version of a named pipeline through Kubeflow Pipelines' API, with the alert (JSON) as
     the `alert_parameter` parameter next to the policy's parameters."""
 
     def __init__(
@@ -99,7 +97,7 @@ class KfpLauncher:
         experiment: str = "kanari-retraining",
         namespace: str | None = None,
         alert_parameter: str = "drift_alert",
-        client_factory: Callable[..., Any] = kfp.Client,
+        client_factory: Callable[..., Any] | None = None,
     ):
         self.host = host
         self.experiment = experiment
@@ -110,7 +108,10 @@ class KfpLauncher:
 
     def _kfp(self) -> Any:
         if self._client is None:
-            self._client = self._client_factory(host=self.host, namespace=self.namespace or "kubeflow")
+            from kanari.retrain.kfp_client import KfpClient
+
+            factory = self._client_factory or KfpClient
+            self._client = factory(host=self.host, namespace=self.namespace or "kubeflow")
         return self._client
 
     def launch(self, request: LaunchRequest) -> str:
