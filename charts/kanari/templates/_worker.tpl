@@ -16,13 +16,14 @@ metadata:
     {{- include "kanari.componentLabels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
 spec:
   replicas: {{ $values.replicas }}
+  revisionHistoryLimit: {{ $values.revisionHistoryLimit }}
   selector:
     matchLabels:
       {{- include "kanari.selectorLabels" (dict "ctx" $ctx "component" .component) | nindent 6 }}
   template:
     metadata:
       labels:
-        {{- include "kanari.componentLabels" (dict "ctx" $ctx "component" .component) | nindent 8 }}
+        {{- include "kanari.podLabels" (dict "ctx" $ctx "component" .component "values" $values) | nindent 8 }}
       {{- if or $values.podAnnotations .config }}
       annotations:
         {{- with $values.podAnnotations }}
@@ -44,9 +45,13 @@ spec:
         image: {{ include "kanari.image" $ctx }}
         imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
         command: {{ toJson .command }}
+        {{- with $values.extraArgs }}
+        args: {{ toJson . }}
+        {{- end }}
         env:
         - name: AWS_REGION
           value: {{ $ctx.Values.aws.region | quote }}
+        {{- include "kanari.logFormatEnv" $ctx | nindent 8 }}
         {{- with .env }}
         {{- . | nindent 8 }}
         {{- end }}
@@ -81,12 +86,18 @@ spec:
           mountPath: /etc/kanari
           readOnly: true
         {{- end }}
+        {{- with $values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       volumes:
         {{- include "kanari.tmpVolume" $ctx | nindent 8 }}
         {{- if .config }}
         - name: config
           configMap:
             name: {{ $name }}
+        {{- end }}
+        {{- with $values.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
         {{- end }}
 {{- if .config }}
 ---

@@ -524,7 +524,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kanari drift monitor: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kanari import logs
+
+    logs.configure()
     monitor = DriftMonitor(settings, static=static)
     web.run_app(build_app(monitor), host=args.host, port=args.port, print=None, access_log=None)
     return 0

@@ -286,7 +286,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kanari drift receiver: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kanari import logs
+
+    logs.configure()
     receiver = RetrainReceiver(token, store, launcher, config.models)
     web.run_app(build_app(receiver), host=args.host, port=args.port, print=None, access_log=None)
     return 0
