@@ -45,15 +45,6 @@ def lineage_annotations(lineage: v1alpha1.Lineage, dataset_version: str) -> dict
     return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in fields.items() if v}
 
 
-def lineage_from_annotations(annotations: dict[str, str]) -> v1alpha1.Lineage:
-    """The reverse, for whoever reads the lineage back off the object (controller, CLI)."""
-    get = lambda k: annotations.get(f"{LINEAGE_PREFIX}{k}")  # noqa: E731
-    return v1alpha1.Lineage(
-        modelPackageArn=get("model-package-arn"), trainingJob=get("training-job"), pipelineRun=get("pipeline-run"),
-        datasetUri=get("dataset-uri"), gitSha=get("git-sha"), imageDigest=get("image-digest"),
-    )
-
-
 def manifest_path(manifest_dir: str | Path, namespace: str, name: str) -> Path:
     return Path(manifest_dir) / namespace / f"{name}.yaml"
 

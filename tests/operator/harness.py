@@ -1,6 +1,6 @@
 """A Kubernetes API on loopback for the real operator process: kmock's KubernetesEmulator, made to keep
 the API-server promises the controller relies on, served from a thread; plus the operator as a subprocess,
-a stand-in for the KServe controller, and the RBAC the operator was seen to use.
+a stand-in for the KServe controller, and the permissions behind the operator's requests.
 
 What kmock's emulator does not do and a real API server does (so a test could not see the difference):
 uid, creationTimestamp, resourceVersion and generation on objects; generateName; the status subresource
@@ -50,7 +50,6 @@ CRD_FILES = (
     UPSTREAM / "crds" / "monitoring.coreos.com_prometheusrules.yaml",
 )
 TEST_AGENT = "kanari-operator-tests"  # the tests' own API calls carry it; everything else is the operator's
-OBSERVED_RBAC = Path(__file__).with_name("observed_rbac.json")
 
 MD = (api.GROUP, api.VERSION, api.PLURAL)
 ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
@@ -589,8 +588,3 @@ def permissions(calls: Iterable[Call]) -> set[tuple[str, str, str]]:
         resource = f"{c.plural}/{c.subresource}" if c.subresource else c.plural
         out.add((c.group or "", resource, c.verb))
     return out
-
-
-def operator_permissions(path: Path = OBSERVED_RBAC) -> set[tuple[str, str, str]]:
-    """The RBAC the operator was seen to use in tests/operator (written by test_operator_rbac.py)."""
-    return {tuple(p) for p in json.loads(path.read_text())["permissions"]}  # type: ignore[misc]

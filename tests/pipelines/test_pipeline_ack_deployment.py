@@ -189,7 +189,8 @@ def test_new_manifest_is_valid_and_carries_the_lineage() -> None:
     assert md.spec.monitoring.retrain and md.spec.monitoring.retrain.pipeline == "kanari-training"
     ann = obj["metadata"]["annotations"]
     assert ann["kanari.dev/lineage-dataset-version"] == "v7"
-    assert deployment.lineage_from_annotations(ann) == LINEAGE
+    assert {k: ann[f"kanari.dev/lineage-{k}"] for k in ("training-job", "pipeline-run", "git-sha")} == {
+        "training-job": LINEAGE.trainingJob, "pipeline-run": LINEAGE.pipelineRun, "git-sha": LINEAGE.gitSha}
 
 
 def test_existing_manifest_keeps_what_the_platform_team_set(tmp_path: Path) -> None:

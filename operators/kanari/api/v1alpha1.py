@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
-from kanari.api.duration import Duration, parse_duration
+from kanari.api.duration import Duration
 
 GROUP = "kanari.dev"
 VERSION = "v1alpha1"
@@ -703,7 +703,3 @@ def parse_spec(spec: Any) -> ModelDeploymentSpec:
         return ModelDeploymentSpec.model_validate(spec)
     except ValidationError as exc:
         raise format_validation_error(exc, "spec")[0] from None
-
-
-def step_seconds(d: str | None, default: float = 0.0) -> float:
-    return parse_duration(d) if d else default
