@@ -4,7 +4,7 @@ the extras the image used to carry (kfp, scikit-learn, matplotlib, pyarrow).
 Measured from the installed distributions' RECORD files in this environment (no download): the closure is
 followed through each distribution's Requires-Dist, markers evaluated here, extras ignored.
 
-    python scripts/deps_size.py            # prints a table; --json for the numbers
+    python scripts/deps_size.py            # prints a summary; -o json for the numbers
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def closure(requirements: list[str]) -> dict[str, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("-o", "--output", choices=("json",), default=None)
     args = parser.parse_args()
     core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     now, before = closure(core), closure([*core, *FORMER])
@@ -58,7 +58,7 @@ def main() -> int:
               "with_former_extras_mb": round(sum(before.values()) / 1e6, 1), "with_former_extras_packages": len(before),
               "largest_core": sorted(((k, round(v / 1e6, 1)) for k, v in now.items()), key=lambda kv: -kv[1])[:8],
               "removed": sorted(set(before) - set(now))}
-    if args.json:
+    if args.output == "json":
         print(json.dumps(result, indent=2))
     else:
         print(f"core dependencies: {result['core_mb']} MB in {result['core_packages']} distributions")

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# `kanari pipeline run --context` hands its context to the pipeline's steps (separate processes) through this.
+CONTEXT_ENV = "KANARI_KUBE_CONTEXT"
 
 
 class KubeConfigError(Exception):
@@ -37,6 +39,8 @@ def kubeconfig_path(explicit: str | None = None) -> str:
 def connect(kubeconfig: str | None = None, context: str | None = None) -> Connection:
     """An ApiClient of its own (nothing global is changed), and the default namespace."""
     from kubernetes import client, config
+
+    context = context or os.environ.get(CONTEXT_ENV) or None
     from kubernetes.config.config_exception import ConfigException
 
     if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):

@@ -235,12 +235,16 @@ def test_version_completion_and_a_fast_help():
             "'numpy', 'pandas', 'yaml', 'kfp', 'aiohttp', 'scipy'}); print(heavy, time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.startswith("[] "), out
-    runs = []
-    for _ in range(3):
+    # Wall time beyond the interpreter's own start, best of five (the machine is shared; its load varies).
+    help_runs, bare_runs = [], []
+    for _ in range(5):
         start = time.perf_counter()
         assert kanari("--help").returncode == 0
-        runs.append(time.perf_counter() - start)
-    assert min(runs) < 0.5, f"kanari --help took {min(runs):.2f}s"
+        help_runs.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare_runs.append(time.perf_counter() - start)
+    assert min(help_runs) - min(bare_runs) < 0.3, f"kanari --help: {min(help_runs):.2f}s, python: {min(bare_runs):.2f}s"
 
 
 def test_every_exit_code_is_documented_in_the_readme():
@@ -250,3 +254,19 @@ def test_every_exit_code_is_documented_in_the_readme():
     section = readme.split("### Exit codes", 1)[1].split("\n## ", 1)[0]
     for code, meaning in EXIT_CODES.items():
         assert re.search(rf"^\| `{code}` \| {re.escape(meaning)}", section, re.M), (code, meaning)
+
+
+def test_the_pipelines_apply_step_connects_with_the_given_context(kubeconfig, objects, monkeypatch):
+    """`kanari pipeline run --apply --context c`: its steps run as processes of their own and connect through the
+    one loader, which takes the context from the environment the CLI hands them."""
+    from kanari.kubeclient import CONTEXT_ENV, custom_objects_api
+
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv(CONTEXT_ENV, "emulator")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    items = custom_objects_api().list_namespaced_custom_object("kanari.dev", "v1alpha1", NS, "modeldeployments")
+    assert [i["metadata"]["name"] for i in items["items"]] == [objects[NS]]
+    from kanari.cli.main import build_parser
+
+    args = build_parser().parse_args(["pipeline", "run", "--local", "--context", "emulator", "--kubeconfig", "k"])
+    assert (args.context, args.kubeconfig) == ("emulator", "k")

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from typing import Any
@@ -73,6 +72,9 @@ def register(subparsers: Any) -> None:
     run = psub.add_parser("run", help="run the whole pipeline on this machine (--local)")
     run.add_argument("--local", action="store_true", help="run through kfp.local with the local training backend")
     _release_options(run)
+    run.add_argument("--kubeconfig", default=argparse.SUPPRESS, metavar="PATH",
+                     help="with --apply: the kubeconfig (default $KUBECONFIG, ~/.kube/config)")
+    run.add_argument("--context", default=argparse.SUPPRESS, help="with --apply: the kubeconfig context (default: the current one)")
     run.add_argument("--workdir", default=None, help="run logs, KFP outputs, default GitOps dir (./.kanari/pipeline)")
     run.add_argument("-o", "--output", choices=("json", "yaml"), default=None, help="json|yaml (default: a summary)")
     run.add_argument("-v", "--verbose", action="store_true", help="also show every line the steps print")
@@ -139,6 +141,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kfp_pipelines.local import PipelineRunError, run_local
 
     kwargs = _pipeline_arguments(args)
+    # The steps run as processes of their own (kfp.local): the connection travels in their environment.
+    if getattr(args, "kubeconfig", None):
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    if getattr(args, "context", None):
+        from kanari.kubeclient import CONTEXT_ENV
+
+        os.environ[CONTEXT_ENV] = args.context
     if args.workdir:
         kwargs["workdir"] = args.workdir
 
@@ -173,6 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    import tempfile
+
     import kfp
 
     from kfp_pipelines.deployment import PIPELINE_NAME

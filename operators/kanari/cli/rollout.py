@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +87,8 @@ def _get(api: Any, ns: str, name: str, gvr: tuple[str, str, str] = (GROUP, VERSI
 
 
 def _run_action(args: argparse.Namespace) -> int:
+    import uuid
+
     from kubernetes.client.rest import ApiException
 
     from kanari.api.v1alpha1 import ACTION_ANNOTATION
