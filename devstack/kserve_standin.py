@@ -224,9 +224,9 @@ class ModelStore:
             if data is None:
                 raise FileNotFoundError(f"{uri}: not a file")
         elif parsed.scheme == "s3":
-            import boto3
+            from kanari import awsclient
 
-            body = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+            body = awsclient.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
             data = body.read()
         else:
             raise ValueError(f"storageUri {uri}: only s3:// and file:// are served locally")

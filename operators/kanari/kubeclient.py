@@ -60,6 +60,8 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Connec
         raise KubeConfigError(
             f"no kubeconfig at {path} (pass --kubeconfig, set KUBECONFIG, or run inside the cluster)"
         )
+    if context is None:
+        context = _current_context(files)
     try:
         contexts, active = config.list_kube_config_contexts(config_file=path)
         if context is not None:
@@ -75,6 +77,22 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Connec
         raise KubeConfigError(f"kubeconfig unreadable: {exc}") from None
     namespace = (active.get("context") or {}).get("namespace") or "default"
     return Connection(api_client, namespace, active["name"])
+
+
+def _current_context(files: list[str]) -> str | None:
+    """kubectl's rule for a KUBECONFIG list: the first file that sets current-context wins (the Python client's
+    merge lets the last one win, so the context is chosen here)."""
+    import yaml
+
+    for f in files:
+        try:
+            with open(f) as fh:
+                doc = yaml.safe_load(fh)
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict) and doc.get("current-context"):
+            return str(doc["current-context"])
+    return None
 
 
 def configure_default(kubeconfig: str | None = None, context: str | None = None) -> Connection:
