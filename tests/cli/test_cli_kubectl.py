@@ -140,6 +140,9 @@ def test_status_shows_the_inference_service_revisions_and_their_readiness(kubeco
     doc = json.loads(kanari("status", name, "--kubeconfig", str(kubeconfig), "--context", "emulator",
                             "-o", "json").stdout)
     assert [(r["role"], r["traffic"]) for r in doc["inferenceService"]["revisions"]] == [("stable", 80), ("latest", 20)]
+    # -A finds the one namespace holding that name, as kubectl get -A does.
+    found = kanari("status", objects[OTHER_NS], "--kubeconfig", str(kubeconfig), "--context", "emulator", "-A")
+    assert found.returncode == 0 and f"(namespace {OTHER_NS})" in found.stdout, found.stderr
     # Not created yet is said, not an error.
     other = kanari("status", objects[OTHER_NS], "--kubeconfig", str(kubeconfig), "--context", "emulator",
                    "-n", OTHER_NS)
@@ -212,6 +215,19 @@ def test_everyday_kubernetes_failures_print_one_line_and_their_exit_code(kubecon
         assert proc.returncode == code, (argv, proc.returncode, proc.stderr)
         assert text in one_line_error(proc), (argv, proc.stderr)
         assert time.monotonic() - start < 30, f"{argv}: an everyday failure must not hang"
+
+
+def test_all_namespaces_refuses_an_ambiguous_name(cluster, kubeconfig, objects):
+    twin = f"twin-{uuid.uuid4().hex[:6]}"
+    for ns in (NS, OTHER_NS):
+        Kube(cluster, ns).create_md(twin, SPEC)
+    try:
+        proc = kanari("pause", twin, "-A", "--kubeconfig", str(kubeconfig), "--context", "emulator")
+        assert proc.returncode == 2
+        assert f"modeldeployment {twin} exists in {NS}, {OTHER_NS}: choose one with -n" in one_line_error(proc)
+    finally:
+        for ns in (NS, OTHER_NS):
+            Kube(cluster, ns).delete_md(twin)
 
 
 def test_verbose_shows_the_traceback(kubeconfig):

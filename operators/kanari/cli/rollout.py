@@ -16,6 +16,7 @@ from kanari.cli.common import (
     FAILED,
     NOT_FOUND,
     OK,
+    USAGE,
     CliError,
     add_cluster_flags,
     add_output,
@@ -54,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     for action, text in _HELP.items():
         p = subparsers.add_parser(action, help=text, description=text)
         p.add_argument("name", help="ModelDeployment name")
-        add_cluster_flags(p)
+        add_cluster_flags(p, all_namespaces=True)
         if action == "promote":
             p.add_argument("--full", action="store_true", help="skip the remaining steps and analysis")
         add_output(p, ("name",))
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "it until it settles (exit 0 when Succeeded, 1 when RolledBack or Failed).",
     )
     s.add_argument("name", help="ModelDeployment name")
-    add_cluster_flags(s)
+    add_cluster_flags(s, all_namespaces=True)
     s.add_argument("-w", "--watch", action="store_true", help="follow changes until the rollout settles")
     add_output(s)
     s.set_defaults(func=_run_status)
@@ -86,6 +87,25 @@ def _get(api: Any, ns: str, name: str, gvr: tuple[str, str, str] = (GROUP, VERSI
         raise api_error(exc, f"{'modeldeployment' if gvr[2] == PLURAL else 'inferenceservice'} {name}", ns) from None
 
 
+def _namespace_of(api: Any, args: argparse.Namespace, ns: str) -> str:
+    """With -A, the one namespace holding a ModelDeployment of that name (as `kubectl get -A` finds it)."""
+    if not getattr(args, "all_namespaces", False):
+        return ns
+    from kubernetes.client.rest import ApiException
+
+    try:
+        found = api.list_cluster_custom_object(GROUP, VERSION, PLURAL, field_selector=f"metadata.name={args.name}")
+    except ApiException as exc:
+        raise api_error(exc, "modeldeployments") from None
+    spaces = sorted({i["metadata"]["namespace"] for i in found.get("items") or []
+                     if i["metadata"]["name"] == args.name})
+    if not spaces:
+        raise CliError(f"modeldeployment {args.name} not found in any namespace", NOT_FOUND)
+    if len(spaces) > 1:
+        raise CliError(f"modeldeployment {args.name} exists in {', '.join(spaces)}: choose one with -n", USAGE)
+    return spaces[0]
+
+
 def _run_action(args: argparse.Namespace) -> int:
     import uuid
 
@@ -96,6 +116,7 @@ def _run_action(args: argparse.Namespace) -> int:
     action = "promote-full" if args.action == "promote" and args.full else args.action
     value = f"{action}/{uuid.uuid4().hex[:8]}"
     api_client, ns = connect(args)
+    ns = _namespace_of(_objects(api_client), args, ns)
     try:
         _objects(api_client).patch_namespaced_custom_object(
             GROUP, VERSION, ns, PLURAL, args.name, {"metadata": {"annotations": {ACTION_ANNOTATION: value}}}
@@ -210,6 +231,7 @@ def age(timestamp: str | None, now: datetime) -> str:
 def _run_status(args: argparse.Namespace) -> int:
     api_client, ns = connect(args)
     api = _objects(api_client)
+    ns = _namespace_of(api, args, ns)
     obj = _get(api, ns, args.name)
     _show(api, obj, args.output)
     if not args.watch:
