@@ -74,3 +74,11 @@ def test_core_dependencies_exclude_the_extras_and_the_image_installs_only_them()
     assert copied == ["pyproject.toml", "operators"], copied
     installs = [line for line in stage.splitlines() if "pip install" in line]
     assert installs and all("pip install . " in line and "[" not in line for line in installs), installs
+
+
+def test_commands_on_extras_name_the_extra_in_one_line(tmp_path):
+    for argv, extra in ((["pipeline", "compile", "--out", str(tmp_path / "p.yaml")], "pipelines"),
+                        (["models", "list", "--group", "g"], "pipelines")):
+        proc = run("from kanari.cli.main import main; raise SystemExit(main(sys.argv[1:]))", *argv)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"kanari: error: this command needs the {extra!r} extra: pip install 'kanari[{extra}]'"

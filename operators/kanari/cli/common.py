@@ -31,7 +31,7 @@ INTERRUPTED = 130
 EXIT_CODES = {
     OK: "success",
     FAILED: "the check failed: invalid spec, drift found, rollout rolled back or failed",
-    USAGE: "bad flags or unreadable input",
+    USAGE: "bad flags, unreadable input, or an optional extra that is not installed",
     GATE_REJECTED: "pipeline run: the quality gate rejected the model",
     NOT_FOUND: "the object does not exist",
     FORBIDDEN: "not allowed (Kubernetes RBAC or AWS IAM)",
@@ -42,6 +42,10 @@ EXIT_CODES = {
 }
 
 OUTPUT_FORMATS = ("json", "yaml", "wide", "name")
+# Modules of the optional extras (pyproject.toml), and the extra that brings each: the operator image has none.
+EXTRAS = {"kfp": "pipelines", "kfp_pipelines": "pipelines", "sklearn": "pipelines", "pyarrow": "cli",
+          "matplotlib": "cli", "kserve": "serve", "torch": "train", "devstack": "demo", "kmock": "demo",
+          "moto": "demo"}
 
 
 class CliError(Exception):
@@ -119,6 +123,9 @@ def classify(exc: BaseException) -> CliError | None:
     """Everyday failures raised below the commands (network, credentials, region) as one line and a code."""
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in EXTRAS:
+        extra = EXTRAS[(exc.name or "").split(".")[0]]
+        return CliError(f"this command needs the {extra!r} extra: pip install 'kanari[{extra}]'", USAGE)
     module = type(exc).__module__ or ""
     name = type(exc).__name__
     if module.startswith("kubernetes") and name == "ApiException":
