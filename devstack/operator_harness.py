@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from kanari.api import v1alpha1 as api
 from kubernetes import client
 
-from devstack import apiserver
+from devstack import apiserver, kserve_standin
 from devstack.apiserver import ISVC, MD, PROMETHEUS_RULE, TEST_AGENT, ApiServer, Call, write_kubeconfig
 from devstack.stack import wait_ready
 
@@ -231,57 +230,28 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
 
 
 class KServe:
-    """The KServe controller's part, Serverless mode: revisions, traffic and the conditions it reports.
+    """The KServe controller's part, Serverless mode, driven by the test: `reconcile(name)` is one pass of KServe
+    over the InferenceService as it is now, with the newest revision ready (or not).
 
-    Each change of the predictor template is a new Knative revision. With canaryTrafficPercent the newest
-    revision gets that share and the last rolled-out one the rest; without it the newest takes all traffic
-    once ready and becomes the rolled-out revision. Conditions are Argo CD's real healthy/progressing cases.
+    Revisions, traffic and status are the demo's KServe stand-in's own (devstack.kserve_standin: observe_template,
+    advance, build_status), without its model-server processes: one model of KServe for the demo, the tests and
+    the benchmarks.
     """
-
-    HEALTHY = UPSTREAM / "argocd-kserve-health" / "testdata" / "healthy.yaml"
-    PROGRESSING = UPSTREAM / "argocd-kserve-health" / "testdata" / "progressing.yaml"
 
     def __init__(self, kube: Kube):
         self.kube = kube
-        self.templates: dict[str, list[str]] = {}  # name -> predictor template per revision, in order
+        self.services: dict[str, kserve_standin.Service] = {}
 
     def reconcile(self, name: str, ready: bool = True) -> dict[str, Any]:
         isvc = self.kube.isvc(name)
         assert isvc is not None, f"InferenceService {name} does not exist"
-        predictor = dict(isvc["spec"]["predictor"])
-        canary = predictor.pop("canaryTrafficPercent", None)
-        template = json.dumps(predictor, sort_keys=True)
-        revisions = self.templates.setdefault(name, [])
-        if not revisions or revisions[-1] != template:
-            revisions.append(template)
-        latest = f"{name}-predictor-{len(revisions):05d}"
-        previous = (
-            (isvc.get("status") or {}).get("components", {}).get("predictor", {}).get("latestRolledoutRevision")
-        )
-        source = self.HEALTHY if ready else self.PROGRESSING
-        status: dict[str, Any] = {
-            "observedGeneration": isvc["metadata"]["generation"],
-            "url": f"http://{name}.{self.kube.namespace}.example.com",
-            "conditions": yaml.safe_load(source.read_text())["status"]["conditions"],
-        }
-        component: dict[str, Any] = {"latestCreatedRevision": latest, "url": status["url"]}
-        if ready:
-            component["latestReadyRevision"] = latest
-        if canary is not None and previous and previous != latest:
-            component["latestRolledoutRevision"] = previous
-            component["traffic"] = [
-                {"revisionName": previous, "percent": 100 - canary, "latestRevision": False},
-                {"revisionName": latest, "percent": canary, "latestRevision": True, "tag": "latest"},
-            ]
-        elif ready:
-            component["latestRolledoutRevision"] = latest
-            if previous and previous != latest:
-                component["previousRolledoutRevision"] = previous
-            component["traffic"] = [{"revisionName": latest, "percent": 100, "latestRevision": True}]
-        elif previous:
-            component["latestRolledoutRevision"] = previous
-        status["components"] = {"predictor": component}
-        return self.kube.set_isvc_status(name, status)
+        svc = self.services.setdefault(name, kserve_standin.Service(self.kube.namespace, name))
+        latest, _ = kserve_standin.observe_template(svc, isvc)
+        latest.ready = latest.ready or ready
+        canary = ((isvc.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent")
+        traffic = kserve_standin.advance(svc, canary)
+        url = f"http://{name}.{self.kube.namespace}.example.com"
+        return self.kube.set_isvc_status(name, kserve_standin.build_status(svc, isvc, traffic, url))
 
 
 def permissions(calls: Iterable[Call]) -> set[tuple[str, str, str]]:
