@@ -7,7 +7,8 @@
 5. roll out a deliberately broken v3 (a fault-injection model): the analysis fails, the operator rolls back;
 6. shift the live inputs: drift rises, the generated alert fires, Alertmanager calls the receiver, which
    starts a retraining run; the new model is registered, applied and rolled out;
-7. write the report (timeline picture, HTML, text summary with every decision and the lineage).
+7. write the report: the dashboard's static export of the run, and a text summary with every decision and
+   the lineage.
 
 Whatever happens, every process started is stopped at the end (also on Ctrl-C or SIGTERM).
 """
@@ -519,29 +520,34 @@ class Demo:
         return out
 
     def _report(self) -> None:
-        self.phase("Report")
+        self.phase("Report: the dashboard's export of the run")
         end = time.time()
         ep = self.stack.endpoints
         try:
-            timeline = report.fetch_timeline(ep.prometheus, NAMESPACE, NAME, self.t0, end, step=1.0,
-                                             window=self.profile.analysis_interval, drift_thresholds=(DRIFT_WARN, DRIFT_CRITICAL))
+            alerts = report.firing_alerts(ep.prometheus, NAMESPACE, NAME, self.t0, end)
         except (OSError, PrometheusError) as exc:
-            self.failures.append(f"timeline unavailable from Prometheus: {exc}")
-            timeline = report.Timeline()
+            self.failures.append(f"alerts unavailable from Prometheus: {exc}")
+            alerts = []
         rep = report.Report(
             title=f"Kanari demo: {NAMESPACE}/{NAME} ({self.profile.name}"
                   f"{', only ' + self.only if self.only else ''}{', chaos' if self.chaos else ''})",
-            started=self.t0, finished=end, timeline=timeline,
-            events=sorted(self.observer.events, key=lambda e: e.t), lineage=self._lineage(),
-            totals=self._totals(), stand_ins=STAND_INS,
+            started=self.t0, finished=end, events=sorted(self.observer.events, key=lambda e: e.t),
+            lineage=self._lineage(), totals=self._totals(), stand_ins=STAND_INS, alerts=alerts,
         )
-        paths = report.write_report(rep, self.out)
+        paths = report.write_report(rep, self.out, kubeconfig=ep.kubeconfig, prometheus=ep.prometheus)
         print("\n" + report.render_text(rep), file=self.console, flush=True)
         for kind, path in paths.items():
-            self.say(f"{kind:<5} {path}")
+            self.say(f"{kind:<9} {path}")
+        if "dashboard" in paths:
+            self.say(f"open {paths['dashboard']} (the same views `kanari dashboard` serves live)")
+        if not self.keep:
+            self.say("for the live dashboard, run the demo with --keep (make demo ARGS=--keep)")
 
     async def _keep(self) -> None:
+        ep = self.stack.endpoints
         print("\nServices stay up until you press Ctrl-C:", file=self.console)
+        print(f"  {'Live dashboard':<44} .venv/bin/kanari dashboard --kubeconfig {ep.kubeconfig} "
+              f"--prometheus-url {ep.prometheus}   (then open http://127.0.0.1:3100/)", file=self.console)
         for what, url in self.stack.endpoints.describe():
             print(f"  {what:<44} {url}", file=self.console)
         print(f"  {'Inference':<44} curl -s -H 'Content-Type: application/json' "
@@ -576,7 +582,7 @@ def prepare_out(out: Path) -> None:
     """Reuse the output directory of a previous demo; refuse one that holds something else."""
     if out.exists() and any(out.iterdir()):
         ours = {"state", "logs", "processes.json", "requests.jsonl", "report.html", "report.json", "summary.txt",
-                "timeline.png"}
+                "timeline.png", "dashboard"}
         foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
         if foreign:
             raise DemoFailed(f"--out {out}: the directory holds files that are not a demo's output "

@@ -168,9 +168,12 @@ class EmbeddedStack:
                 "--window-size", str(s.drift_window), "--min-samples", str(s.drift_min_samples),
                 "--evaluate-interval", str(s.drift_evaluate_interval),
                 # A revision that no longer gets traffic stops counting soon after (its window is dropped).
-                "--idle-timeout", str(s.drift_idle_timeout)]
-        self.supervisor.start("drift-monitor", argv, env=self.child_env(), url=url, ready=http_ok(f"{url}/metrics"),
-                              ports=[port])
+                "--idle-timeout", str(s.drift_idle_timeout),
+                # Events are taken only for monitored ModelDeployments; the cluster starts later, so the
+                # monitor retries the API (KUBECONFIG is where the cluster will write it).
+                "--kubernetes"]
+        env = self.child_env(KUBECONFIG=str(self.state / "cluster" / "kubeconfig"))
+        self.supervisor.start("drift-monitor", argv, env=env, url=url, ready=http_ok(f"{url}/metrics"), ports=[port])
         self.endpoints.drift_monitor = url
         return url
 
@@ -178,6 +181,8 @@ class EmbeddedStack:
         return {
             "launcher": {"command": {"argv": self.settings.retrain_argv, "logDir": str(self.logs / "retraining")}},
             "store": {"file": str(self.state / "retrain-triggers.json")},
+            # The retraining policy is spec.monitoring.retrain of the ModelDeployment the alert names.
+            "modelDeployments": True,
         }
 
     def _start_receiver(self) -> str:

@@ -8,7 +8,12 @@ import math
 import time
 
 import pytest
-from kanari.rollout.prometheus import PrometheusQueryError, PrometheusUnavailable
+from kanari.rollout.prometheus import (
+    PrometheusConfig,
+    PrometheusQueryError,
+    PrometheusUnavailable,
+    run_blocking,
+)
 
 from devstack import report
 from devstack.stack import free_port, start_prometheus
@@ -25,18 +30,20 @@ def prometheus(tmp_path_factory):
 
 def test_range_and_instant_queries_through_the_shared_client(prometheus):
     now = time.time()
-    series = report.range_query(prometheus, 'label_replace(vector(0.25), "model", "fraud", "", "")', now - 10, now, 2)
+    series = run_blocking(PrometheusConfig(url=prometheus), lambda prom: prom.query_range(
+        'label_replace(vector(0.25), "model", "fraud", "", "")', now - 10, now, 2))
     assert len(series) == 1
-    labels, points = series[0]
-    assert labels == {"model": "fraud"} and len(points) == 6 and all(v == 0.25 for _, v in points)
+    assert series[0].labels == {"model": "fraud"} and len(series[0].points) == 6
+    assert all(v == 0.25 for _, v in series[0].points)
     assert report.instant_query(prometheus, "vector(3)") == [({}, 3.0)]
-    nan = report.range_query(prometheus, "vector(0) / 0", now - 2, now, 1)
-    assert all(math.isnan(v) for _, v in nan[0][1]), "NaN is passed on for the report to show as a gap"
+    nan = run_blocking(PrometheusConfig(url=prometheus), lambda prom: prom.query_range("vector(0) / 0", now - 2, now, 1))
+    assert all(math.isnan(v) for _, v in nan[0].points), "NaN is passed on for the report to show as a gap"
+    assert report.firing_alerts(prometheus, "demo", "fraud", now - 10, now) == []
 
 
 def test_a_rejected_query_and_an_unreachable_server_are_errors_not_data(prometheus):
     with pytest.raises(PrometheusQueryError, match="parse error"):
-        report.range_query(prometheus, "sum(", time.time() - 5, time.time(), 1)
+        report.instant_query(prometheus, "sum(")
     with pytest.raises(PrometheusUnavailable):
         report.instant_query(f"http://127.0.0.1:{free_port()}", "vector(1)")
 

@@ -160,8 +160,22 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* Container fields every Kanari container shares: extra args, the log format, extra env. */}}
+{{/* The log format every Kanari container is given (values logFormat). */}}
 {{- define "kanari.logFormatEnv" -}}
 - name: KANARI_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- end -}}
+
+{{/*
+The Secret holding the drift monitor's and alert receiver's certificate (tls.crt, tls.key, ca.crt).
+*/}}
+{{- define "kanari.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "kanari.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{/*
+http or https: how the drift monitor and the alert receiver are reached.
+*/}}
+{{- define "kanari.workerScheme" -}}
+{{- ternary "https" "http" .Values.tls.enabled -}}
 {{- end -}}

@@ -1,12 +1,18 @@
 {{/*
 Deployment and Service of a `kanari drift ...` HTTP worker (drift monitor, alert receiver): one port for its
 API and /metrics. Call with (dict "ctx" $ "component" NAME "values" VALUES "command" LIST "env" YAML), plus "config" (the
-YAML of a ConfigMap mounted at /etc/kanari) and "kubeAPI" (mount the ServiceAccount token) when needed.
+YAML of a ConfigMap mounted at /etc/kanari) and "kubeAPI" (mount the ServiceAccount token) when needed. With
+.Values.tls.enabled the worker serves HTTPS with the certificate Secret mounted at /var/run/kanari/tls.
 */}}
 {{- define "kanari.worker" -}}
 {{- $ctx := .ctx }}
 {{- $values := .values }}
 {{- $name := printf "%s-%s" (include "kanari.fullname" $ctx) .component }}
+{{- $tls := $ctx.Values.tls.enabled }}
+{{- $command := .command }}
+{{- if $tls }}
+{{- $command = concat $command (list "--tls-cert-file" "/var/run/kanari/tls/tls.crt" "--tls-key-file" "/var/run/kanari/tls/tls.key") }}
+{{- end }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -44,7 +50,7 @@ spec:
       - name: {{ .component }}
         image: {{ include "kanari.image" $ctx }}
         imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
-        command: {{ toJson .command }}
+        command: {{ toJson $command }}
         {{- with $values.extraArgs }}
         args: {{ toJson . }}
         {{- end }}
@@ -66,12 +72,14 @@ spec:
           httpGet:
             path: /healthz
             port: http
+            scheme: {{ ternary "HTTPS" "HTTP" $tls }}
           periodSeconds: 20
           timeoutSeconds: 5
         readinessProbe:
           httpGet:
             path: /healthz
             port: http
+            scheme: {{ ternary "HTTPS" "HTTP" $tls }}
           periodSeconds: 10
           timeoutSeconds: 5
         resources:
@@ -86,6 +94,11 @@ spec:
           mountPath: /etc/kanari
           readOnly: true
         {{- end }}
+        {{- if $tls }}
+        - name: tls
+          mountPath: /var/run/kanari/tls
+          readOnly: true
+        {{- end }}
         {{- with $values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -95,6 +108,12 @@ spec:
         - name: config
           configMap:
             name: {{ $name }}
+        {{- end }}
+        {{- if $tls }}
+        - name: tls
+          secret:
+            secretName: {{ include "kanari.tlsSecretName" $ctx }}
+            defaultMode: 0440
         {{- end }}
         {{- with $values.extraVolumes }}
         {{- toYaml . | nindent 8 }}

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "kanari.cli.rollout",
     "kanari.cli.drift",
     "kanari.cli.pipeline",
+    "kanari.dashboard.cli",
 )
 
 
@@ -52,7 +53,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kanari", description="Kanari: Kubernetes-native MLOps for EKS (Trainium training, Inferentia serving).",
         epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in common.EXIT_CODES.items()),
@@ -62,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_cluster_flags(parser, all_namespaces=True, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
-    comp = sub.add_parser("completion", help="print a shell completion script (bash, zsh, tcsh)",
-                          description="Print a completion script, e.g. `source <(kanari completion bash)`.")
-    comp.add_argument("shell", choices=("bash", "zsh", "tcsh"))
-    comp.set_defaults(func=lambda a: _completion(parser, a.shell))
+        if only is None or name == only:
+            importlib.import_module(name).register(sub)
+    if only is None:
+        comp = sub.add_parser("completion", help="print a shell completion script (bash, zsh, tcsh)",
+                              description="Print a completion script, e.g. `source <(kanari completion bash)`.")
+        comp.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+        comp.set_defaults(func=lambda a: _completion(parser, a.shell))
     for p in _subparsers(parser):
         if not any("-v" in a.option_strings for a in p._actions):
             common.add_verbose(p)
@@ -81,7 +84,9 @@ def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # `kanari drift ...` (run per batch by pipelines and jobs) builds only its own parser.
+    parser = build_parser("kanari.cli.drift" if argv[:1] == ["drift"] else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -177,10 +177,17 @@ def profile_current(baseline: Baseline, df: pd.DataFrame) -> Profile:
 def compare_frame(
     baseline: Baseline, df: pd.DataFrame, method: str | None = None, current: Profile | None = None
 ) -> DriftReport:
-    """The whole comparison the CLI reports. The baseline's target column is compared only if present."""
+    """The whole comparison the CLI reports. The baseline's target column is compared only if present.
+
+    Without a `current` profile the data is binned once against the baseline's stored sketch (fastcompare:
+    exact on the current side, no sketch of it); with one, the two profiles are compared sketch to sketch.
+    """
+    if current is None:
+        from kanari.drift.fastcompare import compare_frame_fast
+
+        return compare_frame_fast(baseline, df, method)
     df = df.rename(columns=str)
     violations = schema_violations(baseline, df)
-    current = current if current is not None else profile_current(baseline, df)
     compared = [f for f in baseline.profile.features if f.name in df.columns]
     values = drift_values(baseline, current, compared)
     results: list[FeatureDrift] = []

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 from kanari.retrain.policy import Alert, RetrainPolicy
 
 ALERT_ENV = "KANARI_DRIFT_ALERT"
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"}
 
 
 class LaunchError(RuntimeError):
@@ -52,13 +52,20 @@ class CommandLauncher:
     `kanari pipeline run --local --model-name {model} --reason {alertname}`.
 
     Each argument is formatted on its own and no shell is involved, so alert labels cannot inject
-    commands. The alert itself is in the environment variable KANARI_DRIFT_ALERT (JSON).
+    commands. The command is an argv list only: a string would be split or handed to a shell, and
+    `sh -c '... {model}'` puts a label value into shell code. The alert itself is in the environment
+    variable KANARI_DRIFT_ALERT (JSON).
     """
 
-    def __init__(self, command: Sequence[str] | str, log_dir: str | os.PathLike[str]):
-        self.command = shlex.split(command) if isinstance(command, str) else list(command)
+    def __init__(self, command: Sequence[str], log_dir: str | os.PathLike[str]):
+        if isinstance(command, str) or not all(isinstance(a, str) for a in command):
+            raise ValueError("command: an argv list of strings, not a command line")
+        self.command = list(command)
         if not self.command:
             raise ValueError("command: empty")
+        if Path(self.command[0]).name in SHELLS and "-c" in self.command[1:]:
+            raise ValueError("command: a shell command line (`sh -c ...`) would run alert labels as shell code; "
+                             "give the program and its arguments")
         self.log_dir = Path(log_dir)
         self._children: list[subprocess.Popen[bytes]] = []
 
@@ -81,7 +88,7 @@ class CommandLauncher:
         try:
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument or the environment
             raise LaunchError(f"cannot start {argv[0]}: {exc}") from None
         self._children.append(proc)
         return f"pid-{proc.pid}"
