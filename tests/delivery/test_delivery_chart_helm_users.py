@@ -140,7 +140,7 @@ def _metrics_in_code() -> set[str]:
 
 def test_grafana_dashboard_is_a_sidecar_configmap_whose_queries_prometheus_accepts(tmp_path: Path):
     objs = rendered("customised-values.yaml")
-    cm = one(objs, "ConfigMap", "kanari-dashboard")
+    cm = one(objs, "ConfigMap", "kanari-grafana-dashboard")
     assert cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["annotations"]["grafana_folder"] == "Kanari"
     dashboard = json.loads(cm["data"]["kanari.json"])
@@ -161,7 +161,7 @@ def test_grafana_dashboard_is_a_sidecar_configmap_whose_queries_prometheus_accep
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     off = rendered("default-values.yaml", "monitoring.grafanaDashboard.enabled=false")
-    assert not [o for o in off if o["metadata"]["name"] == "kanari-dashboard"]
+    assert not [o for o in off if o["metadata"]["name"] == "kanari-grafana-dashboard"]
 
 
 def _notes(*sets: str) -> str:
