@@ -126,7 +126,9 @@ def test_service_monitor_options():
         assert endpoint["scheme"] == "https" and endpoint["scrapeTimeout"] == "10s"
         assert endpoint["tlsConfig"]["serverName"] == "kanari.kanari-system.svc"
         assert endpoint["relabelings"][0]["targetLabel"] == "node"
-        assert endpoint["metricRelabelings"][0]["action"] == "drop"
+        # The chart's own relabelings (a Kanari series' namespace) first, then the user's.
+        assert endpoint["metricRelabelings"][-1] == {"sourceLabels": ["__name__"], "regex": "go_.*", "action": "drop"}
+        assert endpoint["metricRelabelings"][0]["targetLabel"] == "namespace"
     default = [o for o in rendered("default-values.yaml") if o["kind"] == "ServiceMonitor"][0]["spec"]["endpoints"][0]
     assert "tlsConfig" not in default and "scrapeTimeout" not in default and default["scheme"] == "http"
 
