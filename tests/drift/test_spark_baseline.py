@@ -120,7 +120,7 @@ def test_cli_engine_spark_writes_a_baseline_compare_accepts(tmp_path: Path) -> N
     out = tmp_path / "base"
     run = subprocess.run(
         [sys.executable, "-m", "kanari.cli.main", "drift", "baseline", "--engine", "spark", "--spark-master", "local[2]",
-         "--data", str(tmp_path / "train.parquet"), "-o", str(out), "--target", "label"],
+         "--data", str(tmp_path / "train.parquet"), "--out", str(out), "--target", "label"],
         capture_output=True, text=True, timeout=240,
     )
     assert run.returncode == 0, run.stderr[-2000:]
