@@ -95,7 +95,7 @@ class DemoFailed(RuntimeError):
     """An outcome the demo promises did not happen; the message says which and why."""
 
 
-def platform_manifest(profile: Profile) -> dict[str, Any]:
+def platform_manifest(profile: Profile, retrain_parameters: dict[str, str] | None = None) -> dict[str, Any]:
     """The ModelDeployment as the platform team writes it in Git; the pipeline fills in the model."""
     return {
         "apiVersion": api.API_VERSION,
@@ -126,7 +126,8 @@ def platform_manifest(profile: Profile) -> dict[str, Any]:
                 # around 0.1-0.2 there, so the thresholds are set above that noise.
                 "drift": {"method": "psi", "warn": DRIFT_WARN, "critical": DRIFT_CRITICAL, "for": profile.drift_for,
                           "windowSize": profile.drift_window},
-                "retrain": {"pipeline": "kanari-training", "cooldown": "1h", "maxPerDay": 2},
+                "retrain": {"pipeline": "kanari-training", "cooldown": "1h", "maxPerDay": 2,
+                            "parameters": retrain_parameters or {}},
             },
         },
     }
@@ -235,9 +236,18 @@ class Demo:
             ModelPackageGroupName=NAME, ModelPackageGroupDescription="Kanari demo: fraud scorer"
         )
         self.manifest.parent.mkdir(parents=True, exist_ok=True)
-        self.manifest.write_text(yaml.safe_dump(platform_manifest(self.profile), sort_keys=False))
+        self.manifest.write_text(yaml.safe_dump(platform_manifest(self.profile, self._retrain_parameters()),
+                                                sort_keys=False))
         self.say(f"S3 bucket {BUCKET} (versioned), dataset s3://{BUCKET}/{DATASET_KEY} version {version[:12]}, "
                  f"model package group {NAME}, GitOps manifest {self.manifest}")
+
+    def _retrain_parameters(self) -> dict[str, str]:
+        """What the KFP launcher cannot derive from the ModelDeployment (spec.monitoring.retrain.parameters)."""
+        from kfp_pipelines.local import local_role_arn
+
+        return {"role_arn": local_role_arn(), "auto_approve": "true",
+                "hyperparameters": json.dumps({"epochs": self.profile.epochs}), "manifest_dir": str(self.gitops),
+                "apply_manifest": "true"}
 
     def _run_pipeline(self, label: str, reason: str, hyperparameters: dict[str, Any]) -> Any:
         from kfp_pipelines.local import run_local
@@ -411,7 +421,7 @@ class Demo:
         if run.get("outcome") != "Started":
             raise DemoFailed(f"the receiver could not start the retraining run: {run}")
         self._track_retrain(run)
-        self.phase(f"Retraining run {run.get('run')} (started by the receiver): `kanari pipeline run --local`")
+        self.phase(f"Retraining run {run.get('run')} (started by the receiver through the KFP launcher)")
         ended: float | None = None
         while self.observer.snapshot.spec_arn == arn_before:
             if ended is None and not self._retrain_running(run):
@@ -592,17 +602,6 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def retrain_argv(out: Path, profile: Profile, git_sha: str) -> list[str]:
-    return [
-        sys.executable, "-m", "kanari.cli.main", "pipeline", "run", "--local",
-        "--bucket", BUCKET, "--model-package-group", NAME, "--dataset-uri", f"s3://{BUCKET}/{DATASET_KEY}",
-        "--model-name", "{model}", "--namespace", "{namespace}", "--auto-approve",
-        "--reason", "drift alert {alertname}", "--hyperparameter", f"epochs={profile.epochs}",
-        "--manifest-dir", str(out / "state" / "gitops"), "--apply", "--git-sha", git_sha,
-        "--workdir", str(out / "state" / "pipeline"),
-    ]
-
-
 def run_demo(
     out: Path, profile: Profile, only: str | None, keep: bool, chaos: bool, console: TextIO,
     lock: DemoLock | None = None,
@@ -634,7 +633,7 @@ def run_demo(
             drift_min_samples=profile.drift_min_samples, drift_evaluate_interval=profile.drift_evaluate_interval,
             drift_idle_timeout=profile.drift_idle_timeout,
             idle_grace=profile.idle_grace, resync_seconds=profile.resync_seconds,
-            retrain_argv=retrain_argv(out, profile, demo.git_sha),
+            pipeline_workdir=out / "state" / "pipeline",
         )
         stack = EmbeddedStack(out, settings, demo.say)
         return _supervised(demo, stack)

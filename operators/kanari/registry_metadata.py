@@ -18,7 +18,11 @@ SOURCE_DIGEST = "kanari:source-digest"
 REASON = "kanari:reason"
 MODEL_NAME = "kanari:model-name"
 GATE = "kanari:gate"
+SERVING_ACCELERATOR = "kanari:serving-accelerator"
 BASELINE_URI = "kanari:baseline-uri"
+DRIFT_ALERT = "kanari:drift-alert"
+DRIFT_ALERT_FINGERPRINT = "kanari:drift-alert-fingerprint"
+DRIFT_ALERT_STARTS_AT = "kanari:drift-alert-starts-at"
 METRIC_PREFIX = "kanari:metric."
 # The demo's fault-injection model says so in its registry metadata (devstack only).
 FAULT_INJECTION = "kanari:fault-injection"
@@ -30,5 +34,9 @@ LINEAGE = {
     "datasetUri": (DATASET_URI, "DatasetUri"),
     "gitSha": (GIT_SHA, "GitSha"),
     "imageDigest": (IMAGE_DIGEST, "ImageDigest"),
+    "datasetVersion": (DATASET_VERSION, "DatasetVersion"),
+    "driftAlert": (DRIFT_ALERT, "DriftAlert"),
+    "driftAlertFingerprint": (DRIFT_ALERT_FINGERPRINT, "DriftAlertFingerprint"),
+    "driftAlertStartsAt": (DRIFT_ALERT_STARTS_AT, "DriftAlertStartsAt"),
 }
 BASELINE = (BASELINE_URI, "BaselineUri")

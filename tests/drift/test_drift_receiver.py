@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import yaml
 from drift_testlib import Service, start_service, wait_for
 from kanari.api.v1alpha1 import RetrainRecord, RetrainSpec
 from kanari.retrain.history import FileTriggerStore, KubernetesTriggerStore, StoreUnavailable
-from kanari.retrain.launchers import CommandLauncher, KfpLauncher, LaunchError, LaunchRequest
+from kanari.retrain.launchers import CommandLauncher, LaunchError, LaunchRequest
 from kanari.retrain.policy import Alert, RetrainPolicy, decide, parse_payload, policy_for
 from prometheus_client import generate_latest
 
@@ -222,63 +221,8 @@ def test_commands_are_argv_lists_never_shell_lines(tmp_path: Path) -> None:
     assert main(["--config", str(tmp_path / "r.yaml"), "--token-file", str(tmp_path / "token")]) == 2
 
 
-class _KfpApi(BaseHTTPRequestHandler):
-    """The few Kubeflow Pipelines v2beta1 endpoints kfp.Client calls to start a run."""
-
-    calls: list[tuple[str, str, Any]] = []
-
-    def _send(self, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.calls.append(("GET", self.path, None))
-        if self.path.startswith("/apis/v2beta1/healthz"):
-            self._send({"multi_user": False})
-        elif self.path.startswith("/apis/v2beta1/pipelines?"):
-            self._send({"pipelines": [{"pipeline_id": "pl-1", "display_name": "fraud-training"}], "total_size": 1})
-        elif self.path.startswith("/apis/v2beta1/pipelines/pl-1/versions"):
-            self._send({"pipeline_versions": [{"pipeline_id": "pl-1", "pipeline_version_id": "v-9"}], "total_size": 1})
-        elif self.path.startswith("/apis/v2beta1/experiments"):
-            self._send({"experiments": [{"experiment_id": "exp-1", "display_name": "kanari-retraining"}], "total_size": 1})
-        else:
-            self.send_error(404)
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.calls.append(("POST", self.path, body))
-        self._send({"run_id": "run-77", **body})
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_kfp_launcher_starts_the_newest_version_with_the_alert(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        launcher = KfpLauncher(f"http://127.0.0.1:{server.server_port}")
-        run = launcher.launch(LaunchRequest(alert(), RetrainPolicy("fraud-training", 0, 1, {"epochs": "5"})))
-    finally:
-        server.shutdown()
-    assert run == "run-77"
-    posts = [c for c in _KfpApi.calls if c[0] == "POST"]
-    assert [p[1] for p in posts] == ["/apis/v2beta1/runs"]
-    body = posts[0][2]
-    assert body["experiment_id"] == "exp-1"
-    assert body["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "v-9"}
-    params = body["runtime_config"]["parameters"]
-    assert params["epochs"] == "5"
-    assert json.loads(params["drift_alert"])["labels"]["feature"] == "amount"
-
-
-def test_kfp_launcher_reports_an_unreachable_server() -> None:
-    with pytest.raises(LaunchError, match="Kubeflow Pipelines at http://127.0.0.1:9"):
-        KfpLauncher("http://127.0.0.1:9", namespace="ml-prod").launch(LaunchRequest(alert(), POLICY))
+# The KFP launcher (its parameters, derived from the ModelDeployment) is tested in
+# tests/pipelines/test_pipeline_retrain_launch.py.
 
 
 # --------------------------------------------------------------------------------- receiver process

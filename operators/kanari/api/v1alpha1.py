@@ -610,6 +610,11 @@ class Lineage(BaseModel):
     datasetUri: str | None = None
     gitSha: str | None = None
     imageDigest: str | None = None
+    datasetVersion: str | None = Field(default=None, description="Version of the training data (S3 object version or ETag).")
+    # The drift alert that started the retraining run, when one did (structured, from the registry).
+    driftAlert: str | None = Field(default=None, description="Alert name that triggered the retraining run.")
+    driftAlertFingerprint: str | None = None
+    driftAlertStartsAt: str | None = None
 
 
 class RetrainRecord(BaseModel):

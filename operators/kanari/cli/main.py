@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "kanari.cli.drift",
     "kanari.cli.pipeline",
     "kanari.dashboard.cli",
+    "kanari.cli.lineage",
+    "kanari.cli.iam",
 )
 
 

@@ -63,10 +63,10 @@ class KfpClient:
         return self._experiments.experiment_service_create_experiment(experiment=body)
 
     def run_pipeline(self, experiment_id: str, job_name: str, params: dict[str, Any], pipeline_id: str,
-                     version_id: str) -> Any:
+                     version_id: str, service_account: str | None = None) -> Any:
         m = self._models
         run = m.V2beta1Run(
-            experiment_id=experiment_id, display_name=job_name,
+            experiment_id=experiment_id, display_name=job_name, service_account=service_account,
             pipeline_version_reference=m.V2beta1PipelineVersionReference(
                 pipeline_id=pipeline_id, pipeline_version_id=version_id),
             runtime_config=m.V2beta1RuntimeConfig(parameters=params),

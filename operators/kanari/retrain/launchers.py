@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from kanari.retrain import training_run
 from kanari.retrain.policy import Alert, RetrainPolicy
 
 ALERT_ENV = "KANARI_DRIFT_ALERT"
@@ -94,9 +95,24 @@ class CommandLauncher:
         return f"pid-{proc.pid}"
 
 
+def read_deployment(namespace: str, name: str) -> dict[str, Any]:
+    """The ModelDeployment the alert is about, through the cluster's API (in-cluster config or kubeconfig)."""
+    from kanari.api import v1alpha1
+    from kanari.kubeclient import custom_objects_api
+
+    obj = custom_objects_api().get_namespaced_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name)
+    return dict(obj)
+
+
 class KfpLauncher:
-    """Starts the newest version of a named pipeline through Kubeflow Pipelines' API, with the alert (JSON) as
-    the `alert_parameter` parameter next to the policy's parameters."""
+    """Starts the newest version of a named pipeline through Kubeflow Pipelines' API (kanari.retrain.kfp_client).
+
+    The run's parameters are derived from the ModelDeployment the alert is about and the policy's
+    parameters (kanari.retrain.training_run): typed, each one a parameter the pipeline declares, with
+    the alert itself as the structured `drift_alert` parameter the pipeline records in the model's
+    lineage. A parameter that cannot be derived fails the launch, before anything is submitted.
+    """
 
     def __init__(
         self,
@@ -105,12 +121,21 @@ class KfpLauncher:
         namespace: str | None = None,
         alert_parameter: str = "drift_alert",
         client_factory: Callable[..., Any] | None = None,
+        deployments: Callable[[str, str], dict[str, Any]] = read_deployment,
+        defaults: dict[str, str] | None = None,
+        service_account: str = "kanari-pipeline",
     ):
+        if alert_parameter != "drift_alert":
+            # The training pipeline declares `drift_alert`; any other name would be refused by KFP.
+            raise ValueError(f"alertParameter: the training pipeline's parameter is drift_alert, not {alert_parameter!r}")
         self.host = host
         self.experiment = experiment
         self.namespace = namespace
-        self.alert_parameter = alert_parameter
         self._client_factory = client_factory
+        self._deployments = deployments
+        self.defaults = dict(defaults or {})
+        # KFP v2 sets the service account per run: the one IRSA gives the pipeline's IAM role.
+        self.service_account = service_account
         self._client: Any = None
 
     def _kfp(self) -> Any:
@@ -121,8 +146,24 @@ class KfpLauncher:
             self._client = factory(host=self.host, namespace=self.namespace or "kubeflow")
         return self._client
 
+    def parameters(self, request: LaunchRequest) -> dict[str, Any]:
+        """The run's arguments; LaunchError names the field to fix when one cannot be derived."""
+        alert = request.alert
+        try:
+            deployment = self._deployments(alert.namespace, alert.model)
+        except Exception as exc:  # the Kubernetes client raises ApiException, urllib3 and config errors alike
+            raise LaunchError(f"cannot read ModelDeployment {alert.namespace}/{alert.model}: "
+                              f"{type(exc).__name__}: {getattr(exc, 'reason', '') or exc}") from None
+        try:
+            params = training_run.derive(deployment, training_run.DriftAlert.model_validate(alert.summary()),
+                                         request.policy.parameters, self.defaults)
+        except (training_run.ParameterError, ValueError) as exc:
+            raise LaunchError(f"ModelDeployment {alert.namespace}/{alert.model}: {exc}") from None
+        return params.arguments()
+
     def launch(self, request: LaunchRequest) -> str:
         pipeline = request.policy.pipeline
+        params = self.parameters(request)
         try:
             client = self._kfp()
             pipeline_id = client.get_pipeline_id(pipeline)
@@ -133,13 +174,13 @@ class KfpLauncher:
                 raise LaunchError(f"pipeline {pipeline!r} has no versions")
             version_id = versions.pipeline_versions[0].pipeline_version_id
             experiment = client.create_experiment(self.experiment, namespace=self.namespace)
-            params = {**request.policy.parameters, self.alert_parameter: json.dumps(request.alert.summary())}
             run = client.run_pipeline(
                 experiment.experiment_id,
                 f"retrain-{request.alert.model}-{request.alert.fingerprint[:8]}",
                 params=params,
                 pipeline_id=pipeline_id,
                 version_id=version_id,
+                service_account=self.service_account,
             )
         except LaunchError:
             raise
