@@ -597,3 +597,29 @@ def test_scipy_is_imported_at_start_not_in_the_first_evaluation() -> None:
     code = "import sys, kanari.monitor.server; print('scipy.stats' in sys.modules and 'scipy.spatial.distance' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_a_monitor_started_before_the_api_server_picks_up_model_deployments_later(
+    monitor_env: dict[str, str], cancer_baseline_uri: str, cluster: Any, tmp_path: Path
+) -> None:
+    # The devstack starts the monitor before the cluster: the kubeconfig does not exist yet.
+    kubeconfig = tmp_path / "later" / "kubeconfig"
+    svc = start_service("kanari.monitor.server", ["--kubernetes", "--watch-namespace", "ml-late"], tmp_path / "svc",
+                        env={**monitor_env, "KUBECONFIG": str(kubeconfig)})
+    try:
+        row = {"instances": [drifted_rows(1, 14)[0].tolist()]}
+        headers = kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="early", namespace="ml-late")
+        assert httpx.post(svc.url, headers=headers, content=json.dumps(row)).status_code == 404
+        assert httpx.get(f"{svc.url}/healthz").json()["modelsSynced"] is False
+        create_md(cluster, md_object("early", cancer_baseline_uri, "7", namespace="ml-late"))
+        create_md(cluster, md_object("elsewhere", cancer_baseline_uri, "7"))
+        kubeconfig.parent.mkdir()
+        kubeconfig.write_text(Path(cluster.kubeconfig).read_text())
+        wait_for(lambda: httpx.post(svc.url, headers={**headers, "Ce-Id": new_id()}, content=json.dumps(row)).status_code == 200,
+                 "events accepted once the API server is reachable", timeout=40)
+        # only the watched namespace: ml-prod's models are not taken by this monitor
+        other = kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="elsewhere", namespace=NS)
+        assert httpx.post(svc.url, headers=other, content=json.dumps(row)).status_code == 404
+    finally:
+        svc.stop()
+    assert "Traceback" not in svc.tail()

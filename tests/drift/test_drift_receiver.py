@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import select
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -25,6 +27,8 @@ from kanari.retrain.history import FileTriggerStore, KubernetesTriggerStore, Sto
 from kanari.retrain.launchers import CommandLauncher, LaunchError, LaunchRequest
 from kanari.retrain.policy import Alert, RetrainPolicy, decide, parse_payload, policy_for
 from prometheus_client import generate_latest
+
+from devstack.stack import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -185,6 +189,11 @@ def test_kubernetes_store_records_in_status_and_emits_events(cluster: Any) -> No
     assert "RetrainingTriggered" in kube.reasons(created["metadata"]["uid"])
     assert store.claim(alert(), POLICY, NOW).reason == "duplicate"
     assert store.claim(alert(model="absent"), POLICY, NOW).reason == "no_model"
+    # a record someone else wrote into status that is not a RetrainRecord: skipped, never a 500
+    kube.custom.patch_namespaced_custom_object_status(
+        "kanari.dev", "v1alpha1", "ml-prod", "modeldeployments", "fraud",
+        {"status": {"retraining": [*status["retraining"], {"outcome": "Started"}, "junk"]}})
+    assert store.claim(alert(), POLICY, NOW).reason == "duplicate"
 
 
 # ---------------------------------------------------------------------------------------- launchers
@@ -357,7 +366,7 @@ def test_a_hung_launch_blocks_no_other_delivery_and_is_recorded_as_failed(tmp_pa
     finally:
         launcher.release.set()
     assert other[0] == 200 and other[1]["results"][0]["action"] == "triggered"
-    assert hung[0] == 502 and "did not answer within 1s" in hung[1]["results"][0]["detail"]
+    assert hung[0] == 502 and "timeout" in hung[1]["results"][0]["detail"]
     assert [r.outcome for r in receiver.store.history("ml-prod", "hang")] == ["Failed"]  # never a stuck Starting
 
 
@@ -366,7 +375,7 @@ def test_any_launch_exception_is_recorded_and_retried_with_backoff(tmp_path: Pat
     receiver = _receiver(tmp_path, _Launcher(), ["boom"], clock=lambda: clock[0])
     status, doc = _deliver(receiver, am_alert(model="boom"))
     assert status == 502 and doc["results"][0]["reason"] == "launch_failed"
-    assert "RuntimeError" in doc["results"][0]["detail"]
+    assert "RuntimeError" in doc["results"][0]["detail"] and "kfp_server_api" not in doc["results"][0]["detail"]
     assert [r.outcome for r in receiver.store.history("ml-prod", "boom")] == ["Failed"]
     # Alertmanager redelivers at once: too soon, answered 503 so it comes again later
     status, doc = _deliver(receiver, am_alert(model="boom"))
@@ -512,3 +521,109 @@ def test_a_corrupt_history_at_start_is_reported_and_the_receiver_goes_on(tmp_pat
     finally:
         svc.stop()
     assert list(tmp_path.glob("triggers.json.corrupt-*"))
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, as cert-manager would put in the Secret (tls.crt, tls.key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kanari-alert-receiver")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    crt, pem = tmp_path / "tls.crt", tmp_path / "tls.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return crt, pem
+
+
+def test_both_services_serve_https_with_a_mounted_certificate(tmp_path: Path, monitor_env: dict[str, str],
+                                                              cancer_baseline_dir: Path) -> None:
+    import ssl
+
+    crt, key = _self_signed(tmp_path)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"launcher": {"command": {"argv": ["true"]}},
+                                                    "store": {"file": str(tmp_path / "t.json")}}))
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "b.yaml").write_text(f"baselines:\n  ml/m: file://{cancer_baseline_dir}\n")
+    tls = ["--tls-cert-file", str(crt), "--tls-key-file", str(key)]
+    services = [
+        ("kanari.retrain.receiver", ["--config", str(tmp_path / "r.yaml"), "--token-file", str(tmp_path / "token"), *tls]),
+        ("kanari.monitor.server", ["--config", str(tmp_path / "b.yaml"), *tls]),
+    ]
+    for module, args in services:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args],
+                                env={**os.environ, **monitor_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            context = ssl.create_default_context(cafile=str(crt))
+            ok = wait_for(lambda p=port, c=context: _get(f"https://127.0.0.1:{p}/healthz", c), f"{module} over HTTPS")
+            assert ok == 200
+            with pytest.raises(httpx.TransportError):  # plain HTTP is not served
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    from kanari.retrain.receiver import main
+
+    assert main(["--config", str(tmp_path / "r.yaml"), "--token-file", str(tmp_path / "token"),
+                 "--tls-cert-file", str(tmp_path / "missing.crt"), "--tls-key-file", str(key)]) == 2
+
+
+def _get(url: str, context: Any) -> int | None:
+    try:
+        return httpx.get(url, verify=context, timeout=2).status_code
+    except httpx.TransportError:
+        return None
+
+
+def test_kill_9_during_writes_leaves_a_whole_history_and_no_temp_files_after_restart(tmp_path: Path) -> None:
+    path = tmp_path / "triggers.json"
+    writer = (
+        "import sys; from datetime import UTC, datetime, timedelta\n"
+        "from kanari.retrain.history import FileTriggerStore\n"
+        "from kanari.retrain.policy import Alert, RetrainPolicy\n"
+        "store = FileTriggerStore(sys.argv[1]); policy = RetrainPolicy('p', 0, 100, {})\n"
+        "now = datetime(2026, 11, 27, tzinfo=UTC)\n"
+        "for i in range(100000):\n"
+        "    a = Alert('firing', {'namespace': 'ml', 'model': f'm{i % 50}', 'kanari_retrain': 'true'}, {}, '2026-11-27T11:00:00Z', f'f{i}')\n"
+        "    store.claim(a, policy, now + timedelta(hours=i)); store.complete(a, 'r', 'Started', '', now)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(path)])
+    wait_for(lambda: path.exists() and path.stat().st_size > 20_000, "the history to grow", timeout=30)
+    proc.kill()  # SIGKILL: no cleanup of any kind
+    proc.wait()
+    json.loads(path.read_text())  # the old or the new history, never half of one
+    store = FileTriggerStore(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["triggers.json", "triggers.json.lock"]
+    assert store.history("ml", "m0")
+
+
+def test_parameters_are_checked_against_and_typed_as_the_pipelines_inputs() -> None:
+    from kanari.retrain.launchers import typed_parameters
+
+    spec = {"pipeline_spec": {"root": {"inputDefinitions": {"parameters": {
+        "epochs": {"parameterType": "NUMBER_INTEGER"}, "lr": {"parameterType": "NUMBER_DOUBLE"},
+        "auto_approve": {"parameterType": "BOOLEAN"}, "image": {"parameterType": "STRING"},
+        "drift_alert": {"parameterType": "STRING"}}}}}}
+    assert typed_parameters(spec, {"epochs": "5", "lr": "0.01", "auto_approve": "false", "image": "x:1"}, "p") == {
+        "epochs": 5, "lr": 0.01, "auto_approve": False, "image": "x:1"}
+    with pytest.raises(LaunchError, match="'epoch' is not an input of pipeline 'p'"):
+        typed_parameters(spec, {"epoch": "5"}, "p")
+    with pytest.raises(LaunchError, match="'epochs' of pipeline 'p': 'five' is not a NUMBER_INTEGER"):
+        typed_parameters(spec, {"epochs": "five"}, "p")
+    with pytest.raises(LaunchError, match="is not a BOOLEAN"):
+        typed_parameters(spec, {"auto_approve": "yes please"}, "p")
+    assert typed_parameters(None, {"epochs": "5"}, "p") == {"epochs": "5"}  # nothing to check against

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -255,3 +256,30 @@ def test_a_retrain_started_by_an_alert_completes_with_the_alert_in_lineage(aws, 
     assert meta["kanari:reason"] == "drift alert KanariFeatureDriftCritical amount"
     manifest = yaml.safe_load((tmp_path / "gitops" / "ml-prod" / "fraud.yaml").read_text())
     assert manifest["metadata"]["annotations"]["kanari.dev/lineage-drift-alert-fingerprint"] == "a1b2c3d4e5f6"
+
+
+class _HangingKfpApi(_KfpApi):
+    """Answers kfp.Client's health check, then never answers the calls that start a run."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.startswith("/apis/v2beta1/healthz"):
+            self._send({"multi_user": False})
+        else:
+            self.release.wait(30)
+
+
+def test_kfp_launcher_gives_up_on_an_api_that_never_answers() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HangingKfpApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        launcher = KfpLauncher(f"http://127.0.0.1:{server.server_port}", deployments=lambda ns, name: DEPLOYMENT,
+                               timeout=(1.0, 1.0))
+        started = time.monotonic()
+        with pytest.raises(LaunchError, match="Kubeflow Pipelines at"):
+            launcher.launch(LaunchRequest(alert(), policy()))
+        assert time.monotonic() - started < 15  # retried by urllib3 a few times, then given up
+    finally:
+        _HangingKfpApi.release.set()
+        server.shutdown()

@@ -200,7 +200,14 @@ class KubernetesTriggerStore:
     @staticmethod
     def _records(obj: dict[str, Any]) -> list[RetrainRecord]:
         raw = (obj.get("status") or {}).get("retraining") or []
-        return [RetrainRecord.model_validate(r) for r in raw if isinstance(r, dict)]
+        out = []
+        for r in raw if isinstance(raw, list) else []:
+            try:
+                out.append(RetrainRecord.model_validate(r))
+            except ValidationError:
+                # A record this receiver did not write (someone else patched status): skipped, not fatal.
+                log.warning("ignoring an unreadable status.retraining record of %s", (obj.get("metadata") or {}).get("name"))
+        return out
 
     def _patch(self, obj: dict[str, Any], records: list[RetrainRecord]) -> bool:
         """False on a conflict (someone else wrote first)."""

@@ -5,6 +5,7 @@ A launcher returns a run id as soon as the run is submitted; it does not wait fo
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -17,6 +18,13 @@ from kanari.retrain import training_run
 from kanari.retrain.policy import Alert, RetrainPolicy
 
 ALERT_ENV = "KANARI_DRIFT_ALERT"
+KFP_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
+
+
+def _with_timeout(request: Callable[..., Any], timeout: tuple[float, float], *args: Any, **kwargs: Any) -> Any:
+    if not kwargs.get("_request_timeout"):
+        kwargs["_request_timeout"] = timeout
+    return request(*args, **kwargs)
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"}
 
 
@@ -41,6 +49,45 @@ class LaunchRequest:
             "fingerprint": self.alert.fingerprint,
             "startsAt": self.alert.starts_at,
         }
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "STRING": str,
+    "NUMBER_INTEGER": int,
+    "NUMBER_DOUBLE": float,
+    "BOOLEAN": lambda v: {"true": True, "false": False}[v.strip().lower()],
+    "LIST": lambda v: _json_of(v, list),
+    "STRUCT": lambda v: _json_of(v, dict),
+}
+
+
+def _json_of(text: str, kind: type) -> Any:
+    value = json.loads(text)
+    if not isinstance(value, kind):
+        raise ValueError(f"not a JSON {kind.__name__}")
+    return value
+
+
+def typed_parameters(pipeline_spec: Any, given: dict[str, str], pipeline: str) -> dict[str, Any]:
+    """The retraining policy's parameters as the types the pipeline declares (its root inputDefinitions);
+    LaunchError naming a parameter the pipeline does not take or a value that is not of its type, so a
+    misspelt parameter fails here, with its name, not as a run that silently used the default."""
+    spec = pipeline_spec if isinstance(pipeline_spec, dict) else {}
+    spec = spec.get("pipeline_spec", spec)  # KFP may wrap the PipelineSpec next to a platform spec
+    declared = ((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters")
+    if not isinstance(declared, dict):
+        return dict(given)  # no spec to check against (an API that omits it): passed as given
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if name not in declared:
+            raise LaunchError(f"parameter {name!r} is not an input of pipeline {pipeline!r} "
+                              f"(inputs: {', '.join(sorted(declared)) or 'none'})")
+        kind = str((declared[name] or {}).get("parameterType", "STRING"))
+        try:
+            out[name] = _PARSERS.get(kind, str)(value)
+        except (ValueError, KeyError, json.JSONDecodeError):
+            raise LaunchError(f"parameter {name!r} of pipeline {pipeline!r}: {value!r} is not a {kind}") from None
+    return out
 
 
 class Launcher(Protocol):
@@ -124,6 +171,7 @@ class KfpLauncher:
         deployments: Callable[[str, str], dict[str, Any]] = read_deployment,
         defaults: dict[str, str] | None = None,
         service_account: str = "kanari-pipeline",
+        timeout: tuple[float, float] = KFP_TIMEOUT,
     ):
         if alert_parameter != "drift_alert":
             # The training pipeline declares `drift_alert`; any other name would be refused by KFP.
@@ -136,6 +184,7 @@ class KfpLauncher:
         self.defaults = dict(defaults or {})
         # KFP v2 sets the service account per run: the one IRSA gives the pipeline's IAM role.
         self.service_account = service_account
+        self._timeout = timeout
         self._client: Any = None
 
     def _kfp(self) -> Any:
@@ -143,7 +192,14 @@ class KfpLauncher:
             from kanari.retrain.kfp_client import KfpClient
 
             factory = self._client_factory or KfpClient
-            self._client = factory(host=self.host, namespace=self.namespace or "kubeflow")
+            client = factory(host=self.host, namespace=self.namespace or "kubeflow")
+            # The generated KFP client takes no default timeout (kfp.Client passes none either), so an
+            # API that accepts the connection and never answers would hold the launching thread forever.
+            # All its service APIs share one REST client: give its requests a default.
+            rest = getattr(getattr(getattr(client, "_run_api", None), "api_client", None), "rest_client", None)
+            if rest is not None:
+                rest.request = functools.partial(_with_timeout, rest.request, self._timeout)
+            self._client = client
         return self._client
 
     def parameters(self, request: LaunchRequest) -> dict[str, Any]:
@@ -173,6 +229,10 @@ class KfpLauncher:
             if not versions.pipeline_versions:
                 raise LaunchError(f"pipeline {pipeline!r} has no versions")
             version_id = versions.pipeline_versions[0].pipeline_version_id
+            # The deployed version may not be the one this code knows: a policy parameter it does not
+            # declare, or of the wrong type, is refused with its name instead of running on a default.
+            typed_parameters(getattr(versions.pipeline_versions[0], "pipeline_spec", None),
+                             request.policy.parameters, pipeline)
             experiment = client.create_experiment(self.experiment, namespace=self.namespace)
             run = client.run_pipeline(
                 experiment.experiment_id,

@@ -361,7 +361,11 @@ class RetrainReceiver:
             log.error("%s", message)
             await loop.run_in_executor(None, self.store.complete, alert, "", FAILED, message, self.clock())
             self.decisions.labels("launch_failed").inc()
-            return {**out, "action": "failed", "reason": "launch_failed", "detail": why}
+            # The caller gets the kind of failure, not the launcher's text (it can name hosts and paths);
+            # the log, the history record and the Event carry it.
+            kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            return {**out, "action": "failed", "reason": "launch_failed",
+                    "detail": f"the launch failed ({kind}); see the receiver's log and the ModelDeployment's Events"}
         message = (
             f"drift alert {alert.name} started pipeline {policy.pipeline} (run {run}) for "
             f"{alert.namespace}/{alert.model}"
