@@ -47,8 +47,8 @@ RUN python -m venv /opt/kanari
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operators ./operators
-COPY kfp_pipelines ./kfp_pipelines
-# Runtime dependencies only: no dev, serve (model server) or train (torch) extras.
+# The core dependencies only: no pipeline (the KFP SDK, scikit-learn), cli (pyarrow, matplotlib), demo, dev,
+# serve or train extras, and neither the pipeline package nor the demo's stand-ins (tests/house checks).
 RUN /opt/kanari/bin/pip install . \
  && /opt/kanari/bin/python -m compileall -q /opt/kanari/lib
 

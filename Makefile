@@ -13,7 +13,7 @@ demo: bootstrap  ## the main job on embedded defaults
 	$(PY) -m devstack $(ARGS)
 
 test: bootstrap  ## the whole suite, as CI runs it
-	$(PY) -m ruff check operators kfp_pipelines devstack tests bench argocd
+	$(PY) -m ruff check operators kfp_pipelines devstack tests bench argocd scripts
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(ARGS)
 
@@ -21,7 +21,7 @@ unit: bootstrap
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: bootstrap
-	$(PY) -m ruff check operators kfp_pipelines devstack tests bench argocd
+	$(PY) -m ruff check operators kfp_pipelines devstack tests bench argocd scripts
 
 typecheck: bootstrap
 	$(PY) -m mypy

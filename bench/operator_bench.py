@@ -35,10 +35,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.operator.harness: run as `python bench/operator_bench.py` from anywhere
+from devstack.apiserver import ISVC, MD, ApiServer
+from devstack.operator_harness import Cluster, KServe, Kube, Operator, operator_env
 
-from tests.operator.harness import ISVC, MD, ApiServer, Cluster, KServe, Kube, Operator, operator_env  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OUT = ROOT / "bench" / "results" / "operator.json"
 NAMESPACE = "ml-bench"

@@ -127,6 +127,40 @@ def plan_traffic(svc: Service, canary_percent: int | None) -> list[Traffic]:
     return [Traffic(latest_ready, 100, True, "latest")]
 
 
+def observe_template(svc: Service, isvc: dict[str, Any]) -> tuple[Revision, bool]:
+    """The latest revision, and whether this predictor template made a new one (Knative: every template change)."""
+    predictor = (isvc.get("spec") or {}).get("predictor") or {}
+    digest = template_hash(predictor)
+    latest = svc.revisions[-1] if svc.revisions else None
+    if latest is not None and latest.template_hash == digest:
+        return latest, False
+    annotations = (isvc.get("metadata") or {}).get("annotations") or {}
+    rev = Revision(
+        name=f"{svc.name}-predictor-{len(svc.revisions) + 1:05d}",
+        template_hash=digest,
+        storage_uri=str((predictor.get("model") or {}).get("storageUri") or ""),
+        version=str(annotations.get("kanari.dev/model-version", "")),
+        logger=logger_spec(isvc),
+    )
+    svc.revisions.append(rev)
+    return rev, True
+
+
+def advance(svc: Service, canary_percent: int | None) -> list[Traffic]:
+    """Knative's route after the revisions' readiness changed: the newest ready revision, the canary split, and
+    the rolled-out revision moving once one revision takes all traffic."""
+    latest = svc.revisions[-1] if svc.revisions else None
+    if latest is not None and latest.ready and svc.latest_ready != latest.name:
+        svc.latest_ready = latest.name
+    traffic = plan_traffic(svc, canary_percent)
+    if not (canary_percent is not None and svc.rolled_out and svc.rolled_out != svc.latest_ready):
+        full = next((t for t in traffic if t.percent == 100), None)
+        if full and svc.rolled_out != full.revision:
+            svc.previous_rolled_out, svc.rolled_out = svc.rolled_out, full.revision
+            traffic = plan_traffic(svc, canary_percent)
+    return traffic
+
+
 def _condition(type_: str, status: str, reason: str = "", message: str = "", severity: str = "") -> dict[str, Any]:
     c: dict[str, Any] = {"type": type_, "status": status, "lastTransitionTime": now_iso()}
     if reason:
@@ -224,9 +258,9 @@ class ModelStore:
             if data is None:
                 raise FileNotFoundError(f"{uri}: not a file")
         elif parsed.scheme == "s3":
-            import boto3
+            from kanari import awsclient
 
-            body = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+            body = awsclient.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
             data = body.read()
         else:
             raise ValueError(f"storageUri {uri}: only s3:// and file:// are served locally")
@@ -293,33 +327,13 @@ class KServeStandIn:
         ns, name = key
         svc = self.services.setdefault(key, Service(ns, name))
         predictor = (isvc.get("spec") or {}).get("predictor") or {}
-        model = predictor.get("model") or {}
-        digest = template_hash(predictor)
-        latest = svc.revisions[-1] if svc.revisions else None
-        if latest is None or latest.template_hash != digest:
-            annotations = (isvc.get("metadata") or {}).get("annotations") or {}
-            rev = Revision(
-                name=f"{name}-predictor-{len(svc.revisions) + 1:05d}",
-                template_hash=digest,
-                storage_uri=str(model.get("storageUri") or ""),
-                version=str(annotations.get("kanari.dev/model-version", "")),
-                logger=logger_spec(isvc),
-            )
-            svc.revisions.append(rev)
-            log.info("InferenceService %s/%s: new revision %s (%s)", ns, name, rev.name, rev.storage_uri)
-            latest = rev
+        latest, created = observe_template(svc, isvc)
+        if created:
+            log.info("InferenceService %s/%s: new revision %s (%s)", ns, name, latest.name, latest.storage_uri)
         if not latest.started:
             self._launch(svc, latest)
-        if latest.ready and svc.latest_ready != latest.name:
-            svc.latest_ready = latest.name
-
         canary = predictor.get("canaryTrafficPercent")
-        traffic = plan_traffic(svc, canary)
-        if not (canary is not None and svc.rolled_out and svc.rolled_out != svc.latest_ready):
-            full = next((t for t in traffic if t.percent == 100), None)
-            if full and svc.rolled_out != full.revision:
-                svc.previous_rolled_out, svc.rolled_out = svc.rolled_out, full.revision
-                traffic = plan_traffic(svc, canary)
+        traffic = advance(svc, canary)
         await self._ensure_running(svc, traffic)
         self._route(svc, traffic, canary is not None and len(traffic) == 2)
         old = isvc.get("status") or {}

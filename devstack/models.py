@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from kanari import registry_metadata as keys
 
 from devstack.predictor import FAULT_FILE, FaultInjection
 from kfp_pipelines import aws, registry_admin
 
-FAULT_KEY = "kanari:fault-injection"
+FAULT_KEY = keys.FAULT_INJECTION
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def describe(sm: Any, arn: str) -> Registered:
         arn=arn,
         version=f"{desc.get('ModelPackageGroupName')}/{desc.get('ModelPackageVersion')}",
         model_uri=str(container.get("ModelDataUrl", "")),
-        baseline_uri=meta.get("kanari:baseline-uri", ""),
+        baseline_uri=meta.get(keys.BASELINE_URI, ""),
         metadata=meta,
         approval=str(desc.get("ModelApprovalStatus", "")),
     )

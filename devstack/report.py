@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from kanari.rollout.prometheus import PrometheusConfig, run_blocking
 
 
 @dataclass(frozen=True)
@@ -65,28 +65,22 @@ class Report:
 
 
 # ----------------------------------------------------------------------------------------- Prometheus
-def _get(url: str, path: str, params: dict[str, str]) -> Any:
-    with urllib.request.urlopen(f"{url.rstrip('/')}{path}?{urllib.parse.urlencode(params)}", timeout=30) as resp:
-        doc = json.loads(resp.read())
-    if doc.get("status") != "success":
-        raise RuntimeError(f"Prometheus rejected {params.get('query')!r}: {doc.get('error')}")
-    return doc["data"]["result"]
-
-
 def instant_query(url: str, promql: str) -> list[tuple[dict[str, str], float]]:
-    return [(r["metric"], float(r["value"][1])) for r in _get(url, "/api/v1/query", {"query": promql})]
+    """Kanari's Prometheus client (retries, errors named), used synchronously by the report."""
+    samples = run_blocking(PrometheusConfig(url=url.rstrip("/"), timeout=30.0), lambda prom: prom.query(promql))
+    return [(s.labels, s.value) for s in samples]
 
 
 def firing_alerts(url: str, namespace: str, name: str, start: float, end: float, step: float = 1.0
                   ) -> list[tuple[str, float, float]]:
     """Spans during which each critical alert of the model fired (ALERTS, as Prometheus kept it)."""
     promql = f'ALERTS{{alertstate="firing", severity="critical", namespace="{namespace}", model="{name}"}}'
-    params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+    series = run_blocking(PrometheusConfig(url=url.rstrip("/"), timeout=30.0),
+                          lambda prom: prom.query_range(promql, start, end, step))
     firing: dict[str, set[float]] = {}
-    for r in _get(url, "/api/v1/query_range", params):
+    for r in series:
         # A drift alert fires once per drifted feature, at about the same time: one span per alert name.
-        firing.setdefault(r["metric"].get("alertname", "?"), set()).update(
-            float(t) for t, v in r["values"] if float(v) > 0)
+        firing.setdefault(r.labels.get("alertname", "?"), set()).update(t for t, v in r.points if v > 0)
     return [(alert, a, b) for alert, times in sorted(firing.items()) for a, b in _spans(sorted(times), step)]
 
 

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import yaml
+from kanari import registry_metadata as keys
 from kanari.api import v1alpha1 as api
+from kanari.rollout.prometheus import PrometheusError
 
 from devstack import models, report
 from devstack.kubeapi import KubeApi
@@ -313,12 +315,12 @@ class Demo:
 
         meta = target.metadata
         lineage = api.Lineage(
-            modelPackageArn=target.arn, trainingJob=meta.get("kanari:training-job-arn"),
-            pipelineRun=meta.get("kanari:pipeline-run-id"), datasetUri=meta.get("kanari:dataset-uri"),
-            gitSha=meta.get("kanari:git-sha"),
+            modelPackageArn=target.arn, trainingJob=meta.get(keys.TRAINING_JOB),
+            pipelineRun=meta.get(keys.PIPELINE_RUN), datasetUri=meta.get(keys.DATASET_URI),
+            gitSha=meta.get(keys.GIT_SHA),
         )
         obj = build(read_existing(self.manifest), name=NAME, namespace=NAMESPACE, model_package_arn=target.arn,
-                    baseline_uri=baseline_uri, lineage=lineage, dataset_version=meta.get("kanari:dataset-version", ""))
+                    baseline_uri=baseline_uri, lineage=lineage, dataset_version=meta.get(keys.DATASET_VERSION, ""))
         write(obj, self.manifest)
 
     async def _rollout(self, target: models.Registered, expect: str, chaos: bool = False) -> None:
@@ -489,12 +491,12 @@ class Demo:
             meta = reg.metadata
             if models.FAULT_KEY in meta:
                 note = f"fault-injection model ({meta[models.FAULT_KEY]})"
-            dataset = meta.get("kanari:dataset-uri", "")
-            if meta.get("kanari:dataset-version"):
-                dataset += f" @ {meta['kanari:dataset-version']}"
+            dataset = meta.get(keys.DATASET_URI, "")
+            if meta.get(keys.DATASET_VERSION):
+                dataset += f" @ {meta[keys.DATASET_VERSION]}"
             out.append(report.VersionLineage(
                 version=f"{label} = {reg.version}", model_package_arn=reg.arn, approval=reg.approval, dataset=dataset,
-                pipeline_run=meta.get("kanari:pipeline-run-id", ""), training_job=meta.get("kanari:training-job-arn", ""),
+                pipeline_run=meta.get(keys.PIPELINE_RUN, ""), training_job=meta.get(keys.TRAINING_JOB, ""),
                 revision=f"{NAMESPACE}/{NAME} revision {self.observer.revisions.get(reg.version, '-')}",
                 outcome=self.outcomes.get(reg.version, "not deployed"), note=note,
             ))
@@ -512,7 +514,7 @@ class Demo:
         try:
             logged = {labels.get("outcome", "?"): int(value) for labels, value in report.instant_query(
                 self.stack.endpoints.prometheus, "sum by (outcome) (kanari_local_logger_events_total)")}
-        except OSError as exc:
+        except (OSError, PrometheusError) as exc:
             logged = {"unknown": f"Prometheus unavailable: {exc}"}  # type: ignore[dict-item]
         return {
             "requests sent": len(outcomes),
@@ -537,7 +539,7 @@ class Demo:
         ep = self.stack.endpoints
         try:
             alerts = report.firing_alerts(ep.prometheus, NAMESPACE, NAME, self.t0, end)
-        except OSError as exc:
+        except (OSError, PrometheusError) as exc:
             self.failures.append(f"alerts unavailable from Prometheus: {exc}")
             alerts = []
         rep = report.Report(

@@ -1,8 +1,8 @@
 """boto3 clients and S3 helpers shared by the pipeline steps.
 
-The endpoint comes only from the environment (AWS_ENDPOINT_URL, as with LocalStack or a moto server);
-nothing here knows whether it talks to AWS. Throttling is retried by botocore's own retry modes
-(standard/adaptive, AWS_RETRY_MODE / AWS_MAX_ATTEMPTS honoured); a request that still fails raises.
+Clients come from Kanari's one factory (kanari.awsclient: AWS_REGION, AWS_ENDPOINT_URL as with LocalStack
+or a moto server, botocore's retry modes with AWS_RETRY_MODE / AWS_MAX_ATTEMPTS); a request that still
+fails raises.
 Every API call is counted, so a step can report how many calls it made (polling must back off).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import io
 import json
-import os
 import tarfile
 import threading
 from dataclasses import dataclass
@@ -19,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
+from kanari import awsclient
 
 from kfp_pipelines.errors import InputError, StepFailed
-
-DEFAULT_RETRY_MODE = "adaptive"
-DEFAULT_MAX_ATTEMPTS = 8
 
 _calls: collections.Counter[str] = collections.Counter()
 _calls_lock = threading.Lock()
@@ -54,14 +50,8 @@ def session() -> boto3.session.Session:
     return _session
 
 
-def retry_config(max_attempts: int | None = None) -> Config:
-    mode = os.environ.get("AWS_RETRY_MODE", DEFAULT_RETRY_MODE)
-    attempts = max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
-    return Config(retries={"mode": mode, "max_attempts": attempts})
-
-
 def client(service: str, max_attempts: int | None = None, region: str | None = None) -> Any:
-    return session().client(service, config=retry_config(max_attempts), region_name=region)
+    return awsclient.client(service, region_name=region, session=session(), config=awsclient.retry_config(max_attempts))
 
 
 def error_code(exc: ClientError) -> str:

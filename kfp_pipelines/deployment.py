@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kanari import mergepatch
 from kanari.api import v1alpha1
 
 from kfp_pipelines.errors import InputError, StepFailed
@@ -152,19 +153,6 @@ def write(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def merge_patch(current: Any, desired: Any) -> Any:
-    """The RFC 7386 merge patch that turns `current` into `desired` (removed keys become null)."""
-    if not isinstance(current, dict) or not isinstance(desired, dict):
-        return desired
-    patch: dict[str, Any] = {k: None for k in current if k not in desired}
-    for key, value in desired.items():
-        if key not in current:
-            patch[key] = value
-        elif current[key] != value:
-            patch[key] = merge_patch(current[key], value)
-    return patch
-
-
 def apply(api: Any, obj: dict[str, Any]) -> str:
     """Create the ModelDeployment, or patch the one there to exactly this spec, labels and annotations.
 
@@ -187,9 +175,9 @@ def apply(api: Any, obj: dict[str, Any]) -> str:
         patch = {
             "metadata": {
                 "resourceVersion": meta.get("resourceVersion"),
-                **{k: merge_patch(meta.get(k) or {}, obj["metadata"].get(k) or {}) for k in ("labels", "annotations")},
+                **{k: mergepatch.diff(meta.get(k) or {}, obj["metadata"].get(k) or {}) for k in ("labels", "annotations")},
             },
-            "spec": merge_patch(current.get("spec") or {}, obj["spec"]),
+            "spec": mergepatch.diff(current.get("spec") or {}, obj["spec"]),
         }
         api.patch_namespaced_custom_object(*args, name, patch)
     except ApiException as exc:

@@ -1,18 +1,11 @@
-"""The Kubernetes client for steps that talk to a cluster (ACK TrainingJobs, applying ModelDeployments)."""
+"""The Kubernetes client for steps that talk to a cluster (ACK TrainingJobs, applying ModelDeployments).
+
+Kanari's one loader (kanari.kubeclient): in a pod the service account, elsewhere the kubeconfig as kubectl
+reads it (KUBECONFIG read on each call, not frozen at import).
+"""
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from kanari.kubeclient import custom_objects_api
 
-
-def custom_objects_api() -> Any:
-    """In a pod: the service account; elsewhere: KUBECONFIG / ~/.kube/config, as kubectl does."""
-    from kubernetes import client, config
-
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-    else:
-        # Read KUBECONFIG now: the client library resolves its default path once, at import.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return client.CustomObjectsApi()
+__all__ = ["custom_objects_api"]

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kanari import registry_metadata as keys
 from kanari.retrain.training_run import DriftAlert
 
 from kfp_pipelines import aws
@@ -22,8 +23,6 @@ from kfp_pipelines.errors import InputError, StepFailed
 log = logging.getLogger("kanari.pipeline")
 
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
-# The controller reads these keys back (kanari.controller.model_source.LINEAGE_KEYS / BASELINE_KEYS).
-META_PREFIX = "kanari:"
 META_VALUE_MAX = 256
 # Looked at before registering: a restarted register step finds the package its first attempt made.
 RECENT_PACKAGES = 5
@@ -83,14 +82,14 @@ class ReleaseLineage:
 
     def properties(self) -> dict[str, str]:
         return {
-            f"{META_PREFIX}git-sha": self.git_sha,
-            f"{META_PREFIX}dataset-uri": self.dataset_uri,
-            f"{META_PREFIX}dataset-version": self.dataset_version,
-            f"{META_PREFIX}pipeline-run-id": self.pipeline_run,
-            f"{META_PREFIX}training-job-arn": self.training_job_arn,
-            f"{META_PREFIX}training-image": self.image_uri,
-            f"{META_PREFIX}image-digest": self.image_digest,
-            f"{META_PREFIX}source-digest": self.source_digest,
+            keys.GIT_SHA: self.git_sha,
+            keys.DATASET_URI: self.dataset_uri,
+            keys.DATASET_VERSION: self.dataset_version,
+            keys.PIPELINE_RUN: self.pipeline_run,
+            keys.TRAINING_JOB: self.training_job_arn,
+            keys.TRAINING_IMAGE: self.image_uri,
+            keys.IMAGE_DIGEST: self.image_digest,
+            keys.SOURCE_DIGEST: self.source_digest,
         }
 
 
@@ -124,25 +123,25 @@ def alert_properties(alert: DriftAlert | None) -> dict[str, str]:
         "drift-alert-feature": alert.labels.get("feature", ""),
         "drift-alert-severity": alert.labels.get("severity", ""),
     }
-    return {f"{META_PREFIX}{k}": _clean(v) for k, v in fields.items() if v}
+    return {f"{keys.PREFIX}{k}": _clean(v) for k, v in fields.items() if v}
 
 
 def customer_metadata(lineage: ReleaseLineage, scores: dict[str, float], model_name: str, reason: str,
                       gate_reason: str, baseline_uri: str, alert: DriftAlert | None = None) -> dict[str, str]:
     # Values that come straight from a pipeline parameter are checked and blamed on it; the rest is ours.
     from_parameters = {
-        f"{META_PREFIX}dataset-uri": ("dataset_uri", lineage.dataset_uri),
-        f"{META_PREFIX}reason": ("reason", reason),
-        f"{META_PREFIX}git-sha": ("git_sha", lineage.git_sha),
-        f"{META_PREFIX}model-name": ("model_name", model_name),
+        keys.DATASET_URI: ("dataset_uri", lineage.dataset_uri),
+        keys.REASON: ("reason", reason),
+        keys.GIT_SHA: ("git_sha", lineage.git_sha),
+        keys.MODEL_NAME: ("model_name", model_name),
     }
     for parameter, value in from_parameters.values():
         check_metadata_value(parameter, value)
     ours = {
         **lineage.properties(),
-        f"{META_PREFIX}gate": gate_reason,
-        f"{META_PREFIX}baseline-uri": baseline_uri,
-        **{f"{META_PREFIX}metric.{k}": f"{v:.6f}" for k, v in sorted(scores.items())},
+        keys.GATE: gate_reason,
+        keys.BASELINE_URI: baseline_uri,
+        **{f"{keys.METRIC_PREFIX}{k}": f"{v:.6f}" for k, v in sorted(scores.items())},
     }
     props = {k: _clean(v) for k, v in ours.items()}
     props.update(alert_properties(alert))
@@ -190,7 +189,7 @@ def package_request(
             }
         },
         "MetadataProperties": {"CommitId": lineage.git_sha[:1024], "GeneratedBy": lineage.training_job_arn[:1024]},
-        "CustomerMetadataProperties": {**metadata, f"{META_PREFIX}serving-accelerator": target.accelerator},
+        "CustomerMetadataProperties": {**metadata, keys.SERVING_ACCELERATOR: target.accelerator},
         "Tags": [
             {"Key": "kanari.dev/pipeline-run", "Value": lineage.pipeline_run[:256]},
             {"Key": "kanari.dev/serving-accelerator", "Value": target.accelerator},
@@ -207,7 +206,7 @@ def find_registered(sm: Any, group: str, training_job_arn: str) -> dict[str, Any
                                   MaxResults=RECENT_PACKAGES)
     for summary in page.get("ModelPackageSummaryList") or []:
         desc = sm.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
-        if (desc.get("CustomerMetadataProperties") or {}).get(f"{META_PREFIX}training-job-arn") == training_job_arn:
+        if (desc.get("CustomerMetadataProperties") or {}).get(keys.TRAINING_JOB) == training_job_arn:
             return dict(desc)
     return None
 
@@ -285,7 +284,7 @@ def record_lineage(sm: Any, *, dataset_uri: str, dataset_version: str, model_pac
 def register(sm: Any, request: dict[str, Any]) -> tuple[str, str, bool]:
     """(ARN, approval status, whether it already existed)."""
     group = request["ModelPackageGroupName"]
-    job_arn = request["CustomerMetadataProperties"][f"{META_PREFIX}training-job-arn"]
+    job_arn = request["CustomerMetadataProperties"][keys.TRAINING_JOB]
     existing = find_registered(sm, group, job_arn)
     if existing is not None:
         log.info("already registered: %s (%s)", existing["ModelPackageArn"], existing.get("ModelApprovalStatus"))

@@ -10,9 +10,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from kanari import registry_metadata as keys
+
 from kfp_pipelines import aws
 from kfp_pipelines.errors import InputError, StepFailed
-from kfp_pipelines.registry import APPROVAL_STATUSES, META_PREFIX
+from kfp_pipelines.registry import APPROVAL_STATUSES
 
 log = logging.getLogger("kanari.pipeline")
 
@@ -55,10 +57,10 @@ def list_packages(sm: Any, group: str) -> list[PackageRow]:
                 version=int(summary.get("ModelPackageVersion") or 0),
                 status=str(summary.get("ModelApprovalStatus", "")),
                 created=str(summary.get("CreationTime", ""))[:19],
-                metrics={k.removeprefix(f"{META_PREFIX}metric."): v for k, v in meta.items()
-                         if k.startswith(f"{META_PREFIX}metric.")},
-                git_sha=meta.get(f"{META_PREFIX}git-sha", ""),
-                training_job=meta.get(f"{META_PREFIX}training-job-arn", "").rsplit("/", 1)[-1],
+                metrics={k.removeprefix(keys.METRIC_PREFIX): v for k, v in meta.items()
+                         if k.startswith(keys.METRIC_PREFIX)},
+                git_sha=meta.get(keys.GIT_SHA, ""),
+                training_job=meta.get(keys.TRAINING_JOB, "").rsplit("/", 1)[-1],
                 description=str(desc.get("ApprovalDescription") or desc.get("ModelPackageDescription") or ""),
             ))
     return rows

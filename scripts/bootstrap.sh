@@ -41,7 +41,7 @@ if [ ! -f "$VENV/.kanari-stamp" ] || [ "$(cat "$VENV/.kanari-stamp")" != "$stamp
   "$VENV/bin/pip" install -q --upgrade pip
   # The CPU build of torch keeps the local install light (a CUDA build is several GB).
   "$VENV/bin/pip" install -q "torch==2.13.0" || "$VENV/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch
-  "$VENV/bin/pip" install -q -e ".[dev,serve,train,spark]"
+  "$VENV/bin/pip" install -q -e ".[dev,demo,serve,train,spark]"
   echo "$stamp_src" > "$VENV/.kanari-stamp"
 fi
 

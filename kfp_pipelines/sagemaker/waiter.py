@@ -16,9 +16,6 @@ from kfp_pipelines.errors import StepFailed
 
 log = logging.getLogger("kanari.pipeline")
 
-TERMINAL = ("Completed", "Failed", "Stopped")
-
-
 class TrainingJobFailed(StepFailed):
     def __init__(self, job_name: str, status: str, reason: str):
         super().__init__(f"training job {job_name} ended {status}: {reason}")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from kanari.api import crd
 from kanari.api.v1alpha1 import SpecError, parse_spec
 
-from tests.support.schemas import _to_jsonschema
+from tests.support.schemas import to_jsonschema
 
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/fraud/7"
 
@@ -143,7 +143,7 @@ RULES = [(p, CEL_ENV.program(CEL_ENV.compile(r), functions={"isSorted": _is_sort
 
 def api_server_accepts(spec: dict[str, Any]) -> bool:
     try:
-        jsonschema.Draft4Validator(_to_jsonschema(SPEC_SCHEMA)).validate(spec)
+        jsonschema.Draft4Validator(to_jsonschema(SPEC_SCHEMA)).validate(spec)
     except jsonschema.ValidationError:
         return False
     defaulted = _apply_defaults(SPEC_SCHEMA, spec)

@@ -23,7 +23,8 @@ import yaml
 from kanari.api import v1alpha1 as api
 from kubernetes import client
 
-from devstack.cluster import ClusterEmulator, kubeconfig
+from devstack.apiserver import ApiServer as StandIn
+from devstack.apiserver import kubeconfig
 from devstack.stack import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ USERS = {ADMIN_TOKEN: "alice", VIEWER_TOKEN: "viewer"}
 T = TypeVar("T")
 
 
-class RbacEmulator(ClusterEmulator):
+class RbacEmulator(StandIn):
     """devstack's emulator, plus the RBAC the tests need: the viewer may read in namespaces (a Role), never
     across them, and never write."""
 

@@ -201,7 +201,7 @@ async def test_revisions_are_model_servers_that_take_traffic_as_the_canary_perce
     pid_file = tmp / "kserve" / "pids" / "fraud-predictor-00002.pid"
     pid = int(pid_file.read_text())
     for _ in range(50):
-        if not pid_alive(pid):
+        if not pid_alive(pid) and not pid_file.exists():  # the file goes just after the process is reaped
             break
         await asyncio.sleep(0.2)
     assert not pid_alive(pid) and not pid_file.exists()

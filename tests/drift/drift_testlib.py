@@ -9,13 +9,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pandas as pd
+import yaml
+from kanari.api.v1alpha1 import ModelDeployment
+from kanari.controller.drift_rules import rule_groups
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
@@ -140,3 +143,15 @@ def wait_for(check: Callable[[], T | None], what: str, timeout: float = 20.0, in
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def rule_file(mds: Iterable[ModelDeployment]) -> dict[str, Any]:
+    """The controller's drift rule groups as a plain Prometheus rule file (the tests' Prometheus has no operator)."""
+    return {"groups": [g for md in mds for g in rule_groups(md)]}
+
+
+def write_rule_file(mds: Iterable[ModelDeployment], path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(rule_file(mds), sort_keys=False))
+    return out

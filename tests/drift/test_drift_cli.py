@@ -37,7 +37,7 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def wine_baseline(wine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wine-baseline")
-    proc = kanari("drift", "baseline", "--data", str(wine), "-o", str(out), "--target", "target")
+    proc = kanari("drift", "baseline", "--data", str(wine), "--out", str(out), "--target", "target")
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -108,7 +108,7 @@ def test_compare_finds_the_shifted_features_as_json_and_plots_them(
     current.to_parquet(data)
     plot = tmp_path / "drift.png"
     proc = kanari(
-        "drift", "compare", "--baseline", str(wine_baseline), "--data", str(data), "--format", "json", "--plot", str(plot)
+        "drift", "compare", "--baseline", str(wine_baseline), "--data", str(data), "-o", "json", "--plot", str(plot)
     )
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
@@ -130,7 +130,7 @@ def test_compare_reports_schema_violations(tmp_path: Path) -> None:
         {"amount": rng.gamma(2, 50, 2000), "country": rng.choice(["DE", "FR", "US"], 2000), "items": rng.integers(1, 9, 2000)}
     )
     base = tmp_path / "base"
-    assert main(["drift", "baseline", "--data", str(_csv(train, tmp_path / "train.csv")), "-o", str(base)]) == 0
+    assert main(["drift", "baseline", "--data", str(_csv(train, tmp_path / "train.csv")), "--out", str(base)]) == 0
     current = train.sample(500, random_state=1).drop(columns=["items"]).reset_index(drop=True)
     current.loc[:9, "country"] = "BR"  # unseen category
     current.loc[10:59, "amount"] = None  # completeness
@@ -146,7 +146,7 @@ def test_compare_reports_schema_violations(tmp_path: Path) -> None:
 
     wrong = train.head(100).astype({"amount": str})
     wrong.loc[:4, "amount"] = "unknown"
-    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(_csv(wrong, tmp_path / "w.csv")), "--format", "json")
+    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(_csv(wrong, tmp_path / "w.csv")), "-o", "json")
     kinds = {(v["kind"], v["feature"]) for v in json.loads(proc.stdout)["schema_violations"]}
     assert ("type_mismatch", "amount") in kinds
 
@@ -155,12 +155,12 @@ def test_categorical_drift_with_chi_square(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     train = pd.DataFrame({"country": rng.choice(["DE", "FR", "US", "IT"], 5000, p=[0.4, 0.3, 0.2, 0.1])})
     base = tmp_path / "base"
-    main(["drift", "baseline", "--data", str(_csv(train, tmp_path / "t.csv")), "-o", str(base)])
+    main(["drift", "baseline", "--data", str(_csv(train, tmp_path / "t.csv")), "--out", str(base)])
     same = pd.DataFrame({"country": rng.choice(["DE", "FR", "US", "IT"], 3000, p=[0.4, 0.3, 0.2, 0.1])})
     moved = pd.DataFrame({"country": rng.choice(["DE", "FR", "US", "IT"], 3000, p=[0.25, 0.25, 0.25, 0.25])})
     for data, code in ((same, 0), (moved, 1)):
         proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(_csv(data, tmp_path / "c.csv")),
-                      "--method", "chi2", "--format", "json")
+                      "--method", "chi2", "-o", "json")
         assert proc.returncode == code, proc.stdout
         feature = json.loads(proc.stdout)["features"][0]
         assert feature["method"] == "chi2" and feature["threshold"] == 0.05

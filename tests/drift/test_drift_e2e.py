@@ -21,9 +21,9 @@ from drift_testlib import (
     new_id,
     start_service,
     wait_for,
+    write_rule_file,
 )
 from kanari.api.v1alpha1 import parse_model_deployment
-from kanari.controller.drift_rules import write_rule_file
 
 from devstack.stack import ScrapeTarget, running, start_alertmanager, start_prometheus
 

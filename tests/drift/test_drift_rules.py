@@ -11,11 +11,12 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from drift_testlib import rule_file, write_rule_file
 from kanari.api.v1alpha1 import ModelDeployment, parse_model_deployment
-from kanari.controller.drift_rules import build_prometheus_rule, rule_file, write_rule_file
+from kanari.controller.drift_rules import build_prometheus_rule
 
 from devstack.stack import find_binary
-from tests.support.schemas import UPSTREAM_CRDS, _to_jsonschema
+from tests.support.schemas import UPSTREAM_CRDS, to_jsonschema
 
 PROMETHEUS_RULE_CRD = UPSTREAM_CRDS / "monitoring.coreos.com_prometheusrules.yaml"
 
@@ -24,7 +25,7 @@ def validate_prometheus_rule(obj: dict[str, Any]) -> None:
     """openAPIV3Schema of the Prometheus Operator's CRD, via jsonschema (only this CRD: the others are slow to load)."""
     crd = yaml.safe_load(PROMETHEUS_RULE_CRD.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    jsonschema.Draft4Validator(_to_jsonschema(version["schema"]["openAPIV3Schema"])).validate(obj)
+    jsonschema.Draft4Validator(to_jsonschema(version["schema"]["openAPIV3Schema"])).validate(obj)
 
 MD: dict[str, Any] = {
     "apiVersion": "kanari.dev/v1alpha1",

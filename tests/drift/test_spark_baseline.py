@@ -125,7 +125,7 @@ def test_cli_engine_spark_writes_a_baseline_compare_accepts(tmp_path: Path) -> N
     env["PATH"] = "/usr/bin:/bin"
     run = subprocess.run(
         [sys.executable, "-m", "kanari.cli.main", "drift", "baseline", "--engine", "spark", "--spark-master", "local[2]",
-         "--data", str(tmp_path / "train.parquet"), "-o", str(out), "--target", "label"],
+         "--data", str(tmp_path / "train.parquet"), "--out", str(out), "--target", "label"],
         capture_output=True, text=True, timeout=240, env=env,
     )
     assert run.returncode == 0, run.stderr[-2000:]

@@ -35,7 +35,7 @@ def normalized(text: str) -> str:
 
 def compile_with_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, list[dict[str, Any]]]:
     out = tmp_path / "pipeline.yaml"
-    assert main(["pipeline", "compile", "-o", str(out), "--image", IMAGE, "--pipeline-root", ROOT]) == 0
+    assert main(["pipeline", "compile", "--out", str(out), "--image", IMAGE, "--pipeline-root", ROOT]) == 0
     assert str(out) in capsys.readouterr().out
     return out.read_text(), list(yaml.safe_load_all(out.read_text()))
 
@@ -63,9 +63,9 @@ def test_the_image_and_pipeline_root_are_compile_time_settings(tmp_path: Path, c
     assert images == {IMAGE} and "ghcr.io" not in text
     # Without an image or a root, nothing is written and the flag is named.
     for missing, flag in ((["--pipeline-root", ROOT], "--image"), (["--image", IMAGE], "--pipeline-root")):
-        assert main(["pipeline", "compile", "-o", str(tmp_path / "x.yaml"), *missing]) == 2
+        assert main(["pipeline", "compile", "--out", str(tmp_path / "x.yaml"), *missing]) == 2
         assert flag in capsys.readouterr().err
-    assert main(["pipeline", "compile", "-o", str(tmp_path / "x.yaml"), "--image", "kanari-pipelines",
+    assert main(["pipeline", "compile", "--out", str(tmp_path / "x.yaml"), "--image", "kanari-pipelines",
                  "--pipeline-root", ROOT]) == 2
     assert "--image: 'kanari-pipelines' is not an image reference with a tag or digest" in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists()

@@ -76,5 +76,5 @@ def test_a_model_served_from_storage_shows_the_status_lineage_only(kube: Cluster
 
 @pytest.mark.timeout(60)
 def test_an_unknown_model_deployment_is_named(kube: Cluster, capsys) -> None:
-    assert main(["lineage", "nope", "-n", "ml-prod"]) == 1
+    assert main(["lineage", "nope", "-n", "ml-prod"]) == 4  # not found (kanari.cli.common.NOT_FOUND, README exit codes)
     assert "modeldeployment nope not found in namespace ml-prod" in capsys.readouterr().err

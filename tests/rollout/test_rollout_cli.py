@@ -94,9 +94,9 @@ def test_promote_annotation_is_consumed_by_the_engine(kube):
 
 
 def test_unknown_object_is_a_clear_error(kube, capsys):
-    assert main(["abort", "nope", "-n", NS]) == 1
+    assert main(["abort", "nope", "-n", NS]) == 4
     assert "modeldeployment nope not found in namespace ml" in capsys.readouterr().err
-    assert main(["status", "nope", "-n", NS]) == 1
+    assert main(["status", "nope", "-n", NS]) == 4
 
 
 def test_status_shows_the_rollout_at_a_glance(kube, capsys):

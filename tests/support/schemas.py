@@ -13,17 +13,17 @@ ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_CRDS = ROOT.parent / "shared" / "upstream" / "crds"
 
 
-def _to_jsonschema(node: Any) -> Any:
+def to_jsonschema(node: Any) -> Any:
     """OpenAPI v3.0 as Kubernetes uses it -> JSON Schema draft 4, closed where the CRD is structural.
 
     Closed: a field the schema does not list would be pruned silently by the API server and is rejected by
     kubectl's strict field validation, so here it is an error.
     """
     if isinstance(node, list):
-        return [_to_jsonschema(v) for v in node]
+        return [to_jsonschema(v) for v in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    out = {k: to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
@@ -56,7 +56,7 @@ def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
             for v in crd["spec"]["versions"]:
                 if not v.get("served", True):
                     continue
-                schema = _to_jsonschema(v["schema"]["openAPIV3Schema"])
+                schema = to_jsonschema(v["schema"]["openAPIV3Schema"])
                 # metadata is ObjectMeta, checked on its own; the CRD only ever narrows the name's length.
                 schema.setdefault("properties", {}).update(
                     {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}

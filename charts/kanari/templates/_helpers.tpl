@@ -130,6 +130,15 @@ tolerations:
 {{- with .values.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
+{{- with .values.topologySpreadConstraints }}
+{{- $selector := dict "matchLabels" (fromYaml (include "kanari.selectorLabels" (dict "ctx" $.ctx "component" $.component))) }}
+{{- $constraints := list }}
+{{- range . }}
+{{- $constraints = append $constraints (ternary . (merge (dict "labelSelector" $selector) .) (hasKey . "labelSelector")) }}
+{{- end }}
+topologySpreadConstraints:
+  {{- toYaml $constraints | nindent 2 }}
+{{- end }}
 {{- with .ctx.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -141,6 +150,20 @@ imagePullSecrets:
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- end -}}
+
+{{/* Pod labels: the component's labels plus the user's podLabels (the selector never changes). */}}
+{{- define "kanari.podLabels" -}}
+{{ include "kanari.componentLabels" (dict "ctx" .ctx "component" .component) }}
+{{- with .values.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The log format every Kanari container is given (values logFormat). */}}
+{{- define "kanari.logFormatEnv" -}}
+- name: KANARI_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
 {{- end -}}
 
 {{/*

@@ -23,6 +23,7 @@ metadata:
     {{- include "kanari.componentLabels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
 spec:
   replicas: {{ $values.replicas }}
+  revisionHistoryLimit: {{ $values.revisionHistoryLimit }}
   {{- with .peersService }}
   # Stable pod names (<name>-<ordinal>) and DNS through the headless Service: each replica owns a share.
   serviceName: {{ . }}
@@ -34,7 +35,7 @@ spec:
   template:
     metadata:
       labels:
-        {{- include "kanari.componentLabels" (dict "ctx" $ctx "component" .component) | nindent 8 }}
+        {{- include "kanari.podLabels" (dict "ctx" $ctx "component" .component "values" $values) | nindent 8 }}
       {{- if or $values.podAnnotations .config }}
       annotations:
         {{- with $values.podAnnotations }}
@@ -56,9 +57,13 @@ spec:
         image: {{ include "kanari.image" $ctx }}
         imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
         command: {{ toJson $command }}
+        {{- with $values.extraArgs }}
+        args: {{ toJson . }}
+        {{- end }}
         env:
         - name: AWS_REGION
           value: {{ $ctx.Values.aws.region | quote }}
+        {{- include "kanari.logFormatEnv" $ctx | nindent 8 }}
         {{- with .env }}
         {{- . | nindent 8 }}
         {{- end }}
@@ -100,6 +105,9 @@ spec:
           mountPath: /var/run/kanari/tls
           readOnly: true
         {{- end }}
+        {{- with $values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       volumes:
         {{- include "kanari.tmpVolume" $ctx | nindent 8 }}
         {{- if .config }}
@@ -112,6 +120,9 @@ spec:
           secret:
             secretName: {{ include "kanari.tlsSecretName" $ctx }}
             defaultMode: 0440
+        {{- end }}
+        {{- with $values.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
         {{- end }}
 {{- if .config }}
 ---

@@ -907,7 +907,3 @@ def parse_spec(spec: Any) -> ModelDeploymentSpec:
         return ModelDeploymentSpec.model_validate(spec)
     except ValidationError as exc:
         raise format_validation_error(exc, "spec")[0] from None
-
-
-def step_seconds(d: str | None, default: float = 0.0) -> float:
-    return parse_duration(d) if d else default

@@ -13,14 +13,16 @@ import json
 import sys
 from typing import Any
 
+from kanari.cli.common import add_cluster_flags, add_output
+
 META = "kanari:"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("lineage", help="what produced the model a ModelDeployment serves")
     p.add_argument("name", help="ModelDeployment name")
-    p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_cluster_flags(p)
+    add_output(p, ("json", "yaml"))
     p.set_defaults(func=cmd_lineage)
 
 
@@ -115,15 +117,12 @@ def render(record: dict[str, Any]) -> str:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from kanari.cli.rollout import CliError, _connect, _get
+    from kanari.cli.common import connect
+    from kanari.cli.rollout import _get, _objects
     from kfp_pipelines import aws
 
-    try:
-        api, ns = _connect(args.namespace)
-        deployment = _get(api, ns, args.name)
-    except CliError as exc:
-        print(f"kanari: {exc}", file=sys.stderr)
-        return 1
+    api_client, ns = connect(args)  # everyday failures: one line and their exit code (kanari.cli.common)
+    deployment = _get(_objects(api_client), ns, args.name)
     status = deployment.get("status") or {}
     arn = (status.get("stableModel") or {}).get("modelPackageArn") or ((deployment.get("spec") or {}).get(
         "model") or {}).get("modelPackageArn")
@@ -144,5 +143,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
                 print(f"kanari: training job {job_arn}: {aws.error_code(exc)} (shown from the registry only)",
                       file=sys.stderr)
     record = assemble(deployment, package, job)
-    print(json.dumps(record, indent=2, sort_keys=True) if args.output == "json" else render(record))
+    if args.output == "yaml":
+        from kanari.cli.common import dump
+
+        print(dump(record, "yaml"))
+    else:
+        print(json.dumps(record, indent=2, sort_keys=True) if args.output == "json" else render(record))
     return 0

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from typing import Any
@@ -97,15 +96,19 @@ def register(subparsers: Any) -> None:
     psub = pipeline.add_subparsers(dest="pipeline_command", metavar="COMMAND")
 
     comp = psub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster")
-    comp.add_argument("-o", "--output", required=True, help="where to write the YAML")
+    comp.add_argument("--out", "--output-file", dest="out", required=True, metavar="FILE",
+                      help="where to write the YAML")
     _compile_options(comp)
     comp.set_defaults(func=cmd_compile)
 
     run = psub.add_parser("run", help="run the whole pipeline on this machine (--local)")
     run.add_argument("--local", action="store_true", help="run through kfp.local with the local training backend")
     _release_options(run)
+    run.add_argument("--kubeconfig", default=argparse.SUPPRESS, metavar="PATH",
+                     help="with --apply: the kubeconfig (default $KUBECONFIG, ~/.kube/config)")
+    run.add_argument("--context", default=argparse.SUPPRESS, help="with --apply: the kubeconfig context (default: the current one)")
     run.add_argument("--workdir", default=None, help="run logs, KFP outputs, default GitOps dir (./.kanari/pipeline)")
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("-o", "--output", choices=("json", "yaml"), default=None, help="json|yaml (default: a summary)")
     run.add_argument("-v", "--verbose", action="store_true", help="also show every line the steps print")
     run.set_defaults(func=cmd_run)
 
@@ -127,7 +130,9 @@ def register(subparsers: Any) -> None:
     msub = models.add_subparsers(dest="models_command", metavar="COMMAND")
     ls = msub.add_parser("list", help="versions of a model package group, newest first")
     ls.add_argument("--group", default=os.environ.get(GROUP_ENV), help=f"model package group (default ${GROUP_ENV})")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("-o", "--output", choices=("json", "yaml", "wide", "name"), default=None,
+                    help="json|yaml|wide|name (default: a table)")
+    ls.add_argument("--region", default=None, help="AWS region (default: $AWS_REGION)")
     ls.set_defaults(func=cmd_models_list)
     for name, status in (("approve", "Approved"), ("reject", "Rejected")):
         p = msub.add_parser(name, help=f"set a version's approval status to {status}")
@@ -144,7 +149,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from kfp_pipelines.pipeline import compile_pipeline
 
     try:
-        out = compile_pipeline(args.output, image=_setting(args.image, "image", IMAGE_ENV),
+        out = compile_pipeline(args.out, image=_setting(args.image, "image", IMAGE_ENV),
                                pipeline_root=_setting(args.pipeline_root, "pipeline_root", ROOT_ENV))
     except InputError as exc:
         print(f"kanari: --{exc.parameter.replace('_', '-')}: {exc.message}", file=sys.stderr)
@@ -184,6 +189,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"kanari: --{exc.parameter.replace('_', '-')}: {exc.message}", file=sys.stderr)
         return 2
+    # The steps run as processes of their own (kfp.local): the connection travels in their environment.
+    if getattr(args, "kubeconfig", None):
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    if getattr(args, "context", None):
+        from kanari.kubeclient import CONTEXT_ENV
+
+        os.environ[CONTEXT_ENV] = args.context
     if args.workdir:
         kwargs["workdir"] = args.workdir
 
@@ -200,8 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         where = f" ({exc.parameter})" if exc.parameter else ""
         print(f"kanari: step {exc.step} failed{where}: {exc.cause}\n  full log: {exc.log_path}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(asdict(result), indent=2, sort_keys=True))
+    if args.output:
+        print(_dump(asdict(result), args.output))
     else:
         verdict = "PASSED" if result.gate_passed else "REJECTED"
         print(f"quality gate {verdict}: {result.gate_reason}")
@@ -218,6 +230,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    import tempfile
+
     import kfp
 
     from kfp_pipelines.deployment import PIPELINE_NAME
@@ -269,21 +283,30 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from kfp_pipelines.gate import check_group
 
     group = _required(args.group, "--group", GROUP_ENV)
-    sm = aws.client("sagemaker")
+    sm = aws.client("sagemaker", region=args.region)
     try:
         check_group(sm, group)
     except InputError as exc:
         print(f"kanari: --group: {exc.message}", file=sys.stderr)
         return 2
     rows = registry_admin.list_packages(sm, group)
-    if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+    if args.output in ("json", "yaml"):
+        print(_dump([asdict(r) for r in rows], args.output))
+        return 0
+    if args.output == "name":
+        print("\n".join(r.arn for r in rows))
         return 0
     print(f"{'VERSION':<8} {'STATUS':<22} {'CREATED':<20} {'PR_AUC':<8} {'RECALL':<8} {'GIT':<12} TRAINING JOB")
     for r in rows:
         print(f"{r.version:<8} {r.status:<22} {r.created:<20} {r.metrics.get('pr_auc', '-')[:6]:<8} "
               f"{r.metrics.get('recall', '-')[:6]:<8} {r.git_sha[:12]:<12} {r.training_job}")
     return 0
+
+
+def _dump(doc: Any, fmt: str) -> str:
+    from kanari.cli.common import dump
+
+    return dump(doc, fmt) if fmt == "yaml" else json.dumps(doc, indent=2, sort_keys=True)
 
 
 def cmd_models_set(args: argparse.Namespace) -> int:

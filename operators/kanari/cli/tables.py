@@ -6,10 +6,17 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import pyarrow
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+
+
+def _arrow_error() -> type[Exception]:
+    try:
+        import pyarrow
+    except ImportError:
+        return DataError  # nothing else to catch without pyarrow
+    return pyarrow.ArrowException
 
 
 class DataError(ValueError):
@@ -39,7 +46,7 @@ def table_columns(path: str | os.PathLike[str]) -> list[str]:
             return header
     except DataError:
         raise
-    except (OSError, ValueError, csv.Error, pyarrow.ArrowException) as exc:
+    except (OSError, ValueError, csv.Error, _arrow_error()) as exc:
         raise DataError(f"{p}: cannot read: {exc}") from None
     raise DataError(f"{p}: unknown format; use .csv, .tsv or .parquet")
 
@@ -51,6 +58,10 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise DataError(f"{p}: no such file")
     try:
         if name.endswith(PARQUET_SUFFIXES):
+            try:
+                import pyarrow  # noqa: F401  (pandas' Parquet engine; an extra, not in the operator image)
+            except ImportError:
+                raise DataError(f"{p}: reading Parquet needs pyarrow: pip install 'kanari[cli]'") from None
             df = pd.read_parquet(p)
         elif name.endswith(CSV_SUFFIXES):
             df = pd.read_csv(p, sep="\t" if name.endswith(".tsv") else ",")
@@ -58,7 +69,7 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
             raise DataError(f"{p}: unknown format; use .csv, .tsv or .parquet")
     except DataError:
         raise
-    except (OSError, ValueError, pd.errors.ParserError, pyarrow.ArrowException) as exc:
+    except (OSError, ValueError, pd.errors.ParserError, _arrow_error()) as exc:
         raise DataError(f"{p}: cannot read: {exc}") from None
     if df.empty:
         raise DataError(f"{p}: no rows")

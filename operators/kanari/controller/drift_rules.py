@@ -11,12 +11,7 @@ The metrics' `model` label is the InferenceService name, which is the ModelDeplo
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from kanari.api.v1alpha1 import ModelDeployment
 
@@ -137,15 +132,3 @@ def build_prometheus_rule(md: ModelDeployment) -> dict | None:
         },
         "spec": {"groups": groups},
     }
-
-
-def rule_file(mds: Iterable[ModelDeployment]) -> dict[str, Any]:
-    """Plain Prometheus rule-file content (for a Prometheus without the operator)."""
-    return {"groups": [g for md in mds for g in rule_groups(md)]}
-
-
-def write_rule_file(mds: Iterable[ModelDeployment], path: str | os.PathLike[str]) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(rule_file(mds), sort_keys=False))
-    return out

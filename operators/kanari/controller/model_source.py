@@ -7,34 +7,17 @@ failing is a TransientError (retried by the controller), never mistaken for "not
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kanari import awsclient
+from kanari import registry_metadata as keys
 from kanari.api.v1alpha1 import Lineage, ModelDeploymentSpec, ModelRef, SpecError
 
 ARN_FIELD = "spec.model.modelPackageArn"
-_RETRY = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=20)
-
-# CustomerMetadataProperties keys the Kanari pipeline writes (kfp_pipelines register step).
-LINEAGE_KEYS = {
-    "trainingJob": ("kanari:training-job-arn", "TrainingJobArn"),
-    "pipelineRun": ("kanari:pipeline-run-id", "PipelineRunId"),
-    "datasetUri": ("kanari:dataset-uri", "DatasetUri"),
-    "gitSha": ("kanari:git-sha", "GitSha"),
-    "imageDigest": ("kanari:image-digest", "ImageDigest"),
-    "datasetVersion": ("kanari:dataset-version", "DatasetVersion"),
-    "driftAlert": ("kanari:drift-alert", "DriftAlert"),
-    "driftAlertFingerprint": ("kanari:drift-alert-fingerprint", "DriftAlertFingerprint"),
-    "driftAlertStartsAt": ("kanari:drift-alert-starts-at", "DriftAlertStartsAt"),
-}
-BASELINE_KEYS = ("kanari:baseline-uri", "BaselineUri")
-
 
 class TransientError(RuntimeError):
     """The registry could not be asked (throttled past retries, network, 5xx): try again later."""
@@ -50,19 +33,20 @@ class PackageInfo:
 
     @property
     def lineage(self) -> Lineage:
-        values = {k: next((self.metadata[m] for m in keys if m in self.metadata), None) for k, keys in LINEAGE_KEYS.items()}
+        values = {k: next((self.metadata[m] for m in keys if m in self.metadata), None) for k, keys in keys.LINEAGE.items()}
         return Lineage(modelPackageArn=self.arn, **values)
 
     @property
     def baseline_uri(self) -> str | None:
-        explicit = next((self.metadata[k] for k in BASELINE_KEYS if k in self.metadata), None)
+        explicit = next((self.metadata[k] for k in keys.BASELINE if k in self.metadata), None)
         return explicit
 
 
-def sagemaker_client() -> Any:
-    # boto3 reads only AWS_DEFAULT_REGION; AWS_REGION is what the chart (and every other AWS SDK) sets.
+def sagemaker_client(region: str | None = None) -> Any:
     try:
-        return boto3.client("sagemaker", region_name=os.environ.get("AWS_REGION") or None, config=_RETRY)
+        return awsclient.client(
+            "sagemaker", region_name=region, config=awsclient.retry_config(connect_timeout=5, read_timeout=20)
+        )
     except BotoCoreError as exc:
         raise TransientError(f"cannot create a SageMaker client: {exc} (set AWS_REGION)") from None
 

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kanari.rollout.prometheus import ENV_URL, ConfigError, PrometheusConfig
-
 if TYPE_CHECKING:
     from kanari.dashboard.prom import Prometheus
 
@@ -26,9 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--address", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; in the cluster the chart sets 0.0.0.0)")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
-    p.add_argument("--context", help="kubeconfig context (default: the current one)")
-    p.add_argument("--prometheus-url", help=f"Prometheus for drift series and alerts (default: ${ENV_URL})")
+    # SUPPRESS: the same flags given before the command (kanari --context c dashboard) are kept.
+    p.add_argument("--kubeconfig", default=argparse.SUPPRESS,
+                   help="kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context (default: the current one)")
+    p.add_argument("--prometheus-url", help="Prometheus for drift series and alerts (default: $KANARI_PROMETHEUS_URL)")
     p.add_argument("--read-only", action="store_true", help="no promote/abort/pause/resume/retry buttons")
     p.add_argument("--in-cluster", action="store_true",
                    help="run in the cluster: users sign in with a token (checked by TokenReview); read-only "
@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _prometheus(url: str | None) -> Prometheus | None:
     from kanari.dashboard.prom import Prometheus
+    from kanari.rollout.prometheus import ENV_URL, PrometheusConfig
 
     env = dict(os.environ)
     if url:
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kanari.dashboard.cluster import Cluster, ClusterError, kubeconfig_client
     from kanari.dashboard.server import Dashboard, Identity, Settings
+    from kanari.rollout.prometheus import ConfigError
 
     try:
         prometheus = _prometheus(args.prometheus_url)
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.in_cluster:
         return _serve_in_cluster(args, prometheus)
     try:
-        api, namespace, context = kubeconfig_client(args.kubeconfig or os.environ.get("KUBECONFIG") or None, args.context)
+        api, namespace, context = kubeconfig_client(getattr(args, "kubeconfig", None), getattr(args, "context", None))
     except ClusterError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
@@ -104,17 +106,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve_in_cluster(args: argparse.Namespace, prometheus: Prometheus | None) -> int:
     from aiohttp import web
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
 
     from kanari.dashboard.server import Dashboard, Settings
+    from kanari.kubeclient import KubeConfigError, connect
 
     try:
-        config.load_incluster_config()
-    except ConfigException as exc:
+        reviewer = connect().api_client  # the pod's service account
+    except KubeConfigError as exc:
         print(f"error: --in-cluster: {exc}", file=sys.stderr)
         return 1
-    reviewer = client.ApiClient()
     settings = Settings(port=args.port, address=args.address, actions=args.enable_actions, in_cluster=True,
                         secure_cookie=os.environ.get("KANARI_DASHBOARD_SECURE_COOKIE", "") == "true")
     dash = Dashboard(settings, prometheus, reviewer=reviewer)

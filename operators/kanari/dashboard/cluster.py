@@ -19,9 +19,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
 from kanari.api.v1alpha1 import ACTION_ANNOTATION, GROUP, PLURAL, VERSION
@@ -51,17 +50,14 @@ def _error(exc: Exception, what: str) -> ClusterError:
 
 
 def kubeconfig_client(path: str | None, context: str | None) -> tuple[client.ApiClient, str, str]:
-    """(client, default namespace, context name) from a kubeconfig, as kubectl would read it."""
+    """(client, default namespace, context name), through Kanari's one loader (kanari.kubeclient)."""
+    from kanari.kubeclient import KubeConfigError, connect
+
     try:
-        contexts, active = config.list_kube_config_contexts(config_file=path)
-        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
-        if context and chosen is None:
-            raise ClusterError(0, f"--context {context}: no such context in the kubeconfig")
-        api = config.new_client_from_config(config_file=path, context=context)
-    except (ConfigException, OSError) as exc:
+        conn = connect(path, context)
+    except KubeConfigError as exc:
         raise ClusterError(0, f"no Kubernetes connection: {exc}") from None
-    ns = ((chosen or {}).get("context") or {}).get("namespace") or "default"
-    return api, ns, (chosen or {}).get("name", "")
+    return conn.api_client, conn.namespace, conn.context or ""
 
 
 def token_client(base: client.Configuration, token: str) -> client.ApiClient:

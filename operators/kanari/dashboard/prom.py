@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 import re
 from typing import Any
-from urllib.parse import urlencode
 
 from kanari.dashboard.views import DriftReading
-from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError
+from kanari.rollout.prometheus import PrometheusClient
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -21,22 +20,15 @@ def _quote(value: str) -> str:
 
 
 class Prometheus(PrometheusClient):
-    """The controller's client, plus range queries (the controller needs only instant ones)."""
+    """The controller's client, plus the dashboard's queries."""
 
-    async def query_range(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
-        self.queries += 1
-        body = urlencode({"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"})
-        data = await self._post("/api/v1/query_range", body.encode())
-        if data.get("resultType") != "matrix":
-            raise PrometheusQueryError("bad_data", f"result type {data.get('resultType')!r} is not a matrix")
+    async def range_series(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        """The client's range query, NaN and infinities as gaps (None) for the charts."""
         out = []
-        for r in data.get("result") or []:
-            t, v = [], []
-            for ts, val in r.get("values") or []:
-                x = float(val)
-                t.append(float(ts))
-                v.append(x if math.isfinite(x) else None)
-            out.append({"labels": dict(r.get("metric") or {}), "t": t, "v": v})
+        for series in await self.query_range(promql, start, end, step):
+            t = [ts for ts, _ in series.points]
+            v = [x if math.isfinite(x) else None for _, x in series.points]
+            out.append({"labels": series.labels, "t": t, "v": v})
         return out
 
     async def drift_series(self, namespace: str, name: str, method: str, start: float, end: float) -> list[dict[str, Any]]:
@@ -45,7 +37,7 @@ class Prometheus(PrometheusClient):
                   f"model={_quote(name)}, method={_quote(method)}}})")
         return [{"feature": s["labels"].get("feature", "?"), "revision": s["labels"].get("revision", ""),
                  "endpoint": s["labels"].get("endpoint", ""), "t": s["t"], "v": s["v"]}
-                for s in await self.query_range(promql, start, end, step)]
+                for s in await self.range_series(promql, start, end, step)]
 
     async def alerts(self, namespace: str, name: str) -> list[dict[str, str]]:
         promql = f'ALERTS{{alertstate="firing", namespace={_quote(namespace)}, model={_quote(name)}}}'

@@ -1,6 +1,6 @@
 """Where the monitor gets baselines: s3:// (boto3) or file:// directories, cached by URI and version.
 
-The endpoint comes from boto3's own configuration (AWS_ENDPOINT_URL, as with LocalStack), never from code.
+The client comes from kanari.awsclient (AWS_REGION, AWS_ENDPOINT_URL as with LocalStack), never from code here.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kanari import awsclient
 from kanari.drift.model_monitor import CONSTRAINTS, STATISTICS, Baseline, parse_baseline, read_baseline
 
 _S3_CONFIG = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"})
@@ -59,7 +59,7 @@ def load_from_uri(uri: str) -> Baseline:
 
 
 def _load_s3(bucket: str, prefix: str, uri: str) -> Baseline:
-    client = boto3.client("s3", config=_S3_CONFIG)
+    client = awsclient.client("s3", config=_S3_CONFIG)
     docs: list[Any] = []
     for name in (STATISTICS, CONSTRAINTS):
         key = f"{prefix}/{name}" if prefix else name

@@ -583,7 +583,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kanari drift monitor: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kanari import logs
+
+    logs.configure()
     watchers = []
     if args.kubernetes:
         for namespace in args.watch_namespace or [None]:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import kfp
-
 from kanari.retrain import training_run
 from kanari.retrain.policy import Alert, RetrainPolicy
 
@@ -146,19 +144,16 @@ class CommandLauncher:
 
 def read_deployment(namespace: str, name: str) -> dict[str, Any]:
     """The ModelDeployment the alert is about, through the cluster's API (in-cluster config or kubeconfig)."""
-    from kubernetes import client
-
     from kanari.api import v1alpha1
-    from kanari.controller.kube import load_config
+    from kanari.kubeclient import custom_objects_api
 
-    load_config()
-    obj = client.CustomObjectsApi().get_namespaced_custom_object(
+    obj = custom_objects_api().get_namespaced_custom_object(
         v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name)
     return dict(obj)
 
 
 class KfpLauncher:
-    """Starts the newest version of a named pipeline through kfp.Client.
+    """Starts the newest version of a named pipeline through Kubeflow Pipelines' API (kanari.retrain.kfp_client).
 
     The run's parameters are derived from the ModelDeployment the alert is about and the policy's
     parameters (kanari.retrain.training_run): typed, each one a parameter the pipeline declares, with
@@ -172,7 +167,7 @@ class KfpLauncher:
         experiment: str = "kanari-retraining",
         namespace: str | None = None,
         alert_parameter: str = "drift_alert",
-        client_factory: Callable[..., Any] = kfp.Client,
+        client_factory: Callable[..., Any] | None = None,
         deployments: Callable[[str, str], dict[str, Any]] = read_deployment,
         defaults: dict[str, str] | None = None,
         service_account: str = "kanari-pipeline",
@@ -194,8 +189,11 @@ class KfpLauncher:
 
     def _kfp(self) -> Any:
         if self._client is None:
-            client = self._client_factory(host=self.host, namespace=self.namespace or "kubeflow")
-            # kfp.Client takes no timeout and never passes the generated client's _request_timeout, so an
+            from kanari.retrain.kfp_client import KfpClient
+
+            factory = self._client_factory or KfpClient
+            client = factory(host=self.host, namespace=self.namespace or "kubeflow")
+            # The generated KFP client takes no default timeout (kfp.Client passes none either), so an
             # API that accepts the connection and never answers would hold the launching thread forever.
             # All its service APIs share one REST client: give its requests a default.
             rest = getattr(getattr(getattr(client, "_run_api", None), "api_client", None), "rest_client", None)

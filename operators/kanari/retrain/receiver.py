@@ -150,10 +150,9 @@ def build_launcher(cfg: LauncherConfig) -> Launcher:
 def _custom_api() -> Any:
     from kubernetes import client
 
-    from kanari.controller.kube import load_config
+    from kanari.kubeclient import connect
 
-    load_config()
-    return client.CustomObjectsApi()
+    return client.CustomObjectsApi(connect().api_client)
 
 
 def build_store(cfg: StoreConfig, on_corrupt: Callable[[str], None] | None = None) -> TriggerStore:
@@ -161,10 +160,10 @@ def build_store(cfg: StoreConfig, on_corrupt: Callable[[str], None] | None = Non
         return FileTriggerStore(cfg.file, on_corrupt=on_corrupt)
     from kubernetes import client
 
-    from kanari.controller.kube import load_config
+    from kanari.kubeclient import connect
 
-    load_config()
-    return KubernetesTriggerStore(client.CustomObjectsApi(), client.CoreV1Api())
+    api_client = connect().api_client
+    return KubernetesTriggerStore(client.CustomObjectsApi(api_client), client.CoreV1Api(api_client))
 
 
 def pod_event(reason: str, message: str) -> None:
@@ -432,7 +431,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"kanari drift receiver: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kanari import logs
+
+    logs.configure()
     receiver = RetrainReceiver(
         token, store, launcher, config.models,
         model_deployments=ModelDeploymentPolicies(_custom_api) if config.modelDeployments else None,

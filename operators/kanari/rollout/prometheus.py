@@ -95,6 +95,29 @@ class Sample:
     value: float
 
 
+@dataclass(frozen=True)
+class RangeSeries:
+    labels: dict[str, str]
+    points: list[tuple[float, float]]
+
+
+def run_blocking(config: PrometheusConfig, work: Any) -> Any:
+    """`await work(client)` from synchronous code (reports, scripts), in a loop of its own."""
+
+    async def go() -> Any:
+        async with PrometheusClient(config) as client:
+            return await work(client)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(go())
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from async code: not on its loop
+        return pool.submit(asyncio.run, go()).result()
+
+
 class _SigV4:
     """Signs each request with botocore's SigV4Auth for service "aps"."""
 
@@ -153,6 +176,16 @@ class PrometheusClient:
         if kind == "scalar" and isinstance(result, list):
             return [Sample({}, float(result[1]))]
         raise PrometheusQueryError("bad_data", f"result type {kind!r} is not a number (use a vector or scalar)")
+
+    async def query_range(self, promql: str, start: float, end: float, step: float) -> list[RangeSeries]:
+        """Range query (unix seconds); NaN points are kept as NaN for the caller to drop or show as gaps."""
+        self.queries += 1
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        data = await self._post("/api/v1/query_range", urlencode(params).encode())
+        if data.get("resultType") != "matrix":
+            raise PrometheusQueryError("bad_data", f"result type {data.get('resultType')!r} is not a matrix")
+        return [RangeSeries(dict(r.get("metric", {})), [(float(t), float(v)) for t, v in r.get("values") or []])
+                for r in data.get("result") or []]
 
     async def _post(self, path: str, body: bytes) -> dict[str, Any]:
         url = self.config.url + path
