@@ -219,3 +219,30 @@ def test_no_model_takes_all_traffic_without_its_canary(mode: str) -> None:
             w.observe_traffic()
 
     run()
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+@pytest.mark.parametrize("garble", [
+    ("inferenceService", {"ready": "sometimes"}),  # another field of status, hand-edited
+    ("previewUrl", 5),
+    ("conditions", [{"type": "Ready"}]),
+    ("retraining", [{"at": 1}] * 21),  # another writer's list, over its bound
+])
+def test_an_unreadable_status_field_does_not_forget_the_stable_model(mode: str, garble: tuple[str, Any]) -> None:
+    """Regression: one unreadable status field made reconcile rebuild the whole status from nothing, so the
+    stable model was forgotten and the spec's new model was deployed outright at 100%, skipping its canary."""
+    w = World(mode, set())
+    for _ in range(3):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+    w.observe_traffic()
+    assert w.kserve.traffic() == {"s3://models/fraud/v1": 100}
+    key, value = garble
+    w.status[key] = value
+    w.edit(version="v2")
+    for _ in range(4):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+        w.observe_traffic()  # asserts v2 is not at 100% before a partial weight
+        w.now += timedelta(seconds=31)
+    assert w.kserve.traffic() == {"s3://models/fraud/v1": 80, "s3://models/fraud/v2": 20}
