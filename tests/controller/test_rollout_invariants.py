@@ -246,3 +246,25 @@ def test_an_unreadable_status_field_does_not_forget_the_stable_model(mode: str, 
         w.observe_traffic()  # asserts v2 is not at 100% before a partial weight
         w.now += timedelta(seconds=31)
     assert w.kserve.traffic() == {"s3://models/fraud/v1": 80, "s3://models/fraud/v2": 20}
+
+
+def test_a_re_created_serverless_inference_service_does_not_give_the_preview_all_traffic() -> None:
+    """Regression: the InferenceService deleted mid-rollout (a BlueGreen preview at 0%) was re-created with the
+    canary template and canaryTrafficPercent; with no rolled-out revision KServe sent it all traffic."""
+    w = World("Serverless", set())
+    w.rollout = 3  # BlueGreen: the preview at 0%
+    for _ in range(3):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+    w.observe_traffic()
+    w.edit(version="v2")
+    w.reconcile()
+    w.kserve.settle(ready=True)
+    w.observe_traffic()
+    w.kserve = KServeSim("Serverless")  # deleted (kubectl delete, a prune) and re-created by the controller
+    for _ in range(3):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+        w.observe_traffic()
+        assert w.kserve.traffic() == {"s3://models/fraud/v1": 100}
+    assert w.kserve.ready_preview() == "s3://models/fraud/v2"  # the preview is back, at 0%
