@@ -239,7 +239,7 @@ class DriftMonitor:
                                error=f"the baseline of {event.namespace}/{event.model} is unavailable; see the monitor's log")
         try:
             state = self._window(event, binding, baseline)
-            paired = self._intake(event, state)
+            paired = self._intake(event, state, len(body))
         except RowLimit as exc:
             return self.record("oversized", 413, error=str(exc), id=event.id)
         except MalformedEvent as exc:
@@ -287,8 +287,11 @@ class DriftMonitor:
             self._drop(oldest)
         return state
 
-    def _intake(self, event: LoggedEvent, state: ModelWindow) -> bool:
-        """Parse the payload and pair it with its other half; True if the pair is complete."""
+    def _intake(self, event: LoggedEvent, state: ModelWindow, body_size: int = 0) -> bool:
+        """Parse the payload and pair it with its other half; True if the pair is complete.
+
+        A waiting half is counted against max_pending_bytes at no less than the size of the event it came
+        from: the per-value estimates below do not see long strings (a 4 MB prediction would count 16 bytes)."""
         now = self.clock()
         state.updated = now
         max_rows = self.settings.max_rows_per_event
@@ -302,6 +305,7 @@ class DriftMonitor:
             values = response_values(event.data, max_rows)
             half = {"response": values}
             size = 16 * len(values)
+        size = max(size, body_size)
         entry = self.pending.pop(event.id, None)
         if entry is not None:
             self.pending_bytes -= entry.size
