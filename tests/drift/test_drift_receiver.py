@@ -216,12 +216,17 @@ def test_command_launcher_runs_in_the_background_without_a_shell(tmp_path: Path)
 
 
 def test_commands_are_argv_lists_never_shell_lines(tmp_path: Path) -> None:
+    # Regression: the check looked for a literal "-c" only, and this test skipped the cases it missed
+    # (`bash -lc`), so `sh -ec '... {alertname}'` or `env sh -c ...` still ran a label value as shell code.
     for command in ("kanari pipeline run --model-name {model}", ["sh", "-c", "train --model {model}"],
-                    ["/bin/bash", "-lc", "x"]):
-        if isinstance(command, list) and "-c" not in command:
-            continue
+                    ["/bin/bash", "-lc", "x"], ["sh", "-ec", "train {alertname}"],
+                    ["/usr/bin/env", "-i", "A=1", "sh", "-c", "train {alertname}"],
+                    ["python3", "-c", "import os; os.system('train {alertname}')"]):
         with pytest.raises(ValueError, match="command"):
             CommandLauncher(command, tmp_path)  # type: ignore[arg-type]
+    # Labels passed as arguments, never as code, stay allowed.
+    CommandLauncher([sys.executable, "-c", "import sys; print(sys.argv)", "{model}"], tmp_path)
+    CommandLauncher(["env", "KFP=1", "kanari", "pipeline", "run", "--model-name", "{model}"], tmp_path)
     from kanari.retrain.receiver import main
 
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"launcher": {"command": {"argv": "sh -c 'train {model}'"}},
