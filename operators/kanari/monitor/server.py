@@ -261,7 +261,10 @@ class DriftMonitor:
 
     def _window(self, event: LoggedEvent, binding: Binding, baseline: Baseline) -> ModelWindow:
         ref = binding.ref
-        key = WindowKey(event.namespace, event.model, event.endpoint, binding.version or UNVERSIONED)
+        # Two endpoints exist (KServe's default and canary; bind() reads anything else as the stable one): the
+        # name as sent would let made-up endpoints open windows and evict real models from the LRU.
+        endpoint = "canary" if event.endpoint == "canary" else "default"
+        key = WindowKey(event.namespace, event.model, endpoint, binding.version or UNVERSIONED)
         state = self.windows.get(key)
         if state is not None and state.ref == ref:
             self.windows.move_to_end(key)
