@@ -60,7 +60,9 @@ def test_whole_neuron_devices_and_family_selector() -> None:
 
 def test_serverless_canary_uses_canary_traffic_percent() -> None:
     m = md(serving={"deploymentMode": "Serverless"})
-    obj = build(m, stable=ref("a"), canary=ref("b", "s3://models/fraud/v2/model.tar.gz"), canary_weight=10)
+    current = _kserve_observed(build(m, stable=ref("a"), canary=None, canary_weight=0), "fraud-00001", "fraud-00001")
+    obj = build(m, stable=ref("a"), canary=ref("b", "s3://models/fraud/v2/model.tar.gz"), canary_weight=10,
+                current=current)
     assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert obj["spec"]["predictor"]["model"]["storageUri"].endswith("v2/model.tar.gz")
     assert obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
@@ -78,7 +80,9 @@ def test_serverless_rollback_writes_the_stable_template_pinned_until_its_revisio
     next rollout: scaling edits were never written and reverting spec.model left the failed template in place."""
     m = md(serving={"deploymentMode": "Serverless", "minReplicas": 2, "maxReplicas": 4})
     v2 = ref("b", "s3://models/fraud/v2/model.tar.gz")
-    canary = _kserve_observed(build(m, stable=ref("a"), canary=v2, canary_weight=50), "fraud-00002", "fraud-00002")
+    stable = _kserve_observed(build(m, stable=ref("a"), canary=None, canary_weight=0), "fraud-00001", "fraud-00001")
+    canary = _kserve_observed(build(m, stable=ref("a"), canary=v2, canary_weight=50, current=stable),
+                              "fraud-00002", "fraud-00002")
     rolled = build(m, stable=ref("a"), canary=None, canary_weight=0, current=canary)
     pred = rolled["spec"]["predictor"]
     # The stable model's template, with today's replicas; pinned at 0% so KServe keeps the last rolled-out
@@ -101,6 +105,19 @@ def test_serverless_rollback_writes_the_stable_template_pinned_until_its_revisio
     promoted = build(m, stable=v2, canary=None, canary_weight=0, current=canary)
     assert "canaryTrafficPercent" not in promoted["spec"]["predictor"]
     assert promoted["metadata"]["annotations"]["serving.kserve.io/enable-tag-routing"] == "true"
+
+
+def test_serverless_canary_waits_for_a_rolled_out_stable_revision() -> None:
+    """Regression: an InferenceService with no rolled-out revision (deleted and re-created mid-rollout, or not
+    yet observed by KServe) got the canary template with canaryTrafficPercent; KServe then has nothing to split
+    against and sends the canary all traffic. The stable template is written first."""
+    m = md(serving={"deploymentMode": "Serverless"})
+    v2 = ref("b", "s3://models/fraud/v2/model.tar.gz")
+    for current in (None, {"metadata": {"generation": 1}, "spec": {}, "status": {}}):
+        obj = build(m, stable=ref("a"), canary=v2, canary_weight=0, current=current)
+        pred = obj["spec"]["predictor"]
+        assert pred["model"]["storageUri"].endswith("v1/model.tar.gz") and not pred.get("canaryTrafficPercent")
+        assert obj["metadata"]["annotations"]["kanari.dev/revision"] == "a"
 
 
 def test_raw_deployment_canary_list() -> None:

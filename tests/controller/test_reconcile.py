@@ -37,6 +37,11 @@ def ready(isvc: dict[str, Any]) -> dict[str, Any]:
     out["metadata"]["generation"] = 1
     out["status"] = copy.deepcopy(HEALTHY["status"])
     out["status"]["observedGeneration"] = 1
+    # KServe's own record of the revision that last had all traffic (Serverless): what canaryTrafficPercent
+    # splits against (the Argo CD health fixtures leave components out).
+    rev = "fraud-predictor-00001"
+    out["status"]["components"] = {"predictor": {
+        "latestCreatedRevision": rev, "latestReadyRevision": rev, "latestRolledoutRevision": rev}}
     return out
 
 

@@ -132,7 +132,11 @@ class World:
         before = (self.status.get("stableModel") or {}).get("storageUri")
         self.status = stored
         model = f"s3://models/fraud/{self.version}"
-        if any(e.reason == "ActionConsumed" and "=promote" in e.message for e in out.events):
+        # Only a promotion a person asked for and the engine honoured is excepted: a promote-full it acted on, or
+        # a promote whose step was the last one (an ignored promote, or one that moved a step, excepts nothing).
+        steps_said = " ".join(e.message for e in out.events if e.reason == "StepAdvanced")
+        if "full promotion requested" in steps_said or ("promoted by an operator" in steps_said and any(
+                e.reason in ("Promoted", "Switched") for e in out.events)):
             self.exempt.add(model)
         after = (stored.get("stableModel") or {}).get("storageUri")
         if stored.get("canaryModel") and stored.get("canaryWeight") == 100:
@@ -219,3 +223,72 @@ def test_no_model_takes_all_traffic_without_its_canary(mode: str) -> None:
             w.observe_traffic()
 
     run()
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+@pytest.mark.parametrize("garble", [
+    ("inferenceService", {"ready": "sometimes"}),  # another field of status, hand-edited
+    ("previewUrl", 5),
+    ("conditions", [{"type": "Ready"}]),
+    ("retraining", [{"at": 1}] * 21),  # another writer's list, over its bound
+])
+def test_an_unreadable_status_field_does_not_forget_the_stable_model(mode: str, garble: tuple[str, Any]) -> None:
+    """Regression: one unreadable status field made reconcile rebuild the whole status from nothing, so the
+    stable model was forgotten and the spec's new model was deployed outright at 100%, skipping its canary."""
+    w = World(mode, set())
+    for _ in range(3):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+    w.observe_traffic()
+    assert w.kserve.traffic() == {"s3://models/fraud/v1": 100}
+    key, value = garble
+    w.status[key] = value
+    w.edit(version="v2")
+    for _ in range(4):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+        w.observe_traffic()  # asserts v2 is not at 100% before a partial weight
+        w.now += timedelta(seconds=31)
+    assert w.kserve.traffic() == {"s3://models/fraud/v1": 80, "s3://models/fraud/v2": 20}
+
+
+def test_a_re_created_serverless_inference_service_does_not_give_the_preview_all_traffic() -> None:
+    """Regression: the InferenceService deleted mid-rollout (a BlueGreen preview at 0%) was re-created with the
+    canary template and canaryTrafficPercent; with no rolled-out revision KServe sent it all traffic."""
+    w = World("Serverless", set())
+    w.rollout = 3  # BlueGreen: the preview at 0%
+    for _ in range(3):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+    w.observe_traffic()
+    w.edit(version="v2")
+    w.reconcile()
+    w.kserve.settle(ready=True)
+    w.observe_traffic()
+    w.kserve = KServeSim("Serverless")  # deleted (kubectl delete, a prune) and re-created by the controller
+    for _ in range(3):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+        w.observe_traffic()
+        assert w.kserve.traffic() == {"s3://models/fraud/v1": 100}
+    assert w.kserve.ready_preview() == "s3://models/fraud/v2"  # the preview is back, at 0%
+
+
+def test_an_action_meant_for_one_canary_does_not_promote_the_model_that_replaced_it() -> None:
+    """Regression: `kanari.dev/action: promote-full` written for canary v2, with the spec moved on to v3 before
+    the controller saw it, promoted v3 to 100% at once: it had never had any traffic."""
+    w = World("RawDeployment", set())
+    for _ in range(3):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+    w.edit(version="v2")
+    for _ in range(3):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+    w.observe_traffic()
+    w.annotations[ACTION_ANNOTATION] = "promote-full/1"
+    w.edit(version="v3")
+    for _ in range(2):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+    assert w.kserve.traffic() == {"s3://models/fraud/v1": 80, "s3://models/fraud/v3": 20}

@@ -312,6 +312,41 @@ def test_static_config_binds_models_for_installs_without_the_operator(cancer_bas
     assert {lab["revision"] for lab, _ in metric_samples(_text(monitor), "kanari_feature_drift")} == {"3"}
 
 
+def test_waiting_halves_with_long_strings_count_their_size(cancer_baseline_dir: Path) -> None:
+    """Regression: a waiting response half was counted at 16 bytes per prediction whatever the prediction, so
+    events of one 3 MB string each were held by the thousand (max_pending) while max_pending_bytes saw 16 bytes."""
+    bound = 1024 * 1024
+    monitor = make_monitor(cancer_baseline_dir, max_pending_bytes=bound)
+    body = json.dumps({"predictions": ["x" * 200_000]}).encode()
+
+    async def feed() -> None:
+        for i in range(30):
+            status, _ = await monitor.handle(kserve_headers(ce_id=f"long{i}", ce_type=RESPONSE, model="m", namespace="ns"),
+                                             body)
+            assert status == 200
+            held = sum(len(v) for p in monitor.pending.values() for v in p.response or [] if isinstance(v, str))
+            assert held <= bound and monitor.pending_bytes <= bound
+
+    asyncio.run(feed())
+
+
+def test_made_up_endpoints_open_no_windows_and_evict_no_model(cancer_baseline_dir: Path) -> None:
+    """Regression: the window key took ce-endpoint as sent, so events for one monitored model under 100 made-up
+    endpoint names opened 100 windows and evicted every other model's window (the LRU attack, by another name)."""
+    monitor = make_monitor(cancer_baseline_dir, max_models=3)
+    row = json.dumps({"instances": [drifted_rows(1, 9)[0].tolist()]}).encode()
+
+    async def feed() -> None:
+        await monitor.handle(kserve_headers(ce_id="real", ce_type=REQUEST, model="m1", namespace="ns"), row)
+        for i in range(100):
+            headers = kserve_headers(ce_id=f"e{i}", ce_type=REQUEST, model="m", namespace="ns", endpoint=f"junk-{i}")
+            await monitor.handle(headers, row)
+        monitor.evaluate()
+
+    asyncio.run(feed())
+    assert {(k.model, k.endpoint) for k in monitor.windows} == {("m1", "default"), ("m", "default")}
+
+
 def test_memory_is_bounded_whatever_the_load(cancer_baseline_dir: Path) -> None:
     monitor = make_monitor(cancer_baseline_dir, max_models=3, max_pending=50)
     row = json.dumps({"instances": [drifted_rows(1, 9)[0].tolist()]}).encode()

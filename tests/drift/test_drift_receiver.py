@@ -216,12 +216,17 @@ def test_command_launcher_runs_in_the_background_without_a_shell(tmp_path: Path)
 
 
 def test_commands_are_argv_lists_never_shell_lines(tmp_path: Path) -> None:
+    # Regression: the check looked for a literal "-c" only, and this test skipped the cases it missed
+    # (`bash -lc`), so `sh -ec '... {alertname}'` or `env sh -c ...` still ran a label value as shell code.
     for command in ("kanari pipeline run --model-name {model}", ["sh", "-c", "train --model {model}"],
-                    ["/bin/bash", "-lc", "x"]):
-        if isinstance(command, list) and "-c" not in command:
-            continue
+                    ["/bin/bash", "-lc", "x"], ["sh", "-ec", "train {alertname}"],
+                    ["/usr/bin/env", "-i", "A=1", "sh", "-c", "train {alertname}"],
+                    ["python3", "-c", "import os; os.system('train {alertname}')"]):
         with pytest.raises(ValueError, match="command"):
             CommandLauncher(command, tmp_path)  # type: ignore[arg-type]
+    # Labels passed as arguments, never as code, stay allowed.
+    CommandLauncher([sys.executable, "-c", "import sys; print(sys.argv)", "{model}"], tmp_path)
+    CommandLauncher(["env", "KFP=1", "kanari", "pipeline", "run", "--model-name", "{model}"], tmp_path)
     from kanari.retrain.receiver import main
 
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"launcher": {"command": {"argv": "sh -c 'train {model}'"}},
@@ -348,7 +353,7 @@ def _deliver(receiver: Any, *alerts: dict[str, Any]) -> tuple[int, dict[str, Any
     return asyncio.run(receiver.deliver(f"Bearer {TOKEN}", json.dumps(webhook(*alerts)).encode()))
 
 
-def test_a_hung_launch_blocks_no_other_delivery_and_is_recorded_as_failed(tmp_path: Path) -> None:
+def test_a_hung_launch_blocks_no_other_delivery_and_its_outcome_is_recorded_when_it_ends(tmp_path: Path) -> None:
     launcher = _Launcher()
     receiver = _receiver(tmp_path, launcher, ["hang", "fraud"], launch_timeout=1.0)
 
@@ -366,8 +371,37 @@ def test_a_hung_launch_blocks_no_other_delivery_and_is_recorded_as_failed(tmp_pa
     finally:
         launcher.release.set()
     assert other[0] == 200 and other[1]["results"][0]["action"] == "triggered"
-    assert hung[0] == 502 and "timeout" in hung[1]["results"][0]["detail"]
-    assert [r.outcome for r in receiver.store.history("ml-prod", "hang")] == ["Failed"]  # never a stuck Starting
+    # Not known to have failed: answered 5xx (Alertmanager comes again), the claim held while the launch runs
+    assert hung[0] == 503 and hung[1]["results"][0]["reason"] == "launch_pending"
+    wait_for(lambda: [r.outcome for r in receiver.store.history("ml-prod", "hang")] == ["Started"], "the late launch recorded")
+    assert receiver.store.history("ml-prod", "hang")[0].run == "late-run"
+
+
+def test_a_launch_slower_than_the_timeout_is_not_launched_again(tmp_path: Path) -> None:
+    """Regression: a launch that outlived launchTimeoutSeconds (a slow pipeline API that still created the run)
+    was recorded Failed, so Alertmanager's redelivery after the backoff started a second run for one alert."""
+
+    class Slow:
+        def __init__(self) -> None:
+            self.runs: list[str] = []
+
+        def launch(self, request: LaunchRequest) -> str:
+            time.sleep(1.5)
+            self.runs.append(request.alert.fingerprint)
+            return f"run-{len(self.runs)}"
+
+    clock = [NOW]
+    launcher = Slow()
+    receiver = _receiver(tmp_path, launcher, ["fraud"], launch_timeout=0.5, clock=lambda: clock[0])
+    status, doc = _deliver(receiver, am_alert(model="fraud", fp="x"))
+    assert status == 503  # Alertmanager comes again
+    for minutes in (0, 2, 30):  # redeliveries, during and after the slow launch
+        clock[0] = NOW + timedelta(minutes=minutes)
+        status, doc = _deliver(receiver, am_alert(model="fraud", fp="x"))
+        assert doc["results"][0]["reason"] in ("duplicate", "launch_pending"), doc
+        time.sleep(0.6)
+    wait_for(lambda: [r.outcome for r in receiver.store.history("ml-prod", "fraud")] == ["Started"], "the late launch recorded")
+    assert launcher.runs == ["x"]
 
 
 def test_any_launch_exception_is_recorded_and_retried_with_backoff(tmp_path: Path) -> None:

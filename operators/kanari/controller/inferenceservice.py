@@ -132,10 +132,15 @@ def build(
     `current` is the InferenceService as it stands (Serverless needs it, see `_pin`).
     """
     baseline_uris = baseline_uris or {}
+    mode = md.spec.serving.deploymentMode
+    if mode != "RawDeployment" and canary is not None and stable is not None and not _rolled_out(current):
+        # Serverless: KServe splits canaryTrafficPercent only against a last rolled-out revision. An
+        # InferenceService without one (deleted and re-created mid-rollout, or not yet observed) would send
+        # the canary template all traffic; so the stable template is written first and the canary after it.
+        canary = None
     serving_model = canary or stable
     if serving_model is None:
         return None
-    mode = md.spec.serving.deploymentMode
     annotations = {
         "serving.kserve.io/deploymentMode": mode,
         VERSION_ANNOTATION: serving_model.version,
@@ -200,6 +205,12 @@ def _pin(current: dict[str, Any] | None, stable: ModelRef) -> int | None:
     if latest_revision_ready(current):
         return None
     return int(pred["canaryTrafficPercent"])
+
+
+def _rolled_out(isvc: dict[str, Any] | None) -> bool:
+    """KServe reports a last rolled-out revision: the one canaryTrafficPercent's remainder goes to."""
+    predictor = (((isvc or {}).get("status") or {}).get("components") or {}).get("predictor") or {}
+    return bool(predictor.get("latestRolledoutRevision"))
 
 
 def latest_revision_ready(isvc: dict[str, Any]) -> bool:

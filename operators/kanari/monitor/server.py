@@ -240,7 +240,7 @@ class DriftMonitor:
                                error=f"the baseline of {event.namespace}/{event.model} is unavailable; see the monitor's log")
         try:
             state = self._window(event, binding, baseline)
-            paired = self._intake(event, state)
+            paired = self._intake(event, state, len(body))
         except RowLimit as exc:
             return self.record("oversized", 413, error=str(exc), id=event.id)
         except MalformedEvent as exc:
@@ -262,7 +262,10 @@ class DriftMonitor:
 
     def _window(self, event: LoggedEvent, binding: Binding, baseline: Baseline) -> ModelWindow:
         ref = binding.ref
-        key = WindowKey(event.namespace, event.model, event.endpoint, binding.version or UNVERSIONED)
+        # Two endpoints exist (KServe's default and canary; bind() reads anything else as the stable one): the
+        # name as sent would let made-up endpoints open windows and evict real models from the LRU.
+        endpoint = "canary" if event.endpoint == "canary" else "default"
+        key = WindowKey(event.namespace, event.model, endpoint, binding.version or UNVERSIONED)
         state = self.windows.get(key)
         if state is not None and state.ref == ref:
             self.windows.move_to_end(key)
@@ -288,8 +291,11 @@ class DriftMonitor:
             self._drop(oldest)
         return state
 
-    def _intake(self, event: LoggedEvent, state: ModelWindow) -> bool:
-        """Parse the payload and pair it with its other half; True if the pair is complete."""
+    def _intake(self, event: LoggedEvent, state: ModelWindow, body_size: int = 0) -> bool:
+        """Parse the payload and pair it with its other half; True if the pair is complete.
+
+        A waiting half is counted against max_pending_bytes at no less than the size of the event it came
+        from: the per-value estimates below do not see long strings (a 4 MB prediction would count 16 bytes)."""
         now = self.clock()
         state.updated = now
         max_rows = self.settings.max_rows_per_event
@@ -303,6 +309,7 @@ class DriftMonitor:
             values = response_values(event.data, max_rows)
             half = {"response": values}
             size = 16 * len(values)
+        size = max(size, body_size)
         entry = self.pending.pop(event.id, None)
         if entry is not None:
             self.pending_bytes -= entry.size

@@ -28,6 +28,25 @@ def _with_timeout(request: Callable[..., Any], timeout: tuple[float, float], *ar
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"}
 
 
+def _runs_inline_code(argv: Sequence[str]) -> bool:
+    """A shell given code inline (`sh -c`, also `sh -ec`, `bash -lc`, through `env`), or an interpreter's inline
+    code (`python -c`) with a template field in it: a label value would become code."""
+    args = list(argv)
+    while args and Path(args[0]).name == "env":  # env [-i] [NAME=VALUE]... program ...
+        args = args[1:]
+        while args and (args[0].startswith("-") or "=" in args[0]):
+            args = args[1:]
+    if not args:
+        return False
+    program, rest = Path(args[0]).name, args[1:]
+    if program in SHELLS:
+        return any(a.startswith("-") and not a.startswith("--") and "c" in a[1:] for a in rest)
+    if program.startswith(("python", "perl", "ruby", "node")):
+        flags = [i for i, a in enumerate(rest) if a in ("-c", "-e")]
+        return any(i + 1 < len(rest) and "{" in rest[i + 1] for i in flags)
+    return False
+
+
 class LaunchError(RuntimeError):
     """The run could not be submitted; the message says why."""
 
@@ -111,7 +130,7 @@ class CommandLauncher:
         self.command = list(command)
         if not self.command:
             raise ValueError("command: empty")
-        if Path(self.command[0]).name in SHELLS and "-c" in self.command[1:]:
+        if _runs_inline_code(self.command):
             raise ValueError("command: a shell command line (`sh -c ...`) would run alert labels as shell code; "
                              "give the program and its arguments")
         self.log_dir = Path(log_dir)

@@ -347,33 +347,60 @@ class RetrainReceiver:
             self._release(now)
             return self._skipped(out, decision)
         request = LaunchRequest(alert, policy)
+        submitted = self._launch_pool.submit(self.launcher.launch, request)
         try:
-            launch = loop.run_in_executor(self._launch_pool, self.launcher.launch, request)
-            run = await asyncio.wait_for(launch, self.launch_timeout)
+            # shield: a timeout stops the waiting, not the launch (a thread cannot be stopped); see below.
+            run = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(submitted)), self.launch_timeout)
+        except TimeoutError:
+            # The launch may still succeed (a slow pipeline API that creates the run after we stopped
+            # waiting). Recording it as failed would let the redelivery launch a second run for the same alert;
+            # so the claim stays Starting (a redelivery is a duplicate while it is young) and the launch's real
+            # outcome is recorded when it ends. A launch that never ends leaves a Starting claim that expires
+            # after policy.STARTING_TIMEOUT and is then retried.
+            submitted.add_done_callback(lambda f: self._late_outcome(alert, policy, f))
+            log.warning("retraining of %s/%s: the launcher did not answer within %gs; its outcome is recorded "
+                        "when it does", alert.namespace, alert.model, self.launch_timeout)
+            self.decisions.labels("launch_pending").inc()
+            return {**out, "action": "skipped", "reason": "launch_pending", "retryLater": True,
+                    "detail": f"the launch did not finish within {self.launch_timeout:g}s; its outcome is "
+                              "recorded when it does"}
         except Exception as exc:  # noqa: BLE001 - whatever the launcher raised, the claim must not stay Starting
-            if isinstance(exc, TimeoutError):
-                why = f"the launcher did not answer within {self.launch_timeout:g}s"
-            elif isinstance(exc, LaunchError):
-                why = str(exc)
-            else:
-                why = f"{type(exc).__name__}: {exc}"
-            message = f"retraining of {alert.namespace}/{alert.model} failed to start: {why}"
-            log.error("%s", message)
-            await loop.run_in_executor(None, self.store.complete, alert, "", FAILED, message, self.clock())
-            self.decisions.labels("launch_failed").inc()
+            await loop.run_in_executor(None, self._record_failure, alert, exc)
             # The caller gets the kind of failure, not the launcher's text (it can name hosts and paths);
             # the log, the history record and the Event carry it.
-            kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             return {**out, "action": "failed", "reason": "launch_failed",
-                    "detail": f"the launch failed ({kind}); see the receiver's log and the ModelDeployment's Events"}
+                    "detail": f"the launch failed ({type(exc).__name__}); see the receiver's log and the "
+                              "ModelDeployment's Events"}
+        await loop.run_in_executor(None, self._record_started, alert, policy, run)
+        return {**out, "action": "triggered", "reason": "trigger", "detail": decision.detail, "run": run}
+
+    def _record_started(self, alert: Alert, policy: RetrainPolicy, run: str) -> None:
         message = (
             f"drift alert {alert.name} started pipeline {policy.pipeline} (run {run}) for "
             f"{alert.namespace}/{alert.model}"
         )
         log.info("%s", message)
-        await loop.run_in_executor(None, self.store.complete, alert, run, STARTED, message, self.clock())
+        self.store.complete(alert, run, STARTED, message, self.clock())
         self.decisions.labels("trigger").inc()
-        return {**out, "action": "triggered", "reason": "trigger", "detail": decision.detail, "run": run}
+
+    def _record_failure(self, alert: Alert, exc: BaseException) -> None:
+        why = str(exc) if isinstance(exc, LaunchError) else f"{type(exc).__name__}: {exc}"
+        message = f"retraining of {alert.namespace}/{alert.model} failed to start: {why}"
+        log.error("%s", message)
+        self.store.complete(alert, "", FAILED, message, self.clock())
+        self.decisions.labels("launch_failed").inc()
+
+    def _late_outcome(self, alert: Alert, policy: RetrainPolicy, done: concurrent.futures.Future[str]) -> None:
+        """A launch that outlived launch_timeout has ended (called in its worker thread)."""
+        try:
+            exc = done.exception()
+            if exc is None:
+                self._record_started(alert, policy, done.result())
+            else:
+                self._record_failure(alert, exc)
+        except Exception as err:  # noqa: BLE001 - a thread callback has no caller; the Starting claim then expires
+            log.error("retraining of %s/%s: recording the late launch outcome failed: %s",
+                      alert.namespace, alert.model, type(err).__name__)
 
     def _skipped(self, out: dict[str, Any], decision: TriggerDecision) -> dict[str, Any]:
         self.decisions.labels(decision.reason).inc()

@@ -399,14 +399,14 @@ def _dispatch(run: _Pass, action: str | None, state: State) -> None:
         _deploying(run, action if d.revision == st.stableModel.revision else None)
         if state_of(st) is State.STABLE and d.revision != st.stableModel.revision:
             _start(run, "start")
-            _rolling(run, action)
+            _rolling(run, _for_new_rollout(run, action))
     elif state is State.STABLE:
         assert st.stableModel is not None
         if d.revision == st.stableModel.revision:
             _steady(run, action)
         else:
             _start(run, "start")
-            _rolling(run, action)
+            _rolling(run, _for_new_rollout(run, action))
     elif state is State.ROLLED_BACK:
         assert st.stableModel is not None
         if d.revision == st.stableModel.revision:
@@ -417,7 +417,7 @@ def _dispatch(run: _Pass, action: str | None, state: State) -> None:
             _steady(run, action)
         elif d.revision != st.abortedRevision:
             _start(run, "start")
-            _rolling(run, action if action != "retry" else None)
+            _rolling(run, _for_new_rollout(run, action))
         elif action == "retry":
             st.abortedRevision = None
             run.event("Retrying", f"retrying revision {d.revision} on request")
@@ -435,11 +435,22 @@ def _dispatch(run: _Pass, action: str | None, state: State) -> None:
             _steady(run, action)
         elif d.revision != st.canaryModel.revision:
             _start(run, "start")
-            _rolling(run, action)
+            _rolling(run, _for_new_rollout(run, action))
         elif state is State.BAKING:
             _baking(run, action)
         else:
             _rolling(run, action)
+
+
+def _for_new_rollout(run: _Pass, action: str | None) -> str | None:
+    """An action that arrives with a rollout starting in the same pass was written before anyone saw that
+    rollout (e.g. promote-full meant for the canary the spec has just replaced): only the ones that hold
+    traffic back (abort, pause) apply to it; the rest are ignored and must be given again."""
+    if action is None or action in ("abort", "pause"):
+        return action
+    run.event("ActionIgnored", f"{action}: a new rollout of revision {run.obs.desired.revision} starts now; "
+                               "give the action again for it")
+    return None
 
 
 def _check_moves(before: State, run: _Pass) -> None:
