@@ -49,7 +49,10 @@ def test_the_no_prometheus_operator_scenario_renders_nothing_of_the_prometheus_o
 
 
 def _deployment(objs: tuple[dict[str, Any], ...], component: str) -> dict[str, Any]:
-    return one(objs, "Deployment", f"kanari-{component}")
+    # A sharded drift monitor (replicas > 1) is a StatefulSet; every other component is a Deployment.
+    name = f"kanari-{component}"
+    sharded = any(o["kind"] == "StatefulSet" and o["metadata"]["name"] == name for o in objs)
+    return one(objs, "StatefulSet" if sharded else "Deployment", name)
 
 
 def test_per_component_knobs_reach_every_deployment():

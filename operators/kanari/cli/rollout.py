@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kanari.cli.analysis_view import render_runs
 from kanari.cli.common import (
     FAILED,
     NOT_FOUND,
@@ -390,6 +389,8 @@ def render_status(obj: dict[str, Any]) -> str:
         lines.append(f"Last action: {ro.lastAction}")
     if st.analysisRuns:
         lines.append("Analysis runs:")
+        from kanari.cli.analysis_view import render_runs  # imported on use: `--help` must not load pydantic
+
         lines += render_runs(st.analysisRuns)
     if st.conditions:
         lines.append("Conditions:")
