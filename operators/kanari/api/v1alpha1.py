@@ -722,6 +722,9 @@ class RolloutState(BaseModel):
     deploying: bool = False  # a first deployment not yet seen serving (nothing to protect with a canary)
     stableReadyAt: str | None = None  # when the first deployment was seen serving
     deployFailed: str | None = None  # a first deployment that missed its progressDeadline (the message)
+    # The steps this rollout walks (Argo Rollouts' currentStepHash): edited mid-rollout, they restart at step 0,
+    # so a shorter list cannot end a rollout past the analysis it was in.
+    stepsHash: str | None = None
 
 
 class Lineage(BaseModel):

@@ -17,6 +17,8 @@ The loop (kanari.rollout.loop): due_metrics() -> measure those -> decide() -> ap
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -230,6 +232,28 @@ def _analysis(spec: ModelDeploymentSpec) -> AnalysisSpec:
 
 def _steps(spec: ModelDeploymentSpec) -> list[CanaryStep]:
     return spec.rollout.effective_steps()
+
+
+def _steps_hash(spec: ModelDeploymentSpec) -> str:
+    payload = [s.model_dump(mode="json", exclude_none=True) for s in _steps(spec)]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _restart_if_steps_changed(run: _Pass) -> None:
+    st, ro = run.st, run.st.rollout
+    digest = _steps_hash(run.spec)
+    if ro.stepsHash is None:
+        ro.stepsHash = digest  # a status written before the hash existed: adopt the steps as they are
+        return
+    if ro.stepsHash == digest:
+        return
+    ro.stepsHash = digest
+    st.currentStep = 0
+    ro.stepStartedAt = ro.lastProgressAt = run.at
+    st.pauseConditions = [p for p in st.pauseConditions if p.reason != "PauseStep"]
+    st.analysisRuns = [r for r in st.analysisRuns if r.name == "background"]
+    run.progressed = True
+    run.event("StepsChanged", f"spec.rollout steps changed mid-rollout: restarting at step 0 of {len(_steps(run.spec))}")
 
 
 def _limit(default: int, override: int | None) -> int:
@@ -558,7 +582,7 @@ def _start(run: _Pass, move: str) -> None:
     previous = st.canaryModel
     st.rollout = RolloutState(
         revision=d.revision, startedAt=run.at, stepStartedAt=run.at, lastProgressAt=run.at,
-        lastAction=st.rollout.lastAction, stableReadyAt=st.rollout.stableReadyAt,
+        lastAction=st.rollout.lastAction, stableReadyAt=st.rollout.stableReadyAt, stepsHash=_steps_hash(run.spec),
     )
     st.currentStep = 0
     st.canaryModel = d
@@ -673,6 +697,7 @@ def _resume(run: _Pass, pauses: list[PauseCondition]) -> None:
 
 def _advance(run: _Pass, full: bool) -> None:
     st, ro = run.st, run.st.rollout
+    _restart_if_steps_changed(run)
     steps = _steps(run.spec)
     # Each pass of the loop returns or moves currentStep forward.
     while True:
