@@ -16,8 +16,8 @@ between features). How each null distribution is obtained:
   bridge), simulated on the baseline's own quantile grid, so the calibration follows the feature's shape.
 - Chi-square: its own p-value.
 
-Sketches are approximate: a compacted KLL sketch estimates each CDF value with extra variance (every
-compaction at level h moves a rank by at most 2**h). That variance is charged to the sample as a smaller
+Sketches are approximate: a compacted KLL sketch estimates each CDF value with extra variance (about
+(1/k)**2, whatever the stream length). That variance is charged to the sample as a smaller
 effective size, 1/n_eff = 1/n + 4 var, so the guarantee survives the approximation (at some cost in power
 once a window outgrows the sketch). The Monte Carlo draws are seeded: the same data gives the same verdict.
 
@@ -42,6 +42,7 @@ BRIDGE_GRID = 64  # quantile points the Brownian bridge is evaluated on
 MIN_DRAWS = 2000
 MAX_DRAWS = 50_000
 SEED = 20261130
+SKETCH_SD_K = 1.0  # a compacted sketch's CDF error has standard deviation at most SKETCH_SD_K / k
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Significance:
 
 def draws_for(alpha: float, tests: int) -> int:
     """Monte Carlo draws so the smallest p-value reachable, 1/(R+1), is well below alpha/tests."""
-    return int(min(MAX_DRAWS, max(MIN_DRAWS, math.ceil(20 * max(tests, 1) / max(alpha, 1e-9)))))
+    return int(min(MAX_DRAWS, max(MIN_DRAWS, math.ceil(5 * max(tests, 1) / max(alpha, 1e-9)))))
 
 
 def holm(p_values: Mapping[str, float]) -> dict[str, float]:
@@ -76,24 +77,17 @@ def holm(p_values: Mapping[str, float]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------- sketch noise
 def sketch_cdf_variance(sketch: KllSketch) -> np.ndarray:
-    """Upper bound on the variance of a CDF value the sketch reports, per column (0: exact).
+    """Variance of a CDF value the sketch reports, per column: 0 while nothing was compacted (every item
+    weighs 1, the sketch is the sample), else (SKETCH_SD_K / k)**2.
 
-    A compaction of level h (items of weight 2**h) changes any rank by 0 or +-2**h; the number of
-    compactions of level h is the weight that left it, divided by the weight one compaction moves
-    (half of at least the level's current capacity: capacities only shrink as the sketch grows).
+    KLL's rank error scales as 1/k whatever the stream length (Karnin, Lang, Liberty 2016). The constant
+    is measured on this sketch (bench/judge_bench.py, "sketch"): the per-point standard deviation stays
+    below 0.9/k from 1,000 to 100,000 rows, so 1/k holds with room.
     """
     _, weights = sketch.weighted_items()
-    total = weights.sum(axis=1)
-    var = np.zeros(sketch.n_columns)
-    sizes = [lv.shape[1] for lv in sketch.levels]
-    offsets = np.cumsum([0, *sizes])
-    per_level = [weights[:, offsets[h] : offsets[h + 1]].sum(axis=1) for h in range(len(sizes))]
-    for h in range(len(sizes) - 1):
-        above = sum(per_level[h + 1 :])
-        compactions = above / (2**h * max(1, sketch._capacity(h)))
-        var += compactions * 4.0**h
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, var / np.maximum(total, 1.0) ** 2, 0.0)
+    level0 = sketch.levels[0].shape[1]
+    compacted = (weights[:, level0:] > 0).any(axis=1)
+    return np.where(compacted, (SKETCH_SD_K / sketch.k) ** 2, 0.0)
 
 
 def effective_size(n: float, cdf_variance: float) -> float:
