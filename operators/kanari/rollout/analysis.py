@@ -35,6 +35,10 @@ def variables(
     set). One that cannot be known yet stays empty: a query needing it reports an Error, never a pass.
     """
     out = {"namespace": namespace, "name": name, "canaryRevision": "", "stableRevision": ""}
+    if spec.rollout.analysis and any(m.judge for m in spec.rollout.analysis.metrics):
+        from kanari.judging.analysis import judge_variables
+
+        out.update(judge_variables(status))
     if spec.serving.deploymentMode == "RawDeployment":
         out["canaryRevision"] = status.canaryModel.revision if status.canaryModel else ""
         out["stableRevision"] = status.stableModel.revision if status.stableModel else ""
@@ -79,6 +83,10 @@ async def _one(
     at: str,
     min_samples: int,
 ) -> MetricResult:
+    if metric.judge is not None:
+        from kanari.judging.analysis import measure_judge
+
+        return await measure_judge(spec, metric, variables, prom, now, at, min_samples)
     try:
         q = metric_query(spec, metric, variables)
     except TemplateError as exc:
