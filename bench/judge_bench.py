@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -164,15 +165,17 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[judge-bench] {msg}", flush=True)
 
-    results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
     for section in args.section or ["sketch", "judge", "drift"]:
         if section == "drift":
-            results["drift"] = drift_section(args.trials, [int(s) for s in args.sizes.split(",")], log)
+            value = drift_section(args.trials, [int(s) for s in args.sizes.split(",")], log)
         elif section == "sketch":
-            results["sketch"] = sketch_section(log)
+            value = sketch_section(log)
         else:
-            results["judge"] = judge_section(args.rollouts, log)
-        results["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}
+            value = judge_section(args.rollouts, log)
+        # Re-read before writing: sections may run as separate processes.
+        results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
+        results[section] = value
+        results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
         results["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(results, indent=1) + "\n")
