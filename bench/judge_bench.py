@@ -83,7 +83,7 @@ def _trial(baseline: Baseline, current_df: pd.DataFrame) -> dict[str, tuple[bool
 
 
 def drift_section(trials: int, sizes: list[int], log: Callable[[str], None]) -> dict[str, Any]:
-    out: dict[str, Any] = {"trials": trials, "features": FEATURES, "false_alarm_rate": BUDGET, "by_rows": {}}
+    out: dict[str, Any] = {"features": FEATURES, "false_alarm_rate": BUDGET, "by_rows": {}}
     for n in sizes:
         rng = np.random.default_rng(1000 + n)
         budget = dict.fromkeys(METHODS, 0)
@@ -104,6 +104,7 @@ def drift_section(trials: int, sizes: list[int], log: Callable[[str], None]) -> 
             for m, (b, _, _) in result.items():
                 power[m] += b
         out["by_rows"][str(n)] = {
+            "trials": trials,
             "budget_alarm_rate": {m: budget[m] / trials for m in METHODS},
             "budget_alarm_upper_95": {m: _upper(budget[m], trials) for m in METHODS},
             "fixed_threshold_alarm_rate": {m: fixed[m] / trials for m in METHODS},
@@ -174,6 +175,9 @@ def main() -> None:
             value = judge_section(args.rollouts, log)
         # Re-read before writing: sections may run as separate processes.
         results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
+        if section == "drift" and isinstance(results.get("drift"), dict):
+            # Sizes may run separately (with their own trial counts): keep the other sizes' figures.
+            value["by_rows"] = {**results["drift"].get("by_rows", {}), **value["by_rows"]}
         results[section] = value
         results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
         results["updated"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -12,8 +12,9 @@ between features). How each null distribution is obtained:
   discrete features (ties only shrink the statistic).
 - PSI and Jensen-Shannon (on the baseline's decile bins, or on categories) and L-infinity on categories:
   a parametric bootstrap: both samples redrawn as multinomials from the pooled frequencies.
-- Normalised Wasserstein: its asymptotic law sqrt(nm/(n+m)) W1 -> integral |B(F(x))| dx (B a Brownian
-  bridge), simulated on the baseline's own quantile grid, so the calibration follows the feature's shape.
+- Normalised Wasserstein: a bootstrap from the pooled sample (Poissonised counts over both sketches'
+  items, W1 of each drawn pair computed exactly); its asymptotic Brownian-bridge law is too light-tailed
+  for skewed features at realistic sizes.
 - Chi-square: its own p-value.
 
 Sketches are approximate: a compacted KLL sketch estimates each CDF value with extra variance (about
@@ -27,10 +28,10 @@ evaluation on the handful of numbers the comparison produced.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -38,7 +39,6 @@ from kanari.drift.methods import decile_bins, js_of, psi_of
 from kanari.drift.profile import Feature, Profile
 from kanari.drift.sketch import CategoryCounter, KllSketch
 
-BRIDGE_GRID = 64  # quantile points the Brownian bridge is evaluated on
 MIN_DRAWS = 2000
 MAX_DRAWS = 50_000
 SEED = 20261130
@@ -54,9 +54,9 @@ class Significance:
     critical_value: float | None
 
 
-def draws_for(alpha: float, tests: int) -> int:
+def draws_for(alpha: float, tests: int, per_test: float = 5.0) -> int:
     """Monte Carlo draws so the smallest p-value reachable, 1/(R+1), is well below alpha/tests."""
-    return int(min(MAX_DRAWS, max(MIN_DRAWS, math.ceil(5 * max(tests, 1) / max(alpha, 1e-9)))))
+    return int(min(MAX_DRAWS, max(MIN_DRAWS, math.ceil(per_test * max(tests, 1) / max(alpha, 1e-9)))))
 
 
 def holm(p_values: Mapping[str, float]) -> dict[str, float]:
@@ -125,7 +125,7 @@ def multinomial_significance(
     pooled = (nb_i * pb + nc_i * pc) / (nb_i + nc_i)
     pooled = np.clip(pooled, 0.0, None)
     pooled = pooled / pooled.sum()
-    rng = np.random.default_rng(SEED)
+    rng = _rng(method, observed, nb_i, nc_i, pooled)
     b = rng.multinomial(nb_i, pooled, size=draws).T / nb_i
     c = rng.multinomial(nc_i, pooled, size=draws).T / nc_i
     null = _statistic(method, b, c)
@@ -134,32 +134,52 @@ def multinomial_significance(
     return Significance((1 + exceed) / (draws + 1), float(np.quantile(null, 1 - alpha_bonferroni)))
 
 
-@lru_cache(maxsize=8)
-def _bridges(draws: int, grid: int) -> np.ndarray:
-    """|B(u_j)| for standard Brownian bridges at u_j = j/grid, j = 1..grid-1, shape (draws, grid-1)."""
-    rng = np.random.default_rng(SEED)
-    steps = rng.normal(0.0, math.sqrt(1.0 / grid), size=(draws, grid))
-    walk = np.cumsum(steps, axis=1)
-    u = np.arange(1, grid + 1) / grid
-    bridge = walk - u[None, :] * walk[:, -1:]
-    return np.abs(bridge[:, :-1])
-
-
 def wasserstein_significance(
-    observed: float, base: KllSketch, scale: float, nb: float, nc: float, draws: int, alpha_bonferroni: float
+    observed: float, base: KllSketch, cur: KllSketch, scale: float, nb: float, nc: float, draws: int,
+    alpha_bonferroni: float,
 ) -> Significance:
-    """`observed` is W1 / scale; `base` a one-column sketch of the baseline."""
-    n_e = _pair_size(nb, nc)
-    if n_e <= 0:
+    """`observed` is W1 / scale; `base` and `cur` one-column sketches.
+
+    Bootstrap from the pooled sample (both sketches' weighted items): each side's counts over the pooled
+    support drawn as independent Poisson counts (Poissonisation of the multinomial), W1 of the two drawn
+    samples computed exactly on the support. Heavy tails are where W1's asymptotic law fails (its
+    Brownian-bridge limit alarmed 8x too often at the 1% level on log-normal data at 1,000 rows);
+    resampling the pooled extremes keeps them in the null.
+    """
+    vb, wb = base.weighted_items()
+    vc, wc = cur.weighted_items()
+    tb, tc = wb.sum(), wc.sum()
+    if tb <= 0 or tc <= 0 or nb <= 0 or nc <= 0:
         return Significance(1.0, None)
-    grid = BRIDGE_GRID
-    qs = [j / grid for j in range(0, grid + 1)]
-    x = np.maximum.accumulate(np.nan_to_num(base.quantiles(qs)[:, 0], nan=0.0))  # q=0: min, q=1: max
-    # Trapezoid weights of interior points: integral |B(F(x))| dx ~ sum_j |B(u_j)| (x_{j+1} - x_{j-1}) / 2.
-    width = (x[2:] - x[:-2]) / 2.0
-    null = _bridges(draws, grid) @ width / (scale * math.sqrt(n_e))
+    values = np.concatenate([vb[0], vc[0]])
+    weights = np.concatenate([wb[0] / tb * nb, wc[0] / tc * nc])
+    keep = weights > 0
+    order = np.argsort(values[keep])
+    values, pooled = values[keep][order], weights[keep][order]
+    pooled = pooled / pooled.sum()
+    dx = np.diff(values)
+    rng = _rng("wasserstein", observed, nb, nc, pooled)
+    null = np.empty(draws)
+    chunk = max(1, 2_000_000 // max(len(pooled), 1))
+    for start in range(0, draws, chunk):
+        size = min(chunk, draws - start)
+        b = rng.poisson(nb * pooled, size=(size, len(pooled))).astype(np.float64)
+        c = rng.poisson(nc * pooled, size=(size, len(pooled))).astype(np.float64)
+        fb = np.cumsum(b, axis=1) / np.maximum(b.sum(axis=1, keepdims=True), 1.0)
+        fc = np.cumsum(c, axis=1) / np.maximum(c.sum(axis=1, keepdims=True), 1.0)
+        null[start : start + size] = np.abs(fb - fc)[:, :-1] @ dx / scale
     exceed = int(np.sum(null >= observed - 1e-12))
     return Significance((1 + exceed) / (draws + 1), float(np.quantile(null, 1 - alpha_bonferroni)))
+
+
+def _rng(method: str, observed: float, nb: float, nc: float, probabilities: np.ndarray) -> np.random.Generator:
+    """A generator seeded by the data: reproducible verdicts, yet Monte Carlo errors independent across
+    features and evaluations (one fixed seed would share one tail-estimation error among all of them)."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(method.encode())
+    digest.update(np.array([observed, nb, nc], dtype=np.float64).tobytes())
+    digest.update(np.asarray(probabilities, dtype=np.float64).tobytes())
+    return np.random.default_rng([SEED, int.from_bytes(digest.digest(), "little")])
 
 
 # ------------------------------------------------------------------------------------- per dataset
@@ -177,6 +197,7 @@ def significance(
         return {}
     bonferroni = alpha / tests
     draws = draws_for(alpha, tests)
+    wasserstein_draws = draws_for(alpha, tests, per_test=2)
     base_index = {f.name: j for j, f in enumerate(baseline.numeric_features)}
     cur_index = {f.name: j for j, f in enumerate(current.numeric_features)}
     numeric = [f.name for f, _ in chosen if f.numeric]
@@ -207,7 +228,9 @@ def significance(
             out[name] = ks_significance(value, _pair_size(nb_eff, nc_eff), bonferroni)
         elif method == "wasserstein":
             std = float(baseline.moments.std()[base_index[name]])
-            out[name] = wasserstein_significance(value, bsk, std if std > 0 else 1.0, nb_eff, nc_eff, draws, bonferroni)
+            out[name] = wasserstein_significance(
+                value, bsk, csk, std if std > 0 else 1.0, nb_eff, nc_eff, min(draws, wasserstein_draws), bonferroni
+            )
         else:
             pb, pc = decile_bins(bsk, csk)
             out[name] = multinomial_significance(method, value, pb[:, 0], pc[:, 0], nb_eff, nc_eff, draws, bonferroni)
