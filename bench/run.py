@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "rollout": [PY, "bench/rollout_bench.py", "--trials", "6"],
     "pipeline": [PY, "bench/pipeline_bench.py"],
     "operator": [PY, "bench/operator_bench.py"],
+    "judge": [PY, "bench/judge_bench.py"],
     # Drift compares against Evidently and alibi-detect, installed only in its own environment.
     "drift": ["bash", "bench/drift_env.sh"],
 }

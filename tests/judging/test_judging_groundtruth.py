@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kanari.judging.groundtruth import JoinStore
 from kanari.judging.labels import QualityMetrics, label_app, quality_rule
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import average_precision_score, f1_score, recall_score
 
@@ -153,3 +154,19 @@ def test_quality_rule_fires_on_a_drop_under_promtool(tmp_path: Path) -> None:
     result = subprocess.run([find_binary("promtool"), "test", "rules", str(spec)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cbpe_estimates_are_exported_and_withdrawn_when_undefined() -> None:
+    from kanari.judging.cbpe import estimate
+
+    metrics = QualityMetrics("ml-prod", "fraud")
+    metrics.set_estimate("rev-3", estimate([0.9, 0.8, 0.2, 0.1], None, 0.5))
+
+    def exported() -> dict[str, float]:
+        text = generate_latest(metrics.registry).decode()
+        return {s.labels["metric"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                if s.name == "kanari_estimated_quality"}
+
+    assert exported()["precision"] == pytest.approx(0.85)
+    metrics.set_estimate("rev-3", estimate([0.2, 0.1], None, 0.5))  # nothing predicted positive
+    assert "precision" not in exported() and "roc_auc" in exported()

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from kanari.judging.cbpe import Estimate
 from kanari.judging.groundtruth import JoinStore
 
 MAX_BODY = 1 << 20
@@ -38,7 +39,23 @@ class QualityMetrics:
                              ["namespace", "model"], registry=self.registry)
         self.dropped = Counter("kanari_groundtruth_dropped", "Halves dropped: expired, evicted or duplicate",
                                ["namespace", "model", "reason"], registry=self.registry)
+        self.estimated = Gauge("kanari_estimated_quality",
+                               "Label-free quality estimate (CBPE) from calibrated scores of served predictions",
+                               ["namespace", "model", "revision", "metric"], registry=self.registry)
         self._dropped_seen: dict[str, int] = {}
+        self._estimated_labels: set[tuple[str, str, str, str]] = set()
+
+    def set_estimate(self, revision: str, estimate: Estimate) -> None:
+        """Export a CBPE estimate beside the realised figures (same metric names, so one panel shows both)."""
+        for metric in ("precision", "recall", "f1", "roc_auc"):
+            value = getattr(estimate, metric)
+            key = (self.namespace, self.model, revision, metric)
+            if value is not None:
+                self.estimated.labels(*key).set(value)
+                self._estimated_labels.add(key)
+            elif key in self._estimated_labels:  # undefined now (e.g. no predicted positives): no stale figure
+                self.estimated.remove(*key)
+                self._estimated_labels.discard(key)
 
     def update(self, store: JoinStore) -> None:
         for revision, quality in store.quality.items():
