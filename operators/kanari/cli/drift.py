@@ -172,7 +172,7 @@ def render_table(report: DriftReport) -> str:
         lines.append("SCHEMA VIOLATIONS")
         lines.extend(f"  {v.kind:<16} {v.feature}: {v.detail}" for v in report.violations)
         lines.append("")
-    rule = f"; drift needs adjusted p <= {report.false_alarm_rate:g}" if budget else ""
+    rule = f"; drift: past the threshold and adjusted p <= {report.false_alarm_rate:g}" if budget else ""
     lines.append(
         f"verdict: {report.verdict} ({len(report.drifted_features)} of {len(report.features)} features drifted, "
         f"{len(report.inconclusive_features)} inconclusive (min-samples {report.min_samples}), "
