@@ -141,3 +141,21 @@ def test_bucketed_mann_whitney_equals_scipy_on_the_tied_sample(pair: tuple[list[
 
 def test_prometheus_buckets_with_extrapolation_dips_are_clipped() -> None:
     assert list(bucket_counts([3.2, 3.1, 10.0])) == pytest.approx([3.2, 0.0, 6.9])
+
+
+@given(
+    st.lists(st.integers(0, 3000), min_size=2, max_size=12).flatmap(
+        lambda a: st.tuples(st.just(a), st.lists(st.integers(0, 3000), min_size=len(a), max_size=len(a)))
+    ),
+    st.floats(0.01, 0.3), st.integers(1, 12),
+)
+@settings(max_examples=150, deadline=None)
+def test_latency_never_passes_without_power_and_fails_only_when_slower(
+    pair: tuple[list[int], list[int]], delta: float, k: int
+) -> None:
+    a, b = (np.cumsum(x).tolist() for x in pair)
+    v = judge_latency(a, b, max_degradation=delta, alpha=ALPHA, look=Look(k, 10))
+    if v.phase == "Successful":
+        assert v.power is not None and v.power >= 0.8 and v.upper_bound is not None and v.upper_bound < delta
+    if v.phase == "Failed":
+        assert v.degradation is not None and v.degradation > 0 and k <= 10
