@@ -15,6 +15,7 @@ from typing import Any
 
 from kanari.api.conditions import now_iso
 from kanari.api.v1alpha1 import MetricResult, MetricSpec, ModelDeploymentSpec, ModelDeploymentStatus
+from kanari.judging.analysis import judge_variables, measure_judge
 from kanari.rollout.judge import UNAVAILABLE, error, judge
 from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable, Sample
 from kanari.rollout.templates import PART_LABEL, MetricQuery, TemplateError, metric_query
@@ -36,8 +37,6 @@ def variables(
     """
     out = {"namespace": namespace, "name": name, "canaryRevision": "", "stableRevision": ""}
     if spec.rollout.analysis and any(m.judge for m in spec.rollout.analysis.metrics):
-        from kanari.judging.analysis import judge_variables
-
         out.update(judge_variables(status))
     if spec.serving.deploymentMode == "RawDeployment":
         out["canaryRevision"] = status.canaryModel.revision if status.canaryModel else ""
@@ -84,8 +83,6 @@ async def _one(
     min_samples: int,
 ) -> MetricResult:
     if metric.judge is not None:
-        from kanari.judging.analysis import measure_judge
-
         return await measure_judge(spec, metric, variables, prom, now, at, min_samples)
     try:
         q = metric_query(spec, metric, variables)
