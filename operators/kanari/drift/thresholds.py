@@ -41,6 +41,7 @@ from kanari.drift.sketch import CategoryCounter, KllSketch
 
 MIN_DRAWS = 2000
 MAX_DRAWS = 50_000
+MAX_CELLS = 5_000_000  # multinomial draws x categories per bootstrap
 SEED = 20261130
 SKETCH_SD_K = 1.0  # a compacted sketch's CDF error has standard deviation at most SKETCH_SD_K / k
 
@@ -122,6 +123,8 @@ def multinomial_significance(
 ) -> Significance:
     """Parametric bootstrap: both proportion vectors redrawn from their pooled mean at their sizes."""
     nb_i, nc_i = max(1, int(round(nb))), max(1, int(round(nc)))
+    # Many categories cost draws x categories: bound the work, keeping the resolution MIN_DRAWS allows.
+    draws = max(MIN_DRAWS, min(draws, MAX_CELLS // max(len(pb), 1)))
     pooled = (nb_i * pb + nc_i * pc) / (nb_i + nc_i)
     pooled = np.clip(pooled, 0.0, None)
     pooled = pooled / pooled.sum()
