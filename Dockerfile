@@ -2,7 +2,44 @@
 # Kanari's one image, for the operator (`python -m kanari.controller`, the default command), the drift
 # monitor (`kanari drift monitor`) and the alert receiver (`kanari drift receiver`). The chart sets the
 # command per component.
+# `--target pipeline` builds the training pipeline's component image instead (see that stage).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# CPU-only torch for the pipeline steps (evaluation and the gate load the model); the training itself runs
+# in SageMaker's PyTorch Neuron image. From PyTorch's CPU wheel index: the PyPI wheel bundles CUDA (~2 GB).
+ARG TORCH_VERSION=2.8.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+# ------------------------------------------------------------------ pipeline components (KFP v2 steps)
+# Every step of kfp_pipelines runs on this image (`kanari pipeline compile --image <this image>`): kfp,
+# boto3, pandas, scikit-learn, torch CPU and the kanari/kfp_pipelines packages, so no step installs
+# anything at run time.
+FROM ${PYTHON_IMAGE} AS pipeline-build
+ARG TORCH_VERSION
+ARG TORCH_INDEX
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/kanari
+RUN /opt/kanari/bin/pip install --index-url ${TORCH_INDEX} "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operators ./operators
+COPY kfp_pipelines ./kfp_pipelines
+RUN /opt/kanari/bin/pip install ".[pipeline]" \
+ && /opt/kanari/bin/python -c "import torch, kfp, kfp_pipelines.evaluation, kfp_pipelines.training.mlp" \
+ && /opt/kanari/bin/python -m compileall -q /opt/kanari/lib
+
+FROM ${PYTHON_IMAGE} AS pipeline
+LABEL org.opencontainers.image.title="kanari-pipelines" \
+      org.opencontainers.image.description="Kanari training pipeline components (KFP v2)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=pipeline-build /opt/kanari /opt/kanari
+# KFP's launcher runs the step as this image's user; HOME must be writable (kfp writes executor files).
+ENV PATH=/opt/kanari/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp
+USER 65532:65532
+
+# ------------------------------------------------------------------------------- operator (default)
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -1,8 +1,8 @@
 """`python -m devstack` (what `make demo` runs): the whole Kanari loop on this machine, on the embedded defaults.
 
 Trains, registers and approves a model, deploys it through the operator, promotes a good canary, rolls back a
-broken one, and retrains on an input-drift alert, with real Prometheus and Alertmanager; then writes a
-report (timeline picture, HTML page, text summary). See devstack.scenario for the steps.
+broken one, and retrains on an input-drift alert, with real Prometheus and Alertmanager; then writes the
+dashboard's static export of the run and a text summary. See devstack.scenario for the steps.
 
 The demo lives outside the `kanari` package: it needs stand-ins for the cluster (an API emulator, a KServe
 stand-in, a router) that must never ship in the operator image.

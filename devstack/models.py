@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from devstack.predictor import FAULT_FILE, FaultInjection
-from kfp_pipelines import aws, registry
+from kfp_pipelines import aws, registry_admin
 
 FAULT_KEY = "kanari:fault-injection"
 
@@ -62,7 +62,7 @@ def shifted(frame: pd.DataFrame, factors: Mapping[str, float]) -> pd.DataFrame:
 
 
 def approve(sm: Any, arn: str, reason: str) -> str:
-    return registry.set_status(sm, arn, "Approved", reason)
+    return registry_admin.set_status(sm, arn, "Approved", reason)
 
 
 def fault_artifact(model_tar_gz: bytes, fault: FaultInjection) -> bytes:

@@ -7,7 +7,8 @@
 5. roll out a deliberately broken v3 (a fault-injection model): the analysis fails, the operator rolls back;
 6. shift the live inputs: drift rises, the generated alert fires, Alertmanager calls the receiver, which
    starts a retraining run; the new model is registered, applied and rolled out;
-7. write the report (timeline picture, HTML, text summary with every decision and the lineage).
+7. write the report: the dashboard's static export of the run, and a text summary with every decision and
+   the lineage.
 
 Whatever happens, every process started is stopped at the end (also on Ctrl-C or SIGTERM).
 """
@@ -92,7 +93,7 @@ class DemoFailed(RuntimeError):
     """An outcome the demo promises did not happen; the message says which and why."""
 
 
-def platform_manifest(profile: Profile) -> dict[str, Any]:
+def platform_manifest(profile: Profile, retrain_parameters: dict[str, str] | None = None) -> dict[str, Any]:
     """The ModelDeployment as the platform team writes it in Git; the pipeline fills in the model."""
     return {
         "apiVersion": api.API_VERSION,
@@ -123,7 +124,8 @@ def platform_manifest(profile: Profile) -> dict[str, Any]:
                 # around 0.1-0.2 there, so the thresholds are set above that noise.
                 "drift": {"method": "psi", "warn": DRIFT_WARN, "critical": DRIFT_CRITICAL, "for": profile.drift_for,
                           "windowSize": profile.drift_window},
-                "retrain": {"pipeline": "kanari-training", "cooldown": "1h", "maxPerDay": 2},
+                "retrain": {"pipeline": "kanari-training", "cooldown": "1h", "maxPerDay": 2,
+                            "parameters": retrain_parameters or {}},
             },
         },
     }
@@ -232,9 +234,18 @@ class Demo:
             ModelPackageGroupName=NAME, ModelPackageGroupDescription="Kanari demo: fraud scorer"
         )
         self.manifest.parent.mkdir(parents=True, exist_ok=True)
-        self.manifest.write_text(yaml.safe_dump(platform_manifest(self.profile), sort_keys=False))
+        self.manifest.write_text(yaml.safe_dump(platform_manifest(self.profile, self._retrain_parameters()),
+                                                sort_keys=False))
         self.say(f"S3 bucket {BUCKET} (versioned), dataset s3://{BUCKET}/{DATASET_KEY} version {version[:12]}, "
                  f"model package group {NAME}, GitOps manifest {self.manifest}")
+
+    def _retrain_parameters(self) -> dict[str, str]:
+        """What the KFP launcher cannot derive from the ModelDeployment (spec.monitoring.retrain.parameters)."""
+        from kfp_pipelines.local import local_role_arn
+
+        return {"role_arn": local_role_arn(), "auto_approve": "true",
+                "hyperparameters": json.dumps({"epochs": self.profile.epochs}), "manifest_dir": str(self.gitops),
+                "apply_manifest": "true"}
 
     def _run_pipeline(self, label: str, reason: str, hyperparameters: dict[str, Any]) -> Any:
         from kfp_pipelines.local import run_local
@@ -408,7 +419,7 @@ class Demo:
         if run.get("outcome") != "Started":
             raise DemoFailed(f"the receiver could not start the retraining run: {run}")
         self._track_retrain(run)
-        self.phase(f"Retraining run {run.get('run')} (started by the receiver): `kanari pipeline run --local`")
+        self.phase(f"Retraining run {run.get('run')} (started by the receiver through the KFP launcher)")
         ended: float | None = None
         while self.observer.snapshot.spec_arn == arn_before:
             if ended is None and not self._retrain_running(run):
@@ -517,29 +528,34 @@ class Demo:
         return out
 
     def _report(self) -> None:
-        self.phase("Report")
+        self.phase("Report: the dashboard's export of the run")
         end = time.time()
         ep = self.stack.endpoints
         try:
-            timeline = report.fetch_timeline(ep.prometheus, NAMESPACE, NAME, self.t0, end, step=1.0,
-                                             window=self.profile.analysis_interval, drift_thresholds=(DRIFT_WARN, DRIFT_CRITICAL))
+            alerts = report.firing_alerts(ep.prometheus, NAMESPACE, NAME, self.t0, end)
         except OSError as exc:
-            self.failures.append(f"timeline unavailable from Prometheus: {exc}")
-            timeline = report.Timeline()
+            self.failures.append(f"alerts unavailable from Prometheus: {exc}")
+            alerts = []
         rep = report.Report(
             title=f"Kanari demo: {NAMESPACE}/{NAME} ({self.profile.name}"
                   f"{', only ' + self.only if self.only else ''}{', chaos' if self.chaos else ''})",
-            started=self.t0, finished=end, timeline=timeline,
-            events=sorted(self.observer.events, key=lambda e: e.t), lineage=self._lineage(),
-            totals=self._totals(), stand_ins=STAND_INS,
+            started=self.t0, finished=end, events=sorted(self.observer.events, key=lambda e: e.t),
+            lineage=self._lineage(), totals=self._totals(), stand_ins=STAND_INS, alerts=alerts,
         )
-        paths = report.write_report(rep, self.out)
+        paths = report.write_report(rep, self.out, kubeconfig=ep.kubeconfig, prometheus=ep.prometheus)
         print("\n" + report.render_text(rep), file=self.console, flush=True)
         for kind, path in paths.items():
-            self.say(f"{kind:<5} {path}")
+            self.say(f"{kind:<9} {path}")
+        if "dashboard" in paths:
+            self.say(f"open {paths['dashboard']} (the same views `kanari dashboard` serves live)")
+        if not self.keep:
+            self.say("for the live dashboard, run the demo with --keep (make demo ARGS=--keep)")
 
     async def _keep(self) -> None:
+        ep = self.stack.endpoints
         print("\nServices stay up until you press Ctrl-C:", file=self.console)
+        print(f"  {'Live dashboard':<44} .venv/bin/kanari dashboard --kubeconfig {ep.kubeconfig} "
+              f"--prometheus-url {ep.prometheus}   (then open http://127.0.0.1:3100/)", file=self.console)
         for what, url in self.stack.endpoints.describe():
             print(f"  {what:<44} {url}", file=self.console)
         print(f"  {'Inference':<44} curl -s -H 'Content-Type: application/json' "
@@ -574,7 +590,7 @@ def prepare_out(out: Path) -> None:
     """Reuse the output directory of a previous demo; refuse one that holds something else."""
     if out.exists() and any(out.iterdir()):
         ours = {"state", "logs", "processes.json", "requests.jsonl", "report.html", "report.json", "summary.txt",
-                "timeline.png"}
+                "timeline.png", "dashboard"}
         foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
         if foreign:
             raise DemoFailed(f"--out {out}: the directory holds files that are not a demo's output "
@@ -582,17 +598,6 @@ def prepare_out(out: Path) -> None:
         for p in out.iterdir():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-
-
-def retrain_argv(out: Path, profile: Profile, git_sha: str) -> list[str]:
-    return [
-        sys.executable, "-m", "kanari.cli.main", "pipeline", "run", "--local",
-        "--bucket", BUCKET, "--model-package-group", NAME, "--dataset-uri", f"s3://{BUCKET}/{DATASET_KEY}",
-        "--model-name", "{model}", "--namespace", "{namespace}", "--auto-approve",
-        "--reason", "drift alert {alertname}", "--hyperparameter", f"epochs={profile.epochs}",
-        "--manifest-dir", str(out / "state" / "gitops"), "--apply", "--git-sha", git_sha,
-        "--workdir", str(out / "state" / "pipeline"),
-    ]
 
 
 def run_demo(
@@ -626,7 +631,7 @@ def run_demo(
             drift_min_samples=profile.drift_min_samples, drift_evaluate_interval=profile.drift_evaluate_interval,
             drift_idle_timeout=profile.drift_idle_timeout,
             idle_grace=profile.idle_grace, resync_seconds=profile.resync_seconds,
-            retrain_argv=retrain_argv(out, profile, demo.git_sha),
+            pipeline_workdir=out / "state" / "pipeline",
         )
         stack = EmbeddedStack(out, settings, demo.say)
         return _supervised(demo, stack)

@@ -6,7 +6,8 @@
   cluster        stand-ins for the cluster: Kubernetes API emulator, KServe (revisions = model-server
                  processes), Knative/Istio routing (the router), prometheus-operator (rule files)
   drift-monitor  kanari.monitor.server (the production service)
-  receiver       kanari.retrain.receiver (the production service), launching `kanari pipeline run --local`
+  kfp-api        Kubeflow Pipelines API stand-in (devstack.kfp_api): runs the pipeline through kfp.local
+  receiver       kanari.retrain.receiver (the production service) with the KFP launcher, as on a cluster
   operator       kanari.controller (the production operator, kopf) against the API emulator
 
 Nothing listens beyond 127.0.0.1.
@@ -49,7 +50,8 @@ class StackSettings:
     drift_idle_timeout: float
     idle_grace: float
     resync_seconds: float
-    retrain_argv: list[str]
+    # Where the KFP stand-in's runs keep their kfp.local outputs and logs.
+    pipeline_workdir: Path
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Endpoints:
     router: str = ""
     drift_monitor: str = ""
     receiver: str = ""
+    kfp_api: str = ""
     operator_health: str = ""
     operator_metrics: str = ""
 
@@ -140,6 +143,7 @@ class EmbeddedStack:
         ep = self.endpoints
         self._step("AWS stand-in (moto server: SageMaker, S3)", self._start_aws)
         self._step("drift monitor (kanari.monitor.server)", self._start_drift_monitor)
+        self._step("Kubeflow Pipelines API stand-in (devstack.kfp_api)", self._start_kfp_api)
         self._step("retraining receiver (kanari.retrain.receiver)", self._start_receiver)
         self._step("Alertmanager (real)", self._start_alertmanager)
         ep.operator_metrics = f"http://127.0.0.1:{free_port()}"
@@ -168,16 +172,34 @@ class EmbeddedStack:
                 "--window-size", str(s.drift_window), "--min-samples", str(s.drift_min_samples),
                 "--evaluate-interval", str(s.drift_evaluate_interval),
                 # A revision that no longer gets traffic stops counting soon after (its window is dropped).
-                "--idle-timeout", str(s.drift_idle_timeout)]
-        self.supervisor.start("drift-monitor", argv, env=self.child_env(), url=url, ready=http_ok(f"{url}/metrics"),
-                              ports=[port])
+                "--idle-timeout", str(s.drift_idle_timeout),
+                # Events are taken only for monitored ModelDeployments; the cluster starts later, so the
+                # monitor retries the API (KUBECONFIG is where the cluster will write it).
+                "--kubernetes"]
+        env = self.child_env(KUBECONFIG=str(self.state / "cluster" / "kubeconfig"))
+        self.supervisor.start("drift-monitor", argv, env=env, url=url, ready=http_ok(f"{url}/metrics"), ports=[port])
         self.endpoints.drift_monitor = url
         return url
 
+    def _start_kfp_api(self) -> str:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "devstack.kfp_api", "serve", "--port", str(port), "--workdir",
+                str(self.settings.pipeline_workdir), "--log-dir", str(self.logs / "retraining")]
+        # Its runs apply the new ModelDeployment through the cluster's kubeconfig (written when the cluster starts).
+        env = self.child_env(KUBECONFIG=str(self.state / "cluster" / "kubeconfig"))
+        self.supervisor.start("kfp-api", argv, env=env, url=url, ready=http_ok(f"{url}/apis/v2beta1/healthz"),
+                              ports=[port])
+        self.endpoints.kfp_api = url
+        return url
+
     def receiver_config(self) -> dict[str, Any]:
+        # The cluster's path: the KFP launcher, which derives the run's parameters from the ModelDeployment.
         return {
-            "launcher": {"command": {"argv": self.settings.retrain_argv, "logDir": str(self.logs / "retraining")}},
+            "launcher": {"kfp": {"host": self.endpoints.kfp_api}},
             "store": {"file": str(self.state / "retrain-triggers.json")},
+            # The retraining policy is spec.monitoring.retrain of the ModelDeployment the alert names.
+            "modelDeployments": True,
         }
 
     def _start_receiver(self) -> str:

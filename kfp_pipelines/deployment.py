@@ -31,26 +31,32 @@ NEW_MODEL_FORMAT = "pytorch"
 NEW_MODEL_ACCELERATOR = "cpu"
 
 
-def lineage_annotations(lineage: v1alpha1.Lineage, dataset_version: str) -> dict[str, str]:
-    fields = {
-        "model-package-arn": lineage.modelPackageArn,
-        "training-job": lineage.trainingJob,
-        "pipeline-run": lineage.pipelineRun,
-        "dataset-uri": lineage.datasetUri,
-        "dataset-version": dataset_version,
-        "git-sha": lineage.gitSha,
-        "image-digest": lineage.imageDigest,
-    }
-    return {f"{LINEAGE_PREFIX}{k}": str(v) for k, v in fields.items() if v}
+# Lineage field -> annotation suffix: one table for writing and reading back.
+ANNOTATION_FIELDS = {
+    "modelPackageArn": "model-package-arn",
+    "trainingJob": "training-job",
+    "pipelineRun": "pipeline-run",
+    "datasetUri": "dataset-uri",
+    "datasetVersion": "dataset-version",
+    "gitSha": "git-sha",
+    "imageDigest": "image-digest",
+    "driftAlert": "drift-alert",
+    "driftAlertFingerprint": "drift-alert-fingerprint",
+    "driftAlertStartsAt": "drift-alert-starts-at",
+}
+
+
+def lineage_annotations(lineage: v1alpha1.Lineage, dataset_version: str = "") -> dict[str, str]:
+    values = lineage.model_dump()
+    if dataset_version and not values.get("datasetVersion"):
+        values["datasetVersion"] = dataset_version
+    return {f"{LINEAGE_PREFIX}{suffix}": str(values[f]) for f, suffix in ANNOTATION_FIELDS.items() if values.get(f)}
 
 
 def lineage_from_annotations(annotations: dict[str, str]) -> v1alpha1.Lineage:
     """The reverse, for whoever reads the lineage back off the object (controller, CLI)."""
-    get = lambda k: annotations.get(f"{LINEAGE_PREFIX}{k}")  # noqa: E731
-    return v1alpha1.Lineage(
-        modelPackageArn=get("model-package-arn"), trainingJob=get("training-job"), pipelineRun=get("pipeline-run"),
-        datasetUri=get("dataset-uri"), gitSha=get("git-sha"), imageDigest=get("image-digest"),
-    )
+    return v1alpha1.Lineage(**{f: annotations.get(f"{LINEAGE_PREFIX}{suffix}")
+                               for f, suffix in ANNOTATION_FIELDS.items()})
 
 
 def manifest_path(manifest_dir: str | Path, namespace: str, name: str) -> Path:
@@ -74,8 +80,15 @@ def build(
     baseline_uri: str,
     lineage: v1alpha1.Lineage,
     dataset_version: str,
+    model_format: str = NEW_MODEL_FORMAT,
+    accelerator: str = NEW_MODEL_ACCELERATOR,
 ) -> dict[str, Any]:
-    """The manifest for the new version (pure). `existing` is the manifest currently at the path."""
+    """The manifest for the new version (pure). `existing` is the manifest currently at the path.
+
+    The model's format and accelerator follow what the registered package targets (its serving image
+    and instance types): a package built for Inferentia gets `accelerator: inferentia2`, so the
+    controller picks the Neuron runtime; everything else the platform team set is kept.
+    """
     check_names(name, namespace)
     if existing:
         obj = copy.deepcopy(existing)
@@ -90,8 +103,8 @@ def build(
             "kind": v1alpha1.KIND,
             "metadata": {"name": name, "namespace": namespace},
             "spec": {
-                "model": {"format": NEW_MODEL_FORMAT, "requireApproval": True},
-                "serving": {"accelerator": NEW_MODEL_ACCELERATOR},
+                "model": {"format": model_format, "requireApproval": True},
+                "serving": {"accelerator": accelerator},
                 "monitoring": {"retrain": {"pipeline": PIPELINE_NAME}},
             },
         }
@@ -101,6 +114,14 @@ def build(
     for stale in ("storageUri", "version"):
         model.pop(stale, None)
     model["modelPackageArn"] = model_package_arn
+    serving = spec.setdefault("serving", {})
+    current = serving.get("accelerator", "inferentia2")  # the CRD's default
+    if existing and current != accelerator:
+        raise StepFailed(f"the manifest serves on accelerator {current}, but the registered package targets "
+                         f"{accelerator} (format {model_format}): change spec.serving in the manifest, or register "
+                         f"a model built for {current}")
+    model["format"] = model_format
+    serving["accelerator"] = accelerator
     spec.setdefault("monitoring", {})["baselineUri"] = baseline_uri
     annotations = {k: v for k, v in (obj["metadata"].get("annotations") or {}).items()
                    if not k.startswith(LINEAGE_PREFIX)}

@@ -29,12 +29,31 @@ METRICS = ("pr_auc", "roc_auc", "recall", "precision", "f1")
 HIGHER_IS_BETTER = frozenset(METRICS)
 
 
+CURVE_POINTS = 50  # points kept per curve: enough to draw it, small enough for KFP's metadata store
+
+
+@dataclass(frozen=True)
+class Curve:
+    x: list[float]
+    y: list[float]
+    thresholds: list[float]
+
+
 @dataclass(frozen=True)
 class Evaluation:
     scores: dict[str, float]
     confusion: dict[str, int]
     rows: int
     positives: int
+    roc: Curve | None = None
+    pr: Curve | None = None
+
+
+def _thin(x: np.ndarray, y: np.ndarray, t: np.ndarray) -> Curve:
+    """At most CURVE_POINTS points, always keeping both ends."""
+    idx = np.unique(np.linspace(0, len(x) - 1, min(len(x), CURVE_POINTS)).round().astype(int))
+    finite = np.where(np.isfinite(t), t, 1.0)  # roc_curve's first threshold is +inf
+    return Curve([float(v) for v in x[idx]], [float(v) for v in y[idx]], [float(v) for v in finite[idx]])
 
 
 def model_dir(model_uri: str) -> aws.S3Uri:
@@ -47,9 +66,11 @@ def score(y: np.ndarray, proba: np.ndarray, threshold: float) -> Evaluation:
     from sklearn.metrics import (
         average_precision_score,
         f1_score,
+        precision_recall_curve,
         precision_score,
         recall_score,
         roc_auc_score,
+        roc_curve,
     )
 
     y = np.asarray(y).astype(int)
@@ -72,7 +93,11 @@ def score(y: np.ndarray, proba: np.ndarray, threshold: float) -> Evaluation:
         "fn": int(np.sum((pred == 0) & (y == 1))),
         "tn": int(np.sum((pred == 0) & (y == 0))),
     }
-    return Evaluation(scores, confusion, int(len(y)), int(y.sum()))
+    fpr, tpr, roc_t = roc_curve(y, proba)
+    precision, recall, pr_t = precision_recall_curve(y, proba)
+    # precision_recall_curve returns one more (precision, recall) point than thresholds (recall 0).
+    pr = _thin(recall[:-1][::-1], precision[:-1][::-1], pr_t[::-1])
+    return Evaluation(scores, confusion, int(len(y)), int(y.sum()), _thin(fpr, tpr, roc_t), pr)
 
 
 def quality_document(ev: Evaluation) -> dict[str, Any]:

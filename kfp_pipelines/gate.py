@@ -23,6 +23,7 @@ log = logging.getLogger("kanari.pipeline")
 class Champion:
     arn: str
     scores: dict[str, float]
+    model_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,11 @@ def find_champion(sm: Any, s3: Any, group: str) -> Champion | None:
         return None
     arn = summaries[0]["ModelPackageArn"]
     desc = sm.describe_model_package(ModelPackageName=arn)
+    containers = (desc.get("InferenceSpecification") or {}).get("Containers") or [{}]
+    model_uri = str(containers[0].get("ModelDataUrl") or "")
     uri = (((desc.get("ModelMetrics") or {}).get("ModelQuality") or {}).get("Statistics") or {}).get("S3Uri")
     if not uri:
         log.warning("Approved model %s has no ModelMetrics.ModelQuality", arn)
-        return Champion(arn, {})
-    return Champion(arn, scores_from_document(aws.get_json(s3, aws.S3Uri.parse(uri, "champion metrics"))))
+        return Champion(arn, {}, model_uri)
+    recorded = scores_from_document(aws.get_json(s3, aws.S3Uri.parse(uri, "champion metrics")))
+    return Champion(arn, recorded, model_uri)

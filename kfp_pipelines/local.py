@@ -163,15 +163,17 @@ def run_local(
     role_arn: str | None = None,
     workdir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run the training pipeline locally, end to end; raises PipelineRunError naming the failed step.
 
     manifest_dir: the GitOps directory (default <workdir>/gitops); the ModelDeployment lands at
     <manifest_dir>/<namespace>/<model_name>.yaml. workdir: default ./.kanari/pipeline.
+    parameters: any other pipeline parameter (e.g. drift_alert, use_spot), by the pipeline's names.
     """
     from kfp import local
 
-    from kfp_pipelines.pipeline import training_pipeline
+    from kfp_pipelines.pipeline import local_training_pipeline
 
     root = Path(workdir or DEFAULT_WORKDIR).resolve()
     logs = root / "logs"
@@ -195,6 +197,7 @@ def run_local(
         "reason": reason,
         "manifest_dir": str(Path(manifest_dir).resolve() if manifest_dir else root / "gitops"),
         "apply_manifest": apply_manifest,
+        **dict(parameters or {}),
     }
     t0 = time.monotonic()
     with _run_lock:
@@ -206,17 +209,19 @@ def run_local(
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
                 # Display names are for the KFP UI; kfp.local says so once per task.
                 warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"),
+                # A pipeline root of this run's own: its release record is found in it afterwards.
+                run_root = root / "kfp" / log_path.stem
+                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_root),
                            raise_on_error=True)
                 failure: PipelineRunError | None = None
                 try:
-                    task = training_pipeline(**arguments)
+                    local_training_pipeline(**arguments)
                 except RuntimeError as exc:
                     failure = _failure(exc, tee, str(log_path))
             tee.flush()
     if failure is not None:
         raise failure
-    release = json.loads(task.output)
+    release = read_release(run_root)
     calls = collections.Counter(tee.calls)
     calls.update({k: v - before.get(k, 0) for k, v in aws.api_calls().items() if v - before.get(k, 0)})
     return RunResult(
@@ -236,6 +241,18 @@ def run_local(
         seconds=round(time.monotonic() - t0, 2),
         log_path=str(log_path),
     )
+
+
+RELEASE_STEPS = ("emit-model-deployment", "record-rejection")
+
+
+def read_release(run_root: Path) -> dict[str, Any]:
+    """The release record the branch that ran returned (its executor output under the run's root)."""
+    found = [p for step in RELEASE_STEPS for p in run_root.glob(f"*/{step}/executor_output.json")]
+    if len(found) != 1:
+        raise PipelineRunError("pipeline", f"expected one release record under {run_root}, found {len(found)}",
+                               None, "")
+    return dict(json.loads(json.loads(found[0].read_text())["parameterValues"]["Output"]))
 
 
 def _failure(exc: RuntimeError, tee: _Tee, log_path: str) -> PipelineRunError:

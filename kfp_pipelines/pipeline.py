@@ -3,15 +3,26 @@
 validate data -> train (SageMaker, Trainium) -> evaluate -> quality gate (dsl.If) ->
   passed:   drift baseline -> register (Model Registry, lineage) -> ModelDeployment (GitOps path / apply)
   rejected: record why
+wrapped in an exit handler that stops the run's training jobs when the run fails or is terminated.
 The pipeline's output is the release record (JSON) of whichever branch ran.
+
+Compile-time settings (`compile_pipeline`, `kanari pipeline compile`): the component image (the
+Dockerfile's `pipeline` target, pushed to your registry) and the pipeline root (where KFP's launcher
+stores every step's output artifacts; an S3 prefix on EKS). Run-time settings: the parameters below,
+and the run's Kubernetes service account (kfp.Client.run_pipeline(service_account=...): KFP v2 sets
+it per run, which is where IRSA attaches the pipeline's IAM role).
 """
 # Parameter defaults are KFP declarations (never mutated); kfp.local cannot run None defaults.
 # ruff: noqa: B006
 
+import re
 from pathlib import Path
+from typing import Any
 
-from kfp import compiler, dsl
+import yaml
+from kfp import compiler, dsl, kubernetes
 
+from kfp_pipelines.components import COMPONENT_IMAGE
 from kfp_pipelines.components.data import validate_data
 from kfp_pipelines.components.evaluation import evaluate_model, quality_gate
 from kfp_pipelines.components.release import (
@@ -20,13 +31,41 @@ from kfp_pipelines.components.release import (
     register_model,
     write_drift_baseline,
 )
-from kfp_pipelines.components.sagemaker_training import sagemaker_training_job
+from kfp_pipelines.components.sagemaker_training import sagemaker_training_job, stop_training_jobs
 from kfp_pipelines.data import BUILTIN_DATASET, BUILTIN_TARGET
 from kfp_pipelines.deployment import PIPELINE_NAME
+from kfp_pipelines.errors import InputError
+
+DEFAULT_SERVICE_ACCOUNT = "kanari-pipeline"
+# The pod of each step: small (the work happens in SageMaker), except evaluation (torch, the test split).
+STEP_RESOURCES = {"cpu": "250m", "memory": "512Mi", "cpu_limit": "1", "memory_limit": "1Gi"}
+EVALUATION_RESOURCES = {"cpu": "1", "memory": "2Gi", "cpu_limit": "2", "memory_limit": "4Gi"}
+# AWS calls are retried by botocore; a step that still fails (a node drained, an API outage) is retried
+# by KFP. Every step is idempotent: the job name, the registry ClientToken and the manifest path are
+# derived from the run, so a retry re-attaches instead of doing the work twice.
+RETRY = {"num_retries": 2, "backoff_duration": "30s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
+# A retried training step starts a new SageMaker attempt only when the previous job ended Failed/Stopped
+# (e.g. InsufficientCapacity); one retry, since each attempt bills instance time.
+TRAINING_RETRY = {"num_retries": 1, "backoff_duration": "300s", "backoff_factor": 1.0}
+NON_ROOT_UID = 65532
+# kfp.local honours retry policies with real sleeps; a local run is watched by a person and fails fast.
+_with_retries = True
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Train on Trainium through SageMaker, gate, register with lineage, deploy.")
-def training_pipeline(
+def _step(task: Any, name: str, resources: dict[str, str] = STEP_RESOURCES, retry: dict[str, Any] = RETRY) -> Any:
+    task.set_display_name(name)
+    # Every step talks to AWS and takes time: results are never reused from KFP's cache.
+    task.set_caching_options(False)
+    task.set_cpu_request(resources["cpu"]).set_memory_request(resources["memory"])
+    task.set_cpu_limit(resources["cpu_limit"]).set_memory_limit(resources["memory_limit"])
+    if _with_retries:
+        task.set_retry(**retry)
+    # The image's user (see the Dockerfile's pipeline target), for namespaces under the restricted PSS.
+    kubernetes.set_security_context(task, run_as_user=NON_ROOT_UID, run_as_group=NON_ROOT_UID, run_as_non_root=True)
+    return task
+
+
+def _training_pipeline(
     bucket: str,
     model_package_group: str,
     role_arn: str,
@@ -61,82 +100,172 @@ def training_pipeline(
     serving_image: str = "",
     manifest_dir: str = "",
     apply_manifest: bool = False,
-) -> str:
+    drift_alert: dict = {},
+):
+    """Train, gate, register and deploy a binary classifier.
+
+    The release record (JSON: gate verdict, scores, training job, package, manifest) is the output of
+    the branch that ran: the ModelDeployment step's or the rejection step's. (KFP allows no pipeline
+    output from inside an exit handler.)
+
+    Args:
+        bucket: S3 bucket for the data splits, training output, evaluation and drift baseline.
+        model_package_group: SageMaker Model Registry group (must exist).
+        role_arn: SageMaker execution role the training job runs as.
+        git_sha: Commit of the training code, recorded in the model's lineage.
+        dataset_uri: s3://.../data.csv or .parquet, or sklearn://breast_cancer (bundled demo data).
+        target: Label column (binary 0/1); passed to the training script.
+        model_name: ModelDeployment name (and the training job name's prefix).
+        namespace: ModelDeployment namespace.
+        s3_prefix: Prefix under the bucket for everything the run writes.
+        seed: Seed of the train/validation/test split.
+        training_backend: sagemaker (CreateTrainingJob), ack (an ACK TrainingJob) or local.
+        instance_type: SageMaker training instance type (Trainium by default).
+        instance_count: Number of training instances.
+        image_uri: Training image; default the region's PyTorch Neuron training DLC.
+        hyperparameters: Training script hyperparameters, e.g. {"epochs": 30}.
+        max_runtime_seconds: SageMaker stops the job after this long.
+        use_spot: Managed spot training (needs max_wait_seconds and checkpoint_s3_uri).
+        max_wait_seconds: Spot: time to wait for capacity plus runtime.
+        checkpoint_s3_uri: Checkpoint prefix; each job checkpoints under <prefix>/<job name>/.
+        subnets: VPC subnets for the training job (with security_group_ids).
+        security_group_ids: VPC security groups for the training job.
+        volume_kms_key_id: KMS key for the training volume.
+        output_kms_key_id: KMS key for the training output.
+        enable_network_isolation: Run the training container without network access.
+        enable_inter_container_traffic_encryption: Encrypt traffic between training instances.
+        ack_namespace: Namespace for ACK TrainingJobs (training_backend ack).
+        poll_initial_seconds: First delay between job status polls (backs off to 5 minutes).
+        gate_metric: Metric the quality gate compares (pr_auc, roc_auc, recall, precision, f1).
+        gate_tolerance: How much worse than the Approved model the candidate may be.
+        auto_approve: Register as Approved instead of PendingManualApproval.
+        reason: Why this run happened; recorded with the model version (letters, digits, spaces, .:/=+-@_).
+        serving_image: Inference image for the registry entry; default the region's PyTorch inference DLC.
+        manifest_dir: GitOps directory for <namespace>/<model_name>.yaml.
+        apply_manifest: Also apply the ModelDeployment to the cluster.
+        drift_alert: The Alertmanager alert that started this run (set by Kanari's retraining receiver).
+    """
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    validated = validate_data(
-        dataset_uri=dataset_uri, target=target, bucket=bucket, s3_prefix=s3_prefix,
-        model_package_group=model_package_group, model_name=model_name, namespace=namespace, git_sha=git_sha,
-        seed=seed, run_id=run_id,
-    ).set_display_name("validate data")
-    # Training and every step after it talk to AWS and take time: results are never reused from a cache.
-    validated.set_caching_options(False)
-    trained = sagemaker_training_job(
-        channels=validated.outputs["channels"],
-        output_s3_uri=validated.outputs["training_output_uri"],
-        role_arn=role_arn,
-        run_id=run_id,
-        task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
-        training_backend=training_backend,
-        base_job_name=model_name,
-        image_uri=image_uri,
-        instance_type=instance_type,
-        instance_count=instance_count,
-        max_runtime_seconds=max_runtime_seconds,
-        hyperparameters=hyperparameters,
-        use_spot=use_spot,
-        max_wait_seconds=max_wait_seconds,
-        checkpoint_s3_uri=checkpoint_s3_uri,
-        subnets=subnets,
-        security_group_ids=security_group_ids,
-        volume_kms_key_id=volume_kms_key_id,
-        output_kms_key_id=output_kms_key_id,
-        enable_network_isolation=enable_network_isolation,
-        enable_inter_container_traffic_encryption=enable_inter_container_traffic_encryption,
-        ack_namespace=ack_namespace,
-        poll_initial_seconds=poll_initial_seconds,
-    ).set_display_name("train (SageMaker)")
-    trained.set_caching_options(False)
-    evaluated = evaluate_model(model=trained.outputs["model"], test_data=validated.outputs["test_data"])
-    evaluated.set_display_name("evaluate").set_caching_options(False)
-    gate = quality_gate(
-        model_package_group=model_package_group, scores=evaluated.outputs["scores"], gate_metric=gate_metric,
-        gate_tolerance=gate_tolerance,
-    ).set_display_name("quality gate")
-    gate.set_caching_options(False)
+    stop = stop_training_jobs(run_id=run_id, training_backend=training_backend, ack_namespace=ack_namespace)
+    _step(stop, "stop training jobs (exit handler)")
+    with dsl.ExitHandler(stop, name="train-and-release"):
+        validated = _step(validate_data(
+            dataset_uri=dataset_uri, target=target, bucket=bucket, s3_prefix=s3_prefix,
+            model_package_group=model_package_group, model_name=model_name, namespace=namespace, git_sha=git_sha,
+            seed=seed, run_id=run_id, reason=reason, drift_alert=drift_alert,
+        ), "validate data")
+        trained = _step(sagemaker_training_job(
+            channels=validated.outputs["channels"],
+            output_s3_uri=validated.outputs["training_output_uri"],
+            role_arn=role_arn,
+            run_id=run_id,
+            task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+            training_backend=training_backend,
+            target=target,
+            base_job_name=model_name,
+            image_uri=image_uri,
+            instance_type=instance_type,
+            instance_count=instance_count,
+            max_runtime_seconds=max_runtime_seconds,
+            hyperparameters=hyperparameters,
+            use_spot=use_spot,
+            max_wait_seconds=max_wait_seconds,
+            checkpoint_s3_uri=checkpoint_s3_uri,
+            subnets=subnets,
+            security_group_ids=security_group_ids,
+            volume_kms_key_id=volume_kms_key_id,
+            output_kms_key_id=output_kms_key_id,
+            enable_network_isolation=enable_network_isolation,
+            enable_inter_container_traffic_encryption=enable_inter_container_traffic_encryption,
+            ack_namespace=ack_namespace,
+            poll_initial_seconds=poll_initial_seconds,
+        ), "train (SageMaker)", retry=TRAINING_RETRY)
+        evaluated = _step(evaluate_model(model=trained.outputs["model"], test_data=validated.outputs["test_data"]),
+                          "evaluate", EVALUATION_RESOURCES)
+        gate = _step(quality_gate(
+            test_data=validated.outputs["test_data"], model_package_group=model_package_group,
+            scores=evaluated.outputs["scores"], gate_metric=gate_metric, gate_tolerance=gate_tolerance,
+        ), "quality gate", EVALUATION_RESOURCES)
 
-    with dsl.If(gate.outputs["passed"] == True, name="model-passed"):  # noqa: E712 (a KFP condition, not a bool)
-        baseline = write_drift_baseline(
-            model=trained.outputs["model"], train_data=validated.outputs["train_data"], target=target
-        ).set_display_name("drift baseline")
-        baseline.set_caching_options(False)
-        registered = register_model(
-            model=trained.outputs["model"], model_package_group=model_package_group,
-            scores=evaluated.outputs["scores"], evaluation_uri=evaluated.outputs["evaluation_uri"],
-            baseline_uri=baseline.output, dataset_uri=dataset_uri,
-            dataset_version=validated.outputs["dataset_version"], git_sha=git_sha, run_id=run_id,
-            auto_approve=auto_approve, reason=reason, model_name=model_name, serving_image=serving_image,
-            gate_reason=gate.outputs["reason"],
-        ).set_display_name("register")
-        registered.set_caching_options(False)
-        deployed = emit_model_deployment(
-            model=trained.outputs["model"], model_package_arn=registered.output, baseline_uri=baseline.output,
-            dataset_uri=dataset_uri, dataset_version=validated.outputs["dataset_version"], git_sha=git_sha,
-            run_id=run_id, model_name=model_name, namespace=namespace, manifest_dir=manifest_dir,
-            apply_manifest=apply_manifest, scores=evaluated.outputs["scores"], gate_reason=gate.outputs["reason"],
-        ).set_display_name("ModelDeployment")
-        deployed.set_caching_options(False)
-    with dsl.Else(name="model-rejected"):
-        rejected = record_rejection(
-            model=trained.outputs["model"], run_id=run_id, scores=evaluated.outputs["scores"],
-            gate_reason=gate.outputs["reason"],
-        ).set_display_name("rejected")
-        rejected.set_caching_options(False)
-    return dsl.OneOf(deployed.outputs["Output"], rejected.output)
+        with dsl.If(gate.outputs["passed"] == True, name="model-passed"):  # noqa: E712 (a KFP condition)
+            baseline = _step(write_drift_baseline(
+                model=trained.outputs["model"], train_data=validated.outputs["train_data"], target=target
+            ), "drift baseline")
+            registered = _step(register_model(
+                model=trained.outputs["model"], model_package_group=model_package_group,
+                scores=evaluated.outputs["scores"], evaluation_uri=evaluated.outputs["evaluation_uri"],
+                baseline_uri=baseline.output, dataset_uri=dataset_uri,
+                dataset_version=validated.outputs["dataset_version"], git_sha=git_sha, run_id=run_id,
+                auto_approve=auto_approve, reason=reason, model_name=model_name, serving_image=serving_image,
+                gate_reason=gate.outputs["reason"], drift_alert=drift_alert,
+            ), "register")
+            _step(emit_model_deployment(
+                model=trained.outputs["model"], model_package_arn=registered.output, baseline_uri=baseline.output,
+                dataset_uri=dataset_uri, dataset_version=validated.outputs["dataset_version"], git_sha=git_sha,
+                run_id=run_id, model_name=model_name, namespace=namespace, manifest_dir=manifest_dir,
+                apply_manifest=apply_manifest, scores=evaluated.outputs["scores"],
+                gate_reason=gate.outputs["reason"], drift_alert=drift_alert,
+            ), "ModelDeployment")
+        with dsl.Else(name="model-rejected"):
+            _step(record_rejection(
+                model=trained.outputs["model"], run_id=run_id, scores=evaluated.outputs["scores"],
+                gate_reason=gate.outputs["reason"],
+            ), "rejected")
 
 
-def compile_pipeline(path: str | Path) -> Path:
-    """KFP IR YAML for a cluster."""
+def _build(retries: bool) -> Any:
+    global _with_retries
+    _with_retries = retries
+    try:
+        return dsl.pipeline(name=PIPELINE_NAME, description="Train on Trainium through SageMaker, gate, register "
+                                                            "with lineage, deploy.")(_training_pipeline)
+    finally:
+        _with_retries = True
+
+
+training_pipeline = _build(retries=True)
+# The same pipeline without retry policies, for kfp.local (kanari pipeline run --local).
+local_training_pipeline = _build(retries=False)
+
+
+IMAGE_REFERENCE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127})?"
+                             r"(@sha256:[0-9a-f]{64})?$")
+PIPELINE_ROOT = re.compile(r"^(s3|minio|gs)://[^/]+(/.*)?$")
+
+
+def check_settings(image: str, pipeline_root: str) -> None:
+    if not image or not IMAGE_REFERENCE.match(image) or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
+        raise InputError("image", f"{image!r} is not an image reference with a tag or digest "
+                                  "(e.g. ACCOUNT.dkr.ecr.REGION.amazonaws.com/kanari-pipelines:0.1.0)")
+    if not PIPELINE_ROOT.match(pipeline_root or ""):
+        raise InputError("pipeline_root", f"{pipeline_root!r} is not an s3://, minio:// or gs:// prefix")
+
+
+def compile_ir(image: str, pipeline_root: str) -> dict[str, Any]:
+    """The pipeline's KFP IR with the component image and pipeline root set (pure, apart from the compiler)."""
+    import tempfile
+
+    check_settings(image, pipeline_root)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pipeline.yaml"
+        compiler.Compiler().compile(training_pipeline, str(out))
+        docs = list(yaml.safe_load_all(out.read_text()))
+    ir = docs[0]
+    for executor in ir["deploymentSpec"]["executors"].values():
+        container = executor.get("container") or {}
+        if container.get("image") == COMPONENT_IMAGE:
+            container["image"] = image
+    # KFP's launcher uploads every output artifact under this root (the run can override it).
+    ir["defaultPipelineRoot"] = pipeline_root.rstrip("/")
+    ir["__platform__"] = docs[1:]  # kfp-kubernetes' platform spec, kept as the second YAML document
+    return ir
+
+
+def compile_pipeline(path: str | Path, *, image: str, pipeline_root: str) -> Path:
+    """KFP IR YAML for a cluster, with the component image and pipeline root set."""
+    ir = compile_ir(image, pipeline_root)
+    platform = ir.pop("__platform__")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(training_pipeline, str(out))
+    out.write_text(yaml.safe_dump_all([ir, *platform], sort_keys=True))
     return out

@@ -14,14 +14,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kanari.retrain.training_run import DriftAlert
+
 from kfp_pipelines import aws
 from kfp_pipelines.errors import InputError, StepFailed
 
 log = logging.getLogger("kanari.pipeline")
 
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
-SERVING_IMAGE_REPOSITORY = "pytorch-inference"
-SERVING_IMAGE_TAG = "2.3.0-cpu-py311"
 # The controller reads these keys back (kanari.controller.model_source.LINEAGE_KEYS / BASELINE_KEYS).
 META_PREFIX = "kanari:"
 META_VALUE_MAX = 256
@@ -30,8 +30,44 @@ RECENT_PACKAGES = 5
 LINEAGE_MAX_ATTEMPTS = 2
 
 
-def default_serving_image(region: str) -> str:
-    return f"763104351884.dkr.ecr.{region}.amazonaws.com/{SERVING_IMAGE_REPOSITORY}:{SERVING_IMAGE_TAG}"
+@dataclass(frozen=True)
+class ServingTarget:
+    """What a registered version can be served on: the inference image, the instance types it runs on,
+    and the ModelDeployment's model format and accelerator (the controller picks the runtime from them)."""
+
+    accelerator: str
+    model_format: str
+    image_repository: str
+    image_tag: str
+    framework_version: str
+    instance_types: tuple[str, ...]
+
+
+SERVING_TARGETS = {
+    "cpu": ServingTarget("cpu", "pytorch", "pytorch-inference", "2.3.0-cpu-py311", "2.3",
+                         ("ml.m5.large", "ml.m5.xlarge", "ml.m5.2xlarge", "ml.c5.xlarge", "ml.c5.2xlarge")),
+    # The Neuron runtime the controller chooses for accelerator inferentia2 (manifests/serving: kanari-neuron,
+    # format pytorch-neuronx) runs the same DLC family.
+    "inferentia2": ServingTarget("inferentia2", "pytorch-neuronx", "pytorch-inference-neuronx",
+                                 "2.1.2-neuronx-py310-sdk2.20.0-ubuntu20.04", "2.1",
+                                 ("ml.inf2.xlarge", "ml.inf2.8xlarge", "ml.inf2.24xlarge", "ml.inf2.48xlarge")),
+}
+TASK = "CLASSIFICATION"  # a binary classifier (SageMaker's Task values)
+DOMAIN = "MACHINE_LEARNING"
+FRAMEWORK = "PYTORCH"
+
+
+def serving_target(accelerator: str) -> ServingTarget:
+    if accelerator not in SERVING_TARGETS:
+        raise InputError("serving_accelerator", f"{accelerator!r} is not one of {', '.join(SERVING_TARGETS)}")
+    return SERVING_TARGETS[accelerator]
+
+
+def default_serving_image(region: str, accelerator: str = "cpu") -> str:
+    from kfp_pipelines.sagemaker.config import dlc_image
+
+    target = serving_target(accelerator)
+    return dlc_image(region, target.image_repository, target.image_tag)
 
 
 @dataclass(frozen=True)
@@ -61,8 +97,38 @@ class ReleaseLineage:
 META_ALLOWED = r"[\w\s.:/=+\-@]*"  # SageMaker's pattern for CustomerMetadataProperties values
 
 
+def check_metadata_value(parameter: str, value: str) -> None:
+    """What the registry's CustomerMetadataProperties accept, checked when the parameter arrives (before
+    any data is written or any instance billed), not at the register step after training."""
+    if len(value) > META_VALUE_MAX:
+        raise InputError(parameter, f"{len(value)} characters; the registry keeps at most {META_VALUE_MAX}")
+    if not re.fullmatch(META_ALLOWED, value):
+        bad = sorted({ch for ch in value if not re.fullmatch(META_ALLOWED, ch)})
+        raise InputError(parameter, f"{value!r} has characters the registry's metadata does not accept "
+                                    f"({' '.join(repr(ch) for ch in bad[:5])}; allowed: letters, digits, spaces "
+                                    "and . : / = + - @ _)")
+
+
+def _clean(value: str) -> str:
+    return re.sub(r"[^\w\s.:/=+\-@]", " ", value)[:META_VALUE_MAX]
+
+
+def alert_properties(alert: DriftAlert | None) -> dict[str, str]:
+    """The alert that started the run, as separate registry fields (not a sentence to parse back)."""
+    if alert is None:
+        return {}
+    fields = {
+        "drift-alert": alert.alertname,
+        "drift-alert-fingerprint": alert.fingerprint,
+        "drift-alert-starts-at": alert.startsAt,
+        "drift-alert-feature": alert.labels.get("feature", ""),
+        "drift-alert-severity": alert.labels.get("severity", ""),
+    }
+    return {f"{META_PREFIX}{k}": _clean(v) for k, v in fields.items() if v}
+
+
 def customer_metadata(lineage: ReleaseLineage, scores: dict[str, float], model_name: str, reason: str,
-                      gate_reason: str, baseline_uri: str) -> dict[str, str]:
+                      gate_reason: str, baseline_uri: str, alert: DriftAlert | None = None) -> dict[str, str]:
     # Values that come straight from a pipeline parameter are checked and blamed on it; the rest is ours.
     from_parameters = {
         f"{META_PREFIX}dataset-uri": ("dataset_uri", lineage.dataset_uri),
@@ -71,17 +137,15 @@ def customer_metadata(lineage: ReleaseLineage, scores: dict[str, float], model_n
         f"{META_PREFIX}model-name": ("model_name", model_name),
     }
     for parameter, value in from_parameters.values():
-        if len(value) > META_VALUE_MAX:
-            raise InputError(parameter, f"{len(value)} characters; the registry keeps at most {META_VALUE_MAX}")
-        if not re.fullmatch(META_ALLOWED, value):
-            raise InputError(parameter, f"{value!r} has characters the registry's metadata does not accept")
+        check_metadata_value(parameter, value)
     ours = {
         **lineage.properties(),
         f"{META_PREFIX}gate": gate_reason,
         f"{META_PREFIX}baseline-uri": baseline_uri,
         **{f"{META_PREFIX}metric.{k}": f"{v:.6f}" for k, v in sorted(scores.items())},
     }
-    props = {k: re.sub(r"[^\w\s.:/=+\-@]", " ", v)[:META_VALUE_MAX] for k, v in ours.items()}
+    props = {k: _clean(v) for k, v in ours.items()}
+    props.update(alert_properties(alert))
     props.update({k: v for k, (_, v) in from_parameters.items() if v})
     return props
 
@@ -97,6 +161,8 @@ def package_request(
     metadata: dict[str, str],
     auto_approve: bool,
     reason: str,
+    target: ServingTarget = SERVING_TARGETS["cpu"],
+    model_name: str = "",
 ) -> dict[str, Any]:
     """The CreateModelPackage request (pure)."""
     status = "Approved" if auto_approve else "PendingManualApproval"
@@ -107,10 +173,14 @@ def package_request(
             + ("; auto-approved by the pipeline's policy" if auto_approve else "")
         )[:1024],
         "InferenceSpecification": {
-            "Containers": [{"Image": serving_image, "ModelDataUrl": model_uri}],
+            "Containers": [{"Image": serving_image, "ModelDataUrl": model_uri, "Framework": FRAMEWORK,
+                            "FrameworkVersion": target.framework_version}],
             "SupportedContentTypes": ["application/json", "text/csv"],
             "SupportedResponseMIMETypes": ["application/json"],
+            "SupportedRealtimeInferenceInstanceTypes": list(target.instance_types),
         },
+        "Task": TASK,
+        "Domain": DOMAIN,
         "ModelApprovalStatus": status,
         "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri}}},
         "DriftCheckBaselines": {
@@ -120,7 +190,12 @@ def package_request(
             }
         },
         "MetadataProperties": {"CommitId": lineage.git_sha[:1024], "GeneratedBy": lineage.training_job_arn[:1024]},
-        "CustomerMetadataProperties": metadata,
+        "CustomerMetadataProperties": {**metadata, f"{META_PREFIX}serving-accelerator": target.accelerator},
+        "Tags": [
+            {"Key": "kanari.dev/pipeline-run", "Value": lineage.pipeline_run[:256]},
+            {"Key": "kanari.dev/serving-accelerator", "Value": target.accelerator},
+            *([{"Key": "kanari.dev/model", "Value": model_name[:256]}] if model_name else []),
+        ],
         # SageMaker deduplicates retried calls on this token: one package per training job and group.
         "ClientToken": hashlib.sha256(f"{group}\n{lineage.training_job_arn}".encode()).hexdigest()[:36],
     }
@@ -137,21 +212,74 @@ def find_registered(sm: Any, group: str, training_job_arn: str) -> dict[str, Any
     return None
 
 
-def record_lineage(dataset_uri: str, dataset_version: str, model_package_arn: str) -> None:
-    """SageMaker lineage entities for dataset -> model package, where the lineage API exists."""
-    sm = aws.client("sagemaker", max_attempts=LINEAGE_MAX_ATTEMPTS)
+def _find_or_create_artifact(sm: Any, source_uri: str, **create: Any) -> str:
+    """An artifact per source URI: a re-run of the step reuses the one its first attempt created."""
+    found = sm.list_artifacts(SourceUri=source_uri, MaxResults=1).get("ArtifactSummaries") or []
+    if found:
+        return str(found[0]["ArtifactArn"])
+    return str(sm.create_artifact(Source={"SourceUri": source_uri, **create.pop("Source", {})}, **create)["ArtifactArn"])
+
+
+def _associate(sm: Any, source: str, destination: str, kind: str) -> None:
     try:
-        dataset = sm.create_artifact(
-            ArtifactType="DataSet",
-            Source={"SourceUri": dataset_uri[:2048], "SourceTypes": [{"SourceIdType": "Custom", "Value": dataset_version}]},
-        )["ArtifactArn"]
-        model = sm.create_artifact(ArtifactType="Model", Source={"SourceUri": model_package_arn})["ArtifactArn"]
-        sm.add_association(SourceArn=dataset, DestinationArn=model, AssociationType="ContributedTo")
-        log.info("lineage recorded: %s -> %s", dataset, model)
+        sm.add_association(SourceArn=source, DestinationArn=destination, AssociationType=kind)
     except aws.ClientError as exc:
-        # The registry entry already carries the lineage; the lineage API is an extra view of it.
+        # Re-running the step: the association from the first attempt is already there.
+        if "already exists" not in aws.error_message(exc).lower():
+            raise
+
+
+def trial_component_arn(training_job_arn: str) -> str:
+    """SageMaker creates a trial component `<job>-aws-training-job` for every training job (its lineage entity)."""
+    head, _, name = training_job_arn.rpartition(":training-job/")
+    return f"{head}:experiment-trial-component/{name}-aws-training-job"
+
+
+def record_lineage(sm: Any, *, dataset_uri: str, dataset_version: str, model_package_arn: str,
+                   training_job_arn: str, alert: DriftAlert | None = None) -> list[tuple[str, str, str]]:
+    """SageMaker ML lineage: dataset -> training job -> model package, and the drift alert that started
+    the run. Returns the associations (source, destination, type) made.
+
+    The registry entry already carries the lineage (CustomerMetadataProperties); the lineage API is the
+    view SageMaker Studio and `QueryLineage` use. Where the API is unavailable (an emulator, a partition
+    without it) the step logs it and carries on; a malformed request still fails loudly (botocore
+    validates it before sending).
+    """
+    made: list[tuple[str, str, str]] = []
+    try:
+        dataset = _find_or_create_artifact(
+            sm, dataset_uri[:2048], ArtifactType="DataSet", ArtifactName="training-data",
+            Source={"SourceTypes": [{"SourceIdType": "Custom", "Value": dataset_version[:256] or "unversioned"}]},
+            Properties={"DatasetVersion": dataset_version[:256] or "unversioned"},
+        )
+        model = _find_or_create_artifact(sm, model_package_arn, ArtifactType="ModelPackage",
+                                         ArtifactName="model-package")
+        try:
+            job = str(sm.describe_trial_component(
+                TrialComponentName=trial_component_arn(training_job_arn).rsplit("/", 1)[1])["TrialComponentArn"])
+        except aws.ClientError as exc:
+            if aws.error_code(exc) not in ("ResourceNotFound", "ValidationException"):
+                raise
+            job = ""
+        links = [(dataset, job, "ContributedTo"), (job, model, "Produced")] if job else [
+            (dataset, model, "ContributedTo")]
+        if alert is not None:
+            trigger = _find_or_create_artifact(
+                sm, f"alertmanager:fingerprint/{alert.fingerprint}/startsAt/{alert.startsAt}"[:2048],
+                ArtifactType="DriftAlert", ArtifactName=re.sub(r"[^a-zA-Z0-9-]", "-", alert.alertname)[:120] or "alert",
+                Properties={k: _clean(v)[:256] or "-" for k, v in (
+                    ("alertname", alert.alertname), ("fingerprint", alert.fingerprint), ("startsAt", alert.startsAt),
+                    ("feature", alert.labels.get("feature", "")), ("severity", alert.labels.get("severity", "")))},
+            )
+            links.append((trigger, job or model, "AssociatedWith"))
+        for source, destination, kind in links:
+            _associate(sm, source, destination, kind)
+            made.append((source, destination, kind))
+        log.info("lineage recorded: %s", "; ".join(f"{s} -{k}-> {d}" for s, d, k in made))
+    except aws.ClientError as exc:
         log.warning("SageMaker lineage API unavailable (%s); lineage kept in CustomerMetadataProperties",
                     aws.error_code(exc) or exc)
+    return made
 
 
 def register(sm: Any, request: dict[str, Any]) -> tuple[str, str, bool]:
@@ -168,74 +296,3 @@ def register(sm: Any, request: dict[str, Any]) -> tuple[str, str, bool]:
         raise StepFailed(f"CreateModelPackage in {group}: {aws.error_code(exc)}: {aws.error_message(exc)}") from exc
     log.info("registered %s as %s", arn, request["ModelApprovalStatus"])
     return arn, str(request["ModelApprovalStatus"]), False
-
-
-# ------------------------------------------------------------------------------------------ CLI side
-@dataclass(frozen=True)
-class PackageRow:
-    arn: str
-    version: int
-    status: str
-    created: str
-    metrics: dict[str, str]
-    git_sha: str
-    training_job: str
-    description: str
-
-
-def resolve_arn(sm: Any, ref: str) -> str:
-    """A model package ARN, or GROUP/VERSION."""
-    if ref.startswith("arn:"):
-        return ref
-    group, _, version = ref.rpartition("/")
-    if not group or not version.isdigit():
-        raise InputError("model", f"{ref!r} is neither a model package ARN nor GROUP/VERSION")
-    for row in list_packages(sm, group):
-        if row.version == int(version):
-            return row.arn
-    raise InputError("model", f"no version {version} in model package group {group!r}")
-
-
-def list_packages(sm: Any, group: str) -> list[PackageRow]:
-    rows = []
-    for page in sm.get_paginator("list_model_packages").paginate(
-        ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending"
-    ):
-        for summary in page.get("ModelPackageSummaryList") or []:
-            desc = sm.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
-            meta = desc.get("CustomerMetadataProperties") or {}
-            rows.append(PackageRow(
-                arn=summary["ModelPackageArn"],
-                version=int(summary.get("ModelPackageVersion") or 0),
-                status=str(summary.get("ModelApprovalStatus", "")),
-                created=str(summary.get("CreationTime", ""))[:19],
-                metrics={k.removeprefix(f"{META_PREFIX}metric."): v for k, v in meta.items()
-                         if k.startswith(f"{META_PREFIX}metric.")},
-                git_sha=meta.get(f"{META_PREFIX}git-sha", ""),
-                training_job=meta.get(f"{META_PREFIX}training-job-arn", "").rsplit("/", 1)[-1],
-                description=str(desc.get("ApprovalDescription") or desc.get("ModelPackageDescription") or ""),
-            ))
-    return rows
-
-
-def set_status(sm: Any, arn: str, status: str, reason: str) -> str:
-    """Approve or reject: a status change on the registered package itself."""
-    if status not in APPROVAL_STATUSES:
-        raise InputError("status", f"{status!r} is not one of {', '.join(APPROVAL_STATUSES)}")
-    try:
-        current = sm.describe_model_package(ModelPackageName=arn)
-    except aws.ClientError as exc:
-        raise InputError("model", f"{arn}: {aws.error_message(exc)}") from None
-    kwargs: dict[str, Any] = {"ModelPackageArn": arn, "ModelApprovalStatus": status}
-    if current.get("CustomerMetadataProperties"):
-        # Re-sent unchanged (a no-op for SageMaker, which merges): some emulators replace the map on update,
-        # and the lineage must survive an approval.
-        kwargs["CustomerMetadataProperties"] = current["CustomerMetadataProperties"]
-    if reason:
-        kwargs["ApprovalDescription"] = reason[:1024]
-    sm.update_model_package(**kwargs)
-    after = sm.describe_model_package(ModelPackageName=arn).get("ModelApprovalStatus", "")
-    if after != status:
-        raise StepFailed(f"{arn} is {after} after asking for {status}")
-    log.info("%s: %s -> %s", arn, current.get("ModelApprovalStatus"), status)
-    return str(after)

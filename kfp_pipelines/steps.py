@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from kanari.api import v1alpha1
+from kanari.retrain.training_run import DriftAlert
+from pydantic import ValidationError
 
 from kfp_pipelines import aws, data, deployment, evaluation, gate, registry
 from kfp_pipelines.errors import InputError, StepFailed
@@ -36,14 +38,43 @@ def run_prefix(bucket: str, s3_prefix: str, group: str) -> aws.S3Uri:
     return aws.S3Uri(bucket, "").join(s3_prefix, group)
 
 
-def validate(
-    *, dataset_uri: str, target: str, bucket: str, s3_prefix: str, model_package_group: str, model_name: str,
-    namespace: str, git_sha: str, seed: int, run_id: str,
-) -> PreparedData:
-    """Parameters, registry group, data schema and leakage guard; then the split, written to S3."""
+def drift_alert_of(raw: dict[str, Any] | None) -> DriftAlert | None:
+    """The `drift_alert` parameter, typed; {} when the run was not started by an alert."""
+    if not raw:
+        return None
+    try:
+        return DriftAlert.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError("drift_alert." + ".".join(str(p) for p in err["loc"]), str(err["msg"])) from None
+
+
+def check_parameters(*, model_name: str, namespace: str, git_sha: str, reason: str, dataset_uri: str,
+                     drift_alert: dict[str, Any] | None = None, serving_accelerator: str = "cpu") -> None:
+    """Everything about the run's parameters that would otherwise fail a later step (after training was billed)."""
     deployment.check_names(model_name, namespace)
     if not git_sha.strip():
         raise InputError("git_sha", "required: the commit of the training code, recorded in the model's lineage")
+    for parameter, value in (("reason", reason), ("git_sha", git_sha), ("model_name", model_name),
+                             ("dataset_uri", dataset_uri)):
+        registry.check_metadata_value(parameter, value)
+    drift_alert_of(drift_alert)
+    target = registry.serving_target(serving_accelerator)
+    if target.accelerator == "inferentia2":
+        # The Neuron runtime serves a torch-neuronx compiled model (format pytorch-neuronx); the reference
+        # training script writes a CPU state dict. Registering it for Inferentia would deploy a model the
+        # runtime cannot load.
+        raise InputError("serving_accelerator", "inferentia2 needs a Neuron-compiled model artifact; Kanari's "
+                                                "reference training script produces a CPU model (use cpu)")
+
+
+def validate(
+    *, dataset_uri: str, target: str, bucket: str, s3_prefix: str, model_package_group: str, model_name: str,
+    namespace: str, git_sha: str, seed: int, run_id: str, reason: str = "", drift_alert: dict[str, Any] | None = None,
+) -> PreparedData:
+    """Parameters, registry group, data schema and leakage guard; then the split, written to S3."""
+    check_parameters(model_name=model_name, namespace=namespace, git_sha=git_sha, reason=reason,
+                     dataset_uri=dataset_uri, drift_alert=drift_alert)
     s3, sm = aws.client("s3"), aws.client("sagemaker")
     aws.check_bucket(s3, bucket)
     gate.check_group(sm, model_package_group)
@@ -79,12 +110,40 @@ def evaluate(*, model_uri: str, test_uri: str) -> tuple[dict[str, float], str, e
     return ev.scores, str(report), ev
 
 
+def pr_curve_markdown(ev: evaluation.Evaluation) -> str:
+    rows = ["| threshold | recall | precision |", "| ---: | ---: | ---: |"]
+    if ev.pr is not None:
+        rows += [f"| {t:.4f} | {r:.4f} | {p:.4f} |" for r, p, t in zip(ev.pr.x, ev.pr.y, ev.pr.thresholds,
+                                                                         strict=True)]
+    return (f"### Precision-recall curve (test split, {ev.rows} rows, {ev.positives} positive)\n\n"
+            f"PR-AUC {ev.scores.get('pr_auc', float('nan')):.4f}; no-skill {ev.scores.get('pr_auc_no_skill', 0):.4f}"
+            "\n\n" + "\n".join(rows) + "\n")
+
+
 def judge(*, model_package_group: str, scores: dict[str, float], gate_metric: str,
-          gate_tolerance: float) -> gate.GateVerdict:
+          gate_tolerance: float, test_uri: str) -> gate.GateVerdict:
+    """The candidate against the Approved model, both scored on this run's test split.
+
+    The Approved model's recorded scores are from its own, older test split: after drift the data has
+    moved, and comparing across the two would judge the data, not the models.
+    """
     gate.check_gate_parameters(gate_metric, gate_tolerance)
     sm, s3 = aws.client("sagemaker"), aws.client("s3")
     gate.check_group(sm, model_package_group)
     champion = gate.find_champion(sm, s3, model_package_group)
+    if champion is not None:
+        try:
+            ev, _ = evaluation.evaluate(s3, champion.model_uri, test_uri)
+        except (InputError, StepFailed) as exc:
+            verdict = gate.GateVerdict(
+                False, f"the Approved model {champion.arn} cannot be scored on this run's test split ({exc}); "
+                       "cannot compare, not promoted", gate_metric, scores.get(gate_metric), None, champion.arn)
+            log.info("quality gate REJECTED: %s", verdict.reason)
+            return verdict
+        log.info("Approved model %s on this run's test split: %s (recorded on its own split: %s)", champion.arn,
+                 ", ".join(f"{k}={ev.scores[k]:.4f}" for k in evaluation.METRICS),
+                 ", ".join(f"{k}={v:.4f}" for k, v in sorted(champion.scores.items()) if k in evaluation.METRICS))
+        champion = gate.Champion(champion.arn, ev.scores, champion.model_uri)
     verdict = gate.decide(scores, champion, gate_metric, gate_tolerance)
     log.info("quality gate %s: %s", "PASSED" if verdict.passed else "REJECTED", verdict.reason)
     return verdict
@@ -110,7 +169,10 @@ def register(
     *, model_uri: str, model_metadata: dict[str, Any], model_package_group: str, scores: dict[str, float],
     evaluation_uri: str, baseline_uri: str, dataset_uri: str, dataset_version: str, git_sha: str, run_id: str,
     auto_approve: bool, reason: str, model_name: str, serving_image: str, gate_reason: str,
+    drift_alert: dict[str, Any] | None = None, serving_accelerator: str = "cpu",
 ) -> tuple[str, str]:
+    alert = drift_alert_of(drift_alert)
+    target = registry.serving_target(serving_accelerator)
     sm, s3 = aws.client("sagemaker"), aws.client("s3")
     gate.check_group(sm, model_package_group)
     # Every document the package points at must exist before the one call that creates it.
@@ -130,21 +192,25 @@ def register(
     if not lineage.training_job_arn:
         raise StepFailed("the model artifact carries no training_job_arn; its lineage would be incomplete")
     metadata = registry.customer_metadata(lineage, {k: v for k, v in scores.items() if k in evaluation.METRICS},
-                                          model_name, reason, gate_reason, baseline_uri)
+                                          model_name, reason, gate_reason, baseline_uri, alert)
     request = registry.package_request(
         group=model_package_group,
         model_uri=model_uri,
-        serving_image=serving_image or registry.default_serving_image(sm.meta.region_name),
+        serving_image=serving_image or registry.default_serving_image(sm.meta.region_name, target.accelerator),
         evaluation_uri=evaluation_uri,
         baseline_uri=baseline_uri,
         lineage=lineage,
         metadata=metadata,
         auto_approve=auto_approve,
         reason=reason,
+        target=target,
+        model_name=model_name,
     )
     arn, status, existed = registry.register(sm, request)
     if not existed:
-        registry.record_lineage(dataset_uri, dataset_version, arn)
+        registry.record_lineage(aws.client("sagemaker", max_attempts=registry.LINEAGE_MAX_ATTEMPTS),
+                                dataset_uri=dataset_uri, dataset_version=dataset_version, model_package_arn=arn,
+                                training_job_arn=lineage.training_job_arn, alert=alert)
     return arn, status
 
 
@@ -172,21 +238,29 @@ class Release:
 def deploy(
     *, model_package_arn: str, baseline_uri: str, model_metadata: dict[str, Any], dataset_uri: str,
     dataset_version: str, git_sha: str, run_id: str, model_name: str, namespace: str, manifest_dir: str,
-    apply_manifest: bool, artifact_path: str,
+    apply_manifest: bool, artifact_path: str, drift_alert: dict[str, Any] | None = None,
+    serving_accelerator: str = "cpu",
 ) -> tuple[dict[str, Any], str, str]:
     """Render the ModelDeployment; write it to the GitOps path and/or apply it. (object, path, applied)."""
+    alert = drift_alert_of(drift_alert)
+    target = registry.serving_target(serving_accelerator)
     lineage = v1alpha1.Lineage(
         modelPackageArn=model_package_arn,
         trainingJob=str(model_metadata.get("training_job_arn", "")),
         pipelineRun=run_id,
         datasetUri=dataset_uri,
+        datasetVersion=dataset_version,
         gitSha=git_sha,
         imageDigest=str(model_metadata.get("image_digest", "")),
+        driftAlert=alert.alertname if alert else None,
+        driftAlertFingerprint=alert.fingerprint if alert else None,
+        driftAlertStartsAt=alert.startsAt if alert else None,
     )
     path = deployment.manifest_path(manifest_dir, namespace, model_name) if manifest_dir else Path(artifact_path)
     existing = deployment.read_existing(path) if manifest_dir else None
     obj = deployment.build(existing, name=model_name, namespace=namespace, model_package_arn=model_package_arn,
-                           baseline_uri=baseline_uri, lineage=lineage, dataset_version=dataset_version)
+                           baseline_uri=baseline_uri, lineage=lineage, dataset_version=dataset_version,
+                           model_format=target.model_format, accelerator=target.accelerator)
     deployment.write(obj, path)
     if Path(artifact_path) != path:
         deployment.write(obj, Path(artifact_path))

@@ -10,11 +10,16 @@ mkdir -p "$TOOLS"
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
 
-# 1. Prometheus, promtool and Alertmanager: the real Debian binaries.
+# 1. Prometheus, promtool and Alertmanager: the real Debian binaries; chromium for the dashboard tests.
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+# The Java runtime PySpark needs (`kanari drift baseline --engine spark` and its tests, local[2]).
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+# The dashboard's browser tests: Debian's headless chromium and its chromedriver (never a downloaded browser).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
     echo "bootstrap: need Debian packages ${need_apt[*]} and cannot install them without root" >&2; exit 2
@@ -36,7 +41,7 @@ if [ ! -f "$VENV/.kanari-stamp" ] || [ "$(cat "$VENV/.kanari-stamp")" != "$stamp
   "$VENV/bin/pip" install -q --upgrade pip
   # The CPU build of torch keeps the local install light (a CUDA build is several GB).
   "$VENV/bin/pip" install -q "torch==2.13.0" || "$VENV/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch
-  "$VENV/bin/pip" install -q -e ".[dev,serve,train]"
+  "$VENV/bin/pip" install -q -e ".[dev,serve,train,spark]"
   echo "$stamp_src" > "$VENV/.kanari-stamp"
 fi
 

@@ -50,7 +50,7 @@ def make_data(rows: int, n_features: int, seed: int, shift: bool) -> np.ndarray:
     """Columns cycle through normal, log-normal and uniform; shifted columns (every 10th) move their mean
     by half a standard deviation or double their spread, alternately."""
     rng = np.random.default_rng(seed)
-    out = np.empty((rows, n_features))
+    out = np.empty((rows, n_features), order="F")  # column by column, as a Parquet or Arrow read gives it
     for j in range(n_features):
         kind = j % 3
         loc = (j % 7) - 3.0

@@ -22,24 +22,25 @@ def validate_data(
     git_sha: str,
     seed: int,
     run_id: str,
+    reason: str,
+    drift_alert: dict,
 ) -> NamedTuple("ValidatedData", channels=dict, training_output_uri=str, dataset_version=str):
     """Checks parameters, the registry group, schema and leakage; writes train/validation/test to S3."""
     from collections import namedtuple
 
-    from kfp_pipelines import steps
+    from kfp_pipelines import artifacts, steps
     from kfp_pipelines.errors import step
 
     with step("validate-data"):
         prepared = steps.validate(
             dataset_uri=dataset_uri, target=target, bucket=bucket, s3_prefix=s3_prefix,
             model_package_group=model_package_group, model_name=model_name, namespace=namespace,
-            git_sha=git_sha, seed=seed, run_id=run_id,
+            git_sha=git_sha, seed=seed, run_id=run_id, reason=reason, drift_alert=drift_alert,
         )
     common = {"dataset_uri": dataset_uri, "dataset_version": prepared.dataset_version, "target": target}
-    train_data.uri = prepared.channels["train"]
-    train_data.metadata.update({**common, "rows": prepared.rows["train"], "positives": prepared.positives["train"],
-                                "duplicates_dropped": prepared.duplicates_dropped})
-    test_data.uri = prepared.test_uri
-    test_data.metadata.update({**common, "rows": prepared.rows["test"], "positives": prepared.positives["test"]})
+    artifacts.publish(train_data, prepared.channels["train"], **common, rows=prepared.rows["train"],
+                      positives=prepared.positives["train"], duplicates_dropped=prepared.duplicates_dropped)
+    artifacts.publish(test_data, prepared.test_uri, **common, rows=prepared.rows["test"],
+                      positives=prepared.positives["test"])
     ValidatedData = namedtuple("ValidatedData", ["channels", "training_output_uri", "dataset_version"])
     return ValidatedData(prepared.channels, prepared.training_output_uri, prepared.dataset_version)

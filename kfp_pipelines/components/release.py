@@ -13,11 +13,12 @@ from kfp_pipelines.components import COMPONENT_IMAGE
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def write_drift_baseline(model: Input[Model], train_data: Input[Dataset], target: str) -> str:
     """statistics.json and constraints.json (SageMaker Model Monitor format) beside model.tar.gz."""
-    from kfp_pipelines import steps
+    from kfp_pipelines import artifacts, steps
     from kfp_pipelines.errors import step
 
     with step("write-drift-baseline"):
-        return steps.write_baseline(train_uri=train_data.uri, target=target, model_uri=model.uri)
+        return steps.write_baseline(train_uri=artifacts.s3_uri(train_data), target=target,
+                                    model_uri=artifacts.s3_uri(model))
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -36,14 +37,16 @@ def register_model(
     model_name: str,
     serving_image: str,
     gate_reason: str,
+    drift_alert: dict,
 ) -> str:
     """A new version in the SageMaker Model Registry group: PendingManualApproval unless auto_approve."""
-    from kfp_pipelines import steps
+    from kfp_pipelines import artifacts, steps
     from kfp_pipelines.errors import step
 
     with step("register-model"):
         arn, _status = steps.register(
-            model_uri=model.uri, model_metadata=dict(model.metadata), model_package_group=model_package_group,
+            model_uri=artifacts.s3_uri(model), model_metadata=dict(model.metadata), drift_alert=drift_alert,
+            model_package_group=model_package_group,
             scores=scores, evaluation_uri=evaluation_uri, baseline_uri=baseline_uri, dataset_uri=dataset_uri,
             dataset_version=dataset_version, git_sha=git_sha, run_id=run_id, auto_approve=auto_approve,
             reason=reason, model_name=model_name, serving_image=serving_image, gate_reason=gate_reason,
@@ -67,17 +70,19 @@ def emit_model_deployment(
     apply_manifest: bool,
     scores: dict,
     gate_reason: str,
+    drift_alert: dict,
 ) -> str:
     """The ModelDeployment for the new version, at <manifest_dir>/<namespace>/<model_name>.yaml and/or
     applied with the Kubernetes client. Returns the release record (JSON)."""
     import json
 
-    from kfp_pipelines import aws, steps
+    from kfp_pipelines import artifacts, aws, steps
     from kfp_pipelines.errors import step
 
     with step("emit-model-deployment"):
         _obj, path, applied = steps.deploy(
             model_package_arn=model_package_arn, baseline_uri=baseline_uri, model_metadata=dict(model.metadata),
+            drift_alert=drift_alert,
             dataset_uri=dataset_uri, dataset_version=dataset_version, git_sha=git_sha, run_id=run_id,
             model_name=model_name, namespace=namespace, manifest_dir=manifest_dir, apply_manifest=apply_manifest,
             artifact_path=manifest.path,
@@ -87,7 +92,7 @@ def emit_model_deployment(
         release = steps.Release(
             pipeline_run_id=run_id, gate_passed=True, gate_reason=gate_reason, scores=scores,
             training_job_name=str(model.metadata.get("training_job_name", "")),
-            training_job_arn=str(model.metadata.get("training_job_arn", "")), model_uri=model.uri,
+            training_job_arn=str(model.metadata.get("training_job_arn", "")), model_uri=artifacts.s3_uri(model),
             model_package_arn=model_package_arn, approval_status=str(status.get("ModelApprovalStatus", "")),
             baseline_uri=baseline_uri, manifest_path=path, applied=applied,
         )
@@ -99,7 +104,7 @@ def record_rejection(model: Input[Model], run_id: str, scores: dict, gate_reason
     """The gate refused the model: nothing is registered or deployed. Returns the release record (JSON)."""
     import json
 
-    from kfp_pipelines import steps
+    from kfp_pipelines import artifacts, steps
     from kfp_pipelines.errors import step
 
     with step("record-rejection"):
@@ -107,6 +112,6 @@ def record_rejection(model: Input[Model], run_id: str, scores: dict, gate_reason
         release = steps.Release(
             pipeline_run_id=run_id, gate_passed=False, gate_reason=gate_reason, scores=scores,
             training_job_name=str(model.metadata.get("training_job_name", "")),
-            training_job_arn=str(model.metadata.get("training_job_arn", "")), model_uri=model.uri,
+            training_job_arn=str(model.metadata.get("training_job_arn", "")), model_uri=artifacts.s3_uri(model),
         )
         return json.dumps(release.to_dict(), sort_keys=True)

@@ -9,7 +9,7 @@ with the job ARN, image, instance type and the script's metrics in its metadata.
 # ruff: noqa: B006
 
 from kfp import dsl
-from kfp.dsl import Model, Output
+from kfp.dsl import Model, Output, PipelineTaskFinalStatus
 
 from kfp_pipelines.components import COMPONENT_IMAGE
 
@@ -23,6 +23,7 @@ def sagemaker_training_job(
     run_id: str,
     task_name: str,
     training_backend: str = "sagemaker",
+    target: str = "",
     base_job_name: str = "kanari",
     image_uri: str = "",
     instance_type: str = "ml.trn1.2xlarge",
@@ -49,6 +50,9 @@ def sagemaker_training_job(
 
     training_backend: "sagemaker" (boto3), "ack" (a TrainingJob in ack_namespace) or "local" (this
     machine, under the container contract, with the job recorded through the SageMaker API).
+    target: the label column the validate step checked; passed to the script as its `target`.
+    checkpoint_s3_uri: a prefix; each job checkpoints under <prefix>/<job name>/, so only the same job
+    (restarted by SageMaker after a spot interruption) resumes from it.
     run_id/task_name: pass dsl.PIPELINE_JOB_ID_PLACEHOLDER and dsl.PIPELINE_TASK_NAME_PLACEHOLDER; with
     the inputs they make the job name, so a restarted step re-attaches to its job.
     image_uri: default the PyTorch Neuron training DLC of the region. source_dir: default Kanari's
@@ -56,7 +60,7 @@ def sagemaker_training_job(
     """
     from pathlib import Path
 
-    from kfp_pipelines import aws
+    from kfp_pipelines import artifacts, aws
     from kfp_pipelines.errors import step
     from kfp_pipelines.sagemaker.config import default_image, parse_config
     from kfp_pipelines.sagemaker.training import default_source_dir, run_training
@@ -83,6 +87,7 @@ def sagemaker_training_job(
             output_kms_key_id=output_kms_key_id,
             enable_network_isolation=enable_network_isolation,
             enable_inter_container_traffic_encryption=enable_inter_container_traffic_encryption,
+            target=target,
         )
         result = run_training(
             cfg,
@@ -94,5 +99,33 @@ def sagemaker_training_job(
             ack_namespace=ack_namespace,
             backoff=Backoff(initial=poll_initial_seconds, cap=poll_max_seconds),
         )
-        model.uri = result.model_uri
-        model.metadata.update(result.metadata())
+        artifacts.publish(model, result.model_uri, **result.metadata())
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def stop_training_jobs(
+    status: PipelineTaskFinalStatus,
+    run_id: str,
+    training_backend: str = "sagemaker",
+    ack_namespace: str = "",
+):
+    """The exit handler: when the run did not succeed (failed, or terminated from the KFP UI/API), stop
+    every training job it started that is still running, so no instance keeps billing for a run that
+    is over. A succeeded run has nothing running; this step then does nothing."""
+    from kfp_pipelines import aws
+    from kfp_pipelines.errors import step
+    from kfp_pipelines.sagemaker.training import stop_run_ack_jobs, stop_run_jobs
+
+    with step("stop-training-jobs"):
+        print(f"[kanari] pipeline run {run_id} ended {status.state}", flush=True)
+        # A local job ran inside its step's process and ended with it.
+        if status.state == "SUCCEEDED" or training_backend == "local":
+            return
+        if training_backend == "ack":
+            from kfp_pipelines import kube
+
+            stopped = stop_run_ack_jobs(kube.custom_objects_api(), ack_namespace, run_id)
+        else:
+            stopped = stop_run_jobs(aws.client("sagemaker"), run_id)
+        print(f"[kanari] stopped {len(stopped)} training job(s): {', '.join(stopped) or 'none was running'}",
+              flush=True)

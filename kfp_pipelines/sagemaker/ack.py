@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kfp_pipelines.errors import StepFailed
@@ -42,8 +43,21 @@ def describe_from_status(obj: dict[str, Any]) -> dict[str, Any]:
     return desc
 
 
+def find(api: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    """The TrainingJob read as DescribeTrainingJob, or None when there is none of that name."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return describe_from_status(api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise StepFailed(f"cannot read TrainingJob {namespace}/{name}: {exc.status} {exc.reason}") from exc
+
+
 def submit_and_wait(
-    api: Any, request: dict[str, Any], namespace: str, backoff: Backoff, timeout: float | None
+    api: Any, request: dict[str, Any], namespace: str, backoff: Backoff, timeout: float | None,
+    on_poll: Callable[[], Any] | None = None,
 ) -> tuple[dict[str, Any], WaitRecord, bool]:
     """Create the TrainingJob (or find the one a previous attempt created) and wait for it."""
     from kubernetes.client.exceptions import ApiException
@@ -70,5 +84,5 @@ def submit_and_wait(
             raise StepFailed(f"cannot read TrainingJob {namespace}/{name}: {exc.status} {exc.reason}") from exc
         return describe_from_status(obj)
 
-    desc, record = wait(name, describe, backoff, timeout)
+    desc, record = wait(name, describe, backoff, timeout, on_poll=on_poll)
     return desc, record, reattached

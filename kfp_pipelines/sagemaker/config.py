@@ -29,6 +29,32 @@ DEFAULT_INSTANCE_TYPE = "ml.trn1.2xlarge"
 NEURON_IMAGE_REPOSITORY = "pytorch-training-neuronx"
 NEURON_IMAGE_TAG = "2.8.0-neuronx-py311-sdk2.26.1-ubuntu22.04"
 DLC_ACCOUNT = "763104351884"
+# The Deep Learning Containers are published from a different ECR account in opt-in, China and GovCloud
+# regions (aws/deep-learning-containers available_images.md; the SageMaker Python SDK's
+# image_uri_config/framework-region-registry.json). Regions not listed use DLC_ACCOUNT.
+DLC_ACCOUNTS = {
+    "af-south-1": "626614931356",
+    "ap-east-1": "871362719292",
+    "ap-east-2": "975050140332",
+    "ap-northeast-3": "364406365360",
+    "ap-south-2": "772153158452",
+    "ap-southeast-3": "907027046896",
+    "ap-southeast-4": "457447274322",
+    "ap-southeast-5": "550225433462",
+    "ap-southeast-7": "590183813437",
+    "ca-west-1": "204538143572",
+    "cn-north-1": "727897471807",
+    "cn-northwest-1": "727897471807",
+    "eu-central-2": "380420809688",
+    "eu-south-1": "692866216735",
+    "eu-south-2": "503227376785",
+    "il-central-1": "780543022126",
+    "me-central-1": "914824155844",
+    "me-south-1": "217643126080",
+    "mx-central-1": "637423239942",
+    "us-gov-east-1": "446045086412",
+    "us-gov-west-1": "442386744353",
+}
 
 DISTRIBUTED_HP = "sagemaker_torch_distributed_enabled"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
@@ -47,8 +73,21 @@ JOB_NAME_MAX = 63
 DIGEST_LEN = 16
 
 
+HYPERPARAMETER_KEY_MAX = 256
+HYPERPARAMETER_VALUE_MAX = 2500  # SageMaker's HyperParameters value limit (the key limit is 256)
+HYPERPARAMETERS_MAX = 100
+
+
+def dlc_image(region: str, repository: str, tag: str) -> str:
+    """A Deep Learning Container image in `region`, from the ECR account that publishes it there."""
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region or ""):
+        raise InputError("region", f"{region!r} is not an AWS region (set AWS_REGION / AWS_DEFAULT_REGION)")
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"{DLC_ACCOUNTS.get(region, DLC_ACCOUNT)}.dkr.ecr.{region}.{domain}/{repository}:{tag}"
+
+
 def default_image(region: str) -> str:
-    return f"{DLC_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{NEURON_IMAGE_REPOSITORY}:{NEURON_IMAGE_TAG}"
+    return dlc_image(region, NEURON_IMAGE_REPOSITORY, NEURON_IMAGE_TAG)
 
 
 def is_neuron_image(image: str) -> bool:
@@ -79,6 +118,8 @@ class TrainingJobConfig(BaseModel):
     output_kms_key_id: str = ""
     enable_network_isolation: bool = False
     enable_inter_container_traffic_encryption: bool = False
+    # The label column the validate step checked; the training script is told the same one.
+    target: str = ""
 
     @model_validator(mode="after")
     def _checks(self) -> TrainingJobConfig:
@@ -136,11 +177,19 @@ def check(cfg: TrainingJobConfig) -> None:
     for g in cfg.security_group_ids:
         if not g.startswith("sg-"):
             raise ValueError(f"security_group_ids: {g!r} is not a security group id")
-    if len(cfg.hyperparameters) > 90:
-        raise ValueError("hyperparameters: SageMaker accepts at most 100, including the framework's own")
+    if len(cfg.hyperparameters) > HYPERPARAMETERS_MAX - 10:
+        raise ValueError(f"hyperparameters: SageMaker accepts at most {HYPERPARAMETERS_MAX}, including the "
+                         "framework's own")
     for k, v in cfg.hyperparameters.items():
-        if len(k) > 256 or len(json.dumps(v)) > 256:
-            raise ValueError(f"hyperparameters.{k}: keys and JSON-encoded values are limited to 256 characters")
+        if len(k) > HYPERPARAMETER_KEY_MAX:
+            raise ValueError(f"hyperparameters.{k[:40]}: keys are limited to {HYPERPARAMETER_KEY_MAX} characters")
+        if len(json.dumps(v)) > HYPERPARAMETER_VALUE_MAX:
+            raise ValueError(f"hyperparameters.{k}: JSON-encoded values are limited to {HYPERPARAMETER_VALUE_MAX} "
+                             "characters")
+    if cfg.target:
+        given = cfg.hyperparameters.get("target")
+        if given is not None and given != cfg.target:
+            raise ValueError(f"hyperparameters.target: {given!r} contradicts the pipeline's target {cfg.target!r}")
 
 
 def parse_config(**params: Any) -> TrainingJobConfig:
@@ -164,6 +213,8 @@ def hyperparameters(cfg: TrainingJobConfig, submit_directory: str, region: str) 
         # The Neuron DLC starts one worker per NeuronCore through torchrun.
         hps[DISTRIBUTED_HP] = True
     hps.update(cfg.hyperparameters)
+    if cfg.target:
+        hps["target"] = cfg.target
     hps.update({
         "sagemaker_program": cfg.entry_point,
         "sagemaker_submit_directory": submit_directory,
@@ -231,20 +282,41 @@ def inputs_hash(request: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
-def job_name(base: str, run_id: str, task: str, request_hash: str) -> str:
-    """Deterministic per (pipeline run, task, inputs): a restarted step finds its own job again.
+def job_name(base: str, run_id: str, task: str, request_hash: str, attempt: int = 0) -> str:
+    """Deterministic per (pipeline run, task, inputs, attempt): a restarted step finds its own job again.
 
-    Lower-case and DNS-1123 compatible, so the same name serves as the ACK TrainingJob's name.
+    A job that ended Failed or Stopped is never waited on again: the step moves to the next attempt's
+    name, so a capacity error can be retried within the same run. Lower-case and DNS-1123 compatible,
+    so the same name serves as the ACK TrainingJob's name.
     """
-    digest = hashlib.sha256(f"{run_id}\n{task}\n{request_hash}".encode()).hexdigest()[:DIGEST_LEN]
+    seed = f"{run_id}\n{task}\n{request_hash}" + (f"\n{attempt}" if attempt else "")
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:DIGEST_LEN]
     prefix = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-") or "kanari"
     prefix = prefix[: JOB_NAME_MAX - DIGEST_LEN - 1].rstrip("-")
     return f"{prefix}-{digest}"
 
 
+def checkpoint_uri(base: str, name: str) -> str:
+    """The job's own checkpoint prefix under checkpoint_s3_uri.
+
+    SageMaker restores CheckpointConfig.S3Uri into the container when a job starts, so a prefix shared
+    between runs would make a new run resume an old one (and ship its weights). Per job name, only the
+    same job restarted after a spot interruption finds its checkpoints.
+    """
+    return f"{base.rstrip('/')}/{name}/"
+
+
+RUN_TAG = "kanari.dev/pipeline-run"
+
+
+def run_label(run_id: str) -> str:
+    """The pipeline run as a Kubernetes label value (at most 63 characters of [-A-Za-z0-9_.])."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id)[:63].strip("-_.") or "unknown"
+
+
 def tags(run_id: str, task: str, request_hash: str, backend: str) -> list[dict[str, str]]:
     return [
-        {"Key": "kanari.dev/pipeline-run", "Value": run_id[:256]},
+        {"Key": RUN_TAG, "Value": run_id[:256]},
         {"Key": "kanari.dev/task", "Value": task[:256]},
         {"Key": "kanari.dev/inputs-hash", "Value": request_hash},
         {"Key": "kanari.dev/backend", "Value": backend},
@@ -275,12 +347,20 @@ def _ack(value: Any) -> Any:
     return value
 
 
+def _tag(request: dict[str, Any], key: str) -> str:
+    return next((t["Value"] for t in request.get("Tags") or [] if t["Key"] == key), "")
+
+
 def ack_training_job(request: dict[str, Any], namespace: str) -> dict[str, Any]:
     """The ACK TrainingJob (sagemaker.services.k8s.aws/v1alpha1) for a CreateTrainingJob request."""
     name = request["TrainingJobName"]
     return {
         "apiVersion": "sagemaker.services.k8s.aws/v1alpha1",
         "kind": "TrainingJob",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "kanari"}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {
+            "app.kubernetes.io/managed-by": "kanari",
+            # The exit handler finds the run's TrainingJobs by this label to stop them on cancel.
+            RUN_TAG: run_label(_tag(request, RUN_TAG)),
+        }},
         "spec": _ack(request),
     }

@@ -12,14 +12,18 @@ Everything that can be checked is checked before the first side effect.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import logging
 import re
+import signal
 import tarfile
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +32,26 @@ from kfp_pipelines import aws
 from kfp_pipelines.errors import InputError, StepFailed
 from kfp_pipelines.sagemaker import ack, local_runner
 from kfp_pipelines.sagemaker.config import (
+    RUN_TAG,
     TrainingJobConfig,
     build_request,
+    checkpoint_uri,
     inputs_hash,
     job_name,
+    run_label,
     tags,
 )
+from kfp_pipelines.sagemaker.logs import LogTail
 from kfp_pipelines.sagemaker.waiter import Backoff, wait
 
 log = logging.getLogger("kanari.pipeline")
 
 BACKENDS = ("sagemaker", "ack", "local")
 PENDING_MARGIN_SECONDS = 3600
+# Jobs that ended without a model: waiting on them again can only fail again, so a new attempt starts.
+ENDED_UNSUCCESSFULLY = ("Failed", "Stopped")
+MAX_ATTEMPTS = 10
+STOPPABLE = ("InProgress",)
 UNRESOLVED_DIGEST = "unresolved"
 ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)(?::([^@]+))?(?:@(sha256:[0-9a-f]{64}))?$")
 
@@ -120,11 +132,31 @@ def find_job(sm: Any, name: str) -> dict[str, Any] | None:
         raise
 
 
-def create_or_attach(sm: Any, request: dict[str, Any]) -> bool:
+def choose_attempt(lookup: Callable[[str], dict[str, Any] | None], names: Callable[[int], str]) -> tuple[str, bool]:
+    """The job name this step works on, and whether that job already exists (a restarted step).
+
+    The first attempt whose job does not exist or has not ended Failed/Stopped: a restarted step
+    re-attaches to a job that is running or Completed, and retries one that ended without a model.
+    """
+    for attempt in range(MAX_ATTEMPTS):
+        name = names(attempt)
+        desc = lookup(name)
+        if desc is None:
+            return name, False
+        status = str(desc.get("TrainingJobStatus", ""))
+        if status not in ENDED_UNSUCCESSFULLY:
+            log.info("re-attached to training job %s (%s)", name, status)
+            return name, True
+        log.info("training job %s ended %s (%s); starting attempt %d", name, status,
+                 desc.get("FailureReason", "no reason given"), attempt + 1)
+    raise StepFailed(f"{MAX_ATTEMPTS} training jobs of this step ended Failed or Stopped; not starting another "
+                     f"(the last: {names(MAX_ATTEMPTS - 1)})")
+
+
+def create_or_attach(sm: Any, request: dict[str, Any], exists: bool = False) -> bool:
     """Returns True when the job already existed (a restarted step)."""
     name = request["TrainingJobName"]
-    if find_job(sm, name) is not None:
-        log.info("re-attached to training job %s", name)
+    if exists:
         return True
     try:
         sm.create_training_job(**request)
@@ -186,6 +218,90 @@ def preflight(cfg: TrainingJobConfig, backend: str, ack_namespace: str, s3: Any,
             raise InputError(f"channels.{name}", f"no objects under {uri}")
 
 
+class Cancelled(Exception):
+    """The step's pod was asked to stop (the run was terminated): stop the job too."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(stop: Callable[[], None]) -> Iterator[None]:
+    """KFP deletes a terminated run's pods: SIGTERM first, then SIGKILL after the grace period.
+
+    Within the grace period, stop the training job this step started; the pipeline's exit handler
+    stops it too (it runs after the run ends, also when this pod was killed outright).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Cancelled()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except Cancelled:
+        stop()
+        raise StepFailed("the step was terminated (the pipeline run was cancelled); its training job was "
+                         "asked to stop") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_job(sm: Any, name: str) -> bool:
+    """StopTrainingJob if the job is still running; True when a stop was requested."""
+    try:
+        desc = find_job(sm, name)
+        if desc is None or desc.get("TrainingJobStatus") not in STOPPABLE:
+            return False
+        sm.stop_training_job(TrainingJobName=name)
+    except aws.ClientError as exc:
+        log.warning("cannot stop training job %s: %s: %s", name, aws.error_code(exc), aws.error_message(exc))
+        return False
+    log.info("asked SageMaker to stop training job %s", name)
+    return True
+
+
+def stop_run_jobs(sm: Any, run_id: str) -> list[str]:
+    """Stop every running training job tagged with this pipeline run (the exit handler's work).
+
+    The job names are derived from each step's inputs, which the exit handler does not see; the run's
+    tag finds them (SageMaker Search over TrainingJob tags).
+    """
+    stopped = []
+    kwargs: dict[str, Any] = {
+        "Resource": "TrainingJob",
+        "SearchExpression": {"Filters": [
+            {"Name": f"Tags.{RUN_TAG}", "Operator": "Equals", "Value": run_id[:256]},
+            {"Name": "TrainingJobStatus", "Operator": "Equals", "Value": "InProgress"},
+        ]},
+        "MaxResults": 100,
+    }
+    while True:
+        page = sm.search(**kwargs)
+        for result in page.get("Results") or []:
+            name = (result.get("TrainingJob") or {}).get("TrainingJobName")
+            if name and stop_job(sm, name):
+                stopped.append(name)
+        if not page.get("NextToken"):
+            return stopped
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def stop_run_ack_jobs(api: Any, namespace: str, run_id: str) -> list[str]:
+    """Delete the run's ACK TrainingJobs that have not ended: the ACK controller stops the SageMaker job."""
+    listed = api.list_namespaced_custom_object(ack.GROUP, ack.VERSION, namespace, ack.PLURAL,
+                                               label_selector=f"{RUN_TAG}={run_label(run_id)}")
+    stopped = []
+    for obj in listed.get("items") or []:
+        if ack.describe_from_status(obj).get("TrainingJobStatus") in ("Completed", *ENDED_UNSUCCESSFULLY):
+            continue
+        name = obj["metadata"]["name"]
+        api.delete_namespaced_custom_object(ack.GROUP, ack.VERSION, namespace, ack.PLURAL, name)
+        log.info("deleted TrainingJob %s/%s (ACK stops the SageMaker job)", namespace, name)
+        stopped.append(name)
+    return stopped
+
+
 def run_training(
     cfg: TrainingJobConfig,
     *,
@@ -206,8 +322,21 @@ def run_training(
     source_uri = output.join("source", source_digest, "sourcedir.tar.gz")
     request = build_request(cfg, source_uri=str(source_uri), region=sm.meta.region_name)
     request_hash = inputs_hash(request)
-    name = job_name(base_job_name, run_id, task, request_hash)
+
+    def names(attempt: int) -> str:
+        return job_name(base_job_name, run_id, task, request_hash, attempt)
+
+    if backend == "ack":
+        from kfp_pipelines import kube
+
+        api = kube.custom_objects_api()
+        name, existed = choose_attempt(lambda n: ack.find(api, ack_namespace, n), names)
+    else:
+        name, existed = choose_attempt(lambda n: find_job(sm, n), names)
     request = {"TrainingJobName": name, **request, "Tags": tags(run_id, task, request_hash, backend)}
+    if "CheckpointConfig" in request:
+        request["CheckpointConfig"] = {**request["CheckpointConfig"],
+                                       "S3Uri": checkpoint_uri(cfg.checkpoint_s3_uri, name)}
 
     # First side effect: the code, stored once per content digest.
     if not aws.exists(s3, source_uri):
@@ -217,17 +346,20 @@ def run_training(
     where = local_runner.artifact_locations(request)
     polls = 0
     if backend == "sagemaker":
-        reattached = create_or_attach(sm, request)
-        desc, record = wait(name, lambda: sm.describe_training_job(TrainingJobName=name), backoff, timeout)
+        reattached = create_or_attach(sm, request, existed)
+        tail = LogTail(aws.client("logs"), name)
+        with stop_on_sigterm(lambda: stop_job(sm, name)):
+            desc, record = wait(name, lambda: sm.describe_training_job(TrainingJobName=name), backoff, timeout,
+                                on_poll=tail.poll)
         polls = record.polls
     elif backend == "ack":
-        from kfp_pipelines import kube
-
-        desc, record, reattached = ack.submit_and_wait(kube.custom_objects_api(), request, ack_namespace, backoff,
-                                                       timeout)
+        tail = LogTail(aws.client("logs"), name)
+        with stop_on_sigterm(lambda: stop_job(sm, name)):
+            desc, record, reattached = ack.submit_and_wait(api, request, ack_namespace, backoff, timeout,
+                                                           on_poll=tail.poll)
         polls = record.polls
     else:
-        reattached = create_or_attach(sm, request)
+        reattached = create_or_attach(sm, request, existed)
         if reattached and aws.exists(s3, where.model):
             log.info("training job %s already produced %s", name, where.model)
         else:

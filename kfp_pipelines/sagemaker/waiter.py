@@ -60,7 +60,8 @@ def failure_reason(desc: dict[str, Any]) -> str:
     if reason:
         return str(reason)
     if desc.get("TrainingJobStatus") == "Stopped":
-        return "no FailureReason given (stopped by a user, or MaxRuntime/MaxWaitTime reached)"
+        return ("StopTrainingJob was called (the pipeline run was cancelled or failed, or someone stopped it), "
+                "or MaxRuntime/MaxWaitTime was reached; no model was produced")
     return "no FailureReason given"
 
 
@@ -71,8 +72,13 @@ def wait(
     timeout: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    on_poll: Callable[[], Any] | None = None,
 ) -> tuple[dict[str, Any], WaitRecord]:
-    """Poll until the job is terminal. Completed returns; Failed/Stopped raise with FailureReason."""
+    """Poll until the job is terminal. Completed returns; Failed/Stopped raise with FailureReason.
+
+    on_poll runs after every status read (the CloudWatch log tail), including the last one, so the
+    job's final lines are printed before the step reports the outcome.
+    """
     record = WaitRecord()
     deadline = None if timeout is None else clock() + timeout
     last_key: str | None = None
@@ -90,6 +96,8 @@ def wait(
         for t in new_transitions(desc, seen_transitions):
             log.info("training job %s: %s %s", job_name, t.get("Status", ""), t.get("StatusMessage", ""))
             seen_transitions += 1
+        if on_poll is not None:
+            on_poll()
         status = desc.get("TrainingJobStatus")
         if status == "Completed":
             return desc, record

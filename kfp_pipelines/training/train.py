@@ -16,6 +16,7 @@ positive class of the *training* channel only: the split happened before, in the
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -125,6 +126,15 @@ def oversample(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([neg, pos, extra])
 
 
+def fingerprint(hp: Hyperparameters, *arrays: np.ndarray) -> str:
+    """What makes two trainings the same one: data and settings. Not `epochs`, which only says where to stop."""
+    settings = {k: v for k, v in asdict(hp).items() if k != "epochs"}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for a in arrays:
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()
+
+
 def write_failure(message: str) -> None:
     out = Path(os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output"))
     try:
@@ -166,19 +176,26 @@ def train() -> dict[str, Any]:
     model_dir = Path(os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
     checkpoint_dir = model_dir.parent / "checkpoints"
     checkpoint = checkpoint_dir / "checkpoint.pt"
+    # A checkpoint is resumed only when it was written by this very training (same data and settings):
+    # SageMaker restores whatever sits under the job's checkpoint prefix, and a stale one would make
+    # this run "finish" after 0 epochs with another run's weights.
+    identity = fingerprint(hp, x_train, y_train, x_val, y_val)
     start_epoch = 1
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"]) + 1
-        print(f"resuming from checkpoint at epoch {state['epoch']}", flush=True)
+        if state.get("fingerprint") != identity:
+            print("ignoring a checkpoint written by a different training (data or hyperparameters differ)",
+                  flush=True)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"]) + 1
+            print(f"resuming from checkpoint at epoch {state['epoch']}", flush=True)
 
     xt = torch.as_tensor(x_train)
     yt = torch.as_tensor(y_train)
     x_val_t = torch.as_tensor(x_val)
     t0 = time.monotonic()
-    val_scores = np.zeros(len(y_val))
     for epoch in range(start_epoch, hp.epochs + 1):
         wrapped.train()
         idx = oversample(y_train, rng)
@@ -207,10 +224,15 @@ def train() -> dict[str, Any]:
             if checkpoint_dir.is_dir():
                 torch.save(
                     {"epoch": epoch, "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                     "optimizer": optimizer.state_dict()},
+                     "optimizer": optimizer.state_dict(), "fingerprint": identity},
                     checkpoint,
                 )
 
+    # Scored after the loop, not inside it: a job resumed at its last epoch trains nothing, and its
+    # decision threshold must still come from the model it ships.
+    model.eval()
+    with torch.no_grad():
+        val_scores = torch.sigmoid(model(x_val_t.to(device))).cpu().numpy()
     threshold = best_f1_threshold(y_val, val_scores)
     metrics = {
         "validation": {"pr_auc": average_precision(y_val, val_scores), "threshold": threshold,
@@ -218,6 +240,7 @@ def train() -> dict[str, Any]:
         "train_rows": len(y_train),
         "train_positive_rate": float(y_train.mean()),
         "epochs": hp.epochs,
+        "epochs_trained": max(hp.epochs - start_epoch + 1, 0),
         "device": str(device),
         "world_size": world,
         "seconds": round(time.monotonic() - t0, 3),

@@ -37,6 +37,15 @@ ANALYSIS_VERDICT = Enum(
 )
 ROLLBACKS = Counter("kanari_rollbacks", "Rollouts rolled back, by reason.", (*_MD, "reason"), registry=REGISTRY)
 PROMOTIONS = Counter("kanari_promotions", "Rollouts promoted to stable.", _MD, registry=REGISTRY)
+CAPACITY_PENDING = Gauge(
+    "kanari_capacity_pending", "1 while a rollout waits for NeuronCores (CapacityPending).", _MD, registry=REGISTRY
+)
+CAPACITY_NEEDED = Gauge(
+    "kanari_capacity_needed_neuroncores", "NeuronCores the rollout's next step adds.", _MD, registry=REGISTRY
+)
+CAPACITY_FREE = Gauge(
+    "kanari_capacity_free_neuroncores", "NeuronCores free for the rollout on existing nodes.", _MD, registry=REGISTRY
+)
 RECONCILE_DURATION = Histogram(
     "kanari_reconcile_duration_seconds", "Time spent in one reconcile.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
@@ -60,6 +69,11 @@ def observe(namespace: str, name: str, status: ModelDeploymentStatus) -> None:
         if result.value is not None:
             ANALYSIS_VALUE.labels(namespace, name, result.name).set(result.value)
         ANALYSIS_VERDICT.labels(namespace, name, result.name).state(result.verdict)
+    cap = status.capacity
+    live = cap is not None and status.canaryModel is not None and cap.revision == status.canaryModel.revision
+    CAPACITY_PENDING.labels(namespace, name).set(1 if live and cap and cap.pending else 0)
+    CAPACITY_NEEDED.labels(namespace, name).set(cap.neededCores if live and cap else 0)
+    CAPACITY_FREE.labels(namespace, name).set(cap.freeCores if live and cap else 0)
     key = (namespace, name)
     now = (
         status.phase,
@@ -84,7 +98,7 @@ def forget(namespace: str, name: str, metrics: tuple[str, ...] = ()) -> None:
     _LAST.pop((namespace, name), None)
     for reason in _ROLLBACK_REASONS.pop((namespace, name), set()):
         ROLLBACKS.remove(namespace, name, reason)
-    for family in (PHASE, CANARY_WEIGHT, ROLLOUT_STEP, PROMOTIONS):
+    for family in (PHASE, CANARY_WEIGHT, ROLLOUT_STEP, PROMOTIONS, CAPACITY_PENDING, CAPACITY_NEEDED, CAPACITY_FREE):
         with suppress(KeyError):
             family.remove(namespace, name)
     for metric in metrics:

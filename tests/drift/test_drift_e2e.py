@@ -34,9 +34,12 @@ TOKEN = "e2e-token-9f8e7d"
 
 
 @pytest.fixture
-def services(tmp_path: Path, monitor_env: dict[str, str]) -> Iterator[tuple[Service, Service, Path]]:
+def services(tmp_path: Path, monitor_env: dict[str, str], cancer_baseline_uri: str) -> Iterator[tuple[Service, Service, Path]]:
+    # The monitor's own config names the one model it takes events for (no operator in this test).
+    (tmp_path / "baselines.yaml").write_text(json.dumps({"baselines": {f"{NS}/{MODEL}": {"uri": cancer_baseline_uri, "version": "7"}}}))
     monitor = start_service(
-        "kanari.monitor.server", ["--window-size", "300", "--min-samples", "200", "--evaluate-interval", "0.2"],
+        "kanari.monitor.server", ["--window-size", "300", "--min-samples", "200", "--evaluate-interval", "0.2",
+                                  "--config", str(tmp_path / "baselines.yaml")],
         tmp_path / "monitor", env=monitor_env,
     )
     marker = tmp_path / "retrain-runs.txt"
@@ -46,6 +49,8 @@ def services(tmp_path: Path, monitor_env: dict[str, str]) -> Iterator[tuple[Serv
         "launcher": {"command": {"argv": [sys.executable, "-c", script, str(marker), "{namespace}/{model}:{alertname}"],
                                  "logDir": str(tmp_path / "logs")}},
         "store": {"file": str(tmp_path / "triggers.json")},
+        # The policy is the receiver's (or the ModelDeployment's), never the alert's annotations.
+        "models": {f"{NS}/{MODEL}": {"pipeline": "fraud-training", "cooldown": "1h", "maxPerDay": 2}},
     }))
     receiver = start_service(
         "kanari.retrain.receiver", ["--config", str(tmp_path / "receiver.yaml"), "--token-file", str(tmp_path / "token")],

@@ -1,10 +1,16 @@
 """The drift monitor as a real process over HTTP, fed CloudEvents shaped exactly as KServe's payload
-logger sends them, with its baseline in S3 (moto server on loopback)."""
+logger sends them, with its baseline in S3 (moto server on loopback) and the models it may take events
+for read from ModelDeployments on an API server (kmock's emulator)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ from drift_testlib import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kanari.monitor.baseline_store import StaticBaselines
+from kanari.monitor.registry import ModelRegistry, from_static_file
 from kanari.monitor.server import DriftMonitor
 from kanari.monitor.settings import MonitorSettings
 
@@ -34,23 +40,73 @@ pytestmark = pytest.mark.timeout(120)
 
 NS = "ml-prod"
 FEATURES = [c for c in cancer_frame().columns if c != "target"]
-MAX_EVENT_BYTES = 200_000
+MAX_EVENT_BYTES = 2_000_000
+# Monitored models of the process tests: name -> (stable version, canary version or None)
+MODELS = {"cancer": ("7", None), "cancer-quiet": ("1", None), "fraud": ("7", "8"), "steady": ("7", "8"),
+          "schema": ("7", None), "big": ("7", None)}
+
+
+def md_object(name: str, baseline_uri: str, stable: str, canary: str | None = None, namespace: str = NS,
+              enabled: bool = True, mode: str = "RawDeployment") -> dict[str, Any]:
+    """A ModelDeployment as the API server returns it once the controller has rolled it out."""
+    def ref(version: str) -> dict[str, str]:
+        return {"revision": f"rev-{version}", "version": version, "storageUri": f"s3://models/{name}/{version}/"}
+
+    status: dict[str, Any] = {"stableModel": ref(stable)}
+    if canary:
+        status["canaryModel"] = ref(canary)
+    return {
+        "apiVersion": "kanari.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"model": {"storageUri": f"s3://models/{name}/{canary or stable}/", "format": "sklearn"},
+                 "serving": {"deploymentMode": mode},
+                 "monitoring": {"enabled": enabled, "baselineUri": baseline_uri, "drift": {"windowSize": 400}}},
+        "status": status,
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.operator import harness
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(harness, "CRD_FILES", tuple(p for p in harness.CRD_FILES if p.name.startswith("kanari.dev")))
+        with harness.Cluster(tmp_path_factory.mktemp("apiserver")) as c:
+            yield c
+
+
+def create_md(cluster: Any, obj: dict[str, Any]) -> None:
+    """Create the ModelDeployment, then write its status as the controller would (status subresource)."""
+    from kanari.api import v1alpha1 as api
+
+    from tests.operator.harness import Kube
+
+    kube = Kube(cluster, obj["metadata"]["namespace"])
+    kube.create_md(obj["metadata"]["name"], obj["spec"])
+    kube.custom.patch_namespaced_custom_object_status(
+        api.GROUP, api.VERSION, obj["metadata"]["namespace"], api.PLURAL, obj["metadata"]["name"],
+        {"status": obj["status"]},
+    )
 
 
 @pytest.fixture(scope="module")
 def monitor(
-    monitor_env: dict[str, str], cancer_baseline_dir: Path, cancer_baseline_uri: str, tmp_path_factory: pytest.TempPathFactory
+    monitor_env: dict[str, str], cancer_baseline_uri: str, cluster: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("monitor")
-    config = work / "baselines.yaml"
-    config.write_text(json.dumps({"baselines": {"ml-static/legacy": {"uri": f"file://{cancer_baseline_dir}", "version": "3"}}}))
+    for name, (stable, canary) in MODELS.items():
+        create_md(cluster, md_object(name, cancer_baseline_uri, stable, canary))
+    # monitoring switched off: no events taken, whatever they say
+    create_md(cluster, md_object("unmonitored", cancer_baseline_uri, "7", enabled=False))
+    create_md(cluster, md_object("gone", cancer_baseline_uri + "-missing", "9"))
     svc = start_service(
         "kanari.monitor.server",
-        ["--window-size", "400", "--min-samples", "200", "--evaluate-interval", "0.2",
-         "--max-event-bytes", str(MAX_EVENT_BYTES), "--config", str(config)],
+        ["--kubernetes", "--min-samples", "200", "--evaluate-interval", "0.2", "--header-timeout", "1",
+         "--body-timeout", "3", "--max-event-bytes", str(MAX_EVENT_BYTES)],
         work,
-        env=monitor_env,
+        env={**monitor_env, "KUBECONFIG": str(cluster.kubeconfig)},
     )
+    wait_for(lambda: httpx.get(f"{svc.url}/healthz").json()["models"] == len(MODELS) + 1, "the ModelDeployments listed")
     yield svc
     svc.stop()
     assert "Traceback" not in svc.tail(), svc.tail()
@@ -63,7 +119,8 @@ def http() -> Iterator[httpx.Client]:
 
 
 def annotations(uri: str, version: str) -> dict[str, str]:
-    return {"kanari.dev/baseline-uri": uri, "kanari.dev/model-version": version, "serving.kserve.io/deploymentMode": "Serverless"}
+    # what KServe forwards; the baseline URI in it is ignored (the ModelDeployment says which baseline)
+    return {"kanari.dev/baseline-uri": uri, "kanari.dev/model-version": version, "kanari.dev/revision": f"rev-{version}"}
 
 
 def post(http: httpx.Client, svc: Service, headers: dict[str, str], payload: Any) -> httpx.Response:
@@ -190,15 +247,6 @@ def test_structured_mode_named_columns_and_schema_violations(
     assert violations == {"missing_column": 5, "extra_column": 5, "type_mismatch": 1}
 
 
-def test_static_config_is_the_fallback_for_events_without_annotations(monitor: Service, http: httpx.Client) -> None:
-    send_v1(http, monitor, "legacy", drifted_rows(200, seed=7), [1] * 200, {}, namespace="ml-static")
-    found = wait_for(lambda: metrics(http, monitor, "kanari_feature_drift", namespace="ml-static", model="legacy"), "drift")
-    assert {lab["revision"] for lab, _ in found} == {"3"}  # the version from the config file
-    # ml-prod/legacy is not in the config: only ml-static/legacy is
-    r = post(http, monitor, kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="legacy", namespace=NS), {"instances": []})
-    assert r.status_code == 404 and r.json()["outcome"] == "unknown_model"
-
-
 def test_bad_events_get_4xx_and_a_counter_never_a_crash(
     monitor: Service, http: httpx.Client, cancer_baseline_uri: str
 ) -> None:
@@ -211,10 +259,10 @@ def test_bad_events_get_4xx_and_a_counter_never_a_crash(
         (good, b'{"rows": [[1, 2]]}', 400, "malformed"),
         (good, json.dumps({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP64", "data": [1, 2]}]}).encode(), 400, "malformed"),
         ({**good, "Ce-Annotations": "{broken"}, b'{"instances": [[1]]}', 400, "malformed"),
-        (good, b'{"instances": [' + b"[1.0]," * 60_000 + b"[1.0]]}", 413, "oversized"),
+        (good, b'{"instances": [' + b"[1.0]," * 60_000 + b"[1.0]]}", 413, "oversized"),  # rows per event
+        (good, b'{"instances": [' + b"[1.0]," * 400_000 + b"[1.0]]}", 413, "oversized"),
         (kserve_headers(ce_id="x", ce_type=REQUEST, model="nobody", namespace=NS), b'{"instances": [[1]]}', 404, "unknown_model"),
-        (kserve_headers(ce_id="y", ce_type=REQUEST, model="gone", namespace=NS,
-                        annotations=annotations(cancer_baseline_uri + "-missing", "9")), b'{"instances": [[1]]}', 503,
+        (kserve_headers(ce_id="y", ce_type=REQUEST, model="gone", namespace=NS), b'{"instances": [[1]]}', 503,
          "baseline_unavailable"),
     ]
     before = {lab["outcome"]: v for lab, v in metrics(http, monitor, "kanari_drift_events_total")}
@@ -225,22 +273,43 @@ def test_bad_events_get_4xx_and_a_counter_never_a_crash(
         assert r.json().get("error")
     after = {lab["outcome"]: v for lab, v in metrics(http, monitor, "kanari_drift_events_total")}
     assert after["malformed"] - before.get("malformed", 0) == 6
-    assert after["oversized"] - before.get("oversized", 0) == 1
+    assert after["oversized"] - before.get("oversized", 0) == 2
     assert after["unknown_model"] - before.get("unknown_model", 0) == 1
-    assert "s3://kanari-baselines/breast-cancer/v7/baseline-missing" in r.json()["error"]
+    # the caller learns the baseline is unavailable, not where the monitor looked
+    assert "kanari-baselines" not in r.text and "missing" not in r.text and "s3://" not in r.text
+    assert "kanari-baselines/breast-cancer/v7/baseline-missing" in monitor.tail()
     assert http.get(f"{monitor.url}/healthz").status_code == 200
 
 
 # ------------------------------------------------------------------------------ in-process, bounds
-def make_monitor(baseline_dir: Path, **overrides: Any) -> DriftMonitor:
+def make_monitor(baseline_dir: Path, names: int = 20, **overrides: Any) -> DriftMonitor:
     settings_ = MonitorSettings(**{"window_size": 100, "min_samples": 10, **overrides})
-    return DriftMonitor(settings_, static=StaticBaselines.from_file(_static_config(baseline_dir)))
+    return DriftMonitor(settings_, from_static_file(_static_config(baseline_dir, names)))
 
 
-def _static_config(baseline_dir: Path) -> Path:
-    path = baseline_dir.parent / "static-bounds.yaml"
-    path.write_text(f"baselines:\n  ns/m: file://{baseline_dir}\n" + "".join(f"  ns/m{i}: file://{baseline_dir}\n" for i in range(20)))
+def _static_config(baseline_dir: Path, names: int) -> Path:
+    path = baseline_dir.parent / f"static-bounds-{names}.yaml"
+    path.write_text(f"baselines:\n  ns/m: file://{baseline_dir}\n" + "".join(f"  ns/m{i}: file://{baseline_dir}\n" for i in range(names)))
     return path
+
+
+def test_static_config_binds_models_for_installs_without_the_operator(cancer_baseline_dir: Path) -> None:
+    config = cancer_baseline_dir.parent / "legacy.yaml"
+    config.write_text(json.dumps({"baselines": {"ml-static/legacy": {"uri": f"file://{cancer_baseline_dir}", "version": "3"}}}))
+    monitor = DriftMonitor(MonitorSettings(min_samples=10, max_pending=1), from_static_file(config))
+    row = json.dumps({"instances": [drifted_rows(1, 9)[0].tolist()]}).encode()
+
+    async def feed() -> list[int]:
+        out = []
+        for i, ns in enumerate(["ml-static"] * 20 + [NS]):
+            status, _ = await monitor.handle(kserve_headers(ce_id=f"s{i}", ce_type=REQUEST, model="legacy", namespace=ns), row)
+            out.append(status)
+        monitor.evaluate()
+        return out
+
+    statuses = asyncio.run(feed())
+    assert statuses == [200] * 20 + [404]  # ml-prod/legacy is not in the config: only ml-static/legacy is
+    assert {lab["revision"] for lab, _ in metric_samples(_text(monitor), "kanari_feature_drift")} == {"3"}
 
 
 def test_memory_is_bounded_whatever_the_load(cancer_baseline_dir: Path) -> None:
@@ -304,3 +373,227 @@ def test_cli_runs_the_services_and_rejects_bad_settings(capsys: pytest.CaptureFi
     assert "window_size: must be at least 1" in capsys.readouterr().err
     assert main(["drift", "receiver", "--config", "/nonexistent.yaml"]) == 2
     assert "/nonexistent.yaml: unreadable" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ trust boundary (issue 11)
+def _host_port(svc: Service) -> tuple[str, int]:
+    host, port = svc.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _raw_request(svc: Service, head: bytes, parts: list[bytes], pause: float = 0.3, timeout: float = 10) -> bytes:
+    """Send a request in several writes with pauses between them (as a slow network delivers it)."""
+    with socket.create_connection(_host_port(svc), timeout=timeout) as sock:
+        sock.sendall(head)
+        for part in parts:
+            time.sleep(pause)
+            sock.sendall(part)
+        return _read_response(sock)
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
+
+
+def _head(headers: dict[str, str], length: int | None) -> bytes:
+    lines = ["POST / HTTP/1.1", "Host: monitor", *(f"{k}: {v}" for k, v in headers.items())]
+    lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_whole_bodies_are_read_however_they_arrive(monitor: Service, http: httpx.Client, cancer_baseline_uri: str) -> None:
+    ann = annotations(cancer_baseline_uri, "7")
+    # A 1 MB event (4,400 rows): read in full, not cut at whatever was buffered.
+    rows = drifted_rows(4400, seed=11)
+    body = json.dumps({"instances": rows.tolist()}).encode()
+    assert len(body) > 1_000_000
+    r = post(http, monitor, kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="big", namespace=NS, annotations=ann), body)
+    assert r.status_code == 200, r.text
+    # A 1.6 KB event arriving in two writes.
+    small = json.dumps({"instances": drifted_rows(3, seed=12).tolist()}).encode()
+    headers = kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="big", namespace=NS, annotations=ann)
+    answer = _raw_request(monitor, _head(headers, len(small)), [small[:700], small[700:]])
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    # 50 MB chunked (no Content-Length to refuse it by): 413 once the limit is passed, not 400.
+    headers = kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="big", namespace=NS)
+    with socket.create_connection(_host_port(monitor), timeout=10) as sock:
+        sock.sendall(_head(headers, None))
+        chunk = b"%x\r\n%s\r\n" % (65536, b"[" * 0 + b"1" * 65536)
+        sent = 0
+        while sent < 50 * 1024 * 1024 and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += 65536
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 4 * MAX_EVENT_BYTES  # refused as the limit was passed, not after reading 50 MB
+
+
+def test_slow_clients_are_cut_off(monitor: Service, http: httpx.Client) -> None:
+    # slowloris: headers a few bytes at a time never complete; the header timeout (1 s here) closes it
+    started = time.monotonic()
+    with socket.create_connection(_host_port(monitor), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: monitor\r\n")
+        closed = False
+        for _ in range(40):
+            time.sleep(0.2)
+            try:
+                sock.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if select.select([sock], [], [], 0)[0] and not sock.recv(1024):
+                closed = True
+                break
+        assert closed and time.monotonic() - started < 5, "a slowloris connection was held open"
+    # a body that stops arriving: 408 after the body timeout (3 s here), counted
+    headers = kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="big", namespace=NS)
+    with socket.create_connection(_host_port(monitor), timeout=10) as sock:
+        sock.sendall(_head(headers, 1000) + b'{"instances": ')
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert metrics(http, monitor, "kanari_drift_events_total", outcome="timeout")
+
+
+HOSTILE = {
+    "zero-width rows": json.dumps({"inputs": [{"name": "x", "shape": [20_000_000, 0], "datatype": "FP64", "data": []}]}),
+    "overflowing shape": json.dumps({"inputs": [{"name": "x", "shape": [2**32, 2**32], "datatype": "FP64", "data": []}]}),
+    "huge width": json.dumps({"inputs": [{"name": "x", "shape": [1, 2**62, 4], "datatype": "FP64", "data": [1]}]}),
+    "10**400": '{"instances": [[' + "1" + "0" * 400 + "]]}",
+    "1e400 in a prediction vector": '{"predictions": [[1, 1e400]]}',
+    "100k deep": '{"instances": ' + "[" * 100_000 + "]" * 100_000 + "}",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_payloads_get_4xx_fast_and_are_counted(monitor: Service, http: httpx.Client, name: str) -> None:
+    before = sum(v for lab, v in metrics(http, monitor, "kanari_drift_events_total") if lab["outcome"] != "accepted")
+    ce_type = RESPONSE if "prediction" in name else REQUEST
+    started = time.monotonic()
+    r = post(http, monitor, kserve_headers(ce_id=new_id(), ce_type=ce_type, model="cancer", namespace=NS), HOSTILE[name].encode())
+    assert 400 <= r.status_code < 500 or (r.status_code == 200 and "1e400" in name), r.text
+    assert time.monotonic() - started < 2  # checked against the data before anything is expanded
+    assert http.get(f"{monitor.url}/healthz", timeout=2).status_code == 200
+    after = sum(v for lab, v in metrics(http, monitor, "kanari_drift_events_total") if lab["outcome"] != "accepted")
+    assert after - before == (0 if r.status_code == 200 else 1)
+
+
+def test_invalid_json_in_structured_mode_is_a_counted_400(monitor: Service, http: httpx.Client) -> None:
+    for body in (b"{not json", b'{"specversion": "1.0", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+                 b'{"specversion": "1.0", "id": 1' + b"0" * 500 + b"}"):
+        r = http.post(f"{monitor.url}/", headers={"Content-Type": "application/cloudevents+json"}, content=body)
+        assert r.status_code == 400 and r.json()["outcome"] == "malformed", r.text
+
+
+def test_events_are_taken_only_for_monitored_model_deployments(
+    monitor: Service, http: httpx.Client, cluster: Any, cancer_baseline_uri: str
+) -> None:
+    row = {"instances": [drifted_rows(1, 13)[0].tolist()]}
+    # not a ModelDeployment / monitoring off / another namespace's model of the same name: refused
+    for ns, model in ((NS, "nobody"), (NS, "unmonitored"), ("other-team", "cancer")):
+        r = post(http, monitor, kserve_headers(ce_id=new_id(), ce_type=REQUEST, model=model, namespace=ns,
+                                               annotations={"kanari.dev/baseline-uri": "file:///etc"}), row)
+        assert r.status_code == 404, r.text
+        assert "/etc" not in r.text
+    # the caller's baseline URI is ignored: the ModelDeployment's is used, so no path leaks and nothing resets
+    r = post(http, monitor, kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="cancer", namespace=NS,
+                                           annotations={"kanari.dev/baseline-uri": "file:///etc"}), row)
+    assert r.status_code == 200 and "/etc" not in r.text
+    # the list is watched: a ModelDeployment created now is taken, deleted is refused again
+    create_md(cluster, md_object("late", cancer_baseline_uri, "7"))
+    wait_for(lambda: post(http, monitor, kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="late", namespace=NS),
+                          row).status_code == 200, "events for a new ModelDeployment accepted")
+    from kanari.api import v1alpha1 as api
+
+    from tests.operator.harness import Kube
+
+    Kube(cluster, NS).custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.PLURAL, "late")
+    wait_for(lambda: post(http, monitor, kserve_headers(ce_id=new_id(), ce_type=REQUEST, model="late", namespace=NS),
+                          row).status_code == 404, "events for a deleted ModelDeployment refused")
+    limits = {lab["kind"]: v for lab, v in metrics(http, monitor, "kanari_drift_limit")}
+    assert limits["windows"] == 100 and limits["baseline_failures"] > 0 and limits["rows_per_event"] == 10_000
+
+
+def _registry(baseline_dir: Path, names: list[str], namespace: str = "ns") -> ModelRegistry:
+    registry = ModelRegistry()
+    registry.replace(md_object(n, f"file://{baseline_dir}", "1", namespace=namespace) for n in names)
+    return registry
+
+
+def test_junk_names_cannot_evict_real_models_or_grow_state(cancer_baseline_dir: Path) -> None:
+    real = ["real-a", "real-b", "real-c"]
+    monitor = DriftMonitor(MonitorSettings(window_size=100, min_samples=10, max_models=3), _registry(cancer_baseline_dir, real))
+    row = json.dumps({"instances": [drifted_rows(1, 9)[0].tolist() + ["extra"]]}).encode()
+
+    async def flood() -> None:
+        for i, name in enumerate(real):
+            assert (await monitor.handle(kserve_headers(ce_id=f"r{i}", ce_type=REQUEST, model=name, namespace="ns"), row))[0] == 200
+        for i in range(2000):
+            headers = kserve_headers(ce_id=f"j{i}", ce_type=REQUEST, model=f"junk-{i}", namespace=f"ns-{i % 7}",
+                                     annotations={"kanari.dev/baseline-uri": f"file:///tmp/junk-{i}"})
+            assert (await monitor.handle(headers, row))[0] == 404
+        monitor.evaluate()
+
+    asyncio.run(flood())
+    assert sorted(k.model for k in monitor.windows) == real
+    assert monitor.cache.failures == 0 and len(monitor.cache) == 1  # junk never reached the baseline store
+    violations = metric_samples(_text(monitor), "kanari_schema_violations_total")
+    assert {lab["model"] for lab, _ in violations} == set(real)
+    # a model whose ModelDeployment goes away loses its window and its series
+    monitor.models.put("ns", "real-a", None)
+    monitor.evaluate()
+    assert {lab["model"] for lab, _ in metric_samples(_text(monitor), "kanari_schema_violations_total")} == {"real-b", "real-c"}
+    state = {lab["kind"]: v for lab, v in metric_samples(_text(monitor), "kanari_drift_state")}
+    assert state["windows"] == 2 and state["models"] == 2
+
+
+def test_a_different_spelling_of_the_baseline_does_not_reset_a_window(cancer_baseline_dir: Path) -> None:
+    monitor = DriftMonitor(MonitorSettings(window_size=100, min_samples=10, max_pending=1),
+                           _registry(cancer_baseline_dir, ["m"]))
+    row = json.dumps({"instances": [drifted_rows(1, 9)[0].tolist()]}).encode()
+
+    async def feed() -> None:
+        for i in range(30):
+            spelling = f"file://{cancer_baseline_dir}" + ("/" * (i % 3)) + ("/statistics.json" if i % 2 else "")
+            headers = kserve_headers(ce_id=f"e{i}", ce_type=REQUEST, model="m", namespace="ns",
+                                     annotations={"kanari.dev/baseline-uri": spelling, "kanari.dev/model-version": str(i)})
+            assert (await monitor.handle(headers, row))[0] == 200
+
+    asyncio.run(feed())
+    (state,) = monitor.windows.values()
+    assert state.window.samples == 29 and state.key.revision == "1"  # the version the ModelDeployment declares
+
+
+def test_the_baseline_failure_cache_is_bounded() -> None:
+    from kanari.monitor.baseline_store import BaselineCache, BaselineRef, BaselineUnavailable
+
+    def broken(uri: str) -> Any:
+        raise BaselineUnavailable(f"{uri}: not found")
+
+    cache = BaselineCache(loader=broken, max_failures=10)
+    for i in range(1000):
+        with pytest.raises(BaselineUnavailable):
+            cache.get(BaselineRef(f"s3://b/{i}", ""))
+    assert cache.failures == 10
+
+
+def test_scipy_is_imported_at_start_not_in_the_first_evaluation() -> None:
+    # A lazy import inside the first evaluation stalled the event loop (and /healthz) for about a second.
+    code = "import sys, kanari.monitor.server; print('scipy.stats' in sys.modules and 'scipy.spatial.distance' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "True"

@@ -3,12 +3,16 @@ webhook receiver as a real process."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
+import select
+import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +22,9 @@ import yaml
 from drift_testlib import Service, start_service, wait_for
 from kanari.api.v1alpha1 import RetrainRecord, RetrainSpec
 from kanari.retrain.history import FileTriggerStore, KubernetesTriggerStore, StoreUnavailable
-from kanari.retrain.launchers import CommandLauncher, KfpLauncher, LaunchError, LaunchRequest
+from kanari.retrain.launchers import CommandLauncher, LaunchError, LaunchRequest
 from kanari.retrain.policy import Alert, RetrainPolicy, decide, parse_payload, policy_for
+from prometheus_client import generate_latest
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,16 +64,47 @@ def test_decisions() -> None:
     assert decide(alert(), no_cooldown, [record(NOW - timedelta(hours=30)), two[1]], NOW).trigger
 
 
-def test_policy_from_alert_annotations_or_config() -> None:
-    a = Alert("firing", alert().labels, {"retrain_pipeline": "p1", "retrain_cooldown": "2h", "retrain_max_per_day": "4",
-                                         "retrain_parameters": '{"lr": "0.1"}'}, "2026-11-27T11:00:00Z", "f")
-    assert policy_for(a, {}) == RetrainPolicy("p1", 7200.0, 4, {"lr": "0.1"})
+def test_a_claim_abandoned_by_a_crash_is_retried_and_failures_back_off() -> None:
+    starts = alert().starts_at
+    claimed = record(NOW, fp="a1b2c3", starts=starts, outcome="Starting")
+    # the process died between claim and launch: a fresh claim is a duplicate, a stale one is retried
+    assert decide(alert(), POLICY, [claimed], NOW + timedelta(minutes=1)).reason == "duplicate"
+    assert decide(alert(), POLICY, [claimed], NOW + timedelta(minutes=11)).trigger
+    # a stale claim neither counts for the cooldown nor the daily cap
+    assert decide(alert(fp="other"), POLICY, [claimed], NOW + timedelta(minutes=11)).trigger
+    failed = [record(NOW - timedelta(seconds=10 * i), fp="a1b2c3", starts=starts, outcome="Failed") for i in (3, 2, 1)]
+    backoff = decide(alert(), POLICY, failed, NOW)
+    assert backoff.reason == "backoff" and backoff.retry_later  # 3 failures: next try 2 minutes after the last
+    assert decide(alert(), POLICY, failed, NOW + timedelta(minutes=2)).trigger
+    many = [record(NOW - timedelta(hours=i), fp="a1b2c3", starts=starts, outcome="Failed") for i in range(8, 0, -1)]
+    assert decide(alert(), POLICY, many, NOW + timedelta(hours=2)).reason == "gave_up"
+
+
+def test_alert_annotations_never_set_the_policy() -> None:
+    # Anyone who can post to Alertmanager's API can make an alert say this; it must change nothing.
+    hostile = {"retrain_pipeline": "attacker-pipeline", "retrain_cooldown": "0s", "retrain_max_per_day": "100",
+               "retrain_parameters": '{"output_bucket": "s3://attacker", "auto_approve": "true"}'}
+    a = Alert("firing", alert().labels, hostile, "2026-11-27T11:00:00Z", "f")
+    assert policy_for(a, {}) is None  # no policy configured: nothing runs
     configured = {"ml-prod/fraud": RetrainSpec(pipeline="from-config", cooldown="1h")}
-    assert policy_for(alert(), configured) == RetrainPolicy("from-config", 3600.0, 2, {})
+    assert policy_for(a, configured) == RetrainPolicy("from-config", 3600.0, 2, {})
     assert policy_for(alert(), {}) is None
-    bad = Alert("firing", alert().labels, {"retrain_pipeline": "p", "retrain_cooldown": "a day"}, "2026-11-27T11:00:00Z", "f")
-    with pytest.raises(ValueError, match="retrain cooldown"):
-        policy_for(bad, {})
+
+
+def test_policy_from_the_model_deployment_spec() -> None:
+    from kanari.retrain.policy import policy_from_model_deployment
+
+    md = {"spec": {"monitoring": {"retrain": {"pipeline": "fraud-training", "cooldown": "6h", "maxPerDay": 1,
+                                              "parameters": {"epochs": "5"}}}}}
+    assert policy_from_model_deployment(md) == RetrainPolicy("fraud-training", 6 * 3600.0, 1, {"epochs": "5"})
+    assert policy_from_model_deployment({"spec": {"monitoring": {"enabled": False, **md["spec"]["monitoring"]}}}) is None
+    assert policy_from_model_deployment({"spec": {"monitoring": {}}}) is None
+    assert policy_from_model_deployment({"spec": {"monitoring": {"retrain": {"pipeline": ""}}}}) is None
+
+
+def test_labels_that_are_not_kubernetes_names_start_nothing() -> None:
+    for model in ("fraud; touch /tmp/x", "Fraud", "a" * 64, "fraud\x00"):
+        assert decide(alert(model=model), POLICY, [], NOW).reason == "no_model"
 
 
 def test_payload_parsing_names_the_bad_field() -> None:
@@ -91,9 +127,24 @@ def test_file_store_survives_restarts_and_refuses_a_corrupt_file(tmp_path: Path)
     assert restarted.claim(alert(fp="other"), POLICY, NOW + timedelta(minutes=1)).reason == "cooldown"
     assert [r.run for r in restarted.history("ml-prod", "fraud")] == ["run-1"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["triggers.json", "triggers.json.lock"]  # no temp files
-    path.write_text("{half a file")
-    with pytest.raises(StoreUnavailable, match="unreadable trigger history"):
-        restarted.claim(alert(fp="new"), POLICY, NOW + timedelta(days=2))
+
+
+
+def test_a_corrupt_history_is_set_aside_and_reported_and_stale_temps_are_removed(tmp_path: Path) -> None:
+    path = tmp_path / "triggers.json"
+    FileTriggerStore(path).claim(alert(), POLICY, NOW)
+    # kill -9 during a write leaves the temporary file behind; the next start removes it
+    (tmp_path / ".triggers.json.k9x2a1").write_text("{partial")
+    truncated = path.read_text()[:40]
+    path.write_text(truncated)  # truncated (full disk)
+    reports: list[str] = []
+    store = FileTriggerStore(path, on_corrupt=reports.append)
+    assert not (tmp_path / ".triggers.json.k9x2a1").exists()
+    assert store.claim(alert(fp="new"), POLICY, NOW + timedelta(days=2)).trigger  # it goes on
+    assert len(reports) == 1 and "moved aside" in reports[0] and str(tmp_path) not in reports[0]
+    (aside,) = store.set_aside
+    assert aside.read_text() == truncated and aside.name.startswith("triggers.json.corrupt-")
+    assert [r.fingerprint for r in store.history("ml-prod", "fraud")] == ["new"]
 
 
 @pytest.fixture(scope="module")
@@ -150,65 +201,28 @@ def test_command_launcher_runs_in_the_background_without_a_shell(tmp_path: Path)
     assert json.loads(env)["fingerprint"] == "a1b2c3"
     with pytest.raises(LaunchError, match="cannot start"):
         CommandLauncher(["/nonexistent/trainer"], tmp_path).launch(LaunchRequest(alert(), POLICY))
+    # a NUL byte (from a label) made Popen raise ValueError, which escaped as a 500
+    with pytest.raises(LaunchError, match="cannot start"):
+        launcher.launch(LaunchRequest(alert(alertname="x\x00y"), POLICY))
 
 
-class _KfpApi(BaseHTTPRequestHandler):
-    """The few Kubeflow Pipelines v2beta1 endpoints kfp.Client calls to start a run."""
+def test_commands_are_argv_lists_never_shell_lines(tmp_path: Path) -> None:
+    for command in ("kanari pipeline run --model-name {model}", ["sh", "-c", "train --model {model}"],
+                    ["/bin/bash", "-lc", "x"]):
+        if isinstance(command, list) and "-c" not in command:
+            continue
+        with pytest.raises(ValueError, match="command"):
+            CommandLauncher(command, tmp_path)  # type: ignore[arg-type]
+    from kanari.retrain.receiver import main
 
-    calls: list[tuple[str, str, Any]] = []
-
-    def _send(self, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.calls.append(("GET", self.path, None))
-        if self.path.startswith("/apis/v2beta1/healthz"):
-            self._send({"multi_user": False})
-        elif self.path.startswith("/apis/v2beta1/pipelines?"):
-            self._send({"pipelines": [{"pipeline_id": "pl-1", "display_name": "fraud-training"}], "total_size": 1})
-        elif self.path.startswith("/apis/v2beta1/pipelines/pl-1/versions"):
-            self._send({"pipeline_versions": [{"pipeline_id": "pl-1", "pipeline_version_id": "v-9"}], "total_size": 1})
-        elif self.path.startswith("/apis/v2beta1/experiments"):
-            self._send({"experiments": [{"experiment_id": "exp-1", "display_name": "kanari-retraining"}], "total_size": 1})
-        else:
-            self.send_error(404)
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.calls.append(("POST", self.path, body))
-        self._send({"run_id": "run-77", **body})
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"launcher": {"command": {"argv": "sh -c 'train {model}'"}},
+                                                    "store": {"file": str(tmp_path / "t.json")}}))
+    (tmp_path / "token").write_text("t")
+    assert main(["--config", str(tmp_path / "r.yaml"), "--token-file", str(tmp_path / "token")]) == 2
 
 
-def test_kfp_launcher_starts_the_newest_version_with_the_alert(tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        launcher = KfpLauncher(f"http://127.0.0.1:{server.server_port}")
-        run = launcher.launch(LaunchRequest(alert(), RetrainPolicy("fraud-training", 0, 1, {"epochs": "5"})))
-    finally:
-        server.shutdown()
-    assert run == "run-77"
-    posts = [c for c in _KfpApi.calls if c[0] == "POST"]
-    assert [p[1] for p in posts] == ["/apis/v2beta1/runs"]
-    body = posts[0][2]
-    assert body["experiment_id"] == "exp-1"
-    assert body["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "v-9"}
-    params = body["runtime_config"]["parameters"]
-    assert params["epochs"] == "5"
-    assert json.loads(params["drift_alert"])["labels"]["feature"] == "amount"
-
-
-def test_kfp_launcher_reports_an_unreachable_server() -> None:
-    with pytest.raises(LaunchError, match="Kubeflow Pipelines at http://127.0.0.1:9"):
-        KfpLauncher("http://127.0.0.1:9", namespace="ml-prod").launch(LaunchRequest(alert(), POLICY))
+# The KFP launcher (its parameters, derived from the ModelDeployment) is tested in
+# tests/pipelines/test_pipeline_retrain_launch.py.
 
 
 # --------------------------------------------------------------------------------- receiver process
@@ -227,7 +241,7 @@ def receiver(tmp_path: Path) -> Iterator[tuple[Service, Path]]:
     }
     (tmp_path / "receiver.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "token").write_text(TOKEN + "\n")
-    args = ["--config", str(tmp_path / "receiver.yaml"), "--token-file", str(tmp_path / "token")]
+    args = ["--config", str(tmp_path / "receiver.yaml"), "--token-file", str(tmp_path / "token"), "--header-timeout", "1"]
     svc = start_service("kanari.retrain.receiver", args, tmp_path)
     yield svc, marker
     svc.stop()
@@ -292,3 +306,209 @@ def test_receiver_refuses_to_run_without_a_token(tmp_path: Path) -> None:
     assert main(["--config", str(tmp_path / "r.yaml")]) == 2
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"launcher": {}, "store": {"file": "x"}}))
     assert main(["--config", str(tmp_path / "bad.yaml"), "--token-file", str(tmp_path / "r.yaml")]) == 2
+
+
+# ------------------------------------------------------------------------------- receiver, in process
+class _Launcher:
+    """A launcher whose behaviour per model the test sets: hang until released, raise, or start."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started: list[str] = []
+
+    def launch(self, request: LaunchRequest) -> str:
+        model = request.alert.model
+        if model.startswith("hang"):
+            self.release.wait(30)
+            return "late-run"
+        if model.startswith("boom"):
+            raise RuntimeError("kfp_server_api raised something unexpected")
+        self.started.append(f"{model}:{request.policy.pipeline}")
+        return f"run-{model}"
+
+
+def _receiver(tmp_path: Path, launcher: Any, models: list[str], **kw: Any) -> Any:
+    from kanari.retrain.receiver import RetrainReceiver
+
+    specs = {f"ml-prod/{m}": RetrainSpec(pipeline="fraud-training", cooldown="1h", maxPerDay=2) for m in models}
+    store = FileTriggerStore(tmp_path / "triggers.json")
+    return RetrainReceiver(TOKEN, store, launcher, specs, **kw)
+
+
+def _deliver(receiver: Any, *alerts: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    return asyncio.run(receiver.deliver(f"Bearer {TOKEN}", json.dumps(webhook(*alerts)).encode()))
+
+
+def test_a_hung_launch_blocks_no_other_delivery_and_is_recorded_as_failed(tmp_path: Path) -> None:
+    launcher = _Launcher()
+    receiver = _receiver(tmp_path, launcher, ["hang", "fraud"], launch_timeout=1.0)
+
+    async def both() -> list[tuple[int, dict[str, Any]]]:
+        auth = f"Bearer {TOKEN}"
+        hung = asyncio.create_task(receiver.deliver(auth, json.dumps(webhook(am_alert(model="hang", fp="h"))).encode()))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        other = await receiver.deliver(auth, json.dumps(webhook(am_alert(model="fraud", fp="f"))).encode())
+        assert time.monotonic() - started < 0.5  # not queued behind the hung launch
+        return [await hung, other]
+
+    try:
+        (hung, other) = asyncio.run(both())
+    finally:
+        launcher.release.set()
+    assert other[0] == 200 and other[1]["results"][0]["action"] == "triggered"
+    assert hung[0] == 502 and "did not answer within 1s" in hung[1]["results"][0]["detail"]
+    assert [r.outcome for r in receiver.store.history("ml-prod", "hang")] == ["Failed"]  # never a stuck Starting
+
+
+def test_any_launch_exception_is_recorded_and_retried_with_backoff(tmp_path: Path) -> None:
+    clock = [NOW]
+    receiver = _receiver(tmp_path, _Launcher(), ["boom"], clock=lambda: clock[0])
+    status, doc = _deliver(receiver, am_alert(model="boom"))
+    assert status == 502 and doc["results"][0]["reason"] == "launch_failed"
+    assert "RuntimeError" in doc["results"][0]["detail"]
+    assert [r.outcome for r in receiver.store.history("ml-prod", "boom")] == ["Failed"]
+    # Alertmanager redelivers at once: too soon, answered 503 so it comes again later
+    status, doc = _deliver(receiver, am_alert(model="boom"))
+    assert status == 503 and doc["results"][0]["reason"] == "backoff"
+    clock[0] = NOW + timedelta(minutes=1)
+    status, doc = _deliver(receiver, am_alert(model="boom"))
+    assert status == 502  # retried after the backoff
+    assert [r.outcome for r in receiver.store.history("ml-prod", "boom")] == ["Failed", "Failed"]
+
+
+def test_a_global_rate_limit_holds_across_models(tmp_path: Path) -> None:
+    launcher = _Launcher()
+    models = [f"model-{i}" for i in range(150)]
+    receiver = _receiver(tmp_path, launcher, models, max_runs_per_hour=10)
+    status, doc = _deliver(receiver, *(am_alert(model=m, fp=f"fp-{m}") for m in models))
+    reasons = collections.Counter(r["reason"] for r in doc["results"])
+    assert reasons == {"trigger": 10, "rate_limited": 140}
+    assert status == 503  # the limited ones must come again, not be dropped
+    assert len(launcher.started) == 10
+    assert 'kanari_retrain_runs_last_hour 10.0' in generate_latest(receiver.registry).decode()
+
+
+def test_the_policy_comes_from_the_model_deployment_the_alert_names(tmp_path: Path) -> None:
+    launcher = _Launcher()
+    policies = {("ml-prod", "fraud"): RetrainPolicy("md-pipeline", 3600, 2, {"epochs": "5"})}
+    receiver = _receiver(tmp_path, launcher, [], model_deployments=lambda ns, name: policies.get((ns, name)))
+    hostile = {**am_alert(), "annotations": {"retrain_pipeline": "attacker", "retrain_cooldown": "0s",
+                                             "retrain_max_per_day": "100"}}
+    status, doc = _deliver(receiver, hostile)
+    assert status == 200 and launcher.started == ["fraud:md-pipeline"]
+    again = {**hostile, "fingerprint": "f9", "startsAt": "2026-11-27T11:30:00Z"}
+    assert _deliver(receiver, again)[1]["results"][0]["reason"] == "cooldown"  # retrain_cooldown: 0s changed nothing
+    assert _deliver(receiver, {**hostile, "labels": {**hostile["labels"], "model": "other"}})[1]["results"][0]["reason"] == "no_policy"
+
+
+def test_model_deployment_policies_read_through_the_api(cluster: Any) -> None:
+    from kanari.retrain.history import ModelDeploymentPolicies
+    from kubernetes import client
+
+    from tests.operator.harness import Kube
+
+    kube = Kube(cluster, "ml-prod")
+    kube.create_md("churn", {"model": {"storageUri": "s3://m/churn/1", "format": "sklearn"},
+                             "monitoring": {"retrain": {"pipeline": "churn-training", "cooldown": "2h"}}})
+    kube.create_md("quiet", {"model": {"storageUri": "s3://m/quiet/1", "format": "sklearn"}, "monitoring": {}})
+    policies = ModelDeploymentPolicies(lambda: client.CustomObjectsApi(client.ApiClient(client.Configuration(host=cluster.url))))
+    assert policies("ml-prod", "churn") == RetrainPolicy("churn-training", 7200.0, 2, {})
+    assert policies("ml-prod", "quiet") is None
+    assert policies("ml-prod", "absent") is None
+    broken = ModelDeploymentPolicies(lambda: client.CustomObjectsApi(client.ApiClient(client.Configuration(host="http://127.0.0.1:9"))))
+    with pytest.raises(StoreUnavailable):
+        broken("ml-prod", "churn")
+
+
+def test_hostile_bodies_get_4xx(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path, _Launcher(), ["fraud"])
+    auth = f"Bearer {TOKEN}"
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"version": "4", "alerts": [], "x": 1' + b"0" * 400 + b"}",
+                 b"\xff\xfe", b'{"version": "4", "alerts": [' + b"{" * 50_000 + b"}" * 50_000 + b"]}"):
+        status, doc = asyncio.run(receiver.deliver(auth, body))
+        assert status == 400, doc
+
+
+# ----------------------------------------------------------------------------------- receiver, process
+def test_large_and_split_bodies_are_read_whole(receiver: tuple[Service, Path]) -> None:
+    svc, marker = receiver
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    # 1,000 alerts (about 530 KiB as Alertmanager sends them): all decided, none lost to a short read
+    alerts = [am_alert(fp=f"fp-{i:04d}", starts="2026-11-27T11:00:00Z", kanari_retrain="false") for i in range(1000)]
+    for a in alerts:
+        a["annotations"] = {"summary": "x" * 300, "description": "feature drift " * 10}
+    body = json.dumps(webhook(*alerts)).encode()
+    assert len(body) > 530 * 1024
+    r = httpx.post(f"{svc.url}/alerts", content=body, headers=auth, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["received"] == 1000
+    # a small body in two writes
+    small = json.dumps(webhook(am_alert(fp="split"))).encode()
+    host, port = svc.url.removeprefix("http://").split(":")
+    head = (f"POST /alerts HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(small)}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + small[:100])
+        time.sleep(0.3)
+        sock.sendall(small[100:])
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    # 50 MB chunked: 413 once past the limit
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /alerts HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+        sent = 0
+        while sent < 50 * 1024 * 1024 and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += 65536
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_slowloris_is_cut_off(receiver: tuple[Service, Path]) -> None:
+    svc, _ = receiver
+    host, port = svc.url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /alerts HTTP/1.1\r\nHost: r\r\n")
+        closed = False
+        for _ in range(40):
+            time.sleep(0.2)
+            try:
+                sock.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if select.select([sock], [], [], 0)[0] and not sock.recv(1024):
+                closed = True
+                break
+    assert closed and time.monotonic() - started < 5
+
+
+def test_a_corrupt_history_at_start_is_reported_and_the_receiver_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "triggers.json").write_text('{"models": {"ml-prod/fraud": [{"at": ')
+    config = {
+        "launcher": {"command": {"argv": [sys.executable, "-c", "pass"], "logDir": str(tmp_path / "logs")}},
+        "store": {"file": str(tmp_path / "triggers.json")},
+        "models": {"ml-prod/fraud": {"pipeline": "fraud-training"}},
+    }
+    (tmp_path / "receiver.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "token").write_text(TOKEN)
+    svc = start_service("kanari.retrain.receiver", ["--config", str(tmp_path / "receiver.yaml"), "--token-file",
+                                                    str(tmp_path / "token")], tmp_path / "run")
+    try:
+        # the corrupt file is found on the first read
+        r = httpx.post(f"{svc.url}/alerts", json=webhook(am_alert()), headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and r.json()["results"][0]["action"] == "triggered", r.text
+        health = httpx.get(f"{svc.url}/healthz").json()
+        assert health["status"] == "degraded" and "moved aside" in health["problems"][0]
+        assert str(tmp_path) not in json.dumps(health)
+        assert "kanari_retrain_history_corrupt_total 1.0" in httpx.get(f"{svc.url}/metrics").text
+    finally:
+        svc.stop()
+    assert list(tmp_path.glob("triggers.json.corrupt-*"))

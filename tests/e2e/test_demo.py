@@ -79,8 +79,12 @@ def test_the_demo_promotes_rolls_back_and_retrains_on_drift(tmp_path: Path) -> N
     answered_by = {o.version for o in outcomes}
     assert {v2_name, v3_name, v4_name} <= answered_by
 
-    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "data:image/png;base64," in (out / "report.html").read_text()
+    # The report is the dashboard's export: the list, and the rollout, drift and lineage pages of the model.
+    index = (out / "dashboard" / "index.html").read_text()
+    assert "Decisions and events" in index and "{'" not in index
+    for page in ("index.html", "drift.html", "lineage.html"):
+        assert (out / "dashboard" / "md" / "demo" / "fraud-scorer" / page).is_file()
+    assert (out / "dashboard" / "static" / "vendor" / "uPlot.iife.min.js").is_file()
     assert "Decisions and events" in (out / "summary.txt").read_text()
     assert _left_running(out) == []
     assert json.loads((out / "processes.json").read_text())["alive_after_cleanup"] == []

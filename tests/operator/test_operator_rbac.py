@@ -37,11 +37,11 @@ def helm_template(*args: str) -> str:
     return subprocess.run([HELM, "template", "kanari", CHART, *args], check=True, capture_output=True, text=True).stdout
 
 
-def granted(rendered: str, role_kind: str) -> list[set[tuple[str, str, str]]]:
+def granted(rendered: str, role_kind: str, suffix: str = "-controller") -> list[set[tuple[str, str, str]]]:
     """(apiGroup, resource, verb) granted by each controller Role/ClusterRole in the rendered chart."""
     out = []
     for doc in yaml.safe_load_all(rendered):
-        if not doc or doc.get("kind") != role_kind or not doc["metadata"]["name"].endswith("-controller"):
+        if not doc or doc.get("kind") != role_kind or not doc["metadata"]["name"].endswith(suffix):
             continue
         out.append({
             (group, resource, verb)
@@ -70,7 +70,14 @@ def test_operator_needs_no_more_than_the_chart_grants(env: Any, replicas: Any) -
     exercise_every_code_path(env)
     replicas.kube.wait(("kopf.dev", "v1", "kopfpeerings"), replicas.peering, lambda p: len(p.get("status") or {}) == 2,
                        "the replicas' keep-alives")
-    calls = [c for c in env.cluster.calls() if c.by_operator and c.plural is not None]
+    every_call = [c for c in env.cluster.calls() if c.by_operator and c.plural is not None]
+    # Cluster-scoped reads are the NeuronCore capacity gate's alone, granted by their own read-only ClusterRole.
+    capacity = permissions(c for c in every_call if c.namespace is None)
+    capacity_roles = granted(helm_template(), "ClusterRole", "-capacity")
+    assert len(capacity_roles) == 1
+    assert sorted(p for p in capacity if not allowed(capacity_roles[0], p)) == []
+    assert {v for _, _, v in capacity} <= {"list", "watch"}, "the capacity gate only reads"
+    calls = [c for c in every_call if c.namespace is not None]
     observed = permissions(calls)
     # Not vacuous: the operator's own work shows up.
     assert {

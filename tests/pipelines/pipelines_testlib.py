@@ -36,3 +36,34 @@ def shuffled_labels_csv(frame: Any, target: str, seed: int = 1) -> bytes:
     out.to_csv(buf, index=False)
     return buf.getvalue().encode()
 
+
+
+def trained_model_tarball(frame: Any, target: str, epochs: int = 60, invert: bool = False, seed: int = 0) -> bytes:
+    """model.tar.gz as train.py writes it, trained here in a second (invert: on flipped labels, a model
+    that ranks the classes backwards)."""
+    import tempfile
+
+    import torch
+
+    from kfp_pipelines import aws
+    from kfp_pipelines.training import mlp
+
+    torch.manual_seed(seed)
+    features = [c for c in frame.columns if c != target]
+    x = torch.as_tensor(frame[features].to_numpy(dtype=np.float32))
+    y = torch.as_tensor(frame[target].to_numpy(dtype=np.float32))
+    if invert:
+        y = 1 - y
+    model = mlp.TabularMLP(len(features), 16, x.mean(0), x.std(0).clamp_min(1e-6))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "model"
+        root.mkdir()
+        mlp.save(root / mlp.MODEL_FILE, model, feature_names=features, target=target, threshold=0.5, hidden=16)
+        return aws.tar_gz(root)

@@ -129,7 +129,7 @@ def test_ack_training_job_is_created_valid_watched_and_reattached(aws, kube: Clu
     assert ack.seen["metadata"]["name"] == spec["trainingJobName"] == result.job_name
     assert spec["enableManagedSpotTraining"] is True
     assert spec["stoppingCondition"] == {"maxRuntimeInSeconds": 600, "maxWaitTimeInSeconds": 1200}
-    assert spec["checkpointConfig"]["s3URI"] == f"s3://{aws.bucket}/ckpt/"
+    assert spec["checkpointConfig"]["s3URI"] == f"s3://{aws.bucket}/ckpt/{result.job_name}/"  # its own prefix
     assert result.job_arn.endswith(f"training-job/{result.job_name}")
     assert result.model_uri == f"s3://{aws.bucket}/{model_key[0]}" and result.polls >= 3
     assert not result.reattached
@@ -189,7 +189,7 @@ def test_new_manifest_is_valid_and_carries_the_lineage() -> None:
     assert md.spec.monitoring.retrain and md.spec.monitoring.retrain.pipeline == "kanari-training"
     ann = obj["metadata"]["annotations"]
     assert ann["kanari.dev/lineage-dataset-version"] == "v7"
-    assert deployment.lineage_from_annotations(ann) == LINEAGE
+    assert deployment.lineage_from_annotations(ann) == LINEAGE.model_copy(update={"datasetVersion": "v7"})
 
 
 def test_existing_manifest_keeps_what_the_platform_team_set(tmp_path: Path) -> None:
@@ -198,7 +198,7 @@ def test_existing_manifest_keeps_what_the_platform_team_set(tmp_path: Path) -> N
         "metadata": {"name": "fraud", "namespace": "ml-prod", "labels": {"team": "risk"},
                      "annotations": {"kanari.dev/lineage-git-sha": "old", "owner": "sre"}},
         "spec": {"model": {"storageUri": "s3://old/model.tar.gz", "format": "pytorch", "version": "v1"},
-                 "serving": {"accelerator": "inferentia2", "instanceType": "inf2.xlarge", "neuronCores": 2},
+                 "serving": {"accelerator": "cpu", "instanceType": "m5.xlarge"},
                  "rollout": {"strategy": "Canary", "steps": [{"setWeight": 10}, {"pause": {"duration": "5m"}}]},
                  "monitoring": {"drift": {"method": "psi", "warn": 0.1, "critical": 0.25}}},
         "status": {"phase": "Succeeded"},
@@ -216,6 +216,10 @@ def test_existing_manifest_keeps_what_the_platform_team_set(tmp_path: Path) -> N
     assert back["metadata"]["annotations"]["owner"] == "sre"
     assert back["metadata"]["annotations"]["kanari.dev/lineage-git-sha"] == "abc123"
     assert "status" not in back
+    # A manifest serving on Inferentia cannot take a package built for CPU: the controller could not run it.
+    on_inf2 = {**back, "spec": {**back["spec"], "serving": {"accelerator": "inferentia2", "neuronCores": 2}}}
+    with pytest.raises(StepFailed, match="serves on accelerator inferentia2, but the registered package targets cpu"):
+        build(on_inf2)
     with pytest.raises(StepFailed, match="is for ml-prod/fraud"):
         deployment.build(back, name="other", namespace="ml-prod", model_package_arn=ARN, baseline_uri="s3://b/x",
                          lineage=LINEAGE, dataset_version="v")

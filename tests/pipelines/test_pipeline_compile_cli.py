@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,32 +22,85 @@ from kfp_pipelines.errors import parse_error_line
 GOLDEN = Path(__file__).parent / "golden" / "kanari-training.yaml"
 
 
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/kanari-pipelines:0.1.0"
+ROOT = "s3://ml-artifacts/kanari/pipeline-root"
+
+
 def normalized(text: str) -> str:
-    """The compiled pipeline without what changes with the kfp SDK or Kanari release."""
-    doc = yaml.safe_load(text)
-    doc.pop("sdkVersion", None)
-    for executor in doc["deploymentSpec"]["executors"].values():
-        container = executor.get("container") or {}
-        if "image" in container:
-            container["image"] = re.sub(r":[^:/]+$", ":VERSION", container["image"])
-    return yaml.safe_dump(doc, sort_keys=True)
+    """The compiled pipeline without what changes with the kfp SDK release."""
+    docs = list(yaml.safe_load_all(text))
+    docs[0].pop("sdkVersion", None)
+    return yaml.safe_dump_all(docs, sort_keys=True)
+
+
+def compile_with_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, list[dict[str, Any]]]:
+    out = tmp_path / "pipeline.yaml"
+    assert main(["pipeline", "compile", "-o", str(out), "--image", IMAGE, "--pipeline-root", ROOT]) == 0
+    assert str(out) in capsys.readouterr().out
+    return out.read_text(), list(yaml.safe_load_all(out.read_text()))
 
 
 def test_compiled_pipeline_matches_the_golden_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "pipeline.yaml"
-    assert main(["pipeline", "compile", "-o", str(out)]) == 0
-    assert str(out) in capsys.readouterr().out
-    got = normalized(out.read_text())
+    text, (ir, platform) = compile_with_cli(tmp_path, capsys)
+    got = normalized(text)
     if os.environ.get("KANARI_UPDATE_GOLDEN"):
         GOLDEN.write_text(got)
     assert got == GOLDEN.read_text(), "pipeline changed: review it, then rerun with KANARI_UPDATE_GOLDEN=1"
-    doc = yaml.safe_load(out.read_text())
-    conditions = [t["triggerPolicy"]["condition"] for c in doc["components"].values()
+    conditions = [t["triggerPolicy"]["condition"] for c in ir["components"].values()
                   for t in (c.get("dag") or {}).get("tasks", {}).values() if t.get("triggerPolicy", {}).get("condition")]
     assert any("passed" in c and "== true" in c for c in conditions)  # the dsl.If quality gate
     assert any("!(" in c for c in conditions)  # and its Else
-    for name, executor in doc["deploymentSpec"]["executors"].items():
+    for name, executor in ir["deploymentSpec"]["executors"].items():
         assert "pip install" not in " ".join(executor["container"]["command"]), name  # nothing installed at run time
+
+
+def test_the_image_and_pipeline_root_are_compile_time_settings(tmp_path: Path, capsys) -> None:
+    """Regression: every component ran a hard-coded ghcr.io image nobody built, and no pipeline root was
+    set, so KFP's launcher had nowhere under which to write the steps' artifacts."""
+    text, (ir, _) = compile_with_cli(tmp_path, capsys)
+    assert ir["defaultPipelineRoot"] == ROOT
+    images = {e["container"]["image"] for e in ir["deploymentSpec"]["executors"].values()}
+    assert images == {IMAGE} and "ghcr.io" not in text
+    # Without an image or a root, nothing is written and the flag is named.
+    for missing, flag in ((["--pipeline-root", ROOT], "--image"), (["--image", IMAGE], "--pipeline-root")):
+        assert main(["pipeline", "compile", "-o", str(tmp_path / "x.yaml"), *missing]) == 2
+        assert flag in capsys.readouterr().err
+    assert main(["pipeline", "compile", "-o", str(tmp_path / "x.yaml"), "--image", "kanari-pipelines",
+                 "--pipeline-root", ROOT]) == 2
+    assert "--image: 'kanari-pipelines' is not an image reference with a tag or digest" in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_what_a_kfp_user_sees_in_the_ir(tmp_path: Path, capsys) -> None:
+    _, (ir, platform) = compile_with_cli(tmp_path, capsys)
+    params = ir["root"]["inputDefinitions"]["parameters"]
+    # Every parameter says what it is for; the required ones are the four without a default.
+    assert all(p.get("description") for p in params.values()), [k for k, p in params.items() if not p.get("description")]
+    assert sorted(k for k, p in params.items() if not p.get("isOptional")) == ["bucket", "git_sha",
+                                                                               "model_package_group", "role_arn"]
+    assert params["drift_alert"]["parameterType"] == "STRUCT"
+    # The exit handler: stop-training-jobs runs after the body, whatever its outcome, with its final status.
+    root_tasks = ir["root"]["dag"]["tasks"]
+    stop = root_tasks["stop-training-jobs"]
+    assert stop["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert stop["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    body = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert {"validate-data", "sagemaker-training-job", "evaluate-model", "quality-gate"} <= set(body)
+    # Retries everywhere, and a single one for training (each attempt bills instance time).
+    assert body["sagemaker-training-job"]["retryPolicy"]["maxRetryCount"] == 1
+    assert all(t["retryPolicy"]["maxRetryCount"] == 2 for n, t in body.items() if n.startswith(("validate", "evaluate",
+                                                                                                "quality")))
+    for name, executor in ir["deploymentSpec"]["executors"].items():
+        res = executor["container"]["resources"]
+        assert res["resourceCpuRequest"] and res["resourceMemoryRequest"] and res["resourceMemoryLimit"], name
+    sec = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all(e["securityContext"]["runAsNonRoot"] for e in sec.values()) and len(sec) == len(
+        ir["deploymentSpec"]["executors"])
+    # The KFP UI draws these.
+    outputs = ir["components"]["comp-evaluate-model"]["outputDefinitions"]["artifacts"]
+    assert outputs["classification"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
+    assert outputs["evaluation"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert outputs["pr_curve"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
 
 def test_pipeline_run_needs_local_and_submit_reports_an_unreachable_endpoint(capsys) -> None:
@@ -56,7 +108,7 @@ def test_pipeline_run_needs_local_and_submit_reports_an_unreachable_endpoint(cap
     assert "needs --local" in capsys.readouterr().err
     host = f"http://127.0.0.1:{free_port()}"
     code = main(["pipeline", "submit", "--host", host, "--bucket", "b", "--model-package-group", "g",
-                 "--role-arn", "arn:aws:iam::123456789012:role/r", "--git-sha", "abc"])
+                 "--role-arn", "arn:aws:iam::123456789012:role/r", "--git-sha", "abc", "--image", IMAGE])
     err = capsys.readouterr().err
     assert code == 1 and f"Kubeflow Pipelines at {host} (--host)" in err
 

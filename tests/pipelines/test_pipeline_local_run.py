@@ -10,7 +10,7 @@ import pytest
 import yaml
 from kanari.api import v1alpha1
 from kanari.cli.main import main
-from pipelines_testlib import MODELDEPLOYMENT_CRD, shuffled_labels_csv, strict_validator
+from pipelines_testlib import MODELDEPLOYMENT_CRD, strict_validator
 
 from kfp_pipelines import data
 from kfp_pipelines.local import PipelineRunError, run_local
@@ -19,7 +19,7 @@ GIT_SHA = "0123456789abcdef0123456789abcdef01234567"
 FAST = {"epochs": 6}
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_release_then_a_worse_model_is_refused(aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gitops = tmp_path / "gitops"
     progress: list[str] = []
@@ -30,7 +30,7 @@ def test_release_then_a_worse_model_is_refused(aws, tmp_path: Path, capsys: pyte
     # Progress named each step as it ran.
     started = [p[2:] for p in progress if p.startswith("> ")]
     assert started == ["validate-data", "sagemaker-training-job", "evaluate-model", "quality-gate",
-                       "write-drift-baseline", "register-model", "emit-model-deployment"]
+                       "write-drift-baseline", "register-model", "emit-model-deployment", "stop-training-jobs"]
     # Metrics for imbalanced data, and no accuracy.
     assert first.gate_passed and "first model passes" in first.gate_reason
     assert {"pr_auc", "recall", "precision", "f1"} <= set(first.metrics) and "accuracy" not in first.metrics
@@ -78,19 +78,94 @@ def test_release_then_a_worse_model_is_refused(aws, tmp_path: Path, capsys: pyte
     assert main(["models", "list", "--group", aws.group]) == 0
     assert "Approved" in capsys.readouterr().out
 
-    # Retraining on labels that carry no signal: the gate refuses it, through the CLI.
-    aws.s3.put_object(Bucket=aws.bucket, Key="incoming/shuffled.csv",
-                      Body=shuffled_labels_csv(data.builtin_breast_cancer(), data.BUILTIN_TARGET))
+    # Retraining with settings that cannot learn (one hidden unit, one epoch, a vanishing learning rate):
+    # on the same test split as the Approved model it is far worse, and the gate refuses it, through the CLI.
     before = manifest.read_text()
     code = main(["pipeline", "run", "--local", "--bucket", aws.bucket, "--model-package-group", aws.group,
-                 "--dataset-uri", f"s3://{aws.bucket}/incoming/shuffled.csv", "--model-name", "fraud",
-                 "--namespace", "ml-prod", "--hyperparameter", "epochs=6", "--manifest-dir", str(gitops),
-                 "--git-sha", GIT_SHA, "--workdir", str(tmp_path / "work"), "--reason", "drift alert"])
+                 "--model-name", "fraud", "--namespace", "ml-prod", "--hyperparameter", "epochs=1",
+                 "--hyperparameter", "hidden=1", "--hyperparameter", "learning_rate=1e-06", "--hyperparameter",
+                 "seed=1", "--manifest-dir", str(gitops), "--git-sha", GIT_SHA, "--workdir", str(tmp_path / "work"),
+                 "--reason", "drift alert"])
     out = capsys.readouterr()
     assert code == 3
     assert "quality gate REJECTED: pr_auc" in out.out and "worse than the Approved model's" in out.out
     assert "> record-rejection" in out.err and "> register-model" not in out.err
     assert len(aws.packages()) == 1 and manifest.read_text() == before
+
+
+def artifact_uris(tree: Path) -> list[str]:
+    """Every artifact URI the steps reported to KFP (their executor outputs)."""
+    found: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            found.extend(str(v) for k, v in node.items() if k == "uri")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for path in tree.rglob("executor_output.json"):
+        walk(json.loads(path.read_text()))
+    return found
+
+
+ALERT = {"alertname": "KanariFeatureDrift", "fingerprint": "5f3a9c01d2e4b678", "startsAt": "2026-11-30T04:00:00Z",
+         "status": "firing", "labels": {"feature": "amount", "severity": "warning", "model": "fraud"},
+         "annotations": {"summary": "PSI 0.31 on amount"}}
+
+
+@pytest.mark.timeout(150)
+def test_a_retrain_started_by_an_alert_on_data_labelled_is_fraud(aws, tmp_path: Path) -> None:
+    """Regressions: the label column reached the validate step but not the training script (which looked
+    for `label` and failed, on SageMaker after the instance started); the steps rewrote their output
+    artifacts' URIs to s3://<bucket>/..., outside the pipeline root KFP's launcher uploads under; and an
+    alert-started run recorded the alert nowhere."""
+    frame = data.builtin_breast_cancer().rename(columns={"label": "is_fraud"})
+    aws.s3.put_object(Bucket=aws.bucket, Key="incoming/fraud.csv", Body=data.to_csv(frame))
+    result = run_local(bucket=aws.bucket, model_package_group=aws.group, model_name="fraud", namespace="ml-prod",
+                       dataset_uri=f"s3://{aws.bucket}/incoming/fraud.csv", target="is_fraud", hyperparameters=FAST,
+                       git_sha=GIT_SHA, reason="drift alert KanariFeatureDrift", workdir=tmp_path,
+                       parameters={"drift_alert": ALERT})
+    assert result.gate_passed and result.metrics["pr_auc"] > 0.8
+    job = aws.sm.describe_training_job(TrainingJobName=result.training_job_name)
+    assert json.loads(job["HyperParameters"]["target"]) == "is_fraud"
+
+    run_root = tmp_path / "kfp" / Path(result.log_path).stem
+    uris = artifact_uris(run_root)
+    assert uris and all(u.startswith(str(run_root)) for u in uris), [u for u in uris if not u.startswith(str(run_root))]
+
+    # The alert, as separate fields: in the registry, and on the ModelDeployment.
+    meta = aws.sm.describe_model_package(ModelPackageName=result.model_package_arn)["CustomerMetadataProperties"]
+    assert meta["kanari:drift-alert"] == "KanariFeatureDrift"
+    assert meta["kanari:drift-alert-fingerprint"] == ALERT["fingerprint"]
+    assert meta["kanari:drift-alert-starts-at"] == ALERT["startsAt"]
+    assert meta["kanari:drift-alert-feature"] == "amount"
+    obj = yaml.safe_load(Path(result.manifest_path).read_text())
+    annotations = obj["metadata"]["annotations"]
+    assert annotations["kanari.dev/lineage-drift-alert"] == "KanariFeatureDrift"
+    assert annotations["kanari.dev/lineage-drift-alert-fingerprint"] == ALERT["fingerprint"]
+    statistics_key = result.baseline_uri.split(f"s3://{aws.bucket}/", 1)[1] + "/statistics.json"
+    statistics = json.loads(aws.s3.get_object(Bucket=aws.bucket, Key=statistics_key)["Body"].read())
+    assert "is_fraud" in {f["name"] for f in statistics["features"]}
+
+
+@pytest.mark.timeout(90)
+def test_a_reason_the_registry_would_refuse_stops_before_anything_runs(aws, tmp_path: Path, capsys) -> None:
+    """Regression: a reason with ',' or '(' (or over 256 characters) was refused at register, after training."""
+    for reason, fragment in (("drift (PSI 0.3), retrain", "characters the registry's metadata does not accept"),
+                             ("x" * 257, "257 characters; the registry keeps at most 256")):
+        code = main(["pipeline", "run", "--local", "--bucket", aws.bucket, "--model-package-group", aws.group,
+                     "--git-sha", GIT_SHA, "--workdir", str(tmp_path), "--reason", reason])
+        err = capsys.readouterr().err
+        assert code == 2 and "--reason: " in err and fragment in err
+    # The same check in the pipeline's first step, for runs submitted without the CLI.
+    with pytest.raises(PipelineRunError) as exc:
+        run_local(bucket=aws.bucket, model_package_group=aws.group, git_sha=GIT_SHA, reason="a, b", workdir=tmp_path)
+    assert exc.value.step == "validate-data" and exc.value.parameter == "reason"
+    assert aws.training_jobs() == [] or not [j for j in aws.training_jobs() if j.startswith("kanari-classifier")]
+    assert aws.object_keys() == []
 
 
 @pytest.mark.timeout(90)

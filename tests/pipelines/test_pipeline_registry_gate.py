@@ -8,9 +8,10 @@ import math
 from typing import Any
 
 import pytest
+from pipelines_testlib import trained_model_tarball
 
 from kfp_pipelines import aws as aws_mod
-from kfp_pipelines import evaluation, gate, registry, steps
+from kfp_pipelines import data, evaluation, gate, registry, registry_admin, steps
 from kfp_pipelines.errors import InputError, StepFailed
 
 JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/kanari-abc"
@@ -97,32 +98,76 @@ def test_missing_lineage_api_is_logged_and_registration_stands(aws, caplog) -> N
 
 def test_approval_is_a_status_change_of_the_same_package(aws) -> None:
     arn, _ = register(aws, put_documents(aws, "kanari-a"))
-    assert registry.resolve_arn(aws.sm, f"{aws.group}/1") == arn
-    assert registry.set_status(aws.sm, arn, "Approved", "reviewed by SRE") == "Approved"
+    assert registry_admin.resolve_arn(aws.sm, f"{aws.group}/1") == arn
+    assert registry_admin.set_status(aws.sm, arn, "Approved", "reviewed by SRE") == "Approved"
     desc = aws.sm.describe_model_package(ModelPackageName=arn)
     assert desc["ApprovalDescription"] == "reviewed by SRE"
-    rows = registry.list_packages(aws.sm, aws.group)
+    rows = registry_admin.list_packages(aws.sm, aws.group)
     assert [(r.version, r.status, r.git_sha) for r in rows] == [(1, "Approved", "6aacda1d590f")]
-    assert registry.set_status(aws.sm, arn, "Rejected", "") == "Rejected"
+    assert registry_admin.set_status(aws.sm, arn, "Rejected", "") == "Rejected"
     assert len(aws.packages()) == 1
     with pytest.raises(InputError, match="no version 7"):
-        registry.resolve_arn(aws.sm, f"{aws.group}/7")
+        registry_admin.resolve_arn(aws.sm, f"{aws.group}/7")
 
 
-def test_gate_against_the_approved_model(aws) -> None:
-    assert steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.5}, gate_metric="pr_auc",
-                       gate_tolerance=0.02).passed  # the first model passes
-    arn, _ = register(aws, put_documents(aws, "kanari-champ", pr_auc=0.9), auto_approve=True)
-    worse = steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.85}, gate_metric="pr_auc",
-                        gate_tolerance=0.02)
-    assert not worse.passed and worse.champion_arn == arn and worse.champion == pytest.approx(0.9)
-    assert "worse than the Approved model's 0.9000 beyond the tolerance 0.02" in worse.reason
-    close = steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.885}, gate_metric="pr_auc",
-                        gate_tolerance=0.02)
-    assert close.passed
+def put_test_split(aws: Any, key: str = "holdout/test/test.csv") -> str:
+    parts = data.split(data.builtin_breast_cancer(), data.BUILTIN_TARGET, seed=7)
+    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=data.to_csv(parts.test))
+    return f"s3://{aws.bucket}/{key.rsplit('/', 1)[0]}/"
+
+
+def approved_champion(aws: Any, job: str, *, recorded_pr_auc: float, invert: bool) -> str:
+    """An Approved package whose recorded score (on its own, older test split) is `recorded_pr_auc`, and
+    whose model really ranks this data well (invert=False) or backwards (invert=True)."""
+    parts = data.split(data.builtin_breast_cancer(), data.BUILTIN_TARGET, seed=7)
+    docs = put_documents(aws, job, pr_auc=recorded_pr_auc)
+    aws.s3.put_object(Bucket=aws.bucket, Key=f"training/{job}/output/model.tar.gz",
+                      Body=trained_model_tarball(parts.train, data.BUILTIN_TARGET, invert=invert))
+    arn, _ = register(aws, docs, job_arn=f"{JOB_ARN}-{job}", auto_approve=True)
+    return arn
+
+
+def judge(aws: Any, pr_auc: float, test_uri: str, tolerance: float = 0.02) -> gate.GateVerdict:
+    return steps.judge(model_package_group=aws.group, scores={"pr_auc": pr_auc}, gate_metric="pr_auc",
+                       gate_tolerance=tolerance, test_uri=test_uri)
+
+
+def test_the_first_model_passes_and_bad_gate_parameters_are_named(aws) -> None:
+    test_uri = put_test_split(aws)
+    assert judge(aws, 0.5, test_uri).passed
     with pytest.raises(InputError) as err:
-        steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.9}, gate_metric="accuracy", gate_tolerance=0.0)
+        steps.judge(model_package_group=aws.group, scores={"pr_auc": 0.9}, gate_metric="accuracy",
+                    gate_tolerance=0.0, test_uri=test_uri)
     assert err.value.parameter == "gate_metric"
+
+
+def test_the_gate_scores_the_approved_model_on_this_runs_test_split(aws) -> None:
+    """Regression: the Approved model's recorded 0.99 was on its own old split. On the current holdout it
+    ranks backwards; the candidate's 0.85 on the same rows is the better model and must pass."""
+    test_uri = put_test_split(aws)
+    arn = approved_champion(aws, "kanari-stale", recorded_pr_auc=0.99, invert=True)
+    verdict = judge(aws, 0.85, test_uri)
+    assert verdict.champion_arn == arn
+    assert verdict.champion is not None and verdict.champion < 0.5  # scored here, not read from the registry
+    assert verdict.passed, verdict.reason
+
+
+def test_a_champion_that_is_better_on_the_current_data_keeps_its_place(aws) -> None:
+    """The reverse: its recorded score (0.5, on harder old data) would let a worse candidate through."""
+    test_uri = put_test_split(aws)
+    approved_champion(aws, "kanari-strong", recorded_pr_auc=0.5, invert=False)
+    verdict = judge(aws, 0.6, test_uri)
+    assert verdict.champion is not None and verdict.champion > 0.9
+    assert not verdict.passed and "worse than the Approved model's" in verdict.reason
+
+
+def test_a_champion_that_cannot_be_scored_on_the_current_data_fails_the_gate(aws) -> None:
+    put_test_split(aws)
+    arn = approved_champion(aws, "kanari-other-schema", recorded_pr_auc=0.5, invert=False)
+    frame = data.builtin_breast_cancer().drop(columns=["mean radius"])
+    aws.s3.put_object(Bucket=aws.bucket, Key="narrow/test/test.csv", Body=data.to_csv(frame))
+    verdict = judge(aws, 0.99, f"s3://{aws.bucket}/narrow/test/")
+    assert not verdict.passed and arn in verdict.reason and "cannot compare" in verdict.reason
 
 
 @pytest.mark.parametrize(
@@ -139,3 +184,96 @@ def test_gate_decisions(candidate: dict[str, float], champion: gate.Champion | N
                         fragment: str) -> None:
     verdict = gate.decide(candidate, champion, "pr_auc", 0.02)
     assert verdict.passed is passed and fragment in verdict.reason
+
+
+LINEAGE = registry.ReleaseLineage(git_sha="6aacda1d590f", dataset_uri="s3://ml-data/fraud.csv", dataset_version="etag:1",
+                                  pipeline_run="run-5", training_job_arn=JOB_ARN, image_uri="img", image_digest="d",
+                                  source_digest="s")
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "inferentia2"])
+def test_the_package_says_what_it_runs_on_and_what_it_is(accelerator: str) -> None:
+    target = registry.serving_target(accelerator)
+    req = registry.package_request(group="fraud", model_uri="s3://b/m.tar.gz",
+                                   serving_image=registry.default_serving_image("eu-west-1", accelerator),
+                                   evaluation_uri="s3://b/e.json", baseline_uri="s3://b/base", lineage=LINEAGE,
+                                   metadata={}, auto_approve=False, reason="", target=target, model_name="fraud")
+    spec = req["InferenceSpecification"]
+    container = spec["Containers"][0]
+    assert req["Task"] == "CLASSIFICATION" and req["Domain"] == "MACHINE_LEARNING"
+    assert container["Framework"] == "PYTORCH" and container["FrameworkVersion"]
+    if accelerator == "inferentia2":
+        assert "/pytorch-inference-neuronx:" in container["Image"]
+        assert spec["SupportedRealtimeInferenceInstanceTypes"] == ["ml.inf2.xlarge", "ml.inf2.8xlarge",
+                                                                    "ml.inf2.24xlarge", "ml.inf2.48xlarge"]
+    else:
+        assert "/pytorch-inference:" in container["Image"] and "-cpu-" in container["Image"]
+        assert not any(t.startswith("ml.inf2") for t in spec["SupportedRealtimeInferenceInstanceTypes"])
+    assert {"Key": "kanari.dev/model", "Value": "fraud"} in req["Tags"]
+    assert req["CustomerMetadataProperties"]["kanari:serving-accelerator"] == accelerator
+    # Every member and value is one SageMaker accepts (its service model).
+    import boto3
+    from botocore.validate import ParamValidator
+    model = boto3.client("sagemaker", region_name="eu-west-1").meta.service_model.operation_model("CreateModelPackage")
+    report = ParamValidator().validate(req, model.input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_a_package_for_inferentia_gets_a_model_deployment_on_inferentia2() -> None:
+    from kanari.api import v1alpha1
+
+    from kfp_pipelines import deployment
+
+    target = registry.serving_target("inferentia2")
+    obj = deployment.build(None, name="fraud", namespace="ml-prod", model_package_arn="arn:aws:sagemaker:us-east-1:"
+                           "123456789012:model-package/fraud/3", baseline_uri="s3://b/base",
+                           lineage=v1alpha1.Lineage(), dataset_version="v1", model_format=target.model_format,
+                           accelerator=target.accelerator)
+    md = v1alpha1.parse_model_deployment(obj)
+    assert md.spec.serving.accelerator == "inferentia2" and md.spec.model.format == "pytorch-neuronx"
+    from kanari.controller.serving_runtime import choose_runtime
+
+    assert choose_runtime(md.spec, "kanari-neuron").runtime == "kanari-neuron"
+
+
+def test_inferentia_is_refused_up_front_while_the_artifact_is_a_cpu_model() -> None:
+    with pytest.raises(InputError) as err:
+        steps.check_parameters(model_name="fraud", namespace="ml", git_sha="abc", reason="", dataset_uri="",
+                               serving_accelerator="inferentia2")
+    assert err.value.parameter == "serving_accelerator" and "Neuron-compiled" in err.value.message
+
+
+def test_lineage_links_dataset_training_job_package_and_the_alert(aws) -> None:
+    """moto has no ML lineage API: botocore's Stubber checks each request against SageMaker's model."""
+    from botocore.stub import ANY, Stubber
+    from kanari.retrain.training_run import DriftAlert
+
+    sm = aws_mod.client("sagemaker")
+    pkg = "arn:aws:sagemaker:us-east-1:123456789012:model-package/fraud/4"
+    art = "arn:aws:sagemaker:us-east-1:123456789012:artifact/"
+    tc = "arn:aws:sagemaker:us-east-1:123456789012:experiment-trial-component/kanari-abc-aws-training-job"
+    alert = DriftAlert(alertname="KanariFeatureDrift", fingerprint="5f3a9c01", startsAt="2026-11-30T04:00:00Z",
+                       labels={"feature": "amount", "severity": "warning"})
+    with Stubber(sm) as stub:
+        stub.add_response("list_artifacts", {"ArtifactSummaries": []}, {"SourceUri": "s3://ml-data/fraud.csv", "MaxResults": 1})
+        stub.add_response("create_artifact", {"ArtifactArn": art + "d1"}, {
+            "ArtifactType": "DataSet", "ArtifactName": "training-data", "Properties": {"DatasetVersion": "etag:1"},
+            "Source": {"SourceUri": "s3://ml-data/fraud.csv", "SourceTypes": [{"SourceIdType": "Custom", "Value": "etag:1"}]}})
+        # The package's artifact exists already (a re-run of the step): reused, not duplicated.
+        stub.add_response("list_artifacts", {"ArtifactSummaries": [{"ArtifactArn": art + "m1"}]},
+                          {"SourceUri": pkg, "MaxResults": 1})
+        stub.add_response("describe_trial_component", {"TrialComponentArn": tc},
+                          {"TrialComponentName": "kanari-abc-aws-training-job"})
+        stub.add_response("list_artifacts", {"ArtifactSummaries": []}, {"SourceUri": ANY, "MaxResults": 1})
+        stub.add_response("create_artifact", {"ArtifactArn": art + "a1"}, {
+            "ArtifactType": "DriftAlert", "ArtifactName": "KanariFeatureDrift", "Source": {"SourceUri": ANY},
+            "Properties": {"alertname": "KanariFeatureDrift", "fingerprint": "5f3a9c01",
+                           "startsAt": "2026-11-30T04:00:00Z", "feature": "amount", "severity": "warning"}})
+        for source, dest, kind in ((art + "d1", tc, "ContributedTo"), (tc, art + "m1", "Produced"),
+                                   (art + "a1", tc, "AssociatedWith")):
+            stub.add_response("add_association", {"SourceArn": source, "DestinationArn": dest},
+                              {"SourceArn": source, "DestinationArn": dest, "AssociationType": kind})
+        made = registry.record_lineage(sm, dataset_uri="s3://ml-data/fraud.csv", dataset_version="etag:1",
+                                       model_package_arn=pkg, training_job_arn=JOB_ARN, alert=alert)
+        stub.assert_no_pending_responses()
+    assert made == [(art + "d1", tc, "ContributedTo"), (tc, art + "m1", "Produced"), (art + "a1", tc, "AssociatedWith")]

@@ -68,6 +68,33 @@ def test_trains_writes_the_contract_outputs_and_resumes_from_checkpoints(tmp_pat
     assert "resuming from checkpoint at epoch 4" in proc.stdout
     assert proc.stdout.count("validation_pr_auc=") == 1
 
+    # Restarted once more after its last epoch: nothing left to train, and the decision threshold still
+    # comes from the model it ships (it was 0.000 when the scores were only computed inside the loop).
+    proc = run(env)
+    assert proc.returncode == 0 and "resuming from checkpoint at epoch 5" in proc.stdout
+    assert proc.stdout.count("validation_pr_auc=") == 0
+    metrics = json.loads((tmp_path / "output" / "data" / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 0 and 0.0 < metrics["validation"]["threshold"] < 1.0
+    assert metrics["validation"]["pr_auc"] > 0.8
+
+
+@pytest.mark.timeout(120)
+def test_a_checkpoint_from_another_training_is_not_resumed(tmp_path: Path) -> None:
+    """Regression: a checkpoint left under the prefix by a run on other data made this one 'finish'
+    after 0 epochs with the old weights."""
+    env = container(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    env["SM_HPS"] = json.dumps({"epochs": 3})
+    assert run(env).returncode == 0
+    # New data arrives (different rows): the old checkpoint is not this training's.
+    train_csv = tmp_path / "input" / "data" / "train" / "train.csv"
+    rows = train_csv.read_text().splitlines()
+    train_csv.write_text("\n".join(rows[: len(rows) * 3 // 4]) + "\n")
+    proc = run(env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ignoring a checkpoint written by a different training" in proc.stdout
+    assert "resuming" not in proc.stdout and proc.stdout.count("validation_pr_auc=") == 3
+
 
 @pytest.mark.timeout(120)
 def test_failures_land_in_the_failure_file(tmp_path: Path) -> None:

@@ -130,3 +130,57 @@ def test_ack_training_job_fits_the_upstream_crd_without_pruned_fields() -> None:
     assert spec["inputDataConfig"][0]["dataSource"]["s3DataSource"]["s3URI"].startswith("s3://")
     # Hyperparameter names are data: passed through verbatim.
     assert "sagemaker_torch_distributed_enabled" in spec["hyperParameters"]
+
+
+def test_hyperparameter_values_up_to_sagemakers_2500_characters() -> None:
+    """Regression: values were capped at 256 characters; SageMaker allows 2,500 (keys 256)."""
+    long_value = "x" * (config.HYPERPARAMETER_VALUE_MAX - 2)  # JSON-encoded: plus two quotes
+    cfg = config.parse_config(**params(hyperparameters={"layers": long_value}))
+    req = config.build_request(cfg, source_uri=SOURCE, region="us-east-1")
+    assert len(req["HyperParameters"]["layers"]) == config.HYPERPARAMETER_VALUE_MAX
+    with pytest.raises(InputError) as err:
+        config.parse_config(**params(hyperparameters={"layers": long_value + "x"}))
+    assert err.value.parameter == "hyperparameters.layers" and "2500 characters" in err.value.message
+    with pytest.raises(InputError) as err:
+        config.parse_config(**params(hyperparameters={"k" * 257: 1}))
+    assert "keys are limited to 256" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("region", "account", "domain"),
+    [("us-east-1", "763104351884", "amazonaws.com"), ("eu-west-1", "763104351884", "amazonaws.com"),
+     ("ap-east-1", "871362719292", "amazonaws.com"), ("me-south-1", "217643126080", "amazonaws.com"),
+     ("af-south-1", "626614931356", "amazonaws.com"), ("cn-north-1", "727897471807", "amazonaws.com.cn"),
+     ("us-gov-west-1", "442386744353", "amazonaws.com")],
+)
+def test_the_neuron_training_image_comes_from_the_regions_dlc_account(region: str, account: str, domain: str) -> None:
+    """Regression: one ECR account for every region; the DLCs are published from others in opt-in,
+    China and GovCloud regions."""
+    image = config.default_image(region)
+    assert image.startswith(f"{account}.dkr.ecr.{region}.{domain}/pytorch-training-neuronx:")
+    assert config.is_neuron_image(image)
+
+
+def test_a_region_that_is_not_one_is_named() -> None:
+    with pytest.raises(InputError) as err:
+        config.default_image("")
+    assert err.value.parameter == "region"
+
+
+def test_the_target_reaches_the_script_and_a_contradiction_is_refused() -> None:
+    """Regression: the validate step checked `target`, but training never got it and looked for `label`."""
+    cfg = config.parse_config(**params(target="is_fraud"))
+    hps = config.build_request(cfg, source_uri=SOURCE, region="us-east-1")["HyperParameters"]
+    assert json.loads(hps["target"]) == "is_fraud"
+    with pytest.raises(InputError) as err:
+        config.parse_config(**params(target="is_fraud", hyperparameters={"target": "label"}))
+    assert err.value.parameter == "hyperparameters.target"
+
+
+def test_each_job_checkpoints_under_its_own_prefix_and_attempts_have_their_own_names() -> None:
+    h = "h" * 64
+    names = {config.job_name("fraud", run, "train", h, attempt) for run in ("r1", "r2") for attempt in (0, 1, 2)}
+    assert len(names) == 6
+    assert config.job_name("fraud", "r1", "train", h) == config.job_name("fraud", "r1", "train", h, 0)
+    uris = {config.checkpoint_uri("s3://bkt/ckpt/", n) for n in names}
+    assert len(uris) == 6 and all(u.startswith("s3://bkt/ckpt/fraud-") and u.endswith("/") for u in uris)

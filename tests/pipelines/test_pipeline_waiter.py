@@ -71,7 +71,7 @@ def test_secondary_status_transitions_are_streamed_once(caplog: pytest.LogCaptur
          "ended Failed: AlgorithmError: ValueError: bad data"),
         (status("Stopped", "MaxWaitTimeExceeded", FailureReason="Spot capacity unavailable"),
          "ended Stopped: Spot capacity unavailable"),
-        (status("Stopped", "Stopped"), "ended Stopped: no FailureReason given (stopped by a user"),
+        (status("Stopped", "Stopped"), "ended Stopped: StopTrainingJob was called (the pipeline run was cancelled"),
     ],
 )
 def test_failed_and_stopped_end_the_step_with_the_reason(final: dict[str, Any], expected: str) -> None:

@@ -142,3 +142,17 @@ imagePullSecrets:
   emptyDir:
     sizeLimit: 64Mi
 {{- end -}}
+
+{{/*
+The Secret holding the drift monitor's and alert receiver's certificate (tls.crt, tls.key, ca.crt).
+*/}}
+{{- define "kanari.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "kanari.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{/*
+http or https: how the drift monitor and the alert receiver are reached.
+*/}}
+{{- define "kanari.workerScheme" -}}
+{{- ternary "https" "http" .Values.tls.enabled -}}
+{{- end -}}

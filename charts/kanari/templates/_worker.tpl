@@ -1,12 +1,18 @@
 {{/*
 Deployment and Service of a `kanari drift ...` HTTP worker (drift monitor, alert receiver): one port for its
 API and /metrics. Call with (dict "ctx" $ "component" NAME "values" VALUES "command" LIST "env" YAML), plus "config" (the
-YAML of a ConfigMap mounted at /etc/kanari) and "kubeAPI" (mount the ServiceAccount token) when needed.
+YAML of a ConfigMap mounted at /etc/kanari) and "kubeAPI" (mount the ServiceAccount token) when needed. With
+.Values.tls.enabled the worker serves HTTPS with the certificate Secret mounted at /var/run/kanari/tls.
 */}}
 {{- define "kanari.worker" -}}
 {{- $ctx := .ctx }}
 {{- $values := .values }}
 {{- $name := printf "%s-%s" (include "kanari.fullname" $ctx) .component }}
+{{- $tls := $ctx.Values.tls.enabled }}
+{{- $command := .command }}
+{{- if $tls }}
+{{- $command = concat $command (list "--tls-cert-file" "/var/run/kanari/tls/tls.crt" "--tls-key-file" "/var/run/kanari/tls/tls.key") }}
+{{- end }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -43,7 +49,7 @@ spec:
       - name: {{ .component }}
         image: {{ include "kanari.image" $ctx }}
         imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
-        command: {{ toJson .command }}
+        command: {{ toJson $command }}
         env:
         - name: AWS_REGION
           value: {{ $ctx.Values.aws.region | quote }}
@@ -61,12 +67,14 @@ spec:
           httpGet:
             path: /healthz
             port: http
+            scheme: {{ ternary "HTTPS" "HTTP" $tls }}
           periodSeconds: 20
           timeoutSeconds: 5
         readinessProbe:
           httpGet:
             path: /healthz
             port: http
+            scheme: {{ ternary "HTTPS" "HTTP" $tls }}
           periodSeconds: 10
           timeoutSeconds: 5
         resources:
@@ -81,12 +89,23 @@ spec:
           mountPath: /etc/kanari
           readOnly: true
         {{- end }}
+        {{- if $tls }}
+        - name: tls
+          mountPath: /var/run/kanari/tls
+          readOnly: true
+        {{- end }}
       volumes:
         {{- include "kanari.tmpVolume" $ctx | nindent 8 }}
         {{- if .config }}
         - name: config
           configMap:
             name: {{ $name }}
+        {{- end }}
+        {{- if $tls }}
+        - name: tls
+          secret:
+            secretName: {{ include "kanari.tlsSecretName" $ctx }}
+            defaultMode: 0440
         {{- end }}
 {{- if .config }}
 ---

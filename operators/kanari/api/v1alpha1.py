@@ -144,12 +144,28 @@ class ServingSpec(_Model):
     )
     serviceAccountName: str | None = Field(default=None, description="Predictor service account (IRSA for S3 reads).")
     nodeSelector: dict[str, str] = Field(default_factory=dict, description="Extra node labels to select.")
+    capacityPolicy: Literal["Surge", "Replace"] = Field(
+        default="Surge",
+        description=(
+            "Where a canary's NeuronCores come from. Surge: free capacity, the stable fleet stays whole. "
+            "Replace (RawDeployment): stable replicas are given up as the canary grows, never below capacityFloor."
+        ),
+    )
+    capacityFloor: int | None = Field(
+        default=None, ge=0, le=1000,
+        description="Replicas the traffic needs (Replace never serves with fewer); default: the running stable fleet.",
+    )
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
             "x-kubernetes-validations": [
                 _rule("self.maxReplicas >= self.minReplicas", "maxReplicas must be >= minReplicas", ".maxReplicas"),
+                _rule(
+                    "self.capacityPolicy != 'Replace' || self.deploymentMode == 'RawDeployment'",
+                    "capacityPolicy Replace needs deploymentMode RawDeployment (Knative sizes Serverless revisions)",
+                    ".capacityPolicy",
+                ),
                 _rule(
                     "!(has(self.neuronCores) && has(self.neuronDevices))",
                     "set neuronCores or neuronDevices, not both",
@@ -181,6 +197,10 @@ class ServingSpec(_Model):
             raise ValueError(f"gpus: needs accelerator gpu, not {self.accelerator}")
         if self.accelerator == "inferentia2" and self.instanceType and not self.instanceType.startswith("inf2."):
             raise ValueError(f"instanceType: {self.instanceType} is not an inf2 type (accelerator inferentia2)")
+        if self.capacityPolicy == "Replace" and self.deploymentMode != "RawDeployment":
+            raise ValueError(
+                "capacityPolicy: Replace needs deploymentMode RawDeployment (Knative sizes Serverless revisions)"
+            )
         return self
 
 
@@ -529,7 +549,10 @@ class ModelDeploymentSpec(_Model):
 
         A change of this hash starts a rollout; scaling alone is applied in place.
         """
-        serving = self.serving.model_dump(mode="json", exclude={"minReplicas", "maxReplicas"})
+        # How capacity is found for a rollout is not what the rollout delivers.
+        serving = self.serving.model_dump(
+            mode="json", exclude={"minReplicas", "maxReplicas", "capacityPolicy", "capacityFloor"}
+        )
         payload = {"model": self.model.model_dump(mode="json"), "serving": serving}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -619,6 +642,11 @@ class Lineage(BaseModel):
     datasetUri: str | None = None
     gitSha: str | None = None
     imageDigest: str | None = None
+    datasetVersion: str | None = Field(default=None, description="Version of the training data (S3 object version or ETag).")
+    # The drift alert that started the retraining run, when one did (structured, from the registry).
+    driftAlert: str | None = Field(default=None, description="Alert name that triggered the retraining run.")
+    driftAlertFingerprint: str | None = None
+    driftAlertStartsAt: str | None = None
 
 
 class RetrainRecord(BaseModel):
@@ -640,6 +668,21 @@ class InferenceServiceRef(BaseModel):
     message: str = ""
 
 
+class CapacityStatus(BaseModel):
+    """The NeuronCore plan of the current rollout (kanari.capacity): facts the InferenceService is sized by."""
+
+    model_config = ConfigDict(extra="ignore")
+    revision: str = Field(description="Canary revision this plan is for; a plan for another revision is void.")
+    canaryReplicas: int = 0
+    stableReplicas: int | None = None
+    coresPerReplica: int = 0
+    neededCores: int = 0
+    freeCores: int = 0
+    limitCores: int | None = None
+    pending: bool = False
+    message: str = ""
+
+
 class ModelDeploymentStatus(BaseModel):
     model_config = ConfigDict(extra="ignore")
     phase: Phase = "Pending"
@@ -657,6 +700,7 @@ class ModelDeploymentStatus(BaseModel):
     lineage: Lineage | None = None
     retraining: list[RetrainRecord] = Field(default_factory=list, max_length=20)
     driftRule: str | None = Field(default=None, description="The PrometheusRule the controller owns for drift alerts.")
+    capacity: CapacityStatus | None = None
 
 
 # -------------------------------------------------------------------------------------- whole object

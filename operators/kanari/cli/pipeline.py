@@ -18,6 +18,9 @@ from typing import Any
 
 BUCKET_ENV = "KANARI_BUCKET"
 GROUP_ENV = "KANARI_MODEL_PACKAGE_GROUP"
+IMAGE_ENV = "KANARI_PIPELINE_IMAGE"
+ROOT_ENV = "KANARI_PIPELINE_ROOT"
+SERVICE_ACCOUNT_ENV = "KANARI_PIPELINE_SERVICE_ACCOUNT"
 
 
 def _key_values(items: list[str], option: str) -> dict[str, Any]:
@@ -61,12 +64,41 @@ def _release_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role-arn", default=None, help="SageMaker execution role")
 
 
+def _setting(value: str | None, parameter: str, env: str) -> str:
+    from kfp_pipelines.errors import InputError
+
+    if not value:
+        raise InputError(parameter, f"required (or set {env})")
+    return value
+
+
+def _compile_options(p: argparse.ArgumentParser, root_from_bucket: bool = False) -> None:
+    p.add_argument("--image", default=os.environ.get(IMAGE_ENV),
+                   help="the components' image, built from the Dockerfile's `pipeline` target and pushed "
+                        f"(REPO:TAG or REPO@sha256:...; default ${IMAGE_ENV})")
+    default = " (default s3://BUCKET/kanari/pipeline-root)" if root_from_bucket else ""
+    p.add_argument("--pipeline-root", default=os.environ.get(ROOT_ENV),
+                   help=f"where KFP stores the steps' output artifacts, e.g. s3://BUCKET/kanari/pipeline-root"
+                        f"{default} (${ROOT_ENV})")
+
+
+def _check_up_front(params: dict[str, Any]) -> None:
+    """What would otherwise fail after training (the registry's rules for reason, git_sha, ...)."""
+    from kfp_pipelines.steps import check_parameters
+
+    check_parameters(model_name=params.get("model_name", "kanari-classifier"),
+                     namespace=params.get("namespace", "default"), git_sha=params.get("git_sha") or "unset",
+                     reason=params.get("reason", ""), dataset_uri=params.get("dataset_uri", ""),
+                     drift_alert=params.get("drift_alert"))
+
+
 def register(subparsers: Any) -> None:
     pipeline = subparsers.add_parser("pipeline", help="the training pipeline (KFP v2)")
     psub = pipeline.add_subparsers(dest="pipeline_command", metavar="COMMAND")
 
     comp = psub.add_parser("compile", help="compile the pipeline to KFP IR YAML for a cluster")
     comp.add_argument("-o", "--output", required=True, help="where to write the YAML")
+    _compile_options(comp)
     comp.set_defaults(func=cmd_compile)
 
     run = psub.add_parser("run", help="run the whole pipeline on this machine (--local)")
@@ -84,6 +116,10 @@ def register(subparsers: Any) -> None:
     submit.add_argument("--ack-namespace", default="", help="namespace for ACK TrainingJobs (backend ack)")
     submit.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="any other pipeline parameter, e.g. use_spot=true (repeatable)")
+    submit.add_argument("--service-account", default=os.environ.get(SERVICE_ACCOUNT_ENV, "kanari-pipeline"),
+                        help="Kubernetes service account of the run's pods; IRSA gives it the pipeline's IAM role "
+                             f"(default kanari-pipeline, or ${SERVICE_ACCOUNT_ENV})")
+    _compile_options(submit, root_from_bucket=True)
     _release_options(submit)
     submit.set_defaults(func=cmd_submit)
 
@@ -104,9 +140,16 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from kfp_pipelines.errors import InputError
     from kfp_pipelines.pipeline import compile_pipeline
 
-    print(f"wrote {compile_pipeline(args.output)}")
+    try:
+        out = compile_pipeline(args.output, image=_setting(args.image, "image", IMAGE_ENV),
+                               pipeline_root=_setting(args.pipeline_root, "pipeline_root", ROOT_ENV))
+    except InputError as exc:
+        print(f"kanari: --{exc.parameter.replace('_', '-')}: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
     return 0
 
 
@@ -136,6 +179,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kfp_pipelines.local import PipelineRunError, run_local
 
     kwargs = _pipeline_arguments(args)
+    try:
+        _check_up_front(kwargs)
+    except InputError as exc:
+        print(f"kanari: --{exc.parameter.replace('_', '-')}: {exc.message}", file=sys.stderr)
+        return 2
     if args.workdir:
         kwargs["workdir"] = args.workdir
 
@@ -184,14 +232,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not params.get("role_arn"):
         print("kanari: --role-arn is required on a cluster (the SageMaker execution role)", file=sys.stderr)
         return 2
-    try:
-        params.setdefault("git_sha", resolve_git_sha())
-    except InputError as exc:
-        print(f"kanari: {exc.parameter}: {exc.message} (--git-sha)", file=sys.stderr)
-        return 2
-    version = f"{params['git_sha'][:12]}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory() as tmp:
-        package = str(compile_pipeline(f"{tmp}/{PIPELINE_NAME}.yaml"))
+        try:
+            params.setdefault("git_sha", resolve_git_sha())
+            _check_up_front(params)
+            root = args.pipeline_root or f"s3://{params['bucket']}/kanari/pipeline-root"
+            image = _setting(args.image, "image", IMAGE_ENV)
+            package = str(compile_pipeline(f"{tmp}/{PIPELINE_NAME}.yaml", image=image, pipeline_root=root))
+        except InputError as exc:
+            print(f"kanari: --{exc.parameter.replace('_', '-')}: {exc.message}", file=sys.stderr)
+            return 2
+        version = f"{params['git_sha'][:12]}-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
             client = kfp.Client(host=args.host)
             pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
@@ -202,6 +253,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             run = client.run_pipeline(
                 experiment.experiment_id, f"{PIPELINE_NAME}-{version}", params=params,
                 pipeline_id=pipeline_id, version_id=uploaded.pipeline_version_id,
+                pipeline_root=root, service_account=args.service_account,
             )
         except Exception as exc:  # kfp surfaces HTTP and connection failures as many exception types
             print(f"kanari: Kubeflow Pipelines at {args.host} (--host): {type(exc).__name__}: {exc}",
@@ -212,7 +264,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from kfp_pipelines import aws, registry
+    from kfp_pipelines import aws, registry_admin
     from kfp_pipelines.errors import InputError
     from kfp_pipelines.gate import check_group
 
@@ -223,7 +275,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"kanari: --group: {exc.message}", file=sys.stderr)
         return 2
-    rows = registry.list_packages(sm, group)
+    rows = registry_admin.list_packages(sm, group)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return 0
@@ -235,13 +287,13 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_set(args: argparse.Namespace) -> int:
-    from kfp_pipelines import aws, registry
+    from kfp_pipelines import aws, registry_admin
     from kfp_pipelines.errors import InputError, StepFailed
 
     sm = aws.client("sagemaker")
     try:
-        arn = registry.resolve_arn(sm, args.model)
-        status = registry.set_status(sm, arn, args.status, args.reason)
+        arn = registry_admin.resolve_arn(sm, args.model)
+        status = registry_admin.set_status(sm, arn, args.status, args.reason)
     except InputError as exc:
         print(f"kanari: {exc.parameter}: {exc.message}", file=sys.stderr)
         return 2

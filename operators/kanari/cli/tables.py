@@ -16,6 +16,34 @@ class DataError(ValueError):
     """The input file cannot be read as a table; the message names the file and why."""
 
 
+def table_columns(path: str | os.PathLike[str]) -> list[str]:
+    """The column names of a CSV/TSV/Parquet file, read from its header or schema only."""
+    import csv
+    import gzip
+
+    p = Path(path)
+    name = p.name.lower()
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    try:
+        if name.endswith(PARQUET_SUFFIXES):
+            import pyarrow.parquet as pq
+
+            return [str(c) for c in pq.read_schema(p).names]
+        if name.endswith(CSV_SUFFIXES):
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(p, "rt", newline="") as fh:  # type: ignore[operator]
+                header = next(csv.reader(fh, delimiter="\t" if name.endswith(".tsv") else ","), None)
+            if not header:
+                raise DataError(f"{p}: no header row")
+            return header
+    except DataError:
+        raise
+    except (OSError, ValueError, csv.Error, pyarrow.ArrowException) as exc:
+        raise DataError(f"{p}: cannot read: {exc}") from None
+    raise DataError(f"{p}: unknown format; use .csv, .tsv or .parquet")
+
+
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     p = Path(path)
     name = p.name.lower()

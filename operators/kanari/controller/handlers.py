@@ -17,9 +17,10 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from kanari import observability
+from kanari import notify, observability
 from kanari.api import v1alpha1 as api
 from kanari.api.v1alpha1 import ModelDeploymentStatus, SpecError, parse_spec
+from kanari.capacity.observer import CapacityObserver, needs_capacity
 from kanari.controller import kube
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
@@ -39,6 +40,8 @@ class OperatorContext:
     def __init__(self, config: OperatorConfig):
         self.config = config
         self.kube = kube.Kube()
+        # A rollout waiting for NeuronCores looks again at least once a resync.
+        self.capacity = CapacityObserver(self.kube.api.api_client, min(15.0, config.resync_seconds))
         self.prometheus = PrometheusClient(PrometheusConfig.from_env())
         self._sagemaker: Any = None
         self.packages: dict[str, tuple[float, PackageInfo]] = {}
@@ -219,6 +222,7 @@ async def reconcile_once(
     package: PackageInfo | None = None
     package_error: SpecError | None = None
     measurement = None
+    capacity = None
     try:
         spec = parse_spec(snapshot["spec"])
     except SpecError:
@@ -236,10 +240,13 @@ async def reconcile_once(
             variables = analysis.variables(namespace, name, spec, status, isvc)
             due = engine.due_metrics(spec, status, now)
             measurement = await analysis.measure(spec, variables, rt.prometheus, now, due)
+        if needs_capacity(spec, status):
+            capacity = await rt.capacity.view(spec, status, namespace, rt.config.inf2_selector_key)
 
     desired = reconcile(
         snapshot,
-        ClusterObservation(now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement),
+        ClusterObservation(now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
+                           capacity=capacity),
         rt.config,
     )
 
@@ -266,6 +273,7 @@ async def reconcile_once(
         version = (written.get("metadata") or {}).get("resourceVersion")
     for ev in desired.events:
         kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+    notify.publish(namespace, name, desired.status, desired.events)  # queued, never waited for
     observability.observe(namespace, name, desired.status)
     delay = desired.requeue_after if desired.requeue_after is not None else rt.config.resync_seconds
     return delay, version

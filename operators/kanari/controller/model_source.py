@@ -28,6 +28,10 @@ LINEAGE_KEYS = {
     "datasetUri": ("kanari:dataset-uri", "DatasetUri"),
     "gitSha": ("kanari:git-sha", "GitSha"),
     "imageDigest": ("kanari:image-digest", "ImageDigest"),
+    "datasetVersion": ("kanari:dataset-version", "DatasetVersion"),
+    "driftAlert": ("kanari:drift-alert", "DriftAlert"),
+    "driftAlertFingerprint": ("kanari:drift-alert-fingerprint", "DriftAlertFingerprint"),
+    "driftAlertStartsAt": ("kanari:drift-alert-starts-at", "DriftAlertStartsAt"),
 }
 BASELINE_KEYS = ("kanari:baseline-uri", "BaselineUri")
 

@@ -24,6 +24,8 @@ from kanari.api.v1alpha1 import (
     format_validation_error,
     parse_spec,
 )
+from kanari.capacity import isvc as capacity_isvc
+from kanari.capacity.gate import CapacityView
 from kanari.controller import inferenceservice, isvc_health
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, baseline_uri, model_ref
@@ -43,6 +45,7 @@ class ClusterObservation:
     package_error: SpecError | None = None
     measurement: list[MetricResult] | None = None
     known_runtimes: frozenset[str] = frozenset()
+    capacity: CapacityView | None = None  # NeuronCore room (kanari.capacity.observer); None: not gated
 
 
 @dataclass
@@ -147,6 +150,7 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             canary_ready=reading.canary_ready,
             measurement=observed.measurement,
             action=md.metadata.annotations.get(ACTION_ANNOTATION),
+            capacity=observed.capacity,
         ),
         generation,
     )
@@ -162,13 +166,14 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
     isvc = inferenceservice.build(
         md,
         stable=decision.stable,
-        canary=decision.canary,
+        canary=None if capacity_isvc.hold_canary(new_status) else decision.canary,
         canary_weight=decision.canary_weight,
         runtime=runtime,
         config=config,
         current=observed.isvc,
         baseline_uris=baselines,
     )
+    isvc = capacity_isvc.size(isvc, spec, new_status)
 
     ready_before = get_condition(new_status.conditions, COND_READY)
     ready = reading.ready

@@ -224,15 +224,46 @@ def compare_frame(
     A feature drifts when its distance passes the baseline's threshold and, when a false-alarm budget is
     set (the baseline's kanari.false_alarm_rate unless given), its Holm-adjusted p-value is within the
     budget. A feature with fewer than `min_samples` current values is inconclusive.
+
+    Without a `current` profile the data is binned once against the baseline's stored sketch (fastcompare:
+    exact on the current side, no sketch of it); with one, the two profiles are compared sketch to sketch.
     """
+    if current is None:
+        from kanari.drift.fastcompare import compare_frame_fast
+
+        return compare_frame_fast(baseline, df, method, min_samples=min_samples, false_alarm_rate=false_alarm_rate)
     df = df.rename(columns=str)
-    rate = baseline.false_alarm_rate if false_alarm_rate == "baseline" else false_alarm_rate
     violations = schema_violations(baseline, df) if baseline.evaluate_constraints else []
-    current = current if current is not None else profile_current(baseline, df)
     compared = [f for f in baseline.profile.features if f.name in df.columns]
     values = drift_values(baseline, current, compared)
     chosen = {f.name: method_for(baseline, f, method) for f in compared}
     raw = {f.name: values[f.name].get(chosen[f.name], float("nan")) for f in compared}
+    return finish_report(
+        baseline, current, compared, chosen, raw, violations, len(df), min_samples=min_samples,
+        false_alarm_rate=false_alarm_rate,
+    )
+
+
+def finish_report(
+    baseline: Baseline,
+    current: Profile,
+    compared: list[Feature],
+    chosen: dict[str, str],
+    raw: dict[str, float],
+    violations: list[SchemaViolation],
+    rows: int,
+    *,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+    false_alarm_rate: float | None | Literal["baseline"] = "baseline",
+    current_exact: bool = False,
+) -> DriftReport:
+    """Judge each compared feature's raw statistic (both comparison paths end here): the baseline's
+    thresholds and comparison method, the minimum sample size, the false-alarm budget.
+
+    `current` carries the current data's distribution for the p-values (`current_exact`: it is the data
+    itself, not a sketch of it); `raw` holds each feature's statistic for its method in `chosen`.
+    """
+    rate = baseline.false_alarm_rate if false_alarm_rate == "baseline" else false_alarm_rate
     counts = {f.name: (baseline.profile.present(f.name), current.present(f.name)) for f in compared}
     judged = [
         f for f in compared
@@ -241,7 +272,9 @@ def compare_frame(
     tests: dict[str, Significance] = {}
     adjusted: dict[str, float] = {}
     if rate is not None and judged:
-        tests = significance(baseline.profile, current, [(f, chosen[f.name]) for f in judged], raw, rate)
+        tests = significance(
+            baseline.profile, current, [(f, chosen[f.name]) for f in judged], raw, rate, current_exact=current_exact
+        )
         adjusted = holm({k: v.p_value for k, v in tests.items()})
     results = [_feature_result(baseline, f, chosen[f.name], raw[f.name], counts[f.name], min_samples, rate,
                                tests.get(f.name), adjusted.get(f.name)) for f in compared]
@@ -249,7 +282,7 @@ def compare_frame(
         features=results,
         violations=violations,
         baseline_rows=baseline.profile.rows,
-        current_rows=len(df),
+        current_rows=rows,
         drifted_features=[r.feature for r in results if r.drifted],
         min_samples=min_samples,
         false_alarm_rate=rate,

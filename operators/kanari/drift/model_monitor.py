@@ -58,10 +58,15 @@ def baseline_documents(df: pd.DataFrame, *, target: str | None = None) -> tuple[
     frame.columns = columns
     _refuse_infinities(frame)
     profile = profile_frame(frame, [Feature(c, infer_type(frame[c])) for c in columns], seed=0)
+    return profile_documents(profile, target=target)
+
+
+def profile_documents(profile: Profile, *, target: str | None = None) -> tuple[dict, dict]:
+    """(statistics, constraints) of a finished profile: the local engine's and the Spark engine's output."""
     statistics = profile.to_statistics()
     if target is not None:
         statistics["kanari"] = {"target": target}
-    return statistics, constraints_for(profile, frame)
+    return statistics, constraints_for(profile)
 
 
 def _refuse_infinities(df: pd.DataFrame) -> None:
@@ -79,8 +84,9 @@ def _refuse_infinities(df: pd.DataFrame) -> None:
         raise ValueError(f"df: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}")
 
 
-def constraints_for(profile: Profile, df: pd.DataFrame | None = None) -> dict[str, Any]:
+def constraints_for(profile: Profile) -> dict[str, Any]:
     features: list[dict[str, Any]] = []
+    numeric_index = {f.name: j for j, f in enumerate(profile.numeric_features)}
     for f in profile.features:
         entry: dict[str, Any] = {
             "name": f.name,
@@ -88,7 +94,9 @@ def constraints_for(profile: Profile, df: pd.DataFrame | None = None) -> dict[st
             "completeness": round(profile.present(f.name) / profile.rows, 6) if profile.rows else 0.0,
         }
         if f.numeric:
-            non_negative = df is not None and f.name in df and bool((pd.to_numeric(df[f.name]).dropna() >= 0).all())
+            # From the profile's minimum (inf when no value is present: vacuously non-negative), so a profile
+            # merged from partitions gives the same answer as the whole frame.
+            non_negative = bool(profile.moments.minimum[numeric_index[f.name]] >= 0)
             entry["num_constraints"] = {"is_non_negative": non_negative}
         else:
             counts = profile.categories[f.name].counts
@@ -121,7 +129,10 @@ def constraints_for(profile: Profile, df: pd.DataFrame | None = None) -> dict[st
 
 def write_baseline(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, target: str | None = None) -> None:
     """Write statistics.json and constraints.json into out_dir (created if needed), each atomically."""
-    statistics, constraints = baseline_documents(df, target=target)
+    write_documents(*baseline_documents(df, target=target), out_dir)
+
+
+def write_documents(statistics: dict, constraints: dict, out_dir: str | os.PathLike[str]) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, doc in ((STATISTICS, statistics), (CONSTRAINTS, constraints)):

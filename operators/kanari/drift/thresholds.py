@@ -192,9 +192,12 @@ def significance(
     chosen: Sequence[tuple[Feature, str]],
     raw: Mapping[str, float],
     alpha: float,
+    *,
+    current_exact: bool = False,
 ) -> dict[str, Significance]:
     """{feature: Significance} for each (feature, method) compared; `raw` holds each feature's statistic
-    (L-infinity as linf_simple, Wasserstein normalised by the baseline's std, chi2 its p-value)."""
+    (L-infinity as linf_simple, Wasserstein normalised by the baseline's std, chi2 its p-value).
+    `current_exact`: the current profile holds the data itself (fastcompare), so it adds no sketch error."""
     tests = len(chosen)
     if not tests:
         return {}
@@ -208,7 +211,7 @@ def significance(
     cur_var: dict[str, float] = {}
     if numeric:
         bv = sketch_cdf_variance(baseline.sketch)
-        cv = sketch_cdf_variance(current.sketch)
+        cv = np.zeros(current.sketch.n_columns) if current_exact else sketch_cdf_variance(current.sketch)
         base_var = {n: float(bv[base_index[n]]) for n in numeric}
         cur_var = {n: float(cv[cur_index[n]]) for n in numeric}
     out: dict[str, Significance] = {}

@@ -15,9 +15,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from kanari.drift.profile import Feature, Profile
+from kanari.drift.sketch import DEFAULT_K
 
 DEFAULT_BUCKETS = 10
-WINDOW_SKETCH_K = 128
+WINDOW_SKETCH_K = DEFAULT_K  # see sketch.DEFAULT_K: the KS error bound needs both sides sized
 
 
 class SlidingWindow:

@@ -10,23 +10,26 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
-import yaml
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kanari.drift.model_monitor import CONSTRAINTS, STATISTICS, Baseline, parse_baseline, read_baseline
 
+_S3_CONFIG = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"})
 MAX_CACHED = 64
+MAX_FAILURES = 256
 RETRY_AFTER_SECONDS = 15.0
 
 
 class BaselineUnavailable(RuntimeError):
-    """The baseline could not be fetched or parsed; the message says where and why."""
+    """The baseline could not be fetched or parsed; the message says where and why. It names buckets,
+    keys and paths, so it goes to the monitor's log and never back to a caller."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def load_from_uri(uri: str) -> Baseline:
 
 
 def _load_s3(bucket: str, prefix: str, uri: str) -> Baseline:
-    client = boto3.client("s3")
+    client = boto3.client("s3", config=_S3_CONFIG)
     docs: list[Any] = []
     for name in (STATISTICS, CONSTRAINTS):
         key = f"{prefix}/{name}" if prefix else name
@@ -82,14 +85,24 @@ class BaselineCache:
         loader: Callable[[str], Baseline] = load_from_uri,
         max_entries: int = MAX_CACHED,
         clock: Callable[[], float] = time.monotonic,
+        max_failures: int = MAX_FAILURES,
     ):
         self._loader = loader
         self._max = max_entries
+        self._max_failures = max_failures
         self._clock = clock
         self._entries: OrderedDict[BaselineRef, Baseline] = OrderedDict()
-        self._failures: dict[BaselineRef, tuple[float, str]] = {}
+        # Bounded too: every entry is a URI someone made the monitor try (least recently failed dropped).
+        self._failures: OrderedDict[BaselineRef, tuple[float, str]] = OrderedDict()
         # get() runs in executor threads while the event loop reads the cache.
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def failures(self) -> int:
+        return len(self._failures)
 
     def cached(self, ref: BaselineRef) -> Baseline | None:
         with self._lock:
@@ -112,6 +125,9 @@ class BaselineCache:
         except BaselineUnavailable as exc:
             with self._lock:
                 self._failures[ref] = (self._clock(), str(exc))
+                self._failures.move_to_end(ref)
+                while len(self._failures) > self._max_failures:
+                    self._failures.popitem(last=False)
             raise
         with self._lock:
             self._failures.pop(ref, None)
@@ -119,43 +135,3 @@ class BaselineCache:
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
         return baseline
-
-
-@dataclass(frozen=True)
-class StaticBaselines:
-    """Fallback when events carry no baseline annotation: `namespace/model -> uri (and version)`.
-
-    File format (YAML or JSON):
-        baselines:
-          ml-prod/fraud-scorer: s3://bucket/fraud/baseline
-          ml-prod/churn: {uri: file:///data/churn/baseline, version: "3"}
-    """
-
-    entries: Mapping[str, BaselineRef]
-
-    def lookup(self, namespace: str, model: str) -> BaselineRef | None:
-        return self.entries.get(f"{namespace}/{model}")
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> StaticBaselines:
-        try:
-            doc = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: unreadable: {exc}") from None
-        raw = doc.get("baselines", {}) if isinstance(doc, dict) else None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: baselines: expected a mapping of namespace/model to a URI")
-        entries: dict[str, BaselineRef] = {}
-        for key, value in raw.items():
-            if not isinstance(key, str) or key.count("/") != 1:
-                raise ValueError(f"{path}: baselines.{key}: keys are namespace/model")
-            if isinstance(value, str):
-                uri, version = value, ""
-            elif isinstance(value, dict) and isinstance(value.get("uri"), str):
-                uri, version = value["uri"], str(value.get("version", ""))
-            else:
-                raise ValueError(f"{path}: baselines.{key}: expected a URI or {{uri, version}}")
-            if not uri.startswith(("s3://", "file://")):
-                raise ValueError(f"{path}: baselines.{key}: {uri!r} is not an s3:// or file:// URI")
-            entries[key] = BaselineRef(normalise_uri(uri), version)
-        return cls(entries)

@@ -11,7 +11,7 @@ V2 `{"inputs": [tensor...]}` / `{"outputs": [tensor...]}`.
 
 from __future__ import annotations
 
-import json
+import math
 import urllib.parse
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -23,16 +23,23 @@ from cloudevents.exceptions import GenericException
 from cloudevents.http import from_http
 
 from kanari.drift.profile import Feature
+from kanari.webguard import loads
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
-BASELINE_ANNOTATION = "kanari.dev/baseline-uri"
-VERSION_ANNOTATION = "kanari.dev/model-version"
-WINDOW_ANNOTATION = "kanari.dev/window-size"
+# Forwarded by the logger; it only picks which of the revisions the ModelDeployment declares an event
+# belongs to (Serverless canaries share the `default` endpoint). Baselines never come from events.
+REVISION_ANNOTATION = "kanari.dev/revision"
+MAX_ROWS = 10_000
+STRUCTURED = "application/cloudevents"
 
 
 class MalformedEvent(ValueError):
     """The event or its payload cannot be used; the message says why (it goes back in the 400 body)."""
+
+
+class RowLimit(MalformedEvent):
+    """More rows in one event than the monitor takes (413)."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,12 @@ def _json_extension(name: str, raw: Any) -> dict[str, Any]:
         return {}
     text = str(raw)
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
+        value = loads(text)
+    except ValueError:
         # The HTTP binding lets a sender percent-encode header values; sdk-go releases differ on it.
         try:
-            value = json.loads(urllib.parse.unquote(text))
-        except json.JSONDecodeError:
+            value = loads(urllib.parse.unquote(text))
+        except ValueError:
             raise MalformedEvent(f"ce-{name}: not a JSON object") from None
     if not isinstance(value, dict):
         raise MalformedEvent(f"ce-{name}: not a JSON object")
@@ -66,10 +73,21 @@ def _json_extension(name: str, raw: Any) -> dict[str, Any]:
 
 def parse_event(headers: Mapping[str, str], body: bytes) -> LoggedEvent:
     """One HTTP delivery (binary or structured mode) as a LoggedEvent; MalformedEvent if unusable."""
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    if content_type.lower().startswith(STRUCTURED):
+        # The SDK parses a structured body with plain json.loads; vet it first (depth, huge integers).
+        try:
+            loads(body)
+        except ValueError as exc:
+            raise MalformedEvent(f"structured CloudEvent: not JSON: {exc}") from None
     try:
         event = from_http(dict(headers), body, data_unmarshaller=_json_body)
     except GenericException as exc:
         raise MalformedEvent(f"not a CloudEvent: {exc}") from None
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # The SDK lets its own parsing errors out for some inputs (bad JSON in structured mode, a
+        # `data` of the wrong type); a delivery it cannot read is malformed, never a server error.
+        raise MalformedEvent(f"not a CloudEvent: {type(exc).__name__}") from None
     attrs = event.get_attributes()
     etype = attrs.get("type")
     if etype == REQUEST_TYPE:
@@ -100,10 +118,12 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> LoggedEvent:
 def _json_body(raw: Any) -> Any:
     if raw is None:
         return None
+    if isinstance(raw, dict | list):  # structured mode: already parsed (and vetted) JSON
+        return raw
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return raw if isinstance(raw, bytes | str) else None
+        return loads(raw)
+    except (ValueError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -116,26 +136,66 @@ class Rows:
     named: dict[str, list[Any]] | None = None
 
 
-def _tensor_rows(tensor: Mapping[str, Any], where: str) -> tuple[str, list[Any], list[int]]:
+def _flatten(data: Any, shape: list[int], where: str) -> list[Any]:
+    """The tensor's values, flat, whether the sender nested them or not; without recursion and
+    refusing before building anything larger than the shape says."""
+    size = math.prod(shape)
+    if not isinstance(data, list):
+        raise MalformedEvent(f"{where}.data: expected a list")
+    if len(data) == size and not any(isinstance(v, list | dict) for v in data):
+        return data
+    out: list[Any] = []
+    stack: list[tuple[list[Any], int]] = [(data, 0)]
+    while stack:
+        items, i = stack.pop()
+        while i < len(items):
+            v = items[i]
+            i += 1
+            if isinstance(v, list):
+                if len(stack) >= len(shape):
+                    raise MalformedEvent(f"{where}.data: nested deeper than shape {shape}")
+                stack.append((items, i))
+                items, i = v, 0
+                continue
+            if isinstance(v, dict):
+                raise MalformedEvent(f"{where}.data: values must be scalars")
+            out.append(v)
+            if len(out) > size:
+                raise MalformedEvent(f"{where}: more values than shape {shape} holds")
+    return out
+
+
+def _tensor_rows(tensor: Mapping[str, Any], where: str, max_rows: int) -> tuple[str, list[Any], list[int]]:
     if not isinstance(tensor, Mapping) or "data" not in tensor:
         raise MalformedEvent(f"{where}: a V2 tensor needs name, shape, datatype and data")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not shape or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise MalformedEvent(f"{where}.shape: expected a list of non-negative integers")
-    flat = np.asarray(tensor["data"], dtype=object).reshape(-1)
-    size = int(np.prod(shape))
-    if flat.size != size:
-        raise MalformedEvent(f"{where}: {flat.size} values do not fill shape {shape}")
-    width = size // shape[0] if shape[0] else 0
-    return str(tensor.get("name", "")), flat.reshape(shape[0], width).tolist() if shape[0] else [], shape
+    if (
+        not isinstance(shape, list) or not shape or len(shape) > 8
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+    ):
+        raise MalformedEvent(f"{where}.shape: expected a list of at most 8 non-negative integers")
+    # The shape is the sender's claim: check it against the data before building anything from it
+    # (an 83-byte `shape: [20000000, 0], data: []` must not become twenty million rows).
+    if shape[0] > max_rows:
+        raise RowLimit(f"{where}: {shape[0]} rows; at most {max_rows} per event")
+    width = math.prod(shape[1:])
+    if shape[0] and not width:
+        raise MalformedEvent(f"{where}.shape: {shape} has rows without values")
+    flat = _flatten(tensor["data"], shape, where)
+    if len(flat) != shape[0] * width:
+        raise MalformedEvent(f"{where}: {len(flat)} values do not fill shape {shape}")
+    rows = [flat[i * width : (i + 1) * width] for i in range(shape[0])]
+    return str(tensor.get("name", "")), rows, shape
 
 
-def request_rows(data: Mapping[str, Any]) -> Rows:
+def request_rows(data: Mapping[str, Any], max_rows: int = MAX_ROWS) -> Rows:
     """Feature rows of a V1 (`instances`) or V2 (`inputs`) request."""
     if "instances" in data:
         instances = data["instances"]
         if not isinstance(instances, list):
             raise MalformedEvent("instances: expected a list")
+        if len(instances) > max_rows:
+            raise RowLimit(f"instances: {len(instances)} rows; at most {max_rows} per event")
         if instances and all(isinstance(r, Mapping) for r in instances):
             names = list(dict.fromkeys(k for r in instances for k in r))
             return Rows(len(instances), named={k: [r.get(k) for r in instances] for k in names})
@@ -145,7 +205,9 @@ def request_rows(data: Mapping[str, Any]) -> Rows:
         inputs = data["inputs"]
         if not isinstance(inputs, list) or not inputs:
             raise MalformedEvent("inputs: expected a non-empty list of tensors")
-        tensors = [_tensor_rows(t, f"inputs[{i}]") for i, t in enumerate(inputs)]
+        if len(inputs) > 1024:
+            raise MalformedEvent("inputs: more than 1024 tensors")
+        tensors = [_tensor_rows(t, f"inputs[{i}]", max_rows) for i, t in enumerate(inputs)]
         if len(tensors) == 1 and len(tensors[0][2]) >= 2 and tensors[0][2][1] != 1:
             _, rows, shape = tensors[0]
             return Rows(shape[0], positional=rows)
@@ -161,19 +223,21 @@ def request_rows(data: Mapping[str, Any]) -> Rows:
     raise MalformedEvent("the request has neither instances (V1) nor inputs (V2)")
 
 
-def response_values(data: Mapping[str, Any]) -> list[Any]:
+def response_values(data: Mapping[str, Any], max_rows: int = MAX_ROWS) -> list[Any]:
     """One prediction per row from a V1 (`predictions`) or V2 (`outputs`) response; a vector per row
     (class probabilities) becomes its arg-max class index."""
     if "predictions" in data:
         preds = data["predictions"]
         if not isinstance(preds, list):
             raise MalformedEvent("predictions: expected a list")
+        if len(preds) > max_rows:
+            raise RowLimit(f"predictions: {len(preds)} rows; at most {max_rows} per event")
         rows = preds
     elif "outputs" in data:
         outputs = data["outputs"]
         if not isinstance(outputs, list) or not outputs:
             raise MalformedEvent("outputs: expected a non-empty list of tensors")
-        _, rows, _ = _tensor_rows(outputs[0], "outputs[0]")
+        _, rows, _ = _tensor_rows(outputs[0], "outputs[0]", max_rows)
     else:
         raise MalformedEvent("the response has neither predictions (V1) nor outputs (V2)")
     out = []
@@ -182,7 +246,10 @@ def response_values(data: Mapping[str, Any]) -> list[Any]:
             if len(r) == 1:
                 out.append(r[0])
             elif r and all(isinstance(v, int | float) and not isinstance(v, bool) for v in r):
-                out.append(int(np.argmax(r)))
+                try:
+                    out.append(int(np.argmax(np.asarray(r, dtype=np.float64))))
+                except OverflowError:
+                    raise MalformedEvent("a prediction vector holds a number out of range") from None
             else:
                 raise MalformedEvent("a prediction must be a value or a vector of numbers")
         elif isinstance(r, Mapping):
@@ -203,8 +270,14 @@ class Arrays:
     violations: Counter[str] = field(default_factory=Counter)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float)  # bool included: JSON true/false read as 1/0
+def _as_float(v: Any) -> float | None:
+    """The number a value stands for (JSON true/false read as 1/0), None if it is not one or is out of range."""
+    if not isinstance(v, int | float):
+        return None
+    try:
+        return float(v)
+    except OverflowError:
+        return None
 
 
 def _category(v: Any) -> str:
@@ -252,12 +325,13 @@ def to_arrays(
             continue
         try:
             numeric[:, j] = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             for i, v in enumerate(values):
                 if v is None:
                     continue
-                if _is_number(v):
-                    numeric[i, j] = float(v)
+                number = _as_float(v)
+                if number is not None:
+                    numeric[i, j] = number
                 else:
                     violations["type_mismatch"] += 1
         nulls = sum(1 for v in values if v is None)

@@ -5,9 +5,16 @@ Prometheus metrics.
 Run it as `python -m kanari.monitor.server --port 8080` (or `kanari drift monitor`). KServe posts
 events to `/`; Prometheus scrapes `/metrics`.
 
+Who may feed it: events are taken only for ModelDeployments that exist with monitoring enabled (see
+registry.py); the baseline, the model version and the window size come from the ModelDeployment, never
+from the event. Anything else gets a 4xx, is counted in kanari_drift_events_total{outcome}, and leaves no
+state behind: unknown names create no window, no metric series and no cache entry.
+
 Memory is bounded whatever the load: a window is a ring of sketches, at most `max_models` windows are
-tracked (least recently used dropped), the map that pairs a request with its response (by `ce-id`) is
-bounded in entries and bytes, and an event body larger than `max_event_bytes` is refused unread.
+tracked (least recently used dropped; only monitored models get one), the map that pairs a request with
+its response (by `ce-id`) is bounded in entries and bytes, baselines and failed fetches are LRU caches,
+an event holds at most `max_rows_per_event` rows, and a body larger than `max_event_bytes` is refused
+(413) however it is sent. The bounds are exported as kanari_drift_limit{kind}.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+# scipy's first import takes about a second; done here, at start, not inside the first evaluation where
+# it would stall the event loop (and /healthz) for everyone.
+import scipy.spatial.distance  # noqa: F401
+import scipy.stats  # noqa: F401
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -38,27 +50,29 @@ from kanari.drift.methods import (
 from kanari.drift.model_monitor import Baseline
 from kanari.drift.profile import Feature, Profile
 from kanari.drift.window import SlidingWindow
-from kanari.monitor.baseline_store import (
-    BaselineCache,
-    BaselineRef,
-    BaselineUnavailable,
-    StaticBaselines,
-    normalise_uri,
-)
+from kanari.monitor.baseline_store import BaselineCache, BaselineRef, BaselineUnavailable
 from kanari.monitor.payload import (
-    BASELINE_ANNOTATION,
-    VERSION_ANNOTATION,
-    WINDOW_ANNOTATION,
+    REVISION_ANNOTATION,
     Arrays,
     LoggedEvent,
     MalformedEvent,
+    RowLimit,
     Rows,
     parse_event,
     request_rows,
     response_values,
     to_arrays,
 )
+from kanari.monitor.registry import (
+    Binding,
+    KubernetesWatcher,
+    ModelRegistry,
+    from_static_file,
+    kubernetes_api,
+)
 from kanari.monitor.settings import MonitorSettings, monitor_arguments
+from kanari.webguard import BodyRejected, read_body, ssl_context
+from kanari.webguard import run_app as serve
 
 log = logging.getLogger("kanari.monitor.server")
 
@@ -107,9 +121,15 @@ class Metrics:
         )
         self.schema_violations = Counter(
             "kanari_schema_violations",
-            "Values (row x feature) that break the baseline's schema, by kind.",
+            "Values (row x feature) that break the baseline's schema, by kind (series removed with the window).",
             ["namespace", "model", "kind"],
             registry=registry,
+        )
+        self.size = Gauge(
+            "kanari_drift_state", "Entries in each bounded structure of the monitor.", ["kind"], registry=registry
+        )
+        self.limit = Gauge(
+            "kanari_drift_limit", "The bound of each structure in kanari_drift_state.", ["kind"], registry=registry
         )
 
 
@@ -160,16 +180,17 @@ class DriftMonitor:
     def __init__(
         self,
         settings: MonitorSettings,
+        models: ModelRegistry,
         registry: CollectorRegistry | None = None,
         cache: BaselineCache | None = None,
-        static: StaticBaselines | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.settings = settings
+        self.models = models
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.cache = cache or BaselineCache()
-        self.static = static or StaticBaselines({})
+        self.cache = cache or BaselineCache(max_entries=settings.max_baselines,
+                                            max_failures=settings.max_baseline_failures)
         self.clock = clock
         self.windows: OrderedDict[WindowKey, ModelWindow] = OrderedDict()
         self.pending: OrderedDict[str, Pending] = OrderedDict()
@@ -177,6 +198,12 @@ class DriftMonitor:
         self._inflight: dict[BaselineRef, asyncio.Future[Baseline]] = {}
         self._samples_labels: set[tuple[str, str, str]] = set()
         self._divergence_labels: set[tuple[str, str, str]] = set()
+        self._violation_labels: set[tuple[str, str, str]] = set()
+        for kind, bound in (("windows", settings.max_models), ("pending", settings.max_pending),
+                            ("pending_bytes", settings.max_pending_bytes), ("baselines", settings.max_baselines),
+                            ("baseline_failures", settings.max_baseline_failures),
+                            ("rows_per_event", settings.max_rows_per_event), ("event_bytes", settings.max_event_bytes)):
+            self.metrics.limit.labels(kind).set(bound)
 
     # ------------------------------------------------------------------------------------------ intake
     def record(self, outcome: str, status: int, **body: Any) -> tuple[int, dict[str, Any]]:
@@ -195,31 +222,30 @@ class DriftMonitor:
             event = parse_event(headers, body)
         except MalformedEvent as exc:
             return self.record("malformed", 400, error=str(exc))
-        ref = self._baseline_ref(event)
-        if ref is None:
+        binding = self.models.bind(event.namespace, event.model, event.endpoint,
+                                   event.annotations.get(REVISION_ANNOTATION))
+        if binding is None:
+            name = f"{event.namespace[:63]}/{event.model[:63]}"
             return self.record(
-                "unknown_model",
-                404,
-                error=f"no baseline for {event.namespace}/{event.model}: the event carries no "
-                f"{BASELINE_ANNOTATION} annotation and the monitor's config has no entry",
+                "unknown_model", 404,
+                error=f"{name} is not a ModelDeployment with monitoring enabled and a model being served",
             )
         try:
-            baseline = await self._baseline(ref)
+            baseline = await self._baseline(binding.ref)
         except BaselineUnavailable as exc:
-            return self.record("baseline_unavailable", 503, error=str(exc))
+            # The detail names buckets, keys or paths: the log gets it, the caller does not.
+            log.warning("baseline of %s/%s unavailable: %s", event.namespace, event.model, exc)
+            return self.record("baseline_unavailable", 503,
+                               error=f"the baseline of {event.namespace}/{event.model} is unavailable; see the monitor's log")
         try:
-            state = self._window(event, ref, baseline)
+            state = self._window(event, binding, baseline)
             paired = self._intake(event, state)
+        except RowLimit as exc:
+            return self.record("oversized", 413, error=str(exc), id=event.id)
         except MalformedEvent as exc:
             return self.record("malformed", 400, error=str(exc), id=event.id)
         self._expire_pending()
         return self.record("accepted", 200, id=event.id, paired=paired)
-
-    def _baseline_ref(self, event: LoggedEvent) -> BaselineRef | None:
-        uri = event.annotations.get(BASELINE_ANNOTATION)
-        if uri:
-            return BaselineRef(normalise_uri(uri), event.annotations.get(VERSION_ANNOTATION, ""))
-        return self.static.lookup(event.namespace, event.model)
 
     async def _baseline(self, ref: BaselineRef) -> Baseline:
         cached = self.cache.cached(ref)
@@ -233,23 +259,16 @@ class DriftMonitor:
             future.add_done_callback(lambda _f: self._inflight.pop(ref, None))
         return await asyncio.shield(future)
 
-    def _window(self, event: LoggedEvent, ref: BaselineRef, baseline: Baseline) -> ModelWindow:
-        key = WindowKey(event.namespace, event.model, event.endpoint, ref.version or UNVERSIONED)
+    def _window(self, event: LoggedEvent, binding: Binding, baseline: Baseline) -> ModelWindow:
+        ref = binding.ref
+        key = WindowKey(event.namespace, event.model, event.endpoint, binding.version or UNVERSIONED)
         state = self.windows.get(key)
         if state is not None and state.ref == ref:
             self.windows.move_to_end(key)
             return state
         if state is not None:
             self._drop(key)
-        size = self.settings.window_size
-        raw_size = event.annotations.get(WINDOW_ANNOTATION)
-        if raw_size:
-            try:
-                size = int(raw_size)
-                if size < 1:
-                    raise ValueError
-            except ValueError:
-                raise MalformedEvent(f"annotation {WINDOW_ANNOTATION}: {raw_size!r} is not a positive integer") from None
+        size = binding.window_size or self.settings.window_size
         features = baseline.input_features
         state = ModelWindow(
             key=key,
@@ -272,14 +291,15 @@ class DriftMonitor:
         """Parse the payload and pair it with its other half; True if the pair is complete."""
         now = self.clock()
         state.updated = now
+        max_rows = self.settings.max_rows_per_event
         if event.kind == "request":
-            arrays = to_arrays(request_rows(event.data), state.features, state.domains, state.required)
+            arrays = to_arrays(request_rows(event.data, max_rows), state.features, state.domains, state.required)
             for kind, n in arrays.violations.items():
-                self.metrics.schema_violations.labels(event.namespace, event.model, kind).inc(n)
+                self._violation(event.namespace, event.model, kind, n)
             half: dict[str, Any] = {"request": arrays}
             size = _arrays_bytes(arrays)
         else:
-            values = response_values(event.data)
+            values = response_values(event.data, max_rows)
             half = {"response": values}
             size = 16 * len(values)
         entry = self.pending.pop(event.id, None)
@@ -309,8 +329,14 @@ class DriftMonitor:
             rows = Rows(len(response), positional=[[v] for v in response])
             arrays = to_arrays(rows, [feature], {}, {})
             for kind, n in arrays.violations.items():
-                self.metrics.schema_violations.labels(state.key.namespace, state.key.model, f"prediction_{kind}").inc(n)
+                self._violation(state.key.namespace, state.key.model, f"prediction_{kind}", n)
             window.add(arrays.numeric, arrays.categorical, arrays.n)
+
+    def _violation(self, namespace: str, model: str, kind: str, n: int) -> None:
+        # Only monitored models reach here, and kinds are a fixed set: the series are bounded, and
+        # evaluate() removes those of models that no longer have a window.
+        self.metrics.schema_violations.labels(namespace, model, kind).inc(n)
+        self._violation_labels.add((namespace, model, kind))
 
     def _expire_pending(self) -> None:
         """A half whose partner never comes (logger mode request/response, a failed request, a lost
@@ -351,8 +377,20 @@ class DriftMonitor:
         window exports no drift value at all: a missing series is inconclusive, never a pass."""
         now = self.clock()
         self._expire_pending()
-        for key in [k for k, st in self.windows.items() if now - st.updated > self.settings.idle_timeout]:
+        for key in [
+            k for k, st in self.windows.items()
+            if now - st.updated > self.settings.idle_timeout or (k.namespace, k.model) not in self.models
+        ]:
             self._drop(key)
+        tracked = {(k.namespace, k.model) for k in self.windows}
+        for labels in [lab for lab in self._violation_labels if lab[:2] not in tracked]:
+            self.metrics.schema_violations.remove(*labels)
+            self._violation_labels.discard(labels)
+        for kind, size in (("windows", len(self.windows)), ("pending", len(self.pending)),
+                           ("pending_bytes", self.pending_bytes), ("baselines", len(self.cache)),
+                           ("baseline_failures", self.cache.failures), ("models", len(self.models)),
+                           ("violation_series", len(self._violation_labels))):
+            self.metrics.size.labels(kind).set(size)
         for state in self.windows.values():
             versions = (state.window.version, state.predictions.version if state.predictions else -1)
             if versions == state.evaluated:
@@ -461,21 +499,14 @@ def _profile_drift(base: Profile, cur: Profile) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
-def build_app(monitor: DriftMonitor) -> web.Application:
+def build_app(monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None) -> web.Application:
     max_bytes = monitor.settings.max_event_bytes
 
     async def receive(request: web.Request) -> web.Response:
-        declared = request.content_length
-        if declared is not None and declared > max_bytes:
-            status, body = monitor.oversized(declared)
-            return web.json_response(body, status=status)
         try:
-            raw = await request.content.read(max_bytes + 1)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            status, body = monitor.record("malformed", 400, error="the body could not be read")
-            return web.json_response(body, status=status)
-        if len(raw) > max_bytes:
-            status, body = monitor.oversized(None)
+            raw = await read_body(request, max_bytes, monitor.settings.body_timeout)
+        except BodyRejected as exc:
+            status, body = monitor.record(exc.outcome, exc.status, error=exc.detail)
             return web.json_response(body, status=status)
         status, body = await monitor.handle(dict(request.headers), raw)
         return web.json_response(body, status=status)
@@ -484,7 +515,13 @@ def build_app(monitor: DriftMonitor) -> web.Application:
         return web.Response(body=generate_latest(monitor.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "models": len(monitor.windows), "pending": len(monitor.pending)})
+        # Liveness: the loop answers. Whether the ModelDeployment list has been read is reported, not
+        # fatal: a restart would not make the API server reachable.
+        return web.json_response({
+            "status": "ok", "windows": len(monitor.windows), "pending": len(monitor.pending),
+            "models": len(monitor.models), "modelsSynced": monitor.models.synced,
+            "watchErrors": sum(w.errors for w in watchers or []),
+        })
 
     async def evaluator(app: web.Application) -> Any:
         async def loop() -> None:
@@ -519,14 +556,31 @@ def run(args: argparse.Namespace) -> int:
             max_event_bytes=args.max_event_bytes,
             evaluate_interval=args.evaluate_interval,
             idle_timeout=args.idle_timeout,
+            max_rows_per_event=args.max_rows_per_event,
+            max_pending=args.max_pending,
+            max_baselines=args.max_baselines,
+            max_baseline_failures=args.max_baseline_failures,
+            body_timeout=args.body_timeout,
         )
-        static = StaticBaselines.from_file(args.config) if args.config else None
+        tls = ssl_context(args.tls_cert_file, args.tls_key_file)
+        if args.config:
+            models = from_static_file(args.config)
+        elif args.kubernetes:
+            models = ModelRegistry()
+        else:
+            raise ValueError("say where monitored models come from: --kubernetes (ModelDeployments) or --config FILE")
     except ValueError as exc:
         print(f"kanari drift monitor: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    monitor = DriftMonitor(settings, static=static)
-    web.run_app(build_app(monitor), host=args.host, port=args.port, print=None, access_log=None)
+    watchers = []
+    if args.kubernetes:
+        for namespace in args.watch_namespace or [None]:
+            watcher = KubernetesWatcher(models, kubernetes_api, namespace=namespace)
+            watcher.start()
+            watchers.append(watcher)
+    monitor = DriftMonitor(settings, models)
+    serve(build_app(monitor, watchers), args.host, args.port, header_timeout=args.header_timeout, tls=tls)
     return 0
 
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 64 * 1024 * 1024
+MAX_ROWS = 10_000
+MAX_BASELINES = 64
+MAX_BASELINE_FAILURES = 256
 
 
 @dataclass(frozen=True)
@@ -21,23 +24,37 @@ class MonitorSettings:
     idle_timeout: float = 900.0
     max_pending: int = MAX_PENDING
     max_pending_bytes: int = MAX_PENDING_BYTES
+    max_rows_per_event: int = MAX_ROWS
+    max_baselines: int = MAX_BASELINES
+    max_baseline_failures: int = MAX_BASELINE_FAILURES
+    body_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("window_size", "min_samples", "max_models", "max_event_bytes", "max_pending", "max_pending_bytes"):
+        for name in ("window_size", "min_samples", "max_models", "max_event_bytes", "max_pending", "max_pending_bytes",
+                     "max_rows_per_event", "max_baselines", "max_baseline_failures"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("evaluate_interval", "pending_ttl", "idle_timeout"):
+        for name in ("evaluate_interval", "pending_ttl", "idle_timeout", "body_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
 
 
 def monitor_arguments(parser: argparse.ArgumentParser) -> None:
+    from kanari.webguard import add_arguments
+
     d = MonitorSettings()
     parser.add_argument("--port", type=int, default=8080, help="listen port (events on /, metrics on /metrics)")
     parser.add_argument("--host", default="0.0.0.0", help="listen address")
-    parser.add_argument(
-        "--config", help="YAML/JSON file mapping namespace/model to a baseline URI, for events without annotations"
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--kubernetes", action="store_true",
+        help="take events only for ModelDeployments with monitoring enabled (list/watch through the Kubernetes API)",
     )
+    source.add_argument(
+        "--config", help="YAML/JSON file mapping namespace/model to a baseline URI (installs without the operator)"
+    )
+    parser.add_argument("--watch-namespace", action="append", default=[],
+                        help="with --kubernetes: only this namespace's ModelDeployments (repeat for several)")
     parser.add_argument("--window-size", type=int, default=d.window_size, help="requests per sliding window")
     parser.add_argument(
         "--min-samples", type=int, default=d.min_samples, help="below this many requests no drift value is exported"
@@ -50,3 +67,11 @@ def monitor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout", type=float, default=d.idle_timeout, help="seconds without events before a window is dropped"
     )
+    parser.add_argument("--max-rows-per-event", type=int, default=d.max_rows_per_event,
+                        help="events with more rows get 413")
+    parser.add_argument("--max-pending", type=int, default=d.max_pending,
+                        help="request/response halves waiting for their partner, at most")
+    parser.add_argument("--max-baselines", type=int, default=d.max_baselines, help="parsed baselines cached (LRU)")
+    parser.add_argument("--max-baseline-failures", type=int, default=d.max_baseline_failures,
+                        help="failed baseline fetches remembered (LRU) so a broken baseline is not fetched per event")
+    add_arguments(parser)

@@ -4,11 +4,16 @@ model's retraining policy and its trigger history.
 Alertmanager webhook payload version 4: act only on `status: firing` alerts that carry the retrain
 label; an alert is the same alert again while `fingerprint` and `startsAt` are unchanged (Alertmanager
 re-sends firing alerts every repeat_interval and retries failed deliveries).
+
+An alert only names which ModelDeployment fired (its `namespace` and `model` labels). Everything that
+decides what runs and how often (pipeline, parameters, cooldown, daily cap) comes from the
+ModelDeployment's spec.monitoring.retrain or the receiver's own config: anyone who can post to
+Alertmanager's API can make an alert say anything, so its annotations are never read as policy.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,20 +24,23 @@ from pydantic import ValidationError
 from kanari.api.conditions import now_iso
 from kanari.api.duration import parse_duration
 from kanari.api.v1alpha1 import RetrainRecord, RetrainSpec
-from kanari.controller.drift_rules import (
-    ANNOTATION_COOLDOWN,
-    ANNOTATION_MAX_PER_DAY,
-    ANNOTATION_PARAMETERS,
-    ANNOTATION_PIPELINE,
-    RETRAIN_LABEL,
-)
+from kanari.controller.drift_rules import RETRAIN_LABEL
 
 DAY = timedelta(days=1)
+# What a namespace or a ModelDeployment can be called (DNS-1123 label); nothing else names one.
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # Outcomes of a trigger; a failed launch neither blocks a retry nor counts against cooldown or cap.
 STARTING = "Starting"
 STARTED = "Started"
 FAILED = "Failed"
-COUNTED = (STARTING, STARTED)
+# A Starting record older than this is a claim whose process died before it launched (or recorded the
+# launch): the alert is retried, not answered "duplicate" forever.
+STARTING_TIMEOUT = timedelta(minutes=10)
+# After a failed launch the same alert is retried (on Alertmanager's redelivery) no sooner than this,
+# doubling per consecutive failure, up to RETRY_MAX; after MAX_ATTEMPTS failures it is given up.
+RETRY_BASE = timedelta(seconds=30)
+RETRY_MAX = timedelta(hours=1)
+MAX_ATTEMPTS = 8
 
 
 class MalformedPayload(ValueError):
@@ -128,27 +136,22 @@ class RetrainPolicy:
         return cls(spec.pipeline, parse_duration(spec.cooldown), spec.maxPerDay, dict(spec.parameters))
 
 
+def policy_from_model_deployment(obj: Mapping[str, Any]) -> RetrainPolicy | None:
+    """spec.monitoring.retrain of a ModelDeployment object; None when monitoring or retraining is off.
+    The API server validated the spec against the CRD; a spec that still does not parse is treated as
+    having no policy (the controller reports it as InvalidSpec)."""
+    monitoring = ((obj.get("spec") or {}).get("monitoring")) or {}
+    if not monitoring.get("enabled", True) or not monitoring.get("retrain"):
+        return None
+    try:
+        return RetrainPolicy.from_spec(RetrainSpec.model_validate(monitoring["retrain"]))
+    except (ValidationError, ValueError):
+        return None
+
+
 def policy_for(alert: Alert, configured: Mapping[str, RetrainSpec]) -> RetrainPolicy | None:
-    """The alert's own policy annotations (generated from spec.monitoring.retrain) or the receiver's
-    config for namespace/model; ValueError names a broken annotation."""
-    ann = alert.annotations
-    if ANNOTATION_PIPELINE in ann:
-        raw: dict[str, Any] = {"pipeline": ann[ANNOTATION_PIPELINE]}
-        if ANNOTATION_COOLDOWN in ann:
-            raw["cooldown"] = ann[ANNOTATION_COOLDOWN]
-        if ANNOTATION_MAX_PER_DAY in ann:
-            raw["maxPerDay"] = ann[ANNOTATION_MAX_PER_DAY]
-        if ANNOTATION_PARAMETERS in ann:
-            try:
-                raw["parameters"] = json.loads(ann[ANNOTATION_PARAMETERS])
-            except json.JSONDecodeError:
-                raise ValueError(f"annotation {ANNOTATION_PARAMETERS}: not JSON") from None
-        try:
-            return RetrainPolicy.from_spec(RetrainSpec.model_validate(raw))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"alert annotations: retrain {field}: {err['msg']}") from None
+    """The receiver's configured policy for the ModelDeployment the alert names (never the alert's own
+    annotations)."""
     spec = configured.get(f"{alert.namespace}/{alert.model}")
     return RetrainPolicy.from_spec(spec) if spec is not None else None
 
@@ -156,8 +159,24 @@ def policy_for(alert: Alert, configured: Mapping[str, RetrainSpec]) -> RetrainPo
 @dataclass(frozen=True)
 class TriggerDecision:
     trigger: bool
-    reason: str  # trigger | not_firing | not_retrain_alert | no_model | no_policy | bad_policy | duplicate | cooldown | daily_cap
+    # trigger | not_firing | not_retrain_alert | no_model | no_policy | duplicate | cooldown | daily_cap
+    # | backoff | gave_up | rate_limited
+    reason: str
     detail: str
+
+    @property
+    def retry_later(self) -> bool:
+        """Not now, but the alert must not be lost: answer 5xx so Alertmanager delivers it again."""
+        return self.reason in ("backoff", "rate_limited")
+
+
+def _live(r: RetrainRecord, now: datetime) -> bool:
+    """A record that holds a slot: a started run, or a claim recent enough that its launch may be running."""
+    return r.outcome == STARTED or (r.outcome == STARTING and now - _parse_time(r.at) < STARTING_TIMEOUT)
+
+
+def retry_delay(failures: int) -> timedelta:
+    return min(RETRY_BASE * (2 ** max(failures - 1, 0)), RETRY_MAX)
 
 
 def decide(
@@ -170,14 +189,30 @@ def decide(
         return TriggerDecision(False, "not_retrain_alert", f"alert has no {RETRAIN_LABEL}=\"true\" label")
     if not alert.namespace or not alert.model:
         return TriggerDecision(False, "no_model", "alert has no namespace/model labels")
+    if not (_K8S_NAME.fullmatch(alert.namespace) and _K8S_NAME.fullmatch(alert.model)):
+        return TriggerDecision(False, "no_model", "labels namespace/model are not Kubernetes object names")
     if policy is None:
         return TriggerDecision(
             False, "no_policy", f"no retraining pipeline known for {alert.namespace}/{alert.model}"
         )
-    counted = [r for r in history if r.outcome in COUNTED]
+    counted = [r for r in history if _live(r, now)]
     for r in counted:
         if r.fingerprint == alert.fingerprint and r.startsAt == alert.starts_at:
             return TriggerDecision(False, "duplicate", f"already triggered at {r.at} (run {r.run or 'starting'})")
+    same = [r for r in history if r.fingerprint == alert.fingerprint and r.startsAt == alert.starts_at]
+    failures = 0
+    for r in reversed(same):  # consecutive failed (or abandoned) attempts, newest first
+        if r.outcome == STARTED:
+            break
+        failures += 1
+    if failures >= MAX_ATTEMPTS:
+        return TriggerDecision(False, "gave_up", f"{failures} launches of this alert failed; not retrying")
+    if failures:
+        retry_at = _parse_time(same[-1].at) + retry_delay(failures)
+        if now < retry_at:
+            return TriggerDecision(
+                False, "backoff", f"{failures} failed launch(es) of this alert; next try after {now_iso(retry_at)}"
+            )
     times = sorted(_parse_time(r.at) for r in counted)
     if times and now - times[-1] < timedelta(seconds=policy.cooldown_seconds):
         until = times[-1] + timedelta(seconds=policy.cooldown_seconds)

@@ -4,7 +4,13 @@ when a drift alert fires, with deduplication, a per-model cooldown and a daily c
 Run it as `python -m kanari.retrain.receiver --config receiver.yaml --token-file /var/run/secrets/token`
 (or `kanari drift receiver ...`). Alertmanager posts to `/alerts` with `Authorization: Bearer <token>`
 (webhook_configs[].http_config.authorization.credentials_file). Every delivery is answered with a
-status code and a JSON body saying, per alert, what happened and why.
+status code and a JSON body saying, per alert, what happened and why: 200 when every alert was decided,
+502 when a launch failed and 503 when an alert must come again (store unreachable, retry backoff, the
+global rate limit), so that Alertmanager, which retries only 5xx, never drops an alert we did not act on.
+
+What it trusts: the bearer token says the caller is Alertmanager; an alert only names the ModelDeployment
+that fired (labels `namespace`, `model`). What runs, with which parameters and how often comes from that
+ModelDeployment's spec.monitoring.retrain (`modelDeployments: true`) or this config's `models`.
 
 Example config:
     launcher:
@@ -13,47 +19,64 @@ Example config:
     store:
       kubernetes: true          # status.retraining of the ModelDeployment, plus Events
       # or: file: /var/lib/kanari/triggers.json
-    models:                     # fallback when alerts carry no retrain_* annotations
+    modelDeployments: true      # policy from spec.monitoring.retrain of the ModelDeployment the alert names
+    models:                     # policy for models without one there (or without the operator)
       ml-prod/fraud-scorer: {pipeline: fraud-training, cooldown: 24h, maxPerDay: 2}
+    maxRunsPerHour: 20          # across all models
+    launchTimeoutSeconds: 60
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import concurrent.futures
+import contextlib
 import hmac
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kanari.api.conditions import now_iso
 from kanari.api.v1alpha1 import RetrainSpec, format_validation_error
-from kanari.retrain.history import FileTriggerStore, KubernetesTriggerStore, StoreUnavailable, TriggerStore
+from kanari.retrain.history import (
+    FileTriggerStore,
+    KubernetesTriggerStore,
+    ModelDeploymentPolicies,
+    StoreUnavailable,
+    TriggerStore,
+)
 from kanari.retrain.launchers import CommandLauncher, KfpLauncher, Launcher, LaunchError, LaunchRequest
 from kanari.retrain.policy import (
     FAILED,
-    RETRAIN_LABEL,
     STARTED,
     Alert,
     MalformedPayload,
+    RetrainPolicy,
     TriggerDecision,
+    decide,
     parse_payload,
     policy_for,
 )
-from kanari.retrain.settings import TOKEN_ENV, receiver_arguments
+from kanari.retrain.settings import MAX_BODY, TOKEN_ENV, receiver_arguments
+from kanari.webguard import BodyRejected, loads, read_body, ssl_context
+from kanari.webguard import run_app as serve
 
 log = logging.getLogger("kanari.retrain.receiver")
 
-MAX_BODY = 1024 * 1024
+HOUR = timedelta(hours=1)
+LAUNCH_WORKERS = 4
+CORRUPT_REASON = "TriggerHistoryCorrupt"
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -69,7 +92,8 @@ class KfpConfig(_Config):
 
 
 class CommandConfig(_Config):
-    argv: list[str] | str
+    # A list only: a string would have to be split (or given to a shell), and alert labels end up in it.
+    argv: list[str] = Field(min_length=1)
     logDir: str = "retrain-logs"
 
 
@@ -98,7 +122,10 @@ class StoreConfig(_Config):
 class ReceiverConfig(_Config):
     launcher: LauncherConfig
     store: StoreConfig
+    modelDeployments: bool = False
     models: dict[str, RetrainSpec] = {}
+    maxRunsPerHour: int = Field(default=20, ge=1, le=10_000)
+    launchTimeoutSeconds: float = Field(default=60.0, gt=0, le=3600)
 
     @classmethod
     def from_file(cls, path: str | Path) -> ReceiverConfig:
@@ -120,16 +147,49 @@ def build_launcher(cfg: LauncherConfig) -> Launcher:
     return CommandLauncher(cfg.command.argv, cfg.command.logDir)
 
 
-def build_store(cfg: StoreConfig) -> TriggerStore:
-    if cfg.file is not None:
-        return FileTriggerStore(cfg.file)
-    from kubernetes import client, config
+def _custom_api() -> Any:
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    from kanari.controller.kube import load_config
+
+    load_config()
+    return client.CustomObjectsApi()
+
+
+def build_store(cfg: StoreConfig, on_corrupt: Callable[[str], None] | None = None) -> TriggerStore:
+    if cfg.file is not None:
+        return FileTriggerStore(cfg.file, on_corrupt=on_corrupt)
+    from kubernetes import client
+
+    from kanari.controller.kube import load_config
+
+    load_config()
     return KubernetesTriggerStore(client.CustomObjectsApi(), client.CoreV1Api())
+
+
+def pod_event(reason: str, message: str) -> None:
+    """A Warning Event on the receiver's own Pod (POD_NAME/POD_NAMESPACE from the downward API), so
+    `kubectl describe pod` and event-based alerting see what the log says. Best effort."""
+    name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if not name or not namespace:
+        return
+    try:
+        from kubernetes import client
+
+        from kanari.controller.kube import load_config
+
+        load_config()
+        now = now_iso(datetime.now(UTC))
+        client.CoreV1Api().create_namespaced_event(namespace, {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace},
+            "reason": reason, "message": message, "type": "Warning",
+            "source": {"component": "kanari-alert-receiver"}, "reportingComponent": "kanari-alert-receiver",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }, _request_timeout=(5, 10))
+    except Exception as exc:  # noqa: BLE001 - the metric and /healthz carry it too
+        log.warning("could not emit Event %s: %s", reason, type(exc).__name__)
 
 
 def read_token(token_file: str | None) -> str:
@@ -156,12 +216,18 @@ class RetrainReceiver:
         models: dict[str, RetrainSpec] | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        model_deployments: Callable[[str, str], RetrainPolicy | None] | None = None,
+        max_runs_per_hour: int = 20,
+        launch_timeout: float = 60.0,
     ):
         self._token = token.encode()
         self.store = store
         self.launcher = launcher
         self.models = models or {}
+        self.model_deployments = model_deployments
         self.clock = clock
+        self.max_runs_per_hour = max_runs_per_hour
+        self.launch_timeout = launch_timeout
         self.registry = registry or CollectorRegistry()
         self.decisions = Counter(
             "kanari_retrain_decisions", "Alerts the retraining receiver handled, by decision.", ["reason"],
@@ -170,9 +236,27 @@ class RetrainReceiver:
         self.deliveries = Counter(
             "kanari_retrain_deliveries", "Webhook deliveries, by HTTP status.", ["code"], registry=self.registry
         )
-        # Claims from concurrent deliveries run one at a time in this process; the stores also
-        # guard against other processes (flock, resourceVersion).
-        self._lock = asyncio.Lock()
+        self.corrupt = Counter(
+            "kanari_retrain_history_corrupt", "Trigger histories found corrupt and moved aside.", registry=self.registry
+        )
+        self.recent_runs = Gauge(
+            "kanari_retrain_runs_last_hour", "Runs launched in the last hour, all models.", registry=self.registry
+        )
+        Gauge("kanari_retrain_runs_per_hour_limit", "The global limit on runs per hour.",
+              registry=self.registry).set(max_runs_per_hour)
+        self.problems: list[str] = []
+        # Launches run in their own small pool with a timeout, never under a lock: one hung pipeline
+        # API call costs one worker, not every other delivery. The stores serialise claims themselves
+        # (flock, resourceVersion), so no lock is needed around them either.
+        self._launch_pool = concurrent.futures.ThreadPoolExecutor(LAUNCH_WORKERS, thread_name_prefix="launch")
+        self._launches: collections.deque[datetime] = collections.deque()
+
+    def history_corrupt(self, message: str) -> None:
+        """The store's report that it moved a corrupt history aside (called from a store thread)."""
+        self.corrupt.inc()
+        self.problems.append(message)
+        del self.problems[:-10]
+        pod_event(CORRUPT_REASON, message)
 
     def authorized(self, header: str | None) -> bool:
         scheme, _, given = (header or "").partition(" ")
@@ -187,9 +271,12 @@ class RetrainReceiver:
         if not self.authorized(authorization):
             return 401, {"error": "unauthorized", "detail": "missing or wrong bearer token"}
         try:
-            alerts = parse_payload(json.loads(body))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return 400, {"error": "malformed", "detail": "body is not JSON"}
+            doc = loads(body)
+        except ValueError as exc:
+            detail = "body is not JSON" if "JSON" in type(exc).__name__ or "Expecting" in str(exc) else str(exc)
+            return 400, {"error": "malformed", "detail": detail}
+        try:
+            alerts = parse_payload(doc)
         except MalformedPayload as exc:
             return 400, {"error": "malformed", "detail": str(exc)}
         results: list[dict[str, Any]] = []
@@ -203,9 +290,33 @@ class RetrainReceiver:
                 # 5xx makes Alertmanager retry the delivery later.
                 return 503, {"error": "store_unavailable", "detail": str(exc), "results": results}
             if result["action"] == "failed":
-                status = 502
+                status = max(status, 502)
+            elif result.get("retryLater"):
+                status = 503
             results.append(result)
         return status, {"received": len(alerts), "results": results}
+
+    def _policy(self, alert: Alert) -> RetrainPolicy | None:
+        """From the ModelDeployment the alert names, else this receiver's config (blocking: off the loop)."""
+        if self.model_deployments is not None:
+            found = self.model_deployments(alert.namespace, alert.model)
+            if found is not None:
+                return found
+        return policy_for(alert, self.models)
+
+    def _reserve(self, now: datetime) -> bool:
+        while self._launches and now - self._launches[0] >= HOUR:
+            self._launches.popleft()
+        self.recent_runs.set(len(self._launches))
+        if len(self._launches) >= self.max_runs_per_hour:
+            return False
+        self._launches.append(now)
+        return True
+
+    def _release(self, at: datetime) -> None:
+        with contextlib.suppress(ValueError):
+            self._launches.remove(at)
+        self.recent_runs.set(len(self._launches))
 
     async def _handle(self, alert: Alert) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -216,50 +327,68 @@ class RetrainReceiver:
             "fingerprint": alert.fingerprint,
             "startsAt": alert.starts_at,
         }
+        now = self.clock()
+        # Alerts that cannot start anything whatever the policy are answered without any I/O.
+        early = decide(alert, RetrainPolicy("", 0, 1, {}), [], now)
+        if not early.trigger:
+            return self._skipped(out, early)
+        policy = await loop.run_in_executor(None, self._policy, alert)
+        if policy is None:
+            return self._skipped(out, decide(alert, None, [], now))
+        if not self._reserve(now):
+            return self._skipped(out, TriggerDecision(
+                False, "rate_limited", f"{self.max_runs_per_hour} retraining runs in the last hour across all models",
+            ))
         try:
-            policy = policy_for(alert, self.models)
-        except ValueError as exc:
-            if alert.status == "firing" and alert.labels.get(RETRAIN_LABEL) == "true":
-                return self._skipped(out, TriggerDecision(False, "bad_policy", str(exc)))
-            policy = None
-        async with self._lock:
-            now = self.clock()
             decision = await loop.run_in_executor(None, self.store.claim, alert, policy, now)
-            if not decision.trigger:
-                return self._skipped(out, decision)
-            assert policy is not None
-            request = LaunchRequest(alert, policy)
-            try:
-                run = await loop.run_in_executor(None, self.launcher.launch, request)
-            except LaunchError as exc:
-                message = f"retraining of {alert.namespace}/{alert.model} failed to start: {exc}"
-                log.error("%s", message)
-                await loop.run_in_executor(None, self.store.complete, alert, "", FAILED, message, self.clock())
-                self.decisions.labels("launch_failed").inc()
-                return {**out, "action": "failed", "reason": "launch_failed", "detail": str(exc)}
-            message = (
-                f"drift alert {alert.name} started pipeline {policy.pipeline} (run {run}) for "
-                f"{alert.namespace}/{alert.model}"
-            )
-            log.info("%s", message)
-            await loop.run_in_executor(None, self.store.complete, alert, run, STARTED, message, self.clock())
+        except BaseException:
+            self._release(now)
+            raise
+        if not decision.trigger:
+            self._release(now)
+            return self._skipped(out, decision)
+        request = LaunchRequest(alert, policy)
+        try:
+            launch = loop.run_in_executor(self._launch_pool, self.launcher.launch, request)
+            run = await asyncio.wait_for(launch, self.launch_timeout)
+        except Exception as exc:  # noqa: BLE001 - whatever the launcher raised, the claim must not stay Starting
+            if isinstance(exc, TimeoutError):
+                why = f"the launcher did not answer within {self.launch_timeout:g}s"
+            elif isinstance(exc, LaunchError):
+                why = str(exc)
+            else:
+                why = f"{type(exc).__name__}: {exc}"
+            message = f"retraining of {alert.namespace}/{alert.model} failed to start: {why}"
+            log.error("%s", message)
+            await loop.run_in_executor(None, self.store.complete, alert, "", FAILED, message, self.clock())
+            self.decisions.labels("launch_failed").inc()
+            return {**out, "action": "failed", "reason": "launch_failed", "detail": why}
+        message = (
+            f"drift alert {alert.name} started pipeline {policy.pipeline} (run {run}) for "
+            f"{alert.namespace}/{alert.model}"
+        )
+        log.info("%s", message)
+        await loop.run_in_executor(None, self.store.complete, alert, run, STARTED, message, self.clock())
         self.decisions.labels("trigger").inc()
         return {**out, "action": "triggered", "reason": "trigger", "detail": decision.detail, "run": run}
 
     def _skipped(self, out: dict[str, Any], decision: TriggerDecision) -> dict[str, Any]:
         self.decisions.labels(decision.reason).inc()
         log.info("alert %s for %s/%s: %s (%s)", out["alertname"], out["namespace"], out["model"], decision.reason, decision.detail)
-        return {**out, "action": "skipped", "reason": decision.reason, "detail": decision.detail}
+        result = {**out, "action": "skipped", "reason": decision.reason, "detail": decision.detail}
+        if decision.retry_later:
+            result["retryLater"] = True
+        return result
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
-def build_app(receiver: RetrainReceiver) -> web.Application:
+def build_app(receiver: RetrainReceiver, max_body: int = MAX_BODY, body_timeout: float = 30.0) -> web.Application:
     async def alerts(request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            return web.json_response({"error": "too_large", "detail": f"body over {MAX_BODY} bytes"}, status=413)
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            return web.json_response({"error": "too_large", "detail": f"body over {MAX_BODY} bytes"}, status=413)
+        try:
+            body = await read_body(request, max_body, body_timeout)
+        except BodyRejected as exc:
+            receiver.deliveries.labels(str(exc.status)).inc()
+            return web.json_response({"error": exc.outcome, "detail": exc.detail}, status=exc.status)
         status, doc = await receiver.deliver(request.headers.get("Authorization"), body)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return web.json_response(doc, status=status, headers=headers)
@@ -268,9 +397,11 @@ def build_app(receiver: RetrainReceiver) -> web.Application:
         return web.Response(body=generate_latest(receiver.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        # Liveness stays 200 (a restart repairs nothing); what went wrong is in the body and the metrics.
+        state = "degraded" if receiver.problems else "ok"
+        return web.json_response({"status": state, "problems": receiver.problems})
 
-    app = web.Application(client_max_size=MAX_BODY + 1)
+    app = web.Application()
     app.router.add_post("/alerts", alerts)
     app.router.add_post("/", alerts)
     app.router.add_get("/metrics", metrics)
@@ -279,17 +410,35 @@ def build_app(receiver: RetrainReceiver) -> web.Application:
 
 
 def run(args: argparse.Namespace) -> int:
+    holder: list[RetrainReceiver] = []
+
+    def on_corrupt(message: str) -> None:
+        if holder:
+            holder[0].history_corrupt(message)
+        else:  # found at start, before the receiver exists: remembered below
+            early.append(message)
+
+    early: list[str] = []
     try:
         config = ReceiverConfig.from_file(args.config)
         token = read_token(args.token_file)
-        store = build_store(config.store)
+        tls = ssl_context(args.tls_cert_file, args.tls_key_file)
+        store = build_store(config.store, on_corrupt)
         launcher = build_launcher(config.launcher)
     except ValueError as exc:
         print(f"kanari drift receiver: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    receiver = RetrainReceiver(token, store, launcher, config.models)
-    web.run_app(build_app(receiver), host=args.host, port=args.port, print=None, access_log=None)
+    receiver = RetrainReceiver(
+        token, store, launcher, config.models,
+        model_deployments=ModelDeploymentPolicies(_custom_api) if config.modelDeployments else None,
+        max_runs_per_hour=config.maxRunsPerHour, launch_timeout=config.launchTimeoutSeconds,
+    )
+    holder.append(receiver)
+    for message in early:
+        receiver.history_corrupt(message)
+    app = build_app(receiver, args.max_body_bytes, args.body_timeout)
+    serve(app, args.host, args.port, header_timeout=args.header_timeout, tls=tls)
     return 0
 
 

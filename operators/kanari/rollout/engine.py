@@ -29,6 +29,7 @@ from kanari.api.v1alpha1 import (
     ModelRef,
     RolloutState,
 )
+from kanari.capacity import gate as capacity_gate
 from kanari.rollout.judge import UNAVAILABLE
 from kanari.rollout.templates import metric_interval
 
@@ -47,6 +48,8 @@ class RolloutObservation:
     canary_ready: bool
     measurement: list[MetricResult] | None = None
     action: str | None = None
+    # NeuronCore room for the canary (Inferentia deployments); None: the rollout is not capacity-gated.
+    capacity: capacity_gate.CapacityView | None = None
 
 
 @dataclass(frozen=True)
@@ -325,6 +328,8 @@ def _advance(run: _Pass, full: bool) -> None:
         if ro.pausedReason in HUMAN_PAUSES:
             _hold_paused(run)
             return
+        if run.obs.capacity is not None and not _capacity_admits(run, steps):
+            return
         if not run.obs.canary_ready:
             st.phase = "Paused" if ro.pausedReason else "Progressing"
             assert st.canaryModel is not None
@@ -355,6 +360,36 @@ def _advance(run: _Pass, full: bool) -> None:
         if not _analysis_step(run, step):
             return
         _next_step(run, "analysis passed")
+
+
+def _capacity_admits(run: _Pass, steps: list[CanaryStep]) -> bool:
+    """Size the canary for the weight about to be set; wait (never fail) while the NeuronCores are not there."""
+    st, ro = run.st, run.st.rollout
+    assert run.obs.capacity is not None
+    target = capacity_gate.next_weight(steps, st.currentStep, st.canaryWeight)
+    result = capacity_gate.check(run.spec, st, run.obs.capacity, target)
+    st.capacity = result.status
+    recheck = run.now + timedelta(seconds=run.obs.capacity.recheck_seconds)
+    if not result.admitted:
+        if ro.pausedReason != capacity_gate.REASON:
+            ro.pausedReason = capacity_gate.REASON
+            run.event(capacity_gate.REASON, f"step {st.currentStep}: {result.message}", True)
+        run.condition("CapacityAvailable", False, capacity_gate.REASON, result.message)
+        st.phase = "Paused"
+        st.message = f"step {st.currentStep}: waiting for NeuronCores: {result.message}"
+        run.wake.append(recheck)
+        return False
+    if ro.pausedReason == capacity_gate.REASON:
+        ro.pausedReason = None
+        ro.lastProgressAt = now_iso(run.now)  # the wait was not the rollout's fault: the deadline starts again
+        run.event("CapacityAvailable", f"step {st.currentStep}: {result.message}")
+    run.condition("CapacityAvailable", True, "CapacityAvailable", result.message)
+    if not result.ready:
+        st.phase = "Progressing"
+        st.message = f"step {st.currentStep}: scaling canary to {result.status.canaryReplicas} replica(s) for weight {target}"
+        run.wake.append(recheck)
+        return False
+    return True
 
 
 def _hold_paused(run: _Pass) -> None:
@@ -556,7 +591,7 @@ def _hold_rolled_back(run: _Pass) -> None:
 
 def _deadline_applies(run: _Pass) -> bool:
     st, ro = run.st, run.st.rollout
-    if ro.pausedReason in HUMAN_PAUSES or ro.bakeUntil:
+    if ro.pausedReason in (*HUMAN_PAUSES, capacity_gate.REASON) or ro.bakeUntil:
         return False
     step = _step(run.spec, st)
     return not (step is not None and step.pause is not None and run.obs.canary_ready)

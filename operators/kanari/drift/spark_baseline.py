@@ -1,0 +1,140 @@
+"""Baselines on Spark, for training sets that do not fit one machine.
+
+Each partition is profiled by the same code as the local engine (a Profile: KLL sketches, moments, category
+counts), inside `mapInPandas`, so rows travel to Python as Arrow batches; the partition profiles come back to
+the driver pickled (a few hundred KB each, whatever the partition's size) and are merged there. The merged
+profile writes the same statistics.json / constraints.json as `kanari drift baseline`: counts, missing values
+and category counts are exact, moments equal to floating-point rounding, and every numeric feature's CDF
+within the sketches' stated rank error (sketch.RANK_ERROR_C / k) of the local engine's.
+
+Feature types follow the local engine's rule (pandas' dtype): integer columns are Integral, floating columns
+Integral when every finite value is a whole number, else Fractional; booleans and everything else String.
+
+Paths: anything Spark reads (local paths, s3:// on EMR or SageMaker's Spark container, s3a:// with
+hadoop-aws on the classpath). Format from the suffix (.parquet/.pq or a directory of Parquet parts, .csv,
+.tsv), or `fmt`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from kanari.drift.profile import Feature, InferredType, Profile
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
+
+PROFILE_COLUMN = "profile"
+
+
+def spark_feature_types(schema: Sequence[tuple[str, str]], whole: dict[str, bool]) -> list[Feature]:
+    """Features from a Spark schema ((name, simpleString type) pairs) and, for floating columns, whether
+    every finite value is a whole number. Pure: the local engine's infer_type, on Spark's types."""
+    out = []
+    for name, spark_type in schema:
+        t = spark_type.lower()
+        kind: InferredType
+        if t in ("tinyint", "smallint", "int", "bigint") or t.startswith("decimal(") and t.endswith(",0)"):
+            kind = "Integral"
+        elif t in ("float", "double") or t.startswith("decimal("):
+            kind = "Integral" if whole.get(name, False) else "Fractional"
+        else:
+            kind = "String"
+        out.append(Feature(name, kind))
+    return out
+
+
+def read_dataset(spark: SparkSession, path: str, fmt: str | None = None) -> DataFrame:
+    fmt = fmt or _format_of(path)
+    reader = spark.read
+    if fmt == "parquet":
+        return reader.parquet(path)
+    if fmt in ("csv", "tsv"):
+        return reader.options(header=True, inferSchema=True, sep="\t" if fmt == "tsv" else ",").csv(path)
+    raise ValueError(f"data: {path}: unknown format {fmt!r}; use .parquet, .csv or .tsv (or --format)")
+
+
+def _format_of(path: str) -> str:
+    name = path.rstrip("/").lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith(".tsv"):
+        return "tsv"
+    # A Parquet dataset is usually a directory of part files with no suffix.
+    return "parquet"
+
+
+def spark_profile(df: DataFrame, seed: int = 0) -> Profile:
+    """Profile a Spark DataFrame: one Profile per partition, merged on the driver."""
+    from pyspark.sql import functions as F
+
+    columns = [str(c) for c in df.columns]
+    if not columns:
+        raise ValueError("data: no columns")
+    if len(set(columns)) != len(columns):
+        raise ValueError("data: column names must be unique")
+    schema = [(f.name, f.dataType.simpleString()) for f in df.schema.fields]
+    floating = [n for n, t in schema if t in ("float", "double") or (t.startswith("decimal(") and not t.endswith(",0)"))]
+    whole: dict[str, bool] = {}
+    if floating:
+        # One pass: a floating column is Integral if no finite value has a fractional part.
+        checks = [
+            F.max(
+                F.when(~F.isnan(F.col(n)) & (F.abs(F.col(n)) != F.lit(float("inf"))) & (F.col(n) != F.floor(F.col(n))), 1).otherwise(0)
+            ).alias(n)
+            for n in floating
+        ]
+        row = df.select([F.col(n).cast("double").alias(n) for n in floating]).agg(*checks).first()
+        whole = {n: not (row[n] or 0) for n in floating} if row is not None else {}
+    features = spark_feature_types(schema, whole)
+    blob = pickle.dumps((features, seed))
+
+    def profile_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+        from pyspark import TaskContext
+
+        feats, base_seed = pickle.loads(blob)
+        ctx = TaskContext.get()
+        part = ctx.partitionId() if ctx is not None else 0
+        profile = Profile.empty(feats, seed=base_seed + part)
+        for batch in batches:
+            profile.add_frame(batch)
+        yield pd.DataFrame({PROFILE_COLUMN: [pickle.dumps(profile, protocol=pickle.HIGHEST_PROTOCOL)]})
+
+    parts = df.mapInPandas(profile_partition, schema=f"{PROFILE_COLUMN} binary").collect()
+    merged = Profile.empty(features, seed=seed)
+    for r in parts:
+        merged.merge(pickle.loads(r[PROFILE_COLUMN]))
+    if merged.rows == 0:
+        raise ValueError("data: no rows")
+    return merged
+
+
+def session(master: str | None = None) -> SparkSession:
+    """The Spark session: the one spark-submit (or SageMaker's Spark container) set up, else local."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName("kanari-drift-baseline")
+    if master:
+        builder = builder.master(master)
+    elif "SPARK_HOME" not in os.environ and "PYSPARK_SUBMIT_ARGS" not in os.environ:
+        builder = builder.master("local[*]")
+    return builder.getOrCreate()
+
+
+def spark_baseline(
+    spark: SparkSession, path: str, out_dir: str | os.PathLike[str], *, target: str | None = None, fmt: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Profile `path` on Spark and write statistics.json and constraints.json into out_dir."""
+    from kanari.drift.model_monitor import profile_documents, write_documents
+
+    df = read_dataset(spark, path, fmt)
+    if target is not None and target not in df.columns:
+        raise ValueError(f"target: column {target!r} is not in the data (columns: {', '.join(df.columns)})")
+    statistics, constraints = profile_documents(spark_profile(df), target=target)
+    write_documents(statistics, constraints, out_dir)
+    return statistics, constraints

@@ -1,0 +1,171 @@
+"""fastcompare: one pass over the current data against the stored baseline. Exact where the baseline is
+exact, within the baseline sketch's bound of the exact KS otherwise, chunking-invariant, and the same
+verdicts and schema violations as the sketch-to-sketch path on the benchmark's data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kanari.drift.compare import compare_frame, profile_current, schema_violations
+from kanari.drift.fastcompare import compare_chunks, compare_file, compare_frame_fast
+from kanari.drift.model_monitor import baseline_documents, parse_baseline
+from scipy.stats import ks_2samp
+
+from bench.drift.run import make_data, shifted_features
+
+
+def baseline_of(df: pd.DataFrame, target: str | None = None):  # type: ignore[no-untyped-def]
+    return parse_baseline(*baseline_documents(df, target=target))
+
+
+@pytest.mark.parametrize("method", [None, "psi", "js", "wasserstein"])
+def test_same_verdicts_as_the_sketch_path_on_the_benchmark_data(method: str | None) -> None:
+    cols = [f"f{j}" for j in range(30)]
+    ref = pd.DataFrame(make_data(50_000, 30, 11, shift=False), columns=cols)
+    cur = pd.DataFrame(make_data(50_000, 30, 12, shift=True), columns=cols)
+    baseline = baseline_of(ref)
+    old = compare_frame(baseline, cur, method=method, current=profile_current(baseline, cur))
+    new = compare_frame_fast(baseline, cur, method=method)
+    assert new.drifted_features == old.drifted_features
+    assert sorted(int(f[1:]) for f in new.drifted_features) == shifted_features(30)
+    for a, b in zip(old.features, new.features, strict=True):
+        assert a.feature == b.feature and a.method == b.method
+        assert a.current_count == b.current_count and a.baseline_count == b.baseline_count
+
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+value = st.one_of(finite, st.sampled_from([0.0, 1.0, 1.0, 2.0, np.nan, np.inf, -np.inf]))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.lists(value, min_size=1, max_size=300), cur=st.lists(value, min_size=1, max_size=600))
+def test_ks_is_exact_against_an_uncompacted_baseline(base: list[float], cur: list[float]) -> None:
+    """Below k rows the baseline sketch holds every value, so the fast KS must be the exact two-sample KS
+    (ties, NaN as missing, infinities included)."""
+    baseline = baseline_of(pd.DataFrame({"x": np.array(base, dtype=float)}))
+    report = compare_frame_fast(baseline, pd.DataFrame({"x": np.array(cur, dtype=float)}))
+    a, b = np.array(base), np.array(cur)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    (f,) = report.features
+    if not len(a) or not len(b):
+        assert f.value is None
+        return
+    assert f.value is not None
+    assert f.value == pytest.approx(ks_2samp(a, b).statistic, abs=2e-6)
+    assert f.current_count == len(b)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(shift=st.floats(0.0, 0.5), rows=st.integers(5_000, 60_000), seed=st.integers(0, 2**31))
+def test_ks_within_the_baseline_sketch_bound_of_exact(shift: float, rows: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ref = pd.DataFrame({"a": rng.normal(size=rows), "b": np.round(rng.exponential(size=rows) * 4)})
+    cur = pd.DataFrame({"a": rng.normal(shift, 1.0, size=rows // 3), "b": np.round(rng.exponential(1 + shift, rows // 3) * 4)})
+    baseline = baseline_of(ref)
+    report = compare_frame_fast(baseline, cur)
+    bound = baseline.profile.sketch.rank_error
+    for f in report.features:
+        exact = ks_2samp(ref[f.feature], cur[f.feature]).statistic
+        assert f.value is not None and abs(f.value - exact) <= bound + 1e-6
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.integers(0, 3000), max_size=8), method=st.sampled_from([None, "psi", "js", "wasserstein", "chi2"]))
+def test_chunking_does_not_change_the_report(cuts: list[int], method: str | None) -> None:
+    rng = np.random.default_rng(3)
+    ref = pd.DataFrame({"n": rng.normal(size=4000), "i": rng.integers(0, 9, 4000), "c": rng.choice(list("abcd"), 4000)})
+    cur = pd.DataFrame({"n": rng.normal(0.3, 1, 3000), "i": rng.integers(0, 12, 3000), "c": rng.choice(list("abcde"), 3000)})
+    cur.loc[::7, "n"] = np.nan
+    baseline = baseline_of(ref)
+    whole = compare_frame_fast(baseline, cur, method)
+    bounds = sorted({0, len(cur), *cuts})
+    chunked = compare_chunks(baseline, list(cur.columns), (cur.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)), method)
+    assert chunked.to_dict() == whole.to_dict()
+
+
+def test_schema_violations_match_the_frame_check() -> None:
+    rng = np.random.default_rng(5)
+    ref = pd.DataFrame(
+        {"n": rng.normal(size=500), "i": rng.integers(0, 5, 500), "c": rng.choice(["x", "y"], 500), "gone": 1.0, "y": rng.integers(0, 2, 500)}
+    )
+    baseline = baseline_of(ref, target="y")
+    cur = pd.DataFrame(
+        {
+            "n": ["1.5", "oops", None, "2", "bad"] * 40,
+            "i": [0.5, 1.0, 2.0, np.nan, 3.0] * 40,
+            "c": ["x", "z", None, "w", "y"] * 40,
+            "extra": 1,
+        }
+    )
+    fast = compare_frame_fast(baseline, cur)
+    assert fast.violations == schema_violations(baseline, cur)
+    assert {v.kind for v in fast.violations} >= {"missing_column", "extra_column", "type_mismatch", "unseen_category", "completeness"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".tsv"])
+def test_compare_file_reads_only_the_baseline_columns_and_matches_the_frame(tmp_path, suffix: str) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(9)
+    ref = pd.DataFrame({"n": rng.normal(size=3000), "i": rng.integers(0, 5, 3000), "c": rng.choice(["x", "y", "z"], 3000)})
+    cur = pd.DataFrame({"n": rng.normal(0.5, 1, 2000), "i": rng.integers(0, 6, 2000), "c": rng.choice(["x", "y"], 2000)})
+    cur["unused"] = "text"
+    baseline = baseline_of(ref)
+    path = tmp_path / f"current{suffix}"
+    if suffix == ".parquet":
+        cur.to_parquet(path)
+    else:
+        cur.to_csv(path, index=False, sep="\t" if suffix == ".tsv" else ",")
+    from_file = compare_file(baseline, path)
+    assert from_file.to_dict() == compare_frame_fast(baseline, cur).to_dict()
+    assert "n" in from_file.drifted_features
+
+
+MEMORY_PROBE = """
+import json, sys
+import numpy as np, pandas as pd, pyarrow.parquet
+from kanari.drift.fastcompare import compare_file, compare_frame_fast
+from kanari.drift.model_monitor import read_baseline
+baseline = read_baseline(sys.argv[1])
+names = [f.name for f in baseline.profile.features]
+compare_frame_fast(baseline, pd.DataFrame(np.zeros((10, len(names))), columns=names))  # load the kernel first
+def rss(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field)) * 1024
+before = rss("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")
+report = compare_file(baseline, sys.argv[2], chunk_values=1_000_000)
+print(json.dumps({"peak_over_start": rss("VmHWM:") - before, "drifted": report.drifted_features, "rows": report.current_rows}))
+"""
+
+
+def test_a_file_larger_than_the_memory_it_is_compared_in(tmp_path: Path) -> None:
+    """Scaled-down version of the 1M x 500 benchmark: a 400k x 100 Parquet file (320 MB of values) is
+    compared in under half that, because it is read in chunks of ~1M values (what stays is a fixed
+    ~100 MB of Arrow and allocator arenas, whatever the file's size)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from kanari.drift.model_monitor import write_baseline
+
+    features = 100
+    cols = [f"f{j}" for j in range(features)]
+    write_baseline(pd.DataFrame(make_data(20_000, features, 1, shift=False), columns=cols), tmp_path / "base")
+    path = tmp_path / "current.parquet"
+    with pq.ParquetWriter(path, pa.schema([(c, pa.float64()) for c in cols])) as writer:
+        for part in range(20):  # written in parts too, so the test itself stays small
+            chunk = pd.DataFrame(make_data(20_000, features, 100 + part, shift=True), columns=cols)
+            writer.write_table(pa.Table.from_pandas(chunk, preserve_index=False), row_group_size=10_000)
+    raw = 400_000 * features * 8
+    probe = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "base"), str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert result["rows"] == 400_000
+    assert sorted(int(f[1:]) for f in result["drifted"]) == shifted_features(features)
+    assert result["peak_over_start"] < raw / 2, result
