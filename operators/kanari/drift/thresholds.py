@@ -91,11 +91,15 @@ def sketch_cdf_variance(sketch: KllSketch) -> np.ndarray:
     return np.where(compacted, (SKETCH_SD_K / sketch.k) ** 2, 0.0)
 
 
-def effective_size(n: float, cdf_variance: float) -> float:
-    """The sample size whose sampling noise at the median equals the sample's plus the sketch's."""
+def effective_size(n: float, cdf_variance: float, p: float = 0.5) -> float:
+    """The sample size whose sampling noise in a proportion near p equals the sample's plus the sketch's.
+
+    At the median (KS) the sketch's CDF error weighs 1/(p(1-p)) = 4; a decile bin is the difference of two
+    CDF values (error variance up to twice the sketch's) on a proportion near 0.1: 2/(0.1 * 0.9) = 22.
+    """
     if n <= 0:
         return 0.0
-    return 1.0 / (1.0 / n + 4.0 * cdf_variance)
+    return 1.0 / (1.0 / n + (1.0 if p == 0.5 else 2.0) * cdf_variance / (p * (1 - p)))
 
 
 def _pair_size(n: float, m: float) -> float:
@@ -239,7 +243,9 @@ def significance(
             )
         else:
             pb, pc = decile_bins(bsk, csk)
-            out[name] = multinomial_significance(method, value, pb[:, 0], pc[:, 0], nb_eff, nc_eff, draws, bonferroni)
+            nb_bin = effective_size(nb, base_var[name], p=0.1)
+            nc_bin = effective_size(nc, cur_var[name], p=0.1)
+            out[name] = multinomial_significance(method, value, pb[:, 0], pc[:, 0], nb_bin, nc_bin, draws, bonferroni)
     return out
 
 
