@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "operator": [PY, "bench/operator_bench.py"],
     "capacity": [PY, "bench/capacity_bench.py"],
     "monitor": [PY, "bench/monitor_load.py"],
+    "judge": [PY, "bench/judge_bench.py"],
     # Drift compares against Evidently and alibi-detect, installed only in its own environment.
     "drift": ["bash", "bench/drift_env.sh"],
 }

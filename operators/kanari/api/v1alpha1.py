@@ -337,8 +337,33 @@ TemplateName = Literal[
 BUILTIN_TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 
 
+class JudgeSpec(_Model):
+    """Judge the canary against the stable version over the same window by a statistical test
+    (kanari.judging): no fixed threshold, a tolerated degradation and a false-rollback rate instead."""
+
+    kind: Literal["errorRate", "latency"] = Field(
+        description="errorRate: share of failed requests; latency: the request latency histogram."
+    )
+    maxDegradation: float = Field(
+        gt=0, lt=1,
+        description="Tolerated degradation: errorRate, added error rate (0.01 = one point); latency, how far "
+        "P(canary request slower than a stable one) may exceed 1/2 (below 0.5). Smaller needs more traffic.",
+    )
+    alpha: float = Field(
+        default=0.05, gt=0, le=0.2,
+        description="Probability of rolling back a canary that is no worse, over all looks of the analysis step.",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> JudgeSpec:
+        if self.kind == "latency" and self.maxDegradation >= 0.5:
+            raise ValueError(f"maxDegradation: {self.maxDegradation} must be below 0.5 for latency")
+        return self
+
+
 class MetricSpec(_Model):
-    """One measurement: a built-in template or custom PromQL, judged by a threshold or a condition."""
+    """One measurement: a built-in template or custom PromQL judged by a threshold or a condition, or a
+    statistical canary-vs-stable judge."""
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
     template: TemplateName | None = Field(default=None, description="Built-in query.")
@@ -367,6 +392,7 @@ class MetricSpec(_Model):
         default=None, ge=0,
         description="Overrides analysis.minSampleCount; 0 opts this metric out of the sample check (stated in status).",
     )
+    judge: JudgeSpec | None = Field(default=None, description="Statistical canary-vs-stable judge (no threshold).")
     interval: Duration | None = Field(default=None, description="Overrides analysis.interval for this metric.")
     initialDelay: Duration | None = Field(
         default=None, description="Wait before the first measurement of a run (default: one interval)."
@@ -381,10 +407,13 @@ class MetricSpec(_Model):
         extra="forbid",
         json_schema_extra={
             "x-kubernetes-validations": [
-                _rule("has(self.template) != has(self.query)", "exactly one of template and query must be set"),
                 _rule(
-                    "has(self.thresholdRange) || has(self.successCondition)",
-                    "a metric needs thresholdRange or successCondition",
+                    "(has(self.template) ? 1 : 0) + (has(self.query) ? 1 : 0) + (has(self.judge) ? 1 : 0) == 1",
+                    "exactly one of template, query and judge must be set",
+                ),
+                _rule(
+                    "has(self.judge) != (has(self.thresholdRange) || has(self.successCondition))",
+                    "a metric needs thresholdRange or successCondition, except a judge metric, which takes neither",
                 ),
             ]
         },
@@ -392,9 +421,12 @@ class MetricSpec(_Model):
 
     @model_validator(mode="after")
     def _judged(self) -> MetricSpec:
-        if (self.template is None) == (self.query is None):
-            raise ValueError(f"template: metric {self.name} needs exactly one of template and query")
-        if self.thresholdRange is None and self.successCondition is None:
+        if sum(x is not None for x in (self.template, self.query, self.judge)) != 1:
+            raise ValueError(f"template: metric {self.name} needs exactly one of template, query and judge")
+        judged = self.thresholdRange is not None or self.successCondition is not None
+        if self.judge is not None and judged:
+            raise ValueError(f"judge: metric {self.name} is judged statistically; remove thresholdRange/successCondition")
+        if self.judge is None and not judged:
             raise ValueError(f"thresholdRange: metric {self.name} needs thresholdRange or successCondition")
         return self
 

@@ -7,7 +7,7 @@ import importlib
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from kanari.drift.compare import DriftReport
@@ -17,6 +17,7 @@ EXIT_DRIFT = 1
 EXIT_BAD_INPUT = 2
 # Spelled here for the parser (importing kanari.drift.methods costs numpy); a test keeps them equal.
 METHODS = ("linf", "psi", "js", "wasserstein", "chi2")
+EXIT_INCONCLUSIVE = 3  # too few rows to judge: neither "no drift" nor "drift"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "compare",
-        help="compare a data file with a baseline (exit 0: no drift, 1: drift or schema violations, 2: bad input)",
+        help="compare a data file with a baseline (exit 0: no drift, 1: drift or schema violations, 2: bad input, "
+        "3: inconclusive, too few rows)",
     )
     p.add_argument("--baseline", required=True, help="directory holding statistics.json and constraints.json")
     p.add_argument("--data", required=True, help="current data (.csv, .tsv or .parquet)")
@@ -53,6 +55,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "methods apply to the features they fit",
     )
     p.add_argument("--plot", metavar="PNG", help="draw baseline vs current for the most drifted features")
+    p.add_argument(
+        "--min-samples", type=_positive_int, default=100,
+        help="features with fewer current values are inconclusive (exit 3), as in the drift monitor (default 100)",
+    )
+    p.add_argument(
+        "--false-alarm-rate", type=_rate, default=None, metavar="RATE",
+        help="probability of flagging any feature when nothing drifted (default: the baseline's kanari.false_alarm_rate); "
+        "0 judges by the fixed thresholds alone",
+    )
     p.set_defaults(func=_compare)
 
     from kanari.monitor.settings import monitor_arguments
@@ -74,6 +85,26 @@ def _service(name: str) -> Callable[[argparse.Namespace], int]:
         return int(module.run(args))
 
     return run
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 0.5")
+    return value
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -129,7 +160,11 @@ def _compare(args: argparse.Namespace) -> int:
     try:
         baseline = read_baseline(args.baseline)
         # One pass over only the baseline's columns, in bounded chunks: the file is never loaded whole.
-        report = compare_file(baseline, args.data, method=args.method)
+        rate: float | None | Literal["baseline"] = (
+            "baseline" if args.false_alarm_rate is None else (args.false_alarm_rate or None)
+        )
+        report = compare_file(baseline, args.data, method=args.method, min_samples=args.min_samples,
+                              false_alarm_rate=rate)
     except ValueError as exc:
         print(f"kanari drift compare: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -156,17 +191,24 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"kanari drift compare: --plot: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         print(f"plot: {args.plot} ({', '.join(plotted)})", file=sys.stderr)
-    return EXIT_DRIFT if report.drift else EXIT_OK
+    if report.drift:
+        return EXIT_DRIFT
+    return EXIT_INCONCLUSIVE if report.verdict == "inconclusive" else EXIT_OK
 
 
 def render_table(report: DriftReport) -> str:
     from kanari.drift.methods import P_VALUE_METHODS
 
-    rows = [("FEATURE", "TYPE", "METHOD", "VALUE", "THRESHOLD", "DRIFTED")]
+    budget = report.false_alarm_rate is not None
+    head: tuple[str, ...] = ("FEATURE", "TYPE", "METHOD", "VALUE", "THRESHOLD")
+    rows: list[tuple[str, ...]] = [head + (("P", "ADJ-P") if budget else ()) + ("STATUS",)]
     for f in report.features:
         value = "n/a" if f.value is None else f"{f.value:.4f}"
         op = "<" if f.method in P_VALUE_METHODS else ">"
-        rows.append((f.feature, f.inferred_type, f.method, value, f"{op}{f.threshold:g}", "yes" if f.drifted else "no"))
+        row: tuple[str, ...] = (f.feature, f.inferred_type, f.method, value, f"{op}{f.threshold:g}")
+        if budget:
+            row += tuple("-" if p is None else f"{p:.2g}" for p in (f.p_value, f.adjusted_p_value))
+        rows.append((*row, f.status))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append("")
@@ -174,8 +216,10 @@ def render_table(report: DriftReport) -> str:
         lines.append("SCHEMA VIOLATIONS")
         lines.extend(f"  {v.kind:<16} {v.feature}: {v.detail}" for v in report.violations)
         lines.append("")
+    rule = f"; drift: past the threshold and adjusted p <= {report.false_alarm_rate:g}" if budget else ""
     lines.append(
         f"verdict: {report.verdict} ({len(report.drifted_features)} of {len(report.features)} features drifted, "
-        f"{len(report.violations)} schema violations; {report.current_rows} rows vs {report.baseline_rows} baseline rows)"
+        f"{len(report.inconclusive_features)} inconclusive (min-samples {report.min_samples}), "
+        f"{len(report.violations)} schema violations; {report.current_rows} rows vs {report.baseline_rows} baseline rows{rule})"
     )
     return "\n".join(lines)

@@ -5,8 +5,9 @@ Pure: a parsed Baseline and a DataFrame or Profile in, a DriftReport out.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,14 @@ from kanari.drift.methods import (
 )
 from kanari.drift.model_monitor import Baseline
 from kanari.drift.profile import Feature, Profile, categorical_strings, infer_type, profile_frame
+from kanari.drift.thresholds import Significance, holm, significance
 
 MAX_EXAMPLES = 5
+
+
+DEFAULT_MIN_SAMPLES = 100  # as the drift monitor: below this a window says nothing either way
+ROBUST_C_ALPHA = 1.8  # SageMaker's linf_robust (Deequ Distance.defaultCAlpha, KS at alpha ~0.003)
+Status = Literal["drift", "no drift", "inconclusive", "not compared"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,11 @@ class FeatureDrift:
     drifted: bool
     baseline_count: int
     current_count: int
+    status: Status = "no drift"
+    p_value: float | None = None  # under "same distribution", for these sample sizes
+    adjusted_p_value: float | None = None  # Holm-corrected across the dataset's features
+    critical_value: float | None = None  # the raw statistic significant at the budget (Bonferroni level)
+    note: str = ""
 
     @property
     def severity(self) -> float:
@@ -48,7 +60,7 @@ class FeatureDrift:
 
 @dataclass(frozen=True)
 class SchemaViolation:
-    kind: str  # missing_column | extra_column | type_mismatch | completeness | unseen_category
+    kind: str  # missing_column | extra_column | type_mismatch | completeness | unseen_category | baseline_empty
     feature: str
     detail: str
 
@@ -60,10 +72,16 @@ class DriftReport:
     baseline_rows: int
     current_rows: int
     drifted_features: list[str] = field(default_factory=list)
+    min_samples: int = DEFAULT_MIN_SAMPLES
+    false_alarm_rate: float | None = None
 
     @property
     def drift(self) -> bool:
         return bool(self.drifted_features or self.violations)
+
+    @property
+    def inconclusive_features(self) -> list[str]:
+        return [f.feature for f in self.features if f.status == "inconclusive"]
 
     @property
     def verdict(self) -> str:
@@ -71,7 +89,10 @@ class DriftReport:
             return "drift and schema violations"
         if self.drifted_features:
             return "drift"
-        return "schema violations" if self.violations else "no drift"
+        if self.violations:
+            return "schema violations"
+        # Too few values to judge is not "no drift": the window could not have seen it.
+        return "inconclusive" if self.inconclusive_features else "no drift"
 
     def most_drifted(self, n: int) -> list[FeatureDrift]:
         ranked = sorted((f for f in self.features if f.value is not None), key=lambda f: -f.severity)
@@ -83,7 +104,10 @@ class DriftReport:
             "drift": self.drift,
             "baseline_rows": self.baseline_rows,
             "current_rows": self.current_rows,
+            "min_samples": self.min_samples,
+            "false_alarm_rate": self.false_alarm_rate,
             "drifted_features": self.drifted_features,
+            "inconclusive_features": self.inconclusive_features,
             "features": [asdict(f) for f in self.features],
             "schema_violations": [asdict(v) for v in self.violations],
         }
@@ -93,6 +117,11 @@ def method_for(baseline: Baseline, feature: Feature, override: str | None) -> st
     if feature.numeric:
         return override if override in NUMERIC_METHODS else baseline.numeric_method
     return override if override in CATEGORICAL_METHODS else baseline.categorical_method
+
+
+def linf_robust(linf_simple: float, n: float, m: float) -> float:
+    """SageMaker's comparison_method Robust: the L-infinity distance less the KS allowance for n and m."""
+    return max(0.0, linf_simple - ROBUST_C_ALPHA * math.sqrt((n + m) / (n * m)))
 
 
 def drift_values(baseline: Baseline, current: Profile, features: list[Feature]) -> dict[str, dict[str, float]]:
@@ -158,6 +187,13 @@ def schema_violations(baseline: Baseline, df: pd.DataFrame) -> list[SchemaViolat
                             "unseen_category", f.name, f"{len(unseen)} values outside the baseline's domain: {examples}"
                         )
                     )
+        present = int(series.notna().sum())
+        if baseline.profile.present(f.name) == 0 and present:
+            out.append(
+                SchemaViolation(
+                    "baseline_empty", f.name, f"the baseline has no values for this feature, the data has {present}"
+                )
+            )
         required = float(baseline.constraint(f.name).get("completeness", 0.0))
         completeness = float(series.notna().sum()) / rows if rows else 1.0
         if completeness < required:
@@ -175,9 +211,19 @@ def profile_current(baseline: Baseline, df: pd.DataFrame) -> Profile:
 
 
 def compare_frame(
-    baseline: Baseline, df: pd.DataFrame, method: str | None = None, current: Profile | None = None
+    baseline: Baseline,
+    df: pd.DataFrame,
+    method: str | None = None,
+    current: Profile | None = None,
+    *,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+    false_alarm_rate: float | None | Literal["baseline"] = "baseline",
 ) -> DriftReport:
     """The whole comparison the CLI reports. The baseline's target column is compared only if present.
+
+    A feature drifts when its distance passes the baseline's threshold and, when a false-alarm budget is
+    set (the baseline's kanari.false_alarm_rate unless given), its Holm-adjusted p-value is within the
+    budget. A feature with fewer than `min_samples` current values is inconclusive.
 
     Without a `current` profile the data is binned once against the baseline's stored sketch (fastcompare:
     exact on the current side, no sketch of it); with one, the two profiles are compared sketch to sketch.
@@ -185,33 +231,103 @@ def compare_frame(
     if current is None:
         from kanari.drift.fastcompare import compare_frame_fast
 
-        return compare_frame_fast(baseline, df, method)
+        return compare_frame_fast(baseline, df, method, min_samples=min_samples, false_alarm_rate=false_alarm_rate)
     df = df.rename(columns=str)
-    violations = schema_violations(baseline, df)
+    violations = schema_violations(baseline, df) if baseline.evaluate_constraints else []
     compared = [f for f in baseline.profile.features if f.name in df.columns]
     values = drift_values(baseline, current, compared)
-    results: list[FeatureDrift] = []
-    for f in compared:
-        m = method_for(baseline, f, method)
-        raw = values[f.name].get(m, float("nan"))
-        value = None if not np.isfinite(raw) else round(float(raw), 6)
-        threshold = baseline.thresholds[m]
-        results.append(
-            FeatureDrift(
-                feature=f.name,
-                inferred_type=f.inferred_type,
-                method=m,
-                value=value,
-                threshold=threshold,
-                drifted=value is not None and is_drift(m, value, threshold),
-                baseline_count=baseline.profile.present(f.name),
-                current_count=current.present(f.name),
-            )
+    chosen = {f.name: method_for(baseline, f, method) for f in compared}
+    raw = {f.name: values[f.name].get(chosen[f.name], float("nan")) for f in compared}
+    return finish_report(
+        baseline, current, compared, chosen, raw, violations, len(df), min_samples=min_samples,
+        false_alarm_rate=false_alarm_rate,
+    )
+
+
+def finish_report(
+    baseline: Baseline,
+    current: Profile,
+    compared: list[Feature],
+    chosen: dict[str, str],
+    raw: dict[str, float],
+    violations: list[SchemaViolation],
+    rows: int,
+    *,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+    false_alarm_rate: float | None | Literal["baseline"] = "baseline",
+    current_exact: bool = False,
+) -> DriftReport:
+    """Judge each compared feature's raw statistic (both comparison paths end here): the baseline's
+    thresholds and comparison method, the minimum sample size, the false-alarm budget.
+
+    `current` carries the current data's distribution for the p-values (`current_exact`: it is the data
+    itself, not a sketch of it); `raw` holds each feature's statistic for its method in `chosen`.
+    """
+    rate = baseline.false_alarm_rate if false_alarm_rate == "baseline" else false_alarm_rate
+    counts = {f.name: (baseline.profile.present(f.name), current.present(f.name)) for f in compared}
+    judged = [
+        f for f in compared
+        if baseline.perform_comparison and counts[f.name][1] >= max(min_samples, 1) and np.isfinite(raw[f.name])
+    ]
+    tests: dict[str, Significance] = {}
+    adjusted: dict[str, float] = {}
+    if rate is not None and judged:
+        tests = significance(
+            baseline.profile, current, [(f, chosen[f.name]) for f in judged], raw, rate, current_exact=current_exact
         )
+        adjusted = holm({k: v.p_value for k, v in tests.items()})
+    results = [_feature_result(baseline, f, chosen[f.name], raw[f.name], counts[f.name], min_samples, rate,
+                               tests.get(f.name), adjusted.get(f.name)) for f in compared]
     return DriftReport(
         features=results,
         violations=violations,
         baseline_rows=baseline.profile.rows,
-        current_rows=len(df),
+        current_rows=rows,
         drifted_features=[r.feature for r in results if r.drifted],
+        min_samples=min_samples,
+        false_alarm_rate=rate,
     )
+
+
+def _feature_result(
+    baseline: Baseline,
+    f: Feature,
+    m: str,
+    raw: float,
+    counts: tuple[int, int],
+    min_samples: int,
+    rate: float | None,
+    test: Significance | None,
+    adjusted: float | None,
+) -> FeatureDrift:
+    nb, nc = counts
+    threshold = baseline.threshold(m, f.numeric)
+    value: float | None = None
+    if np.isfinite(raw):
+        value = round(linf_robust(raw, nb, nc) if m == "linf" and baseline.robust else float(raw), 6)
+
+    def result(status: Status, drifted: bool, note: str = "") -> FeatureDrift:
+        return FeatureDrift(
+            feature=f.name, inferred_type=f.inferred_type, method=m, value=value, threshold=threshold,
+            drifted=drifted, baseline_count=nb, current_count=nc, status=status,
+            p_value=None if test is None else float(f"{test.p_value:.6g}"),
+            adjusted_p_value=None if adjusted is None else float(f"{adjusted:.6g}"),
+            critical_value=None if test is None or test.critical_value is None else round(test.critical_value, 6),
+            note=note,
+        )
+
+    if not baseline.perform_comparison:
+        return result("not compared", False, "distribution_constraints.perform_comparison is Disabled")
+    if nb == 0:
+        if nc == 0:
+            return result("no drift", False, "no values on either side")
+        # Nothing to compare a distribution with, but "always missing" became "present": that is drift.
+        return result("drift", True, f"the baseline has no values, the data has {nc}")
+    if nc < max(min_samples, 1):
+        return result("inconclusive", False, f"{nc} values, fewer than min-samples {min_samples}")
+    if value is None:
+        return result("no drift", False)
+    drifted = is_drift(m, value, threshold)
+    if rate is not None:
+        drifted = drifted and adjusted is not None and adjusted <= rate
+    return result("drift" if drifted else "no drift", drifted)

@@ -22,16 +22,23 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from kanari.drift.compare import MAX_EXAMPLES, DriftReport, FeatureDrift, SchemaViolation, method_for
-from kanari.drift.methods import DECILES, categorical_drift, is_drift, js_of, psi_of
+from kanari.drift.compare import (
+    DEFAULT_MIN_SAMPLES,
+    MAX_EXAMPLES,
+    DriftReport,
+    SchemaViolation,
+    finish_report,
+    method_for,
+)
+from kanari.drift.methods import DECILES, categorical_drift, js_of, psi_of
 from kanari.drift.model_monitor import Baseline
-from kanari.drift.profile import Feature, categorical_strings
-from kanari.drift.sketch import CategoryCounter
+from kanari.drift.profile import Feature, Profile, categorical_strings
+from kanari.drift.sketch import CategoryCounter, KllSketch
 
 CHUNK_VALUES = 8_000_000  # values per chunk read from a file: 64 MB of float64, whatever the width
 WORKERS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
@@ -411,6 +418,9 @@ class CurrentBins:
                         "unseen_category", f.name, f"{s.unseen[f.name]} values outside the baseline's domain: {examples}"
                     )
                 )
+            if self.baseline.profile.present(f.name) == 0 and s.present[f.name]:
+                out.append(SchemaViolation("baseline_empty", f.name,
+                                           f"the baseline has no values for this feature, the data has {s.present[f.name]}"))
             required = float(self.baseline.constraint(f.name).get("completeness", 0.0))
             # A non-numeric value in a numeric feature is present (and a type mismatch), as the frame check counts it.
             filled = s.present[f.name] + s.non_numeric.get(f.name, 0)
@@ -425,57 +435,92 @@ class CurrentBins:
                 )
         return out
 
-    def report(self) -> DriftReport:
+    def current_profile(self) -> Profile:
+        """The current data as a Profile, exactly: each cell's count is written in binary across the
+        sketch's levels (an item on level h weighs 2**h), at the cell's value (an edge, or the mean of the
+        values between two edges when tracked, else the midpoint). What the false-alarm p-values read."""
+        e = self.edges
+        numeric = [f for f in self.compared if f.numeric]
+        levels: list[list[list[float]]] = []
+        for j in range(len(numeric)):
+            lo, hi = e.c_off[j], e.c_off[j] + e.cells[j]
+            counts = self.counts[lo:hi]
+            x = e.edges[j]
+            if not len(x):
+                values = np.zeros(len(counts))
+            else:
+                between = (x[:-1] + x[1:]) / 2 if len(x) > 1 else np.empty(0)
+                spread = float(x[-1] - x[0]) if len(x) > 1 else 1.0
+                values = np.empty(len(counts))
+                values[1::2] = x
+                values[2:-1:2] = between
+                values[0], values[-1] = x[0] - spread / len(x), x[-1] + spread / len(x)
+                if len(self.sums) and self.want_sums[j]:
+                    sums = self.sums[lo:hi]
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        means = np.where(counts > 0, sums / np.maximum(counts, 1), values)
+                    values[0::2] = means[0::2]
+            for h in range(int(counts.max()).bit_length() if len(counts) and counts.max() > 0 else 0):
+                while len(levels) <= h:
+                    levels.append([[] for _ in numeric])
+                levels[h][j] = values[(counts >> h) & 1 == 1].tolist()
+        sketch = KllSketch(len(numeric))
+        if levels:
+            sketch.levels = []
+            for per_feature in levels:
+                width = max(len(v) for v in per_feature)
+                arr = np.full((len(numeric), width), np.nan)
+                for j, v in enumerate(per_feature):
+                    arr[j, : len(v)] = v
+                sketch.levels.append(arr)
+        profile = Profile.empty(self.compared)
+        profile.sketch = sketch
+        profile.categories = {name: counter for name, counter in self.categories.items()}
+        profile.rows = self.rows
+        present = {f.name: self.schema.present[f.name] for f in self.compared}
+        profile.missing = {name: self.rows - n for name, n in present.items()}
+        return profile
+
+    def report(
+        self, *, min_samples: int = DEFAULT_MIN_SAMPLES, false_alarm_rate: float | None | Literal["baseline"] = "baseline"
+    ) -> DriftReport:
         base = self.baseline.profile
-        results: list[FeatureDrift] = []
+        raw: dict[str, float] = {}
         for f in self.compared:
             m = self.methods[f.name]
             if f.numeric:
-                raw = self.numeric_value(self.numeric[f.name])
+                raw[f.name] = self.numeric_value(self.numeric[f.name])
             else:
-                raw = categorical_drift(base.categories[f.name], self.categories[f.name], (m,))[m]
-            value = None if not np.isfinite(raw) else round(float(raw), 6)
-            threshold = self.baseline.thresholds[m]
-            results.append(
-                FeatureDrift(
-                    feature=f.name,
-                    inferred_type=f.inferred_type,
-                    method=m,
-                    value=value,
-                    threshold=threshold,
-                    drifted=value is not None and is_drift(m, value, threshold),
-                    baseline_count=base.present(f.name),
-                    current_count=self.schema.present[f.name],
-                )
-            )
-        return DriftReport(
-            features=results,
-            violations=self.violations(),
-            baseline_rows=base.rows,
-            current_rows=self.rows,
-            drifted_features=[r.feature for r in results if r.drifted],
+                raw[f.name] = categorical_drift(base.categories[f.name], self.categories[f.name], (m,))[m]
+        violations = self.violations() if self.baseline.evaluate_constraints else []
+        return finish_report(
+            self.baseline, self.current_profile(), self.compared, self.methods, raw, violations, self.rows,
+            min_samples=min_samples, false_alarm_rate=false_alarm_rate, current_exact=True,
         )
 
 
 def compare_chunks(
-    baseline: Baseline, columns: Sequence[str], chunks: Iterable[pd.DataFrame], method: str | None = None
+    baseline: Baseline, columns: Sequence[str], chunks: Iterable[pd.DataFrame], method: str | None = None,
+    **judging: Any,
 ) -> DriftReport:
-    """Compare a stream of DataFrame chunks (all with `columns`, or only the ones the baseline has)."""
+    """Compare a stream of DataFrame chunks (all with `columns`, or only the ones the baseline has).
+    `judging`: min_samples and false_alarm_rate, as compare.finish_report takes them."""
     bins = CurrentBins(baseline, columns, method)
     for chunk in chunks:
         bins.add_frame(chunk)
-    return bins.report()
+    return bins.report(**judging)
 
 
-def compare_frame_fast(baseline: Baseline, df: pd.DataFrame, method: str | None = None) -> DriftReport:
+def compare_frame_fast(baseline: Baseline, df: pd.DataFrame, method: str | None = None, **judging: Any) -> DriftReport:
     if not all(isinstance(c, str) for c in df.columns):
         df = df.rename(columns=str)
-    return compare_chunks(baseline, list(df.columns), [df], method)
+    return compare_chunks(baseline, list(df.columns), [df], method, **judging)
 
 
 # -------------------------------------------------------------------------------------------- files
 def compare_file(
-    baseline: Baseline, path: str | os.PathLike[str], method: str | None = None, chunk_values: int = CHUNK_VALUES
+    baseline: Baseline, path: str | os.PathLike[str], method: str | None = None, chunk_values: int = CHUNK_VALUES,
+    **judging: Any,
 ) -> DriftReport:
     """Compare a CSV/TSV/Parquet file, reading only the columns the baseline has, in chunks of about
     `chunk_values` values: memory is bounded by the chunk (and a Parquet file's row group), not the file."""
@@ -496,7 +541,7 @@ def compare_file(
         raise DataError(f"{Path(path)}: cannot read: {exc}") from None
     if bins.rows == 0:
         raise DataError(f"{Path(path)}: no rows")
-    return bins.report()
+    return bins.report(**judging)
 
 
 def iter_table(

@@ -8,12 +8,14 @@ This is the contract with the training pipeline: `baseline_documents(df, target=
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from kanari.drift.methods import CATEGORICAL_METHODS, DEFAULT_THRESHOLDS, NUMERIC_METHODS
@@ -25,6 +27,16 @@ CONSTRAINTS = "constraints.json"
 MAX_DOMAIN = 1000  # categories listed in string_constraints.domains; more makes "unseen" meaningless
 DEFAULT_NUMERIC_METHOD = "linf"  # SageMaker's distance, threshold 0.1
 DEFAULT_CATEGORICAL_METHOD = "linf"
+DEFAULT_FALSE_ALARM_RATE = 0.01
+# monitoring_config.distribution_constraints as SageMaker documents it (model-monitor-byoc-constraints):
+# comparison_method Simple = linf_simple, Robust = linf_robust (Deequ's Distance.selectMetrics);
+# categorical_drift_method LInfinity or ChiSquared (a p-value: drift below the threshold).
+COMPARISON_METHODS = ("Simple", "Robust")
+CATEGORICAL_DRIFT_METHODS = {"LInfinity": "linf", "ChiSquared": "chi2"}
+SWITCH = ("Enabled", "Disabled")
+# Kanari's own methods have no SageMaker field; their thresholds live under "kanari". L-infinity's come
+# only from SageMaker's fields, so an edit there is never overridden.
+KANARI_THRESHOLD_METHODS = ("psi", "js", "wasserstein", "chi2")
 
 
 def baseline_documents(df: pd.DataFrame, *, target: str | None = None) -> tuple[dict, dict]:
@@ -44,6 +56,7 @@ def baseline_documents(df: pd.DataFrame, *, target: str | None = None) -> tuple[
         raise ValueError(f"target: column {target!r} is not in the data (columns: {', '.join(columns)})")
     # Columns named by strings already (the usual case) need no copy of the whole frame.
     frame = df if list(df.columns) == columns else df.set_axis(columns, axis=1)
+    _refuse_infinities(frame)
     profile = profile_frame(frame, [Feature(c, infer_type(frame[c])) for c in columns], seed=0)
     return profile_documents(profile, target=target)
 
@@ -54,6 +67,21 @@ def profile_documents(profile: Profile, *, target: str | None = None) -> tuple[d
     if target is not None:
         statistics["kanari"] = {"target": target}
     return statistics, constraints_for(profile)
+
+
+def _refuse_infinities(df: pd.DataFrame) -> None:
+    """±inf is no measurement a model can be trained on, and JSON cannot store it: name the columns."""
+    bad = []
+    for name in df.columns:
+        col = df[name]
+        if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+            values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            inf = np.isinf(values)
+            if inf.any():
+                rows = ", ".join(str(r) for r in np.flatnonzero(inf)[:3])
+                bad.append(f"{name!r}: {int(inf.sum())} infinite values (rows {rows}{', ...' if inf.sum() > 3 else ''})")
+    if bad:
+        raise ValueError(f"df: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}")
 
 
 def constraints_for(profile: Profile) -> dict[str, Any]:
@@ -93,8 +121,8 @@ def constraints_for(profile: Profile) -> dict[str, Any]:
         },
         "kanari": {
             "numeric_method": DEFAULT_NUMERIC_METHOD,
-            "categorical_method": DEFAULT_CATEGORICAL_METHOD,
-            "thresholds": dict(DEFAULT_THRESHOLDS),
+            "thresholds": {m: DEFAULT_THRESHOLDS[m] for m in KANARI_THRESHOLD_METHODS},
+            "false_alarm_rate": DEFAULT_FALSE_ALARM_RATE,
         },
     }
 
@@ -133,7 +161,12 @@ class Baseline:
     target: str | None
     numeric_method: str
     categorical_method: str
-    thresholds: dict[str, float]
+    thresholds: dict[str, float]  # per method, numeric features (linf: comparison_threshold)
+    categorical_thresholds: dict[str, float] = field(default_factory=dict)  # linf/chi2: categorical_comparison_threshold
+    perform_comparison: bool = True
+    robust: bool = False  # comparison_method Robust: L-infinity is SageMaker's linf_robust
+    evaluate_constraints: bool = True
+    false_alarm_rate: float | None = None  # set: a drift must also be significant at this dataset-level rate
 
     @property
     def input_features(self) -> list[Feature]:
@@ -143,6 +176,10 @@ class Baseline:
     def target_feature(self) -> Feature | None:
         return next((f for f in self.profile.features if f.name == self.target), None)
 
+    def threshold(self, method: str, numeric: bool) -> float:
+        table = self.thresholds if numeric else {**self.thresholds, **self.categorical_thresholds}
+        return table[method]
+
     def constraint(self, name: str) -> dict[str, Any]:
         return next((c for c in self.constraints.get("features", []) if c.get("name") == name), {})
 
@@ -151,8 +188,29 @@ class Baseline:
         return set(map(str, domains)) if isinstance(domains, list) else None
 
 
+def _number(value: Any, where: str, *, low: float = 0.0, high: float = math.inf) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"constraints.json: {where} is not a number: {value!r}") from None
+    if isinstance(value, bool) or not low <= out <= high:
+        raise ValueError(f"constraints.json: {where} must be between {low:g} and {high:g}, got {value!r}")
+    return out
+
+
+def _choice(section: dict[str, Any], key: str, choices: Any, default: str, where: str) -> str:
+    value = section.get(key, default)
+    if value not in choices:
+        raise ValueError(f"constraints.json: {where}.{key} {value!r} is not one of {', '.join(choices)}")
+    return str(value)
+
+
 def parse_baseline(statistics: Any, constraints: Any) -> Baseline:
-    """Both documents, checked; ValueError names the file and field that is wrong."""
+    """Both documents, checked; ValueError names the file and field that is wrong.
+
+    SageMaker's fields mean what SageMaker documents and are the only source of the L-infinity
+    thresholds and the categorical method; Kanari's own block adds what SageMaker has no field for.
+    """
     if not isinstance(statistics, dict):
         raise ValueError("statistics.json: expected a JSON object")
     if not isinstance(constraints, dict):
@@ -161,28 +219,53 @@ def parse_baseline(statistics: Any, constraints: Any) -> Baseline:
     target = statistics.get("kanari", {}).get("target")
     if target is not None and target not in {f.name for f in profile.features}:
         raise ValueError(f"statistics.json: kanari.target {target!r} is not one of the features")
-    dist = constraints.get("monitoring_config", {}).get("distribution_constraints", {})
+    config = constraints.get("monitoring_config") or {}
+    dist = config.get("distribution_constraints") or {}
+    if not isinstance(config, dict) or not isinstance(dist, dict):
+        raise ValueError("constraints.json: monitoring_config.distribution_constraints must be an object")
+    where = "monitoring_config.distribution_constraints"
+    kanari = constraints.get("kanari") or {}
     thresholds = dict(DEFAULT_THRESHOLDS)
-    kanari = constraints.get("kanari", {})
-    # SageMaker's own constraints carry only the L-infinity thresholds; honour them when present.
-    if "comparison_threshold" in dist:
-        thresholds["linf"] = float(dist["comparison_threshold"])
     for method, value in (kanari.get("thresholds") or {}).items():
         if method not in thresholds:
             raise ValueError(f"constraints.json: kanari.thresholds.{method} is not a drift method")
-        try:
-            thresholds[method] = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"constraints.json: kanari.thresholds.{method} is not a number: {value!r}") from None
+        if method != "linf":  # older Kanari baselines wrote linf here; SageMaker's field wins
+            thresholds[method] = _number(value, f"kanari.thresholds.{method}")
+    thresholds["linf"] = _number(dist.get("comparison_threshold", DEFAULT_THRESHOLDS["linf"]), f"{where}.comparison_threshold")
+    categorical_threshold = _number(
+        dist.get("categorical_comparison_threshold", DEFAULT_THRESHOLDS["linf"]), f"{where}.categorical_comparison_threshold"
+    )
+    drift_method = _choice(dist, "categorical_drift_method", CATEGORICAL_DRIFT_METHODS, "LInfinity", where)
+    categorical_method = CATEGORICAL_DRIFT_METHODS[drift_method]
+    categorical_thresholds = {"linf": categorical_threshold, categorical_method: categorical_threshold}
+    if "categorical_drift_method" not in dist and "categorical_method" in kanari:
+        # A Kanari-only method (psi, js) chosen for categorical features keeps its kanari threshold.
+        categorical_method = kanari["categorical_method"]
     numeric_method = kanari.get("numeric_method", DEFAULT_NUMERIC_METHOD)
-    categorical_method = kanari.get("categorical_method", DEFAULT_CATEGORICAL_METHOD)
     if numeric_method not in NUMERIC_METHODS:
         raise ValueError(f"constraints.json: kanari.numeric_method {numeric_method!r} not in {NUMERIC_METHODS}")
     if categorical_method not in CATEGORICAL_METHODS:
         raise ValueError(
             f"constraints.json: kanari.categorical_method {categorical_method!r} not in {CATEGORICAL_METHODS}"
         )
-    return Baseline(profile, constraints, target, numeric_method, categorical_method, thresholds)
+    perform = _choice(dist, "perform_comparison", SWITCH, "Enabled", where)
+    comparison_method = _choice(dist, "comparison_method", COMPARISON_METHODS, "Simple", where)
+    evaluate = _choice(config, "evaluate_constraints", SWITCH, "Enabled", "monitoring_config")
+    rate = kanari.get("false_alarm_rate")
+    false_alarm_rate = None if rate is None else _number(rate, "kanari.false_alarm_rate", low=1e-9, high=0.5)
+    return Baseline(
+        profile,
+        constraints,
+        target,
+        numeric_method,
+        categorical_method,
+        thresholds,
+        categorical_thresholds=categorical_thresholds,
+        perform_comparison=perform == "Enabled",
+        robust=comparison_method == "Robust",
+        evaluate_constraints=evaluate == "Enabled",
+        false_alarm_rate=false_alarm_rate,
+    )
 
 
 def read_baseline(directory: str | os.PathLike[str]) -> Baseline:

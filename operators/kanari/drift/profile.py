@@ -50,12 +50,22 @@ def infer_type(series: pd.Series) -> InferredType:
 def categorical_strings(series: pd.Series) -> np.ndarray:
     """A categorical column as strings (how statistics.json stores them), None where missing."""
     missing = series.isna().to_numpy()
-    if pd.api.types.is_bool_dtype(series.dtype):
-        out = np.array(["true" if v else "false" for v in series], dtype=object)
+    if _is_boolean(series, missing):
+        # A bool column with gaps arrives as object (CSV) or nullable "boolean" (Parquet); it is still the
+        # feature the baseline stored as true/false, as the monitor's payload path reads JSON booleans.
+        out = np.array([None if m else ("true" if v else "false") for v, m in zip(series, missing, strict=True)], dtype=object)
     else:
         out = series.astype(str).to_numpy(dtype=object)
     out[missing] = None
     return out
+
+
+def _is_boolean(series: pd.Series, missing: np.ndarray) -> bool:
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return True
+    if series.dtype != object or missing.all():
+        return False
+    return all(isinstance(v, bool | np.bool_) for v in series[~missing])
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 from kanari.api.conditions import now_iso
 from kanari.api.v1alpha1 import MetricResult, MetricSpec, ModelDeploymentSpec, ModelDeploymentStatus
 from kanari.capacity.cost import runtime_tag
+from kanari.judging.analysis import judge_variables, measure_judge
 from kanari.rollout.judge import UNAVAILABLE, error, judge
 from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable, Sample
 from kanari.rollout.templates import PART_LABEL, MetricQuery, TemplateError, metric_query
@@ -38,6 +39,8 @@ def variables(
     out = {"namespace": namespace, "name": name, "canaryRevision": "", "stableRevision": ""}
     for key, ref in (("canaryTag", status.canaryModel), ("stableTag", status.stableModel)):
         out[key] = runtime_tag(namespace, name, ref.revision) if ref else ""
+    if spec.rollout.analysis and any(m.judge for m in spec.rollout.analysis.metrics):
+        out.update(judge_variables(status))
     if spec.serving.deploymentMode == "RawDeployment":
         out["canaryRevision"] = status.canaryModel.revision if status.canaryModel else ""
         out["stableRevision"] = status.stableModel.revision if status.stableModel else ""
@@ -82,6 +85,8 @@ async def _one(
     at: str,
     min_samples: int,
 ) -> MetricResult:
+    if metric.judge is not None:
+        return await measure_judge(spec, metric, variables, prom, now, at, min_samples)
     try:
         q = metric_query(spec, metric, variables)
     except TemplateError as exc:

@@ -23,6 +23,11 @@ _CLAUSE = re.compile(r"\s*result\s*(<=|>=|<|>|==|!=)\s*(-?[0-9.eE+-]+)\s*")
 
 
 def threshold_text(metric: MetricSpec) -> str:
+    if metric.judge is not None:
+        # Imported here: kanari.judging.analysis imports this module (UNAVAILABLE).
+        from kanari.judging.analysis import threshold_text as judge_threshold
+
+        return judge_threshold(metric.judge)
     if metric.successCondition:
         return metric.successCondition.strip()
     tr = metric.thresholdRange

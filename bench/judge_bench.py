@@ -1,0 +1,189 @@
+"""Judge benchmark (not a test): the guarantees of issue 16 over long seeded simulations with known truth.
+
+Sections (each rewrites only its own key of bench/results/judge.json):
+  drift    1,000 no-drift trials at 1,000 and 10,000 rows x 20 features (normal, lognormal, Poisson,
+           categorical, exponential): how often a dataset alarms under the false-alarm budget (1%, every
+           method, fixed thresholds not binding) and under the fixed thresholds alone (the old behaviour);
+           plus the power at a small shift.
+  sketch   the KLL sketch's CDF error per point against the 1/k the thresholds charge for it.
+  judge    500 simulated rollouts x 10 looks of the statistical canary judge (kanari.judging): the
+           false-rollback rate at no degradation and the power at the tolerated degradation.
+
+Run: .venv/bin/python bench/judge_bench.py [--section drift] [--trials 1000]  ->  bench/results/judge.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from kanari.drift.compare import drift_values, profile_current
+from kanari.drift.methods import CATEGORICAL_METHODS, DEFAULT_THRESHOLDS, METHODS, NUMERIC_METHODS, is_drift
+from kanari.drift.model_monitor import Baseline, baseline_documents, parse_baseline
+from kanari.drift.sketch import KllSketch
+from kanari.drift.thresholds import holm, significance, sketch_cdf_variance
+
+OUT = Path(__file__).with_name("results") / "judge.json"
+FEATURES = 20
+BUDGET = 0.01
+
+
+def frame(rng: np.random.Generator, n: int, shift: float = 0.0) -> pd.DataFrame:
+    cols: dict[str, np.ndarray] = {}
+    for j in range(FEATURES):
+        kind = j % 5
+        if kind == 0:
+            cols[f"f{j}"] = rng.normal(shift, 1, size=n)
+        elif kind == 1:
+            cols[f"f{j}"] = rng.lognormal(shift, 1, size=n)
+        elif kind == 2:
+            cols[f"f{j}"] = rng.poisson(3 + 3 * shift, size=n)
+        elif kind == 3:
+            p = np.array([0.4, 0.3, 0.2, 0.1]) + shift * np.array([-0.3, 0, 0.1, 0.2])
+            cols[f"f{j}"] = rng.choice(["a", "b", "c", "d"], n, p=p / p.sum())
+        else:
+            cols[f"f{j}"] = rng.exponential(2 + 2 * shift, size=n)
+    return pd.DataFrame(cols)
+
+
+def _baseline(df: pd.DataFrame) -> Baseline:
+    stats, constraints = baseline_documents(df)
+    constraints["monitoring_config"]["distribution_constraints"]["comparison_method"] = "Simple"
+    return parse_baseline(json.loads(json.dumps(stats)), constraints)  # through JSON, as read from S3
+
+
+def _trial(baseline: Baseline, current_df: pd.DataFrame) -> dict[str, tuple[bool, bool, int]]:
+    """{method: (budget alarm, fixed-threshold alarm, features flagged by the budget)}."""
+    current = profile_current(baseline, current_df)
+    features = baseline.profile.features
+    values = drift_values(baseline, current, features)
+    out = {}
+    for method in METHODS:
+        chosen = [
+            (f, method if method in (NUMERIC_METHODS if f.numeric else CATEGORICAL_METHODS)
+             else (baseline.numeric_method if f.numeric else baseline.categorical_method))
+            for f in features
+        ]
+        raw = {f.name: values[f.name][m] for f, m in chosen}
+        tests = significance(baseline.profile, current, chosen, raw, BUDGET)
+        adjusted = holm({k: v.p_value for k, v in tests.items()})
+        flagged = sum(1 for p in adjusted.values() if p <= BUDGET)
+        fixed = any(is_drift(m, raw[f.name], DEFAULT_THRESHOLDS[m]) for f, m in chosen)
+        out[method] = (flagged > 0, fixed, flagged)
+    return out
+
+
+def drift_section(trials: int, sizes: list[int], log: Callable[[str], None]) -> dict[str, Any]:
+    out: dict[str, Any] = {"features": FEATURES, "false_alarm_rate": BUDGET, "by_rows": {}}
+    for n in sizes:
+        rng = np.random.default_rng(1000 + n)
+        budget = dict.fromkeys(METHODS, 0)
+        fixed = dict.fromkeys(METHODS, 0)
+        started = time.monotonic()
+        for i in range(trials):
+            result = _trial(_baseline(frame(rng, n)), frame(rng, n))
+            for m, (b, f, _) in result.items():
+                budget[m] += b
+                fixed[m] += f
+            if (i + 1) % 100 == 0:
+                log(f"drift n={n}: {i + 1}/{trials} trials, budget alarms {budget}")
+        power_rng = np.random.default_rng(2000 + n)
+        power_trials = max(20, trials // 20)
+        power = dict.fromkeys(METHODS, 0)
+        for _ in range(power_trials):
+            result = _trial(_baseline(frame(power_rng, n)), frame(power_rng, n, shift=0.1))
+            for m, (b, _, _) in result.items():
+                power[m] += b
+        out["by_rows"][str(n)] = {
+            "trials": trials,
+            "budget_alarm_rate": {m: budget[m] / trials for m in METHODS},
+            "budget_alarm_upper_95": {m: _upper(budget[m], trials) for m in METHODS},
+            "fixed_threshold_alarm_rate": {m: fixed[m] / trials for m in METHODS},
+            "power_at_shift_0.1": {m: power[m] / power_trials for m in METHODS},
+            "power_trials": power_trials,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    return out
+
+
+def _upper(k: int, n: int) -> float:
+    """Clopper-Pearson 95% upper bound of a rate seen k times in n."""
+    from scipy.stats import beta
+
+    return 1.0 if k >= n else float(beta.ppf(0.975, k + 1, n - k))
+
+
+def sketch_section(log: Callable[[str], None]) -> dict[str, Any]:
+    rng = np.random.default_rng(7)
+    out: dict[str, Any] = {}
+    for k in (128, 200):
+        for n in (1_000, 10_000, 100_000):
+            errors = []
+            for seed in range(20):
+                x = rng.normal(size=(n, 1))
+                sk = KllSketch(1, k=k, seed=seed)
+                for start in range(0, n, 1000):
+                    sk.update(x[start : start + 1000])
+                points = np.linspace(-2.5, 2.5, 41)
+                exact = np.searchsorted(np.sort(x[:, 0]), points, side="right") / n
+                errors.append(sk.cdf(points[:, None])[:, 0] - exact)
+            sd = float(np.std(errors))
+            out[f"k={k},n={n}"] = {"cdf_error_sd": sd, "charged_sd": float(np.sqrt(sketch_cdf_variance(sk)[0])),
+                                   "sd_times_k": sd * k}
+            log(f"sketch k={k} n={n}: sd {sd:.5f} (charged {np.sqrt(sketch_cdf_variance(sk)[0]):.5f})")
+    return out
+
+
+def judge_section(rollouts: int, log: Callable[[str], None]) -> dict[str, Any]:
+    from kanari.judging.simulate import simulate_error_rate, simulate_latency
+
+    out: dict[str, Any] = {"rollouts": rollouts}
+    for name, sim in (("errorRate", simulate_error_rate), ("latency", simulate_latency)):
+        started = time.monotonic()
+        out[name] = sim(rollouts=rollouts, seed=16)
+        out[name]["seconds"] = round(time.monotonic() - started, 1)
+        log(f"judge {name}: {out[name]}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--section", choices=("drift", "sketch", "judge"), action="append")
+    parser.add_argument("--trials", type=int, default=1000, help="no-drift trials per size")
+    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--rollouts", type=int, default=500)
+    args = parser.parse_args()
+
+    def log(msg: str) -> None:
+        print(f"[judge-bench] {msg}", flush=True)
+
+    for section in args.section or ["sketch", "judge", "drift"]:
+        if section == "drift":
+            value = drift_section(args.trials, [int(s) for s in args.sizes.split(",")], log)
+        elif section == "sketch":
+            value = sketch_section(log)
+        else:
+            value = judge_section(args.rollouts, log)
+        # Re-read before writing: sections may run as separate processes.
+        results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
+        if section == "drift" and isinstance(results.get("drift"), dict):
+            # Sizes may run separately (with their own trial counts): keep the other sizes' figures.
+            value["by_rows"] = {**results["drift"].get("by_rows", {}), **value["by_rows"]}
+        results[section] = value
+        results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+        results["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Drift thresholds from a false-alarm budget: a p-value per feature, corrected across features.
+
+A fixed distance threshold ignores sample size: at 1,000 rows normalised Wasserstein 0.1 is crossed by
+chance in about half of all no-drift comparisons of 20 features, while at 100,000 rows L-infinity 0.1
+misses real drift. Here every feature's statistic gets a p-value under "same distribution" for the
+baseline's and the window's sizes, and Holm's step-down procedure keeps the probability of flagging
+any feature of a dataset that has not drifted at most `false_alarm_rate` (whatever the dependence
+between features). How each null distribution is obtained:
+
+- L-infinity, numeric (the two-sample Kolmogorov-Smirnov statistic): its asymptotic distribution
+  (scipy's kstwo at the effective size n*m/(n+m), as scipy.stats.ks_2samp does). Conservative for
+  discrete features (ties only shrink the statistic).
+- PSI and Jensen-Shannon (on the baseline's decile bins, or on categories) and L-infinity on categories:
+  a parametric bootstrap: both samples redrawn as multinomials from the pooled frequencies.
+- Normalised Wasserstein: a bootstrap from the pooled sample (Poissonised counts over both sketches'
+  items, W1 of each drawn pair computed exactly); its asymptotic Brownian-bridge law is too light-tailed
+  for skewed features at realistic sizes.
+- Chi-square: its own p-value.
+
+Sketches are approximate: a compacted KLL sketch estimates each CDF value with extra variance (about
+(1/k)**2, whatever the stream length). That variance is charged to the sample as a smaller
+effective size, 1/n_eff = 1/n + 4 var, so the guarantee survives the approximation (at some cost in power
+once a window outgrows the sketch). The Monte Carlo draws are seeded: the same data gives the same verdict.
+
+Kept apart from the comparison's hot path (drift.compare / drift.fastcompare): this runs once per
+evaluation on the handful of numbers the comparison produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from kanari.drift.methods import decile_bins, js_of, psi_of
+from kanari.drift.profile import Feature, Profile
+from kanari.drift.sketch import CategoryCounter, KllSketch
+
+MIN_DRAWS = 2000
+MAX_DRAWS = 50_000
+MAX_CELLS = 5_000_000  # multinomial draws x categories per bootstrap
+SEED = 20261130
+SKETCH_SD_K = 1.0  # a compacted sketch's CDF error has standard deviation at most SKETCH_SD_K / k
+
+
+@dataclass(frozen=True)
+class Significance:
+    """One feature's test: p-value of its statistic under no drift and the statistic's critical value
+    at the Bonferroni level (the size-dependent threshold, shown beside the fixed one)."""
+
+    p_value: float
+    critical_value: float | None
+
+
+def draws_for(alpha: float, tests: int, per_test: float = 5.0) -> int:
+    """Monte Carlo draws so the smallest p-value reachable, 1/(R+1), is well below alpha/tests."""
+    return int(min(MAX_DRAWS, max(MIN_DRAWS, math.ceil(per_test * max(tests, 1) / max(alpha, 1e-9)))))
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm-adjusted p-values: reject a feature when its adjusted p-value is at most the budget.
+
+    Controls the family-wise error rate under any dependence between the tests (Holm 1979), and is
+    never less powerful than Bonferroni.
+    """
+    names = sorted(p_values, key=lambda k: p_values[k])
+    m = len(names)
+    out: dict[str, float] = {}
+    running = 0.0
+    for i, name in enumerate(names):
+        running = max(running, min(1.0, (m - i) * p_values[name]))
+        out[name] = running
+    return out
+
+
+# ------------------------------------------------------------------------------------- sketch noise
+def sketch_cdf_variance(sketch: KllSketch) -> np.ndarray:
+    """Variance of a CDF value the sketch reports, per column: 0 while nothing was compacted (every item
+    weighs 1, the sketch is the sample), else (SKETCH_SD_K / k)**2.
+
+    KLL's rank error scales as 1/k whatever the stream length (Karnin, Lang, Liberty 2016). The constant
+    is measured on this sketch (bench/judge_bench.py, "sketch"): the per-point standard deviation stays
+    below 0.9/k from 1,000 to 100,000 rows, so 1/k holds with room.
+    """
+    _, weights = sketch.weighted_items()
+    level0 = sketch.levels[0].shape[1]
+    compacted = (weights[:, level0:] > 0).any(axis=1)
+    return np.where(compacted, (SKETCH_SD_K / sketch.k) ** 2, 0.0)
+
+
+def effective_size(n: float, cdf_variance: float, p: float = 0.5) -> float:
+    """The sample size whose sampling noise in a proportion near p equals the sample's plus the sketch's.
+
+    At the median (KS) the sketch's CDF error weighs 1/(p(1-p)) = 4; a decile bin is the difference of two
+    CDF values (error variance up to twice the sketch's) on a proportion near 0.1: 2/(0.1 * 0.9) = 22.
+    """
+    if n <= 0:
+        return 0.0
+    return 1.0 / (1.0 / n + (1.0 if p == 0.5 else 2.0) * cdf_variance / (p * (1 - p)))
+
+
+def _pair_size(n: float, m: float) -> float:
+    return n * m / (n + m) if n > 0 and m > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------------ null models
+def ks_significance(d: float, n_eff: float, alpha_bonferroni: float) -> Significance:
+    from scipy.stats import kstwo  # scipy's import is slow; the CLI imports this module
+
+    n = max(1, int(round(n_eff)))
+    return Significance(float(kstwo.sf(d, n)), float(kstwo.isf(alpha_bonferroni, n)))
+
+
+def _statistic(method: str, pb: np.ndarray, pc: np.ndarray) -> np.ndarray:
+    if method == "psi":
+        return psi_of(pb, pc)
+    if method == "js":
+        return js_of(pb, pc)
+    return np.max(np.abs(pb - pc), axis=0)
+
+
+def multinomial_significance(
+    method: str, observed: float, pb: np.ndarray, pc: np.ndarray, nb: float, nc: float, draws: int, alpha_bonferroni: float
+) -> Significance:
+    """Parametric bootstrap: both proportion vectors redrawn from their pooled mean at their sizes."""
+    nb_i, nc_i = max(1, int(round(nb))), max(1, int(round(nc)))
+    # Many categories cost draws x categories: bound the work, keeping the resolution MIN_DRAWS allows.
+    draws = max(MIN_DRAWS, min(draws, MAX_CELLS // max(len(pb), 1)))
+    pooled = (nb_i * pb + nc_i * pc) / (nb_i + nc_i)
+    pooled = np.clip(pooled, 0.0, None)
+    pooled = pooled / pooled.sum()
+    rng = _rng(method, observed, nb_i, nc_i, pooled)
+    b = rng.multinomial(nb_i, pooled, size=draws).T / nb_i
+    c = rng.multinomial(nc_i, pooled, size=draws).T / nc_i
+    null = _statistic(method, b, c)
+    null = np.where(np.isfinite(null), null, 0.0)
+    exceed = int(np.sum(null >= observed - 1e-12))
+    return Significance((1 + exceed) / (draws + 1), float(np.quantile(null, 1 - alpha_bonferroni)))
+
+
+def wasserstein_significance(
+    observed: float, base: KllSketch, cur: KllSketch, scale: float, nb: float, nc: float, draws: int,
+    alpha_bonferroni: float,
+) -> Significance:
+    """`observed` is W1 / scale; `base` and `cur` one-column sketches.
+
+    Bootstrap from the pooled sample (both sketches' weighted items): each side's counts over the pooled
+    support drawn as independent Poisson counts (Poissonisation of the multinomial), W1 of the two drawn
+    samples computed exactly on the support. Heavy tails are where W1's asymptotic law fails (its
+    Brownian-bridge limit alarmed 8x too often at the 1% level on log-normal data at 1,000 rows);
+    resampling the pooled extremes keeps them in the null.
+    """
+    vb, wb = base.weighted_items()
+    vc, wc = cur.weighted_items()
+    tb, tc = wb.sum(), wc.sum()
+    if tb <= 0 or tc <= 0 or nb <= 0 or nc <= 0:
+        return Significance(1.0, None)
+    values = np.concatenate([vb[0], vc[0]])
+    weights = np.concatenate([wb[0] / tb * nb, wc[0] / tc * nc])
+    keep = weights > 0
+    order = np.argsort(values[keep])
+    values, pooled = values[keep][order], weights[keep][order]
+    pooled = pooled / pooled.sum()
+    dx = np.diff(values)
+    rng = _rng("wasserstein", observed, nb, nc, pooled)
+    null = np.empty(draws)
+    chunk = max(1, 2_000_000 // max(len(pooled), 1))
+    for start in range(0, draws, chunk):
+        size = min(chunk, draws - start)
+        b = rng.poisson(nb * pooled, size=(size, len(pooled))).astype(np.float64)
+        c = rng.poisson(nc * pooled, size=(size, len(pooled))).astype(np.float64)
+        fb = np.cumsum(b, axis=1) / np.maximum(b.sum(axis=1, keepdims=True), 1.0)
+        fc = np.cumsum(c, axis=1) / np.maximum(c.sum(axis=1, keepdims=True), 1.0)
+        null[start : start + size] = np.abs(fb - fc)[:, :-1] @ dx / scale
+    exceed = int(np.sum(null >= observed - 1e-12))
+    return Significance((1 + exceed) / (draws + 1), float(np.quantile(null, 1 - alpha_bonferroni)))
+
+
+def _rng(method: str, observed: float, nb: float, nc: float, probabilities: np.ndarray) -> np.random.Generator:
+    """A generator seeded by the data: reproducible verdicts, yet Monte Carlo errors independent across
+    features and evaluations (one fixed seed would share one tail-estimation error among all of them)."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(method.encode())
+    digest.update(np.array([observed, nb, nc], dtype=np.float64).tobytes())
+    digest.update(np.asarray(probabilities, dtype=np.float64).tobytes())
+    return np.random.default_rng([SEED, int.from_bytes(digest.digest(), "little")])
+
+
+# ------------------------------------------------------------------------------------- per dataset
+def significance(
+    baseline: Profile,
+    current: Profile,
+    chosen: Sequence[tuple[Feature, str]],
+    raw: Mapping[str, float],
+    alpha: float,
+    *,
+    current_exact: bool = False,
+) -> dict[str, Significance]:
+    """{feature: Significance} for each (feature, method) compared; `raw` holds each feature's statistic
+    (L-infinity as linf_simple, Wasserstein normalised by the baseline's std, chi2 its p-value).
+    `current_exact`: the current profile holds the data itself (fastcompare), so it adds no sketch error."""
+    tests = len(chosen)
+    if not tests:
+        return {}
+    bonferroni = alpha / tests
+    draws = draws_for(alpha, tests)
+    wasserstein_draws = draws_for(alpha, tests, per_test=2)
+    base_index = {f.name: j for j, f in enumerate(baseline.numeric_features)}
+    cur_index = {f.name: j for j, f in enumerate(current.numeric_features)}
+    numeric = [f.name for f, _ in chosen if f.numeric]
+    base_var: dict[str, float] = {}
+    cur_var: dict[str, float] = {}
+    if numeric:
+        bv = sketch_cdf_variance(baseline.sketch)
+        cv = np.zeros(current.sketch.n_columns) if current_exact else sketch_cdf_variance(current.sketch)
+        base_var = {n: float(bv[base_index[n]]) for n in numeric}
+        cur_var = {n: float(cv[cur_index[n]]) for n in numeric}
+    out: dict[str, Significance] = {}
+    for feature, method in chosen:
+        name = feature.name
+        value = raw[name]
+        nb = float(baseline.present(name))
+        nc = float(current.present(name))
+        if method == "chi2":
+            out[name] = Significance(float(value), bonferroni)
+            continue
+        if not feature.numeric:
+            out[name] = _categorical(method, value, baseline.categories[name], current.categories[name], draws, bonferroni)
+            continue
+        nb_eff = effective_size(nb, base_var[name])
+        nc_eff = effective_size(nc, cur_var[name])
+        bsk = baseline.sketch.select([base_index[name]])
+        csk = current.sketch.select([cur_index[name]])
+        if method == "linf":
+            out[name] = ks_significance(value, _pair_size(nb_eff, nc_eff), bonferroni)
+        elif method == "wasserstein":
+            std = float(baseline.moments.std()[base_index[name]])
+            out[name] = wasserstein_significance(
+                value, bsk, csk, std if std > 0 else 1.0, nb_eff, nc_eff, min(draws, wasserstein_draws), bonferroni
+            )
+        else:
+            pb, pc = decile_bins(bsk, csk)
+            nb_bin = effective_size(nb, base_var[name], p=0.1)
+            nc_bin = effective_size(nc, cur_var[name], p=0.1)
+            out[name] = multinomial_significance(method, value, pb[:, 0], pc[:, 0], nb_bin, nc_bin, draws, bonferroni)
+    return out
+
+
+def _categorical(
+    method: str, value: float, base: CategoryCounter, cur: CategoryCounter, draws: int, bonferroni: float
+) -> Significance:
+    cats = sorted(set(base.counts) | set(cur.counts))
+    b = np.array([base.counts.get(c, 0) for c in cats], dtype=np.float64)
+    c = np.array([cur.counts.get(k, 0) for k in cats], dtype=np.float64)
+    nb, nc = b.sum(), c.sum()
+    return multinomial_significance(method, value, b / nb, c / nc, nb, nc, draws, bonferroni)

@@ -1,0 +1,1 @@
+"""Judging models: statistical canary-vs-stable tests (canary), sequential error control (sequential)."""

@@ -1,0 +1,208 @@
+"""The statistical canary judge: canary against stable over the same window, per metric.
+
+Pure functions of the counts Prometheus returns. Each look is one of K planned looks at the data gathered
+since the analysis step began; three outcomes:
+
+- Failed: the canary is worse than stable, at the sequentially corrected level (kanari.judging.sequential).
+  At no degradation the probability of ever rolling back over all K looks is at most alpha.
+- Successful: the canary is shown to be worse by less than the tolerated degradation (maxDegradation):
+  the sequentially corrected upper confidence bound of its degradation is below maxDegradation, and the
+  sample had the power (MIN_POWER) to detect a degradation of that size. A canary that is worse by
+  maxDegradation or more passes with probability at most alpha.
+- Inconclusive: neither yet; in particular whenever the sample is too small to detect maxDegradation.
+  Never a pass.
+
+Error rate (degradation = canary error rate - stable error rate): the failure test is Fisher's exact
+one-sided test (valid at any count, conservative); the upper bound is the Farrington-Manning score
+bound (the estimate's spread evaluated where the canary is exactly maxDegradation worse), the usual
+non-inferiority test for two proportions.
+
+Latency (degradation = P(canary request slower than a stable one) - 1/2, ties counted half): the
+Mann-Whitney statistic on the two histograms' buckets, as Kayenta's judge uses (every request in one
+bucket is a tie; the variance carries the tie correction). The upper bound uses DeLong's variance of
+the same statistic, exact for bucketed data. maxDegradation 0.05 means "a canary request may be slower
+than a stable one 55% of the time"; for a log-normal latency with spread 0.5 that is about a 7% shift of
+every quantile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from kanari.judging.sequential import Look, critical_z
+
+MIN_POWER = 0.8
+Phase = Literal["Successful", "Failed", "Inconclusive"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    phase: Phase
+    degradation: float | None  # the estimate
+    upper_bound: float | None  # sequentially corrected upper confidence bound of the degradation
+    p_value: float | None  # one-sided, canary worse than stable (before the sequential correction)
+    critical_z: float  # what the failure test's z had to reach at this look
+    power: float | None  # of the failure test against maxDegradation, at this sample size
+    canary_samples: float
+    stable_samples: float
+    message: str
+
+
+def _z_of_p(p: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.isf(min(max(p, 1e-300), 1.0)))
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _check(name: str, value: float) -> float:
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: {value!r} is not a count (finite, not negative)")
+    return float(value)
+
+
+def _decide(
+    *, degradation: float, upper: float, p_value: float, z_fail: float, power: float, max_degradation: float,
+    nc: float, ns: float, unit: str, detail: str,
+) -> Verdict:
+    common = {
+        "degradation": degradation, "upper_bound": upper, "p_value": p_value, "critical_z": z_fail, "power": power,
+        "canary_samples": nc, "stable_samples": ns,
+    }
+    facts = (
+        f"degradation {degradation:+.4g}{unit} (upper bound {upper:+.4g}), p={p_value:.3g} vs z>={z_fail:.3g}, "
+        f"power {power:.2f} at maxDegradation {max_degradation:g}; {detail}"
+    )
+    if upper < max_degradation and power >= MIN_POWER:
+        return Verdict("Successful", message=f"within tolerance: {facts}", **common)
+    if _z_of_p(p_value) >= z_fail:
+        return Verdict("Failed", message=f"canary worse than stable: {facts}", **common)
+    why = "too few samples to detect maxDegradation" if power < MIN_POWER else "not yet shown within tolerance"
+    return Verdict("Inconclusive", message=f"{why}: {facts}", **common)
+
+
+def _no_data(nc: float, ns: float, look: Look, alpha: float, what: str) -> Verdict:
+    return Verdict("Inconclusive", None, None, None, critical_z(look, alpha), None, nc, ns, what)
+
+
+# --------------------------------------------------------------------------------------- error rate
+def judge_error_rate(
+    canary_errors: float,
+    canary_total: float,
+    stable_errors: float,
+    stable_total: float,
+    *,
+    max_degradation: float,
+    alpha: float,
+    look: Look,
+) -> Verdict:
+    """Counts over the same window (Prometheus increase() may return fractions: they are rounded)."""
+    from scipy.stats import hypergeom, norm
+
+    if not 0 < max_degradation < 1:
+        raise ValueError(f"maxDegradation: {max_degradation} must be between 0 and 1 for an error rate")
+    xc, nc = round(_check("canary errors", canary_errors)), round(_check("canary requests", canary_total))
+    xs, ns = round(_check("stable errors", stable_errors)), round(_check("stable requests", stable_total))
+    # increase() extrapolates each series on its own, so errors may exceed requests by a rounding.
+    xc, xs = min(xc, nc), min(xs, ns)
+    z_fail = critical_z(look, alpha)
+    if nc == 0 or ns == 0:
+        return _no_data(nc, ns, look, alpha, f"no {'canary' if nc == 0 else 'stable'} requests in the window")
+    # Fisher's exact test, one-sided: given all errors, how surprising is the canary's share of them.
+    p_value = float(hypergeom.sf(xc - 1, nc + ns, xc + xs, nc))
+    pc, ps = xc / nc, xs / ns
+    # Non-inferiority score test (Farrington-Manning): the spread of the estimate where the canary is
+    # exactly maxDegradation worse, the stable rate estimated under that constraint.
+    restricted = min(max((xs + xc - nc * max_degradation) / (ns + nc), 1e-9), 1 - max_degradation - 1e-9)
+    se_margin = math.sqrt(
+        (restricted + max_degradation) * (1 - restricted - max_degradation) / nc + restricted * (1 - restricted) / ns
+    )
+    z_pass = critical_z(look, alpha)
+    upper = (pc - ps) + z_pass * se_margin if math.isfinite(z_pass) else math.inf
+    # Power of a level-alpha one-sided test against p_c = p_s + maxDegradation at these sizes.
+    base = min(max((xs + xc + 1) / (ns + nc + 2), 1e-6), 1 - max_degradation - 1e-6)
+    alt = base + max_degradation
+    se0 = math.sqrt(base * (1 - base) * (1 / nc + 1 / ns))
+    se1 = math.sqrt(alt * (1 - alt) / nc + base * (1 - base) / ns)
+    power = _phi((max_degradation - float(norm.isf(alpha)) * se0) / se1)
+    detail = f"canary {xc}/{nc} errors ({pc:.4%}), stable {xs}/{ns} ({ps:.4%}), look {look.index}/{look.planned}"
+    return _decide(
+        degradation=pc - ps, upper=upper, p_value=p_value, z_fail=z_fail, power=power,
+        max_degradation=max_degradation, nc=nc, ns=ns, unit="", detail=detail,
+    )
+
+
+# ------------------------------------------------------------------------------------------ latency
+def bucket_counts(cumulative: Sequence[float]) -> np.ndarray:
+    """Per-bucket counts from Prometheus' cumulative `le` buckets (ascending, +Inf last).
+
+    increase() on each bucket series is extrapolated separately, so the cumulative counts may dip a
+    little; a dip is clipped to zero rather than trusted as a negative count.
+    """
+    cum = np.asarray([_check("histogram bucket", float(c)) for c in cumulative], dtype=np.float64)
+    return np.clip(np.diff(np.concatenate([[0.0], cum])), 0.0, None)
+
+
+def mann_whitney(canary: np.ndarray, stable: np.ndarray) -> tuple[float, float, float, float]:
+    """(theta, null z, DeLong standard error, null standard deviation of theta) for two histograms over
+    the same buckets.
+
+    theta = P(canary slower) + P(same bucket)/2. The null z uses the tie-corrected permutation variance
+    of U; DeLong's variance uses each observation's placement among the other sample's buckets.
+    """
+    a, b = canary.astype(np.float64), stable.astype(np.float64)
+    na, nb = a.sum(), b.sum()
+    below_b = np.cumsum(b) - b  # stable observations in lower buckets
+    above_a = a.sum() - np.cumsum(a)  # canary observations in higher buckets
+    u = float(np.sum(a * (below_b + b / 2.0)))
+    theta = u / (na * nb)
+    n = na + nb
+    ties = a + b
+    var_u = na * nb / 12.0 * ((n + 1) - np.sum(ties**3 - ties) / (n * (n - 1)))
+    z = (u - na * nb / 2.0) / math.sqrt(var_u) if var_u > 0 else 0.0
+    va = (below_b + b / 2.0) / nb  # placement of each canary bucket among stable observations
+    vb = (above_a + a / 2.0) / na
+    sa = float(np.sum(a * (va - theta) ** 2) / max(na - 1, 1))
+    sb = float(np.sum(b * (vb - theta) ** 2) / max(nb - 1, 1))
+    return theta, z, math.sqrt(sa / na + sb / nb), math.sqrt(max(var_u, 0.0)) / (na * nb)
+
+
+def judge_latency(
+    canary_cumulative: Sequence[float],
+    stable_cumulative: Sequence[float],
+    *,
+    max_degradation: float,
+    alpha: float,
+    look: Look,
+) -> Verdict:
+    """Cumulative bucket counts (same `le` bounds, ascending, +Inf last) over the same window."""
+    from scipy.stats import norm
+
+    if not 0 < max_degradation < 0.5:
+        raise ValueError(f"maxDegradation: {max_degradation} must be between 0 and 0.5 for latency")
+    if len(canary_cumulative) != len(stable_cumulative) or len(canary_cumulative) < 2:
+        raise ValueError("latency histograms: canary and stable need the same buckets (at least 2)")
+    a, b = bucket_counts(canary_cumulative), bucket_counts(stable_cumulative)
+    na, nb = float(a.sum()), float(b.sum())
+    z_fail = critical_z(look, alpha)
+    if na < 1 or nb < 1:
+        return _no_data(na, nb, look, alpha, f"no {'canary' if na < 1 else 'stable'} requests in the window")
+    theta, z, se, sd0 = mann_whitney(a, b)
+    p_value = float(norm.sf(z))
+    upper = (theta - 0.5) + z_fail * se if math.isfinite(z_fail) else math.inf
+    # Power at theta = 1/2 + maxDegradation, with the null (tie-corrected) spread of theta.
+    power = _phi(max_degradation / sd0 - float(norm.isf(alpha))) if sd0 > 0 else 0.0
+    detail = (f"{na:.0f} canary and {nb:.0f} stable requests, P(canary slower) {theta:.4f}, "
+              f"look {look.index}/{look.planned}")
+    return _decide(
+        degradation=theta - 0.5, upper=upper, p_value=p_value, z_fail=z_fail, power=power,
+        max_degradation=max_degradation, nc=na, ns=nb, unit="", detail=detail,
+    )

@@ -1,0 +1,170 @@
+"""Delayed ground truth: predictions joined with labels that arrive later, keyed by the inference id.
+
+The KServe payload logger sends every prediction with its CloudEvent id (the inference id); labels
+(chargebacks, clicks, reviews) arrive hours later through an authenticated endpoint with the same id.
+The join store is bounded twice: a prediction waits for its label at most `ttl` seconds, and at most
+`max_pending` predictions wait at once (the oldest are dropped first and counted, never silently).
+A label that finds no prediction waits for one the same way (labels may overtake the logger).
+
+Joined pairs feed realised quality per revision: a confusion matrix and, for PR-AUC, a bounded
+reservoir of (score, label) pairs (binary classification), or running error sums (regression: RMSE,
+MAE). Pure data structure: the HTTP endpoint (kanari.judging.labels) and the monitor feed it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Task = Literal["binary", "regression"]
+RESERVOIR = 10_000
+
+
+@dataclass
+class _Pending:
+    revision: str
+    value: float  # score (binary) or prediction (regression)
+    at: float
+
+
+@dataclass
+class Quality:
+    """Realised quality of one revision from its joined pairs."""
+
+    task: Task
+    threshold: float = 0.5
+    joined: int = 0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+    abs_error: float = 0.0
+    sq_error: float = 0.0
+    reservoir: list[tuple[float, int]] = field(default_factory=list)
+    _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
+
+    def add(self, value: float, label: float) -> None:
+        self.joined += 1
+        if self.task == "regression":
+            err = value - label
+            self.abs_error += abs(err)
+            self.sq_error += err * err
+            return
+        y = int(label)
+        predicted = value >= self.threshold
+        self.tp += int(predicted and y == 1)
+        self.fp += int(predicted and y == 0)
+        self.fn += int(not predicted and y == 1)
+        self.tn += int(not predicted and y == 0)
+        # Reservoir sampling (Vitter's algorithm R): a uniform sample of all pairs in bounded memory.
+        if len(self.reservoir) < RESERVOIR:
+            self.reservoir.append((value, y))
+        else:
+            j = self._rng.randrange(self.joined)
+            if j < RESERVOIR:
+                self.reservoir[j] = (value, y)
+
+    def metrics(self) -> dict[str, float]:
+        if not self.joined:
+            return {}
+        if self.task == "regression":
+            return {"rmse": math.sqrt(self.sq_error / self.joined), "mae": self.abs_error / self.joined}
+        out: dict[str, float] = {}
+        if self.tp + self.fn:
+            out["recall"] = self.tp / (self.tp + self.fn)
+        if self.tp + self.fp:
+            out["precision"] = self.tp / (self.tp + self.fp)
+        if 2 * self.tp + self.fp + self.fn:
+            out["f1"] = 2 * self.tp / (2 * self.tp + self.fp + self.fn)
+        labels = np.array([y for _, y in self.reservoir])
+        if labels.size and 0 < labels.sum() < labels.size:
+            from sklearn.metrics import average_precision_score
+
+            out["pr_auc"] = float(average_precision_score(labels, np.array([s for s, _ in self.reservoir])))
+        return out
+
+
+class JoinStore:
+    """Predictions and labels keyed by inference id, joined on arrival, bounded in time and size."""
+
+    def __init__(
+        self, *, task: Task, ttl: float, max_pending: int, threshold: float = 0.5,
+        clock: Callable[[], float] | None = None,
+    ):
+        if ttl <= 0 or max_pending < 1:
+            raise ValueError(f"ttl ({ttl}) and max_pending ({max_pending}) must be positive")
+        import time
+
+        self.task = task
+        self.ttl = ttl
+        self.max_pending = max_pending
+        self.threshold = threshold
+        self.clock = clock or time.monotonic
+        self.predictions: OrderedDict[str, _Pending] = OrderedDict()
+        self.labels: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.quality: dict[str, Quality] = {}
+        self.dropped = {"expired": 0, "evicted": 0, "duplicate": 0}
+
+    def _quality(self, revision: str) -> Quality:
+        if revision not in self.quality:
+            self.quality[revision] = Quality(self.task, self.threshold)
+        return self.quality[revision]
+
+    def _expire(self, now: float) -> None:
+        # Both tables are in arrival order: the oldest entry is first.
+        while self.predictions and now - next(iter(self.predictions.values())).at > self.ttl:
+            self.predictions.popitem(last=False)
+            self.dropped["expired"] += 1
+        while self.labels and now - next(iter(self.labels.values()))[1] > self.ttl:
+            self.labels.popitem(last=False)
+            self.dropped["expired"] += 1
+
+    def _bound(self, table: OrderedDict) -> None:  # type: ignore[type-arg]
+        while len(table) > self.max_pending:
+            table.popitem(last=False)
+            self.dropped["evicted"] += 1
+
+    def prediction(self, inference_id: str, revision: str, value: float) -> bool:
+        """Record a served prediction; True when its label was already waiting (joined now)."""
+        if not inference_id or not math.isfinite(value):
+            raise ValueError("prediction: needs an inference id and a finite value")
+        now = self.clock()
+        self._expire(now)
+        label = self.labels.pop(inference_id, None)
+        if label is not None:
+            self._quality(revision).add(value, label[0])
+            return True
+        if inference_id in self.predictions:
+            self.dropped["duplicate"] += 1
+            return False
+        self.predictions[inference_id] = _Pending(revision, value, now)
+        self._bound(self.predictions)
+        return False
+
+    def label(self, inference_id: str, label: float) -> str | None:
+        """Record a label; the revision it joined, or None while its prediction has not arrived."""
+        if not inference_id or not math.isfinite(label):
+            raise ValueError("label: needs an inference id and a finite value")
+        if self.task == "binary" and label not in (0, 1):
+            raise ValueError(f"label: {label!r} is not 0 or 1")
+        now = self.clock()
+        self._expire(now)
+        pending = self.predictions.pop(inference_id, None)
+        if pending is not None:
+            self._quality(pending.revision).add(pending.value, label)
+            return pending.revision
+        if inference_id in self.labels:
+            self.dropped["duplicate"] += 1
+            return None
+        self.labels[inference_id] = (label, now)
+        self._bound(self.labels)
+        return None
+
+    def pending(self) -> int:
+        return len(self.predictions) + len(self.labels)

@@ -1,0 +1,132 @@
+"""Seeded rollout simulations with known truth, for the judge's guarantees (tests run a short version,
+bench/judge_bench.py the long one).
+
+A rollout is K looks at accumulating traffic; each look the judge sees everything since the step began.
+Every look is judged (no early stop on a pass), which is the worst case for false rollbacks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from kanari.judging.canary import judge_error_rate, judge_latency
+from kanari.judging.sequential import Look
+
+# Prometheus client's default histogram buckets (seconds), +Inf last.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
+
+
+def _rate_upper(k: int, n: int) -> float:
+    from scipy.stats import beta
+
+    return 1.0 if k >= n else float(beta.ppf(0.975, k + 1, n - k))
+
+
+def _summary(outcomes: dict[str, list[tuple[bool, bool, int | None]]], rollouts: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for truth, runs in outcomes.items():
+        failed = sum(f for f, _, _ in runs)
+        passed = sum(p for _, p, _ in runs)
+        first = [k for _, _, k in runs if k is not None]
+        out[truth] = {
+            "rollback_rate": failed / rollouts,
+            "rollback_upper_95": _rate_upper(failed, rollouts),
+            "pass_rate": passed / rollouts,
+            "pass_upper_95": _rate_upper(passed, rollouts),
+            "mean_look_of_first_verdict": float(np.mean(first)) if first else None,
+        }
+    return out
+
+
+def simulate_error_rate(
+    *, rollouts: int = 500, looks: int = 10, alpha: float = 0.05, max_degradation: float = 0.01,
+    base_rate: float = 0.01, canary_per_look: int = 1000, stable_per_look: int = 9000, seed: int = 0,
+) -> dict[str, Any]:
+    """No degradation (canary error rate = stable's) and degradation = maxDegradation."""
+    rng = np.random.default_rng(seed)
+    outcomes: dict[str, list[tuple[bool, bool, int | None]]] = {}
+    for truth, rate in (("no_degradation", base_rate), ("at_max_degradation", base_rate + max_degradation)):
+        runs = []
+        for _ in range(rollouts):
+            xc = xs = nc = ns = 0
+            failed = passed = False
+            first: int | None = None
+            for k in range(1, looks + 1):
+                nc += canary_per_look
+                ns += stable_per_look
+                xc += int(rng.binomial(canary_per_look, rate))
+                xs += int(rng.binomial(stable_per_look, base_rate))
+                v = judge_error_rate(xc, nc, xs, ns, max_degradation=max_degradation, alpha=alpha, look=Look(k, looks))
+                failed |= v.phase == "Failed"
+                passed |= v.phase == "Successful"
+                if first is None and v.phase != "Inconclusive":
+                    first = k
+            runs.append((failed, passed, first))
+        outcomes[truth] = runs
+    out = _summary(outcomes, rollouts)
+    out["settings"] = {"looks": looks, "alpha": alpha, "maxDegradation": max_degradation, "base_rate": base_rate,
+                       "canary_per_look": canary_per_look, "stable_per_look": stable_per_look}
+    return out
+
+
+def _bucket_probs(mu: float, sigma: float) -> np.ndarray:
+    from scipy.stats import norm
+
+    edges = np.log(np.array(BUCKETS[:-1]))
+    cdf = np.concatenate([norm.cdf((edges - mu) / sigma), [1.0]])
+    return np.diff(np.concatenate([[0.0], cdf]))
+
+
+def bucketed_theta(pc: np.ndarray, ps: np.ndarray) -> float:
+    below = np.cumsum(ps) - ps
+    return float(np.sum(pc * (below + ps / 2.0)))
+
+
+def shift_for(theta: float, mu: float, sigma: float) -> float:
+    """The log-latency shift that makes the bucketed P(canary slower) equal theta."""
+    ps = _bucket_probs(mu, sigma)
+    lo, hi = 0.0, 5.0 * sigma
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if bucketed_theta(_bucket_probs(mu + mid, sigma), ps) < theta:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def simulate_latency(
+    *, rollouts: int = 500, looks: int = 10, alpha: float = 0.05, max_degradation: float = 0.05,
+    median: float = 0.08, sigma: float = 0.6, canary_per_look: int = 300, stable_per_look: int = 2700, seed: int = 0,
+) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    mu = math.log(median)
+    ps = _bucket_probs(mu, sigma)
+    shift = shift_for(0.5 + max_degradation, mu, sigma)
+    outcomes: dict[str, list[tuple[bool, bool, int | None]]] = {}
+    for truth, pc in (("no_degradation", ps), ("at_max_degradation", _bucket_probs(mu + shift, sigma))):
+        runs = []
+        for _ in range(rollouts):
+            a = np.zeros(len(BUCKETS))
+            b = np.zeros(len(BUCKETS))
+            failed = passed = False
+            first: int | None = None
+            for k in range(1, looks + 1):
+                a += rng.multinomial(canary_per_look, pc)
+                b += rng.multinomial(stable_per_look, ps)
+                v = judge_latency(np.cumsum(a).tolist(), np.cumsum(b).tolist(), max_degradation=max_degradation, alpha=alpha,
+                                  look=Look(k, looks))
+                failed |= v.phase == "Failed"
+                passed |= v.phase == "Successful"
+                if first is None and v.phase != "Inconclusive":
+                    first = k
+            runs.append((failed, passed, first))
+        outcomes[truth] = runs
+    out = _summary(outcomes, rollouts)
+    out["settings"] = {"looks": looks, "alpha": alpha, "maxDegradation": max_degradation, "median_s": median,
+                       "sigma": sigma, "canary_per_look": canary_per_look, "stable_per_look": stable_per_look,
+                       "latency_shift_at_max_degradation": f"x{math.exp(shift):.3f}"}
+    return out

@@ -1,0 +1,172 @@
+"""Delayed ground truth: the join store over random interleavings, the authenticated label endpoint, the
+realised-quality gauges and the quality-drop rule under the real promtool."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kanari.judging.groundtruth import JoinStore
+from kanari.judging.labels import QualityMetrics, label_app, quality_rule
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.metrics import average_precision_score, f1_score, recall_score
+
+from devstack.stack import find_binary
+
+TOKEN = "s3cret-token"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# events: (kind, id, delay) — a prediction or a label for id, `delay` seconds after the previous event
+events = st.lists(
+    st.tuples(st.sampled_from(["prediction", "label"]), st.integers(0, 30), st.floats(0, 20)), max_size=200
+)
+
+
+@given(events, st.integers(1, 20))
+@settings(max_examples=300, deadline=None)
+def test_join_loses_nothing_within_the_ttl_and_stays_bounded(seq: list[tuple[str, int, float]], capacity: int) -> None:
+    clock = Clock()
+    ttl = 30.0
+    store = JoinStore(task="binary", ttl=ttl, max_pending=capacity, clock=clock)
+    arrivals: dict[tuple[str, int], list[float]] = {}
+    joined_ids: list[int] = []
+    for kind, ident, delay in seq:
+        clock.now += delay
+        if kind == "prediction":
+            joined = store.prediction(str(ident), "rev-a", 0.7)
+        else:
+            joined = store.label(str(ident), 1) is not None
+        arrivals.setdefault((kind, ident), []).append(clock.now)
+        if joined:
+            joined_ids.append(ident)
+        assert len(store.predictions) <= capacity and len(store.labels) <= capacity  # bounded, always
+    total = store.quality["rev-a"].joined if "rev-a" in store.quality else 0
+    assert total == len(joined_ids)
+    # Nothing lost within the TTL: with room to spare, a first prediction and first label of an id
+    # arriving within ttl of each other (and no other event in between evicting) are joined.
+    if len(seq) <= capacity:
+        for ident in {i for _, i, _ in seq}:
+            p, lab = arrivals.get(("prediction", ident)), arrivals.get(("label", ident))
+            if p and lab and abs(p[0] - lab[0]) <= ttl:
+                assert ident in joined_ids, (ident, p, lab)
+    accounted = sum(store.dropped.values()) + len(store.predictions) + len(store.labels) + 2 * total
+    assert accounted == len(seq)
+
+
+def test_realised_quality_matches_sklearn_and_regression_errors() -> None:
+    rng = np.random.default_rng(3)
+    store = JoinStore(task="binary", ttl=3600, max_pending=100_000)
+    scores = rng.random(3000)
+    labels = (rng.random(3000) < scores).astype(int)
+    for i, s in enumerate(scores):
+        store.prediction(f"id-{i}", "rev-2", float(s))
+    for i in rng.permutation(3000):
+        store.label(f"id-{i}", int(labels[i]))
+    got = store.quality["rev-2"].metrics()
+    assert got["recall"] == pytest.approx(recall_score(labels, scores >= 0.5))
+    assert got["f1"] == pytest.approx(f1_score(labels, scores >= 0.5))
+    assert got["pr_auc"] == pytest.approx(average_precision_score(labels, scores))
+    reg = JoinStore(task="regression", ttl=60, max_pending=10)
+    reg.label("a", 3.0)
+    reg.prediction("a", "r", 5.0)
+    reg.prediction("b", "r", 1.0)
+    reg.label("b", 2.0)
+    assert reg.quality["r"].metrics() == {"rmse": pytest.approx(((4 + 1) / 2) ** 0.5), "mae": 1.5}
+
+
+async def test_label_endpoint_is_authenticated_and_exports_realised_quality() -> None:
+    store = JoinStore(task="binary", ttl=3600, max_pending=1000)
+    metrics = QualityMetrics("ml-prod", "fraud")
+    client = TestClient(TestServer(label_app(store, TOKEN, metrics), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        preds = {"predictions": [{"id": f"i{k}", "revision": "rev-9", "value": 0.9 if k % 2 else 0.1} for k in range(10)]}
+        assert (await client.post("/v1/predictions", json=preds)).status == 401
+        assert (await client.post("/v1/predictions", json=preds, headers={"Authorization": "Bearer nope"})).status == 401
+        r = await client.post("/v1/predictions", json=preds, headers=auth)
+        assert r.status == 200 and (await r.json()) == {"accepted": 10, "joined": 0}
+        bad = await client.post("/v1/labels", json={"labels": [{"id": "i1", "label": 1}, {"id": "i2", "label": 7}]},
+                                headers=auth)
+        assert bad.status == 400 and "labels[1].label" in (await bad.json())["error"]
+        assert store.quality == {}, "a refused batch is not half-applied"
+        labels = {"labels": [{"id": f"i{k}", "label": 1 if k < 6 else 0} for k in range(10)]}
+        r = await client.post("/v1/labels", json=labels, headers=auth)
+        assert (await r.json()) == {"accepted": 10, "joined": 10}
+        text = await (await client.get("/metrics")).text()
+        values = {
+            s.labels["metric"]: s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == "kanari_realised_quality" and s.labels["revision"] == "rev-9"
+        }
+        # Predicted positive: odd ids; positives: ids 0-5 -> tp = {1,3,5}, fn = {0,2,4}
+        assert values["recall"] == pytest.approx(0.5) and values["precision"] == pytest.approx(3 / 5)
+        assert (await client.post("/v1/labels", data=b"{not json", headers=auth)).status == 400
+    finally:
+        await client.close()
+
+
+def test_the_endpoint_never_runs_open() -> None:
+    with pytest.raises(ValueError, match="never runs open"):
+        label_app(JoinStore(task="binary", ttl=1, max_pending=1), "", QualityMetrics("a", "b"))
+
+
+@pytest.mark.timeout(60)
+def test_quality_rule_fires_on_a_drop_under_promtool(tmp_path: Path) -> None:
+    rule = quality_rule("ml-prod", "fraud", "recall", 0.8, for_="10m")
+    rules = tmp_path / "quality.rules.yml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    check = subprocess.run([find_binary("promtool"), "check", "rules", str(rules)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    series = 'kanari_realised_quality{namespace="ml-prod",model="fraud",revision="7",metric="recall"}'
+    tests: list[dict[str, Any]] = [{
+        "interval": "1m",
+        "input_series": [{"series": series, "values": "0.9x5 0.6x30"}],
+        "alert_rule_test": [
+            {"eval_time": "10m", "alertname": "KanariRealisedQualityDrop", "exp_alerts": []},
+            {"eval_time": "20m", "alertname": "KanariRealisedQualityDrop", "exp_alerts": [{
+                "exp_labels": {"severity": "critical", "namespace": "ml-prod", "model": "fraud", "revision": "7"},
+                "exp_annotations": {
+                    "summary": "Realised recall of ml-prod/fraud revision 7 is below 0.8",
+                    "description": "Computed from delayed ground-truth labels joined with logged predictions.",
+                },
+            }]},
+        ],
+    }]
+    spec = tmp_path / "tests.yml"
+    spec.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
+    result = subprocess.run([find_binary("promtool"), "test", "rules", str(spec)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cbpe_estimates_are_exported_and_withdrawn_when_undefined() -> None:
+    from kanari.judging.cbpe import estimate
+
+    metrics = QualityMetrics("ml-prod", "fraud")
+    metrics.set_estimate("rev-3", estimate([0.9, 0.8, 0.2, 0.1], None, 0.5))
+
+    def exported() -> dict[str, float]:
+        text = generate_latest(metrics.registry).decode()
+        return {s.labels["metric"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                if s.name == "kanari_estimated_quality"}
+
+    assert exported()["precision"] == pytest.approx(0.85)
+    metrics.set_estimate("rev-3", estimate([0.2, 0.1], None, 0.5))  # nothing predicted positive
+    assert "precision" not in exported() and "roc_auc" in exported()
