@@ -661,3 +661,15 @@ def test_parameters_are_checked_against_and_typed_as_the_pipelines_inputs() -> N
     with pytest.raises(LaunchError, match="is not a BOOLEAN"):
         typed_parameters(spec, {"auto_approve": "yes please"}, "p")
     assert typed_parameters(None, {"epochs": "5"}, "p") == {"epochs": "5"}  # nothing to check against
+
+
+def test_alert_names_and_fingerprints_that_would_bloat_the_status_are_refused() -> None:
+    """Review finding: the stored alert name had no bound, and status.retraining lives in the ModelDeployment."""
+    base = {"status": "firing", "startsAt": "2026-11-27T11:00:00Z", "fingerprint": "5f3a9c01d2e4b678",
+            "labels": {"alertname": "KanariFeatureDriftCritical", "namespace": "ml", "model": "fraud"}}
+    assert parse_payload({"version": "4", "alerts": [base]})[0].name == "KanariFeatureDriftCritical"
+    with pytest.raises(ValueError, match=r"alerts\[0\]\.labels\.alertname: longer than 253"):
+        parse_payload({"version": "4", "alerts": [{**base, "labels": {**base["labels"], "alertname": "A" * 254}}]})
+    with pytest.raises(ValueError, match=r"alerts\[0\]\.fingerprint: longer than 64"):
+        parse_payload({"version": "4", "alerts": [{**base, "fingerprint": "f" * 65}]})
+

@@ -79,6 +79,10 @@ class Alert:
         }
 
 
+MAX_FINGERPRINT = 64  # Alertmanager's are 16 hex digits
+MAX_ALERTNAME = 253
+
+
 def parse_payload(body: Any) -> list[Alert]:
     if not isinstance(body, dict):
         raise MalformedPayload("body: expected a JSON object")
@@ -97,6 +101,12 @@ def parse_payload(body: Any) -> list[Alert]:
         labels, annotations = raw.get("labels", {}), raw.get("annotations", {})
         if not isinstance(labels, dict) or not isinstance(annotations, dict):
             raise MalformedPayload(f"alerts[{i}]: labels and annotations must be objects")
+        # What is recorded in status.retraining stays small: an unbounded name or fingerprint, written into
+        # the ModelDeployment, could push the object past etcd's size limit and stop every later status write.
+        if len(raw["fingerprint"]) > MAX_FINGERPRINT:
+            raise MalformedPayload(f"alerts[{i}].fingerprint: longer than {MAX_FINGERPRINT} characters")
+        if len(str(labels.get("alertname", ""))) > MAX_ALERTNAME:
+            raise MalformedPayload(f"alerts[{i}].labels.alertname: longer than {MAX_ALERTNAME} characters")
         try:
             _parse_time(raw["startsAt"])
         except ValueError:
