@@ -38,13 +38,13 @@ def test_bool_column_with_missing_values_is_the_same_distribution(tmp_path: Path
     rng = np.random.default_rng(3)
     train = pd.DataFrame({"flag": rng.choice([True, False], 4000, p=[0.7, 0.3]), "x": rng.normal(size=4000)})
     base = tmp_path / "base"
-    assert kanari("drift", "baseline", "--data", str(_csv(train, tmp_path / "t.csv")), "-o", str(base)).returncode == 0
+    assert kanari("drift", "baseline", "--data", str(_csv(train, tmp_path / "t.csv")), "--out", str(base)).returncode == 0
     current = pd.DataFrame({"flag": rng.choice([True, False], 2000, p=[0.7, 0.3]), "x": rng.normal(size=2000)})
     current = current.astype({"flag": object})
     current.loc[:9, "flag"] = None  # a CSV with empty cells: pandas reads the column as object, not bool
     data = _csv(current, tmp_path / "c.csv")
     assert pd.read_csv(data)["flag"].dtype == object
-    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(data), "--format", "json")
+    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(data), "-o", "json")
     report = json.loads(proc.stdout)
     flag = next(f for f in report["features"] if f["feature"] == "flag")
     assert flag["value"] < 0.05, flag
@@ -95,7 +95,7 @@ def _edit(base: Path, **dist: object) -> None:
 
 
 def _report(base: Path, data: Path) -> dict:
-    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(data), "--format", "json")
+    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(data), "-o", "json")
     assert proc.returncode in (0, 1), proc.stderr
     return json.loads(proc.stdout)
 
@@ -132,7 +132,7 @@ def test_categorical_drift_method_chi_squared_is_a_p_value_test(shifted: tuple) 
 def test_perform_comparison_disabled_compares_no_distribution(shifted: tuple) -> None:
     base, data, _, _ = shifted
     _edit(base, perform_comparison="Disabled")
-    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(data), "--format", "json")
+    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(data), "-o", "json")
     report = json.loads(proc.stdout)
     assert proc.returncode == 0 and report["drifted_features"] == [] and report["verdict"] == "no drift"
     assert {f["status"] for f in report["features"]} == {"not compared"}
@@ -172,7 +172,7 @@ def test_bad_distribution_constraints_are_named(field: str, value: object, messa
 # ---------------------------------------------------------------------------------------- inf in training
 def test_infinite_training_values_are_refused_naming_the_column(tmp_path: Path) -> None:
     train = pd.DataFrame({"ok": [1.0, 2.0, 3.0, 4.0], "ratio": [0.5, np.inf, 1.5, -np.inf]})
-    proc = kanari("drift", "baseline", "--data", str(_csv(train, tmp_path / "t.csv")), "-o", str(tmp_path / "b"))
+    proc = kanari("drift", "baseline", "--data", str(_csv(train, tmp_path / "t.csv")), "--out", str(tmp_path / "b"))
     assert proc.returncode == 2
     assert "ratio" in proc.stderr and "2 infinite values" in proc.stderr and "Traceback" not in proc.stderr
     assert "ok" not in proc.stderr.replace("kanari", "")
@@ -187,7 +187,7 @@ def test_compare_on_a_handful_of_rows_is_inconclusive(rows: int, tmp_path: Path)
     base = tmp_path / "base"
     write_baseline(train, base)
     data = _csv(train.sample(rows, random_state=1), tmp_path / "few.csv")
-    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(data), "--format", "json")
+    proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(data), "-o", "json")
     assert proc.returncode == 3, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["verdict"] == "inconclusive" and report["drifted_features"] == []
@@ -207,7 +207,7 @@ def test_empty_baseline_column_gaining_values_is_reported(tmp_path: Path) -> Non
     write_baseline(train, base)
     current = pd.DataFrame({"x": rng.normal(size=300), "late": rng.normal(size=300), "tag": ["new"] * 300})
     proc = kanari("drift", "compare", "--baseline", str(base), "--data", str(_csv(current, tmp_path / "c.csv")),
-                  "--format", "json")
+                  "-o", "json")
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert report["verdict"] != "no drift"

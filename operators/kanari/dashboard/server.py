@@ -320,6 +320,9 @@ class Dashboard:
             except PrometheusError as exc:
                 self.prometheus_error = f"Prometheus: {exc}"
                 log.warning("drift readings: %s", exc)
+            except Exception as exc:  # the poll must outlive any one bad answer: a dead task shows stale drift forever
+                self.prometheus_error = f"Prometheus: {type(exc).__name__}"
+                log.exception("drift readings failed")
             await asyncio.sleep(READINGS_EVERY)
 
     # ------------------------------------------------------------------------------ actions
