@@ -284,11 +284,9 @@ def test_drift_page_shows_the_worst_feature_and_not_an_idle_revision(stack: Stac
     screenshot(browser, "list")
 
 
-@pytest.mark.xfail(strict=True, reason="known defect found at integration: the live list's drift column stays "
-                   "'unknown' although the drift view reads the same gauges (the list's readings poll); see the "
-                   "closing note of issue 14")
 def test_the_lists_drift_column_agrees_with_the_drift_view(stack: Stack, browser: WebDriver) -> None:
     # Runs after the drift-page test, which set fraud-b's gauges and thresholds (critical at 0.6, worst 0.91).
+    # Regression: a drift change reached the list only with the next status change of the ModelDeployment.
     open_view(browser, stack.admin.url + "/")
     wait(browser, 15).until(lambda d: "critical" in text(d, 'tr[data-key="ml-prod/fraud-b"]'))
 

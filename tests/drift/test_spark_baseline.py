@@ -24,6 +24,7 @@ def spark() -> Iterator[object]:
     s = (
         SparkSession.builder.master("local[2]")
         .appName("kanari-test")
+        .config("spark.pyspark.python", sys.executable)  # workers need this venv's pandas, whatever PATH says
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.driver.bindAddress", "127.0.0.1")

@@ -311,12 +311,28 @@ class Dashboard:
                 ident.watcher = None
         return resp
 
+    async def _push_rows(self, keys: set[tuple[str, str]]) -> None:
+        """Open lists learn of a drift change as of a status change: rows read with each user's credentials."""
+        for ident in [*self.sessions.values(), *([self.local] if self.local else [])]:
+            if not ident.subscribers:
+                continue
+            for namespace, name in sorted(keys):
+                try:
+                    obj = await ident.cluster.get(namespace, name)
+                except ClusterError:
+                    continue  # gone, or not this user's to see
+                self._publish(ident, "md", "MODIFIED", obj)
+
     async def _poll_readings(self) -> None:
         assert self.prometheus is not None
         while True:
             try:
-                self.readings = await self.prometheus.readings()
+                readings = await self.prometheus.readings()
+                changed = {k for k in set(readings) | set(self.readings) if readings.get(k) != self.readings.get(k)}
+                self.readings = readings
                 self.prometheus_error = ""
+                if changed:
+                    await self._push_rows(changed)
             except PrometheusError as exc:
                 self.prometheus_error = f"Prometheus: {exc}"
                 log.warning("drift readings: %s", exc)
