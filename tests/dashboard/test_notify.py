@@ -21,9 +21,10 @@ from tests.dashboard.dashboard_testlib import WebhookReceiver, wait_for
 REASONS = ["RolloutStarted", "StepAdvanced", "Paused", "Promoted", "RolledBack", "WeightChanged", "AnalysisPassed",
            "ActionConsumed", "Deployed", "Resumed"]
 ROLLED_BACK = {
-    "phase": "RolledBack", "stableModel": {"revision": "r1", "version": "v1"}, "rollout": {"abortedRevision": "r2"},
-    "analysisHistory": [{"at": "2026-11-30T04:10:05Z", "step": 1, "revision": "r2", "verdict": "Failed", "metrics": [
-        {"name": "success-rate", "value": 0.62, "threshold": ">= 0.95", "verdict": "Failed"}]}],
+    "phase": "RolledBack", "stableModel": {"revision": "r1", "version": "v1"}, "abortedRevision": "r2",
+    "analysisRuns": [{"name": "step-1", "revision": "r2", "step": 1, "phase": "Failed", "metrics": [
+        {"name": "success-rate", "count": 1, "failed": 1, "measurements": [
+            {"phase": "Failed", "value": 0.62, "threshold": ">= 0.95", "finishedAt": "2026-11-30T04:10:05Z"}]}]}],
 }
 
 
@@ -59,10 +60,11 @@ def test_messages_say_what_happened_and_why() -> None:
     assert rb.text(tpl).startswith("ml/fraud: rolled back r2: success-rate = 0.62 breached >= 0.95.")
     paused = {"phase": "Paused", "currentStep": 1, "canaryModel": {"revision": "r2", "version": "v2"},
               "stableModel": {"revision": "r1", "version": "v1"}, "canaryWeight": 20,
-              "pauseConditions": [{"reason": "AnalysisInconclusive", "message": "12 samples < 100"}]}
+              "pauseConditions": [{"reason": "AnalysisInconclusive", "startTime": "2026-11-30T04:10:00Z",
+                                  "message": "12 samples < 100"}]}
     [p] = messages.from_events("ml", "fraud", paused, [Event("Warning", "Paused", "inconclusive analysis")])
     assert p.text(tpl) == "ml/fraud: paused at step 2 (AnalysisInconclusive): inconclusive analysis"
-    # Today's status shape reads the same.
+    # A status written before the rollout rework reads the same.
     legacy = {**paused, "pauseConditions": None, "rollout": {"pausedReason": "PauseStep"}}
     del legacy["pauseConditions"]
     [p2] = messages.from_events("ml", "fraud", legacy, [Event("Normal", "Paused", "step 1: paused")])

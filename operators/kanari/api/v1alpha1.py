@@ -12,9 +12,9 @@ import hashlib
 import json
 import math
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from kanari.api.duration import Duration, parse_duration
 
@@ -671,8 +671,21 @@ class ModelRef(BaseModel):
     image: str | None = None
     format: str = ""
 
+    @property
+    def label(self) -> str:
+        """What a person calls this version: the registry's version, else the rollout revision."""
+        return self.version or self.revision
+
 
 Verdict = Literal["Successful", "Failed", "Inconclusive", "Error"]
+
+
+def _finite_or_none(value: Any) -> Any:
+    # JSON has no NaN or Infinity: the API server refuses a status holding one, and a page cannot draw one.
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+Figure = Annotated[float | None, BeforeValidator(_finite_or_none)]
 
 
 class MetricResult(BaseModel):
@@ -680,11 +693,11 @@ class MetricResult(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     name: str
-    value: float | None = None
-    stableValue: float | None = None
+    value: Figure = None
+    stableValue: Figure = None
     threshold: str = ""
     verdict: Verdict
-    sampleCount: float | None = None
+    sampleCount: Figure = None
     query: str = ""
     message: str = ""
     at: str = ""
@@ -695,9 +708,9 @@ class Measurement(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     phase: Verdict
-    value: float | None = None
-    stableValue: float | None = None
-    sampleCount: float | None = None
+    value: Figure = None
+    stableValue: Figure = None
+    sampleCount: Figure = None
     threshold: str = ""
     query: str = ""
     message: str = ""
@@ -864,6 +877,22 @@ class ModelDeploymentStatus(BaseModel):
             since = old.get("stepStartedAt") or old.get("lastProgressAt") or "1970-01-01T00:00:00Z"
             data = {**data, "pauseConditions": [{"reason": old["pausedReason"], "startTime": since}]}
         return data
+
+    @classmethod
+    def lenient(cls, raw: Any) -> Self:
+        """The status as stored, dropping only the fields that do not read (hand-edited, another writer, an older
+        version), never the whole status: rebuilding it from nothing forgets the stable model, and the spec's
+        model would then be deployed outright as if it were the first, skipping its canary."""
+        if not isinstance(raw, dict):
+            return cls()
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            bad = {e["loc"][0] for e in exc.errors() if e.get("loc")}
+            try:
+                return cls.model_validate({k: v for k, v in raw.items() if k not in bad})
+            except ValidationError:
+                return cls()
 
 
 # -------------------------------------------------------------------------------------- whole object

@@ -63,20 +63,7 @@ class ReconcileResult:
 
 
 def _status_of(body: dict[str, Any]) -> ModelDeploymentStatus:
-    raw = body.get("status") or {}
-    try:
-        return ModelDeploymentStatus.model_validate(raw)
-    except ValidationError as exc:
-        if not isinstance(raw, dict):
-            return ModelDeploymentStatus()
-        # Only the unreadable fields (hand-edited, another writer, an older version) are dropped, not the whole
-        # status: rebuilding it from nothing forgets the stable model, and the spec's model would then be
-        # deployed outright as if it were the first, skipping its canary.
-        bad = {e["loc"][0] for e in exc.errors() if e.get("loc")}
-        try:
-            return ModelDeploymentStatus.model_validate({k: v for k, v in raw.items() if k not in bad})
-        except ValidationError:
-            return ModelDeploymentStatus()
+    return ModelDeploymentStatus.lenient(body.get("status") or {})
 
 
 def _stable_ready(status: ModelDeploymentStatus) -> bool:

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kanari.api.conditions import parse_time
-from kanari.api.v1alpha1 import MetricSpec, ModelDeploymentSpec, SpecError, parse_spec
-from kanari.dashboard.status_view import RolloutStatus, read_status
+from kanari.api.v1alpha1 import Lineage, MetricSpec, ModelDeploymentSpec, SpecError, parse_spec
+from kanari.dashboard.status_view import RolloutStatus, measured_at, read_status
 from kanari.rollout import judge
 
 ACTIONS = ("promote", "promote-full", "pause", "resume", "abort", "retry")
@@ -234,7 +234,7 @@ def scorecards(spec: ModelDeploymentSpec | None, st: RolloutStatus) -> list[dict
     for run in reversed(st.analysisRuns):
         rows = []
         for metric in run.metrics:
-            m = metric.latest
+            m = metric.measurements[-1] if metric.measurements else None
             ms = metric_specs.get(metric.name)
             why = ""
             if m is not None and m.phase in ("Inconclusive", "Error", "Failed"):
@@ -270,7 +270,7 @@ def metric_charts(spec: ModelDeploymentSpec | None, st: RolloutStatus) -> list[d
                 if metric.name != name:
                     continue
                 for m in metric.measurements:
-                    t = epoch(m.at)
+                    t = epoch(measured_at(m))
                     if t is None:
                         continue
                     points.append({"t": t, "value": m.value, "stable": m.stableValue, "verdict": m.phase,
@@ -387,7 +387,7 @@ def drift_view(
                       "axis": drift_axis([v for line in features[f] for v in line["v"] if v is not None], warn, critical)}
                      for f in order[:8]],
         "alerts": list(alerts),
-        "retraining": st.retraining,
+        "retraining": [r.model_dump(mode="json") for r in st.retraining],
         "prometheus": prometheus,
     }
 
@@ -423,18 +423,18 @@ def lineage_view(obj: dict[str, Any]) -> list[dict[str, str]]:
     """data -> code -> pipeline run -> training job -> model package -> approval -> deployment revision."""
     st = read_status(obj.get("status"))
     spec, _ = _spec(obj)
-    lin = st.lineage
+    lin = st.lineage or Lineage()
     served = st.canary or st.stable
-    approval = next((c for c in st.conditions if c["type"] == "ModelApproved"), None)
-    arn = lin.get("modelPackageArn") or (served.modelPackageArn if served else "") or (
+    approval = next((c for c in st.conditions if c.type == "ModelApproved"), None)
+    arn = (lin.modelPackageArn or "") or (served.modelPackageArn if served else "") or (
         spec.model.modelPackageArn if spec and spec.model.modelPackageArn else "")
     chain = [
-        ("data", lin.get("datasetUri", ""), _s3(lin.get("datasetUri", ""))),
-        ("code", lin.get("gitSha", ""), ""),
-        ("pipeline run", lin.get("pipelineRun", ""), ""),
-        ("training job", lin.get("trainingJob", ""), _console(lin.get("trainingJob", ""))),
+        ("data", (lin.datasetUri or ""), _s3(lin.datasetUri or "")),
+        ("code", (lin.gitSha or ""), ""),
+        ("pipeline run", (lin.pipelineRun or ""), ""),
+        ("training job", (lin.trainingJob or ""), _console(lin.trainingJob or "")),
         ("model package", arn or (served.storageUri if served else ""), _console(arn) or _s3(served.storageUri if served else "")),
-        ("approval", f"{approval['status']}: {approval['reason']}" if approval else
+        ("approval", f"{approval.status}: {approval.reason}" if approval else
          ("not required" if spec and not spec.model.requireApproval else ""), ""),
         ("deployment revision", f"{served.label} (revision {served.revision})" if served else "", ""),
     ]

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kanari.api.v1alpha1 import ModelRef, RetrainRecord
 from kanari.dashboard.status_view import RolloutStatus, read_status
 
 KINDS = ("rollout_started", "step_advanced", "paused", "promoted", "rolled_back", "drift_alert",
@@ -69,7 +70,7 @@ class Notification:
         return " ".join(templates[self.kind].safe_substitute(values).split())
 
 
-def _label(ref: Any) -> str:
+def _label(ref: ModelRef | None) -> str:
     return (ref.label if ref is not None else "") or "-"
 
 
@@ -78,8 +79,8 @@ def _base(st: RolloutStatus) -> dict[str, str]:
             "step": str(st.currentStep + 1), "phase": st.phase}
 
 
-def _record_key(r: Mapping[str, str]) -> str:
-    return f"{r.get('fingerprint', '')}|{r.get('startsAt', '')}|{r.get('at', '')}"
+def _record_key(r: RetrainRecord) -> str:
+    return f"{r.fingerprint}|{r.startsAt}|{r.at}"
 
 
 def from_events(namespace: str, name: str, status: Any, events: Iterable[Any]) -> list[Notification]:
@@ -118,11 +119,11 @@ def from_retraining(namespace: str, name: str, before: Mapping[str, str], status
     seen = dict(before)
     out = []
     for r in st.retraining:
-        key, outcome = _record_key(r), r.get("outcome", "")
-        if r.get("at", "") < not_before:
+        key, outcome = _record_key(r), r.outcome
+        if r.at < not_before:
             seen[key] = outcome
             continue
-        fields = {"alert": r.get("alert", "") or "-", "run": r.get("run", "") or "-", "outcome": outcome or "-"}
+        fields = {"alert": r.alert or "-", "run": r.run or "-", "outcome": outcome or "-"}
         if key not in seen:
             out.append(Notification("drift_alert", namespace, name, fields))
         if seen.get(key) != outcome:
@@ -139,9 +140,9 @@ def retraining_finished(namespace: str, name: str, status: Any, events: Iterable
     if not any(getattr(ev, "reason", "") == "RolloutStarted" for ev in events):
         return []
     st = read_status(status)
-    run = st.lineage.get("pipelineRun", "")
-    started = [r for r in st.retraining if r.get("outcome") == "Started" and r.get("run")]
-    if not run or not any(r.get("run") == run for r in started):
+    run = (st.lineage.pipelineRun if st.lineage else None) or ""
+    started = [r for r in st.retraining if r.outcome == "Started" and r.run]
+    if not run or not any(r.run == run for r in started):
         return []
     return [Notification("retraining_finished", namespace, name,
                          {**_base(st), "run": run, "version": _label(st.canary)})]
