@@ -32,8 +32,8 @@ from kanari.api.v1alpha1 import (
 )
 from kanari.judging.canary import Verdict, judge_error_rate, judge_latency
 from kanari.judging.sequential import Look
-from kanari.rollout.judge import UNAVAILABLE
-from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable, Sample
+from kanari.rollout.judge import query
+from kanari.rollout.prometheus import PrometheusClient, Sample
 from kanari.rollout.templates import (
     PART_LABEL,
     RAW_REVISION_LABEL,
@@ -184,12 +184,9 @@ async def measure_judge(
         promql = substitute(queries(spec, judge), {**variables, "interval": format_duration(window)})
     except TemplateError as exc:
         return result("Error", str(exc))
-    try:
-        samples = await prom.query(promql, now)
-    except PrometheusUnavailable as exc:
-        return result("Error", f"{UNAVAILABLE}: {exc}")
-    except PrometheusQueryError as exc:
-        return result("Error", f"Prometheus rejected the query ({exc.error_type}): {exc.message}")
+    samples = await query(prom, promql, now)
+    if isinstance(samples, str):
+        return result("Error", samples)
     try:
         verdict = read_verdict(judge, samples, look)
     except ValueError as exc:

@@ -17,8 +17,8 @@ from kanari.api.conditions import now_iso
 from kanari.api.v1alpha1 import MetricResult, MetricSpec, ModelDeploymentSpec, ModelDeploymentStatus
 from kanari.capacity.cost import runtime_tag
 from kanari.judging.analysis import judge_variables, measure_judge
-from kanari.rollout.judge import UNAVAILABLE, error, judge
-from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable, Sample
+from kanari.rollout.judge import error, judge, query
+from kanari.rollout.prometheus import PrometheusClient, Sample
 from kanari.rollout.templates import PART_LABEL, MetricQuery, TemplateError, metric_query
 
 
@@ -91,12 +91,9 @@ async def _one(
         q = metric_query(spec, metric, variables)
     except TemplateError as exc:
         return error(metric, str(exc), at)
-    try:
-        samples = await prom.query(q.promql, now)
-    except PrometheusUnavailable as exc:
-        return error(metric, f"{UNAVAILABLE}: {exc}", at, q.promql)
-    except PrometheusQueryError as exc:
-        return error(metric, f"Prometheus rejected the query ({exc.error_type}): {exc.message}", at, q.promql)
+    samples = await query(prom, q.promql, now)
+    if isinstance(samples, str):
+        return error(metric, samples, at, q.promql)
     try:
         value, count, stable = _read(q, samples)
     except ValueError as exc:

@@ -9,12 +9,24 @@ import math
 import operator
 import re
 from collections.abc import Callable
+from datetime import datetime
 
 from kanari.api.v1alpha1 import MetricResult, MetricSpec, Verdict
+from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable, Sample
 
 # Error messages that mean "Prometheus could not be asked" start with this; the engine pauses with
 # reason PrometheusUnavailable on them instead of blaming the query.
 UNAVAILABLE = "Prometheus unavailable"
+
+
+async def query(prom: PrometheusClient, promql: str, now: datetime) -> list[Sample] | str:
+    """The samples, or why the measurement could not be taken (the message of its Error verdict)."""
+    try:
+        return await prom.query(promql, now)
+    except PrometheusUnavailable as exc:
+        return f"{UNAVAILABLE}: {exc}"
+    except PrometheusQueryError as exc:
+        return f"Prometheus rejected the query ({exc.error_type}): {exc.message}"
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq, "!=": operator.ne,
@@ -24,7 +36,7 @@ _CLAUSE = re.compile(r"\s*result\s*(<=|>=|<|>|==|!=)\s*(-?[0-9.eE+-]+)\s*")
 
 def threshold_text(metric: MetricSpec) -> str:
     if metric.judge is not None:
-        # Imported here: kanari.judging.analysis imports this module (UNAVAILABLE).
+        # Imported here: kanari.judging.analysis imports this module (query).
         from kanari.judging.analysis import threshold_text as judge_threshold
 
         return judge_threshold(metric.judge)
