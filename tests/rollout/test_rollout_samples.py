@@ -95,12 +95,21 @@ def test_sample_analysis_against_real_prometheus(world, path: Path, health: str)
     variables = {"namespace": namespace, "name": name, "stableRevision": STABLE, "canaryRevision": CANARY,
                  "stableTag": runtime_tag(namespace, name, STABLE), "canaryTag": runtime_tag(namespace, name, CANARY)}
 
+    # A cost ratio divides two revisions' request counts, each extrapolated by increase() from its own target's
+    # scrapes (Prometheus staggers targets' scrape offsets): with a few seconds of history one scrape more or
+    # less is a 20-30% "regression". On a cluster the window is the analysis interval (minutes); here the
+    # history is kept long enough that one scrape is a few percent of it.
+    settle = 15.0 if any(m.template in COST_TEMPLATES for m in spec.rollout.analysis.metrics) else 0.0
+
     async def go():
         async with PrometheusClient(PrometheusConfig(url=prom_proc.url)) as prom:
-            end = time.monotonic() + 40
+            started = time.monotonic()
+            end = started + 40 + settle
             results = []
             while time.monotonic() < end:
                 await asyncio.sleep(1.0)
+                if time.monotonic() - started < settle:
+                    continue
                 results = await analysis.measure(spec, variables, prom, datetime.now(UTC))
                 # Enough scrapes for rate() and minSampleCount: every metric judged (Successful or Failed).
                 if all(r.verdict in ("Successful", "Failed") for r in results):
