@@ -5,7 +5,11 @@ for SageMaker; the documents are valid IAM JSON a user can paste."""
 from __future__ import annotations
 
 import ast
+import functools
 import json
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -35,10 +39,22 @@ def operations(service: str) -> dict[str, str]:
     return dict(boto3.client(service, region_name="us-east-1").meta.method_to_api_mapping)
 
 
-def scan(role: str) -> set[tuple[str, str]]:
+def parse(paths: list[Path]) -> list[ast.Module]:
+    """The files' syntax trees, parsed in a process of their own: CPython 3.11 keeps one AST-construction depth
+    counter per interpreter, so an ast.parse racing another thread's (werkzeug compiles its URL rules with
+    ast.parse in moto's request threads; 3.11's traceback module parses to place its carets) fails with
+    "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905)."""
+    code = "import ast, pickle, sys; sys.stdout.buffer.write(pickle.dumps([ast.parse(open(p).read()) for p in sys.argv[1:]]))"
+    out = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, check=True, timeout=60)
+    return pickle.loads(out.stdout)
+
+
+@functools.cache
+def scan(role: str) -> frozenset[tuple[str, str]]:
     """Every (service, API operation) the role's code calls through boto3 (and SigV4-signed AMP queries)."""
     calls: set[tuple[str, str]] = set()
-    trees = {p: ast.parse(p.read_text()) for p in role_files(role)}
+    files = role_files(role)
+    trees = dict(zip(files, parse(files), strict=True))
     services: set[str] = set()
     for tree in trees.values():
         for node in ast.walk(tree):
@@ -71,7 +87,7 @@ def scan(role: str) -> set[tuple[str, str]]:
             found = by_name.get(name, set())
             assert len(found) <= 1, f"{path}: {name} is an operation of several services: {found}"
             calls |= found
-    return calls
+    return frozenset(calls)
 
 
 @pytest.mark.parametrize("role", ["controller", "pipeline", "receiver", "monitor"])
