@@ -1,0 +1,248 @@
+"""Delayed ground truth run by the drift monitor: predictions from KServe's payload-logger events, labels over
+the authenticated endpoint and the S3 label drop (moto), realised quality and CBPE gauges on /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from drift_testlib import RESPONSE, kserve_headers, metric_samples
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kanari.judging.cbpe import fit_calibration
+from kanari.monitor.labeldrop import LabelDrop, parse_file
+from kanari.monitor.registry import ModelRegistry
+from kanari.monitor.server import DriftMonitor, build_app
+from kanari.monitor.settings import MonitorSettings
+from prometheus_client import generate_latest
+
+pytestmark = pytest.mark.timeout(120)
+
+NS = "ml-prod"
+TOKEN = "label-s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def md(name: str, baseline_dir: Path, *, ground_truth: dict[str, Any] | None, calibration: str | None = None,
+       version: str = "7") -> dict[str, Any]:
+    ref = {"revision": f"rev-{version}", "version": version, "storageUri": f"s3://models/{name}/{version}/"}
+    if calibration:
+        ref["calibrationUri"] = calibration
+    monitoring: dict[str, Any] = {"baselineUri": f"file://{baseline_dir}"}
+    if ground_truth is not None:
+        monitoring["groundTruth"] = ground_truth
+    return {"apiVersion": "kanari.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"model": {"storageUri": ref["storageUri"], "format": "sklearn"},
+                     "serving": {"deploymentMode": "RawDeployment"}, "monitoring": monitoring},
+            "status": {"stableModel": ref}}
+
+
+def monitor_for(*objects: dict[str, Any], token: str = TOKEN, **overrides: Any) -> DriftMonitor:
+    registry = ModelRegistry()
+    registry.replace(objects)
+    return DriftMonitor(MonitorSettings(**{"window_size": 500, "min_samples": 20, **overrides}), registry,
+                        labels_token=token)
+
+
+def gauges(monitor: DriftMonitor, name: str, model: str = "fraud") -> dict[str, float]:
+    return {lab.get("metric", lab.get("revision", "")): v
+            for lab, v in metric_samples(generate_latest(monitor.registry).decode(), name) if lab["model"] == model}
+
+
+async def respond(monitor: DriftMonitor, model: str, ce_id: str, scores: list[Any]) -> None:
+    headers = kserve_headers(ce_id=ce_id, ce_type=RESPONSE, model=model, namespace=NS)
+    status, body = await monitor.handle(headers, json.dumps({"predictions": scores}).encode())
+    assert status == 200, body
+
+
+@pytest.fixture
+async def client(cancer_baseline_dir: Path) -> AsyncIterator[tuple[TestClient, DriftMonitor]]:
+    monitor = monitor_for(md("fraud", cancer_baseline_dir, ground_truth={"task": "binary", "threshold": 0.5}),
+                          md("unlabelled", cancer_baseline_dir, ground_truth=None))
+    c = TestClient(TestServer(build_app(monitor), host="127.0.0.1"))
+    await c.start_server()
+    yield c, monitor
+    await c.close()
+
+
+async def test_labels_join_logged_predictions_into_realised_quality(client: tuple[TestClient, DriftMonitor]) -> None:
+    c, monitor = client
+    # Ten one-row responses (id = ce-id) and one batch of four ([p0, p1] rows: the positive class's score).
+    for k in range(10):
+        await respond(monitor, "fraud", f"i{k}", [0.9 if k % 2 else 0.1])
+    await respond(monitor, "fraud", "batch", [[0.2, 0.8], [0.7, 0.3], [0.1, 0.9], [0.6, 0.4]])
+    labels = [{"id": f"i{k}", "label": 1 if k < 6 else 0} for k in range(10)]
+    labels += [{"id": "batch/0", "label": 1}, {"id": "batch/1", "label": 1}]
+    url = f"/v1/labels/{NS}/fraud"
+
+    assert (await c.post(url, json={"labels": labels})).status == 401
+    assert (await c.post(url, json={"labels": labels}, headers={"Authorization": "Bearer nope"})).status == 401
+    bad = await c.post(url, json={"labels": [*labels, {"id": "x", "label": 7}]}, headers=AUTH)
+    assert bad.status == 400 and "labels[12].label" in (await bad.json())["error"]
+    assert gauges(monitor, "kanari_realised_quality") == {}, "a refused batch is not half-applied"
+    assert (await c.post(f"/v1/labels/{NS}/unlabelled", json={"labels": labels}, headers=AUTH)).status == 404
+    assert (await c.post(url, data=b"{not json", headers=AUTH)).status == 400
+    big = await c.post(url, data=b"x" * (monitor.settings.max_label_bytes + 10), headers=AUTH)
+    assert big.status == 413
+
+    r = await c.post(url, json={"labels": labels}, headers=AUTH)
+    assert (await r.json()) == {"accepted": 12, "joined": 12}
+    again = await c.post(url, json={"labels": labels}, headers=AUTH)  # a retried batch
+    assert (await again.json())["joined"] == 0
+    monitor.evaluate()
+    text = await (await c.get("/metrics")).text()
+    quality = {lab["metric"]: v for lab, v in metric_samples(text, "kanari_realised_quality") if lab["revision"] == "7"}
+    denominators = {lab["metric"]: v for lab, v in metric_samples(text, "kanari_realised_quality_denominator")}
+    # Predicted positive: odd ids and batch/0; positives: ids 0-5, batch/0, batch/1
+    # -> tp {1,3,5,batch/0} = 4, fn {0,2,4,batch/1} = 4, fp {7,9} = 2
+    assert quality["recall"] == pytest.approx(0.5) and quality["precision"] == pytest.approx(4 / 6)
+    assert denominators["recall"] == 8 and denominators["precision"] == 6
+    assert {lab["reason"]: v for lab, v in metric_samples(text, "kanari_groundtruth_dropped_total")}["duplicate"] == 12
+
+
+async def test_the_label_endpoint_is_off_without_a_token(cancer_baseline_dir: Path) -> None:
+    monitor = monitor_for(md("fraud", cancer_baseline_dir, ground_truth={}), token="")
+    c = TestClient(TestServer(build_app(monitor), host="127.0.0.1"))
+    await c.start_server()
+    try:
+        r = await c.post(f"/v1/labels/{NS}/fraud", json={"labels": []}, headers={"Authorization": "Bearer "})
+        assert r.status in (404, 405)
+    finally:
+        await c.close()
+
+
+async def test_cbpe_is_unavailable_without_calibration_and_estimated_with_it(
+    cancer_baseline_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    raw = rng.uniform(0, 1, 2000)
+    truth = (rng.uniform(0, 1, 2000) < raw**2).astype(int)  # raw scores over-confident: P(y=1|s) = s^2
+    (tmp_path / "calibration.json").write_text(json.dumps(fit_calibration(raw[:1000], truth[:1000]).to_dict()))
+    monitor = monitor_for(
+        md("fraud", cancer_baseline_dir, ground_truth={"task": "binary"}, calibration=f"file://{tmp_path}"),
+        md("raw", cancer_baseline_dir, ground_truth={"task": "binary"}))
+    for i, s in enumerate(raw[1000:1500]):
+        await respond(monitor, "fraud", f"f{i}", [float(s)])
+        await respond(monitor, "raw", f"r{i}", [float(s)])
+    monitor.evaluate()
+    assert gauges(monitor, "kanari_estimated_quality", "raw") == {}, "no calibration: no number"
+    assert gauges(monitor, "kanari_estimated_quality_available", "raw") == {"7": 0.0}
+    estimated = gauges(monitor, "kanari_estimated_quality")
+    assert gauges(monitor, "kanari_estimated_quality_available") == {"7": 1.0}
+    held = raw[1000:1500] >= 0.5
+    realised_precision = truth[1000:1500][held].mean()
+    assert estimated["precision"] == pytest.approx(realised_precision, abs=0.06)
+    # Losing the ground-truth setting drops the model's series (bounded by the monitored models).
+    monitor.models.replace([md("raw", cancer_baseline_dir, ground_truth={"task": "binary"})])
+    monitor.evaluate()
+    assert gauges(monitor, "kanari_estimated_quality") == {}
+
+
+# ---------------------------------------------------------------------------------------- S3 drop
+def _s3(endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def test_label_files_are_parsed_or_refused_with_file_row_and_field() -> None:
+    assert parse_file("p/a.jsonl", b'{"id": "a", "label": 1}\n\n{"id": "b", "label": 0}\n', "binary") == [
+        ("a", 1.0), ("b", 0.0)]
+    assert parse_file("p/a.csv", b"id,label,extra\na,1,x\nb,0,y\n", "binary") == [("a", 1.0), ("b", 0.0)]
+    with pytest.raises(ValueError, match=r"p/a\.csv row 3\.label: 'yes' is not a number"):
+        parse_file("p/a.csv", b"id,label\na,1\nb,yes\n", "binary")
+    with pytest.raises(ValueError, match=r"p/a\.jsonl row 2\.label: 2 is not 0 or 1"):
+        parse_file("p/a.jsonl", b'{"id": "a", "label": 1}\n{"id": "b", "label": 2}\n', "binary")
+    with pytest.raises(ValueError, match=r"p/a\.jsonl row 1\.id"):
+        parse_file("p/a.jsonl", b'{"label": 1}\n', "binary")
+    with pytest.raises(ValueError, match=r"row 1: header lacks label"):
+        parse_file("p/a.csv", b"id,score\na,1\n", "binary")
+
+
+@pytest.fixture(scope="module")
+def drop_bucket(s3_endpoint: str) -> str:
+    _s3(s3_endpoint).create_bucket(Bucket="kanari-labels")
+    return "kanari-labels"
+
+
+async def test_s3_label_drop_joins_once_and_refuses_bad_files(
+    s3_endpoint: str, drop_bucket: str, cancer_baseline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3 = _s3(s3_endpoint)
+    monitor = monitor_for(md("fraud", cancer_baseline_dir, ground_truth={"task": "binary"}))
+    for k in range(6):
+        await respond(monitor, "fraud", f"s{k}", [0.9 if k < 3 else 0.2])
+    prefix = "drop1/"
+    s3.put_object(Bucket=drop_bucket, Key=f"{prefix}{NS}/fraud/day1.jsonl",
+                  Body="".join(json.dumps({"id": f"s{k}", "label": 1}) + "\n" for k in range(4)).encode())
+    s3.put_object(Bucket=drop_bucket, Key=f"{prefix}{NS}/fraud/day2.csv", Body=b"id,label\ns4,1\ns5,oops\n")
+    s3.put_object(Bucket=drop_bucket, Key=f"{prefix}{NS}/other/day1.jsonl", Body=b'{"id": "z", "label": 1}\n')
+    s3.put_object(Bucket=drop_bucket, Key=f"{prefix}{NS}/fraud/README.txt", Body=b"not labels")
+    drop = LabelDrop(f"s3://{drop_bucket}/{prefix}", monitor._labelled, 1 << 20, lambda: _s3(s3_endpoint))
+
+    files = drop.poll()
+    monitor.apply_label_files(files)
+    assert sorted(f.key.rsplit("/", 1)[1] for f in files) == ["day1.jsonl", "day2.csv"], "other: not a labelled model"
+    refused = next(f for f in files if f.error)
+    assert refused.error == f"{prefix}{NS}/fraud/day2.csv row 3.label: 'oops' is not a number"
+    monitor.evaluate()
+    assert gauges(monitor, "kanari_realised_quality_denominator")["recall"] == 4
+    assert gauges(monitor, "kanari_realised_quality")["recall"] == pytest.approx(3 / 4)
+
+    assert drop.poll() == [], "a file already read at this ETag is not read again"
+    # A fresh poller (a restarted monitor) reads everything again: the join store counts nothing twice.
+    again = LabelDrop(f"s3://{drop_bucket}/{prefix}", monitor._labelled, 1 << 20, lambda: _s3(s3_endpoint))
+    monitor.apply_label_files(again.poll())
+    # The corrected file (a new ETag) is read.
+    s3.put_object(Bucket=drop_bucket, Key=f"{prefix}{NS}/fraud/day2.csv", Body=b"id,label\ns4,1\ns5,0\n")
+    monitor.apply_label_files(drop.poll())
+    monitor.evaluate()
+    assert gauges(monitor, "kanari_realised_quality_denominator")["recall"] == 5
+    assert gauges(monitor, "kanari_realised_quality_denominator")["precision"] == 3
+
+    # An unreachable drop raises (the server loop counts it and retries), never reads as empty.
+    broken = LabelDrop(f"s3://no-such-bucket-{drop_bucket}/", monitor._labelled, 1 << 20, lambda: _s3(s3_endpoint))
+    with pytest.raises(Exception, match="NoSuchBucket"):
+        broken.poll()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 4), st.lists(st.integers(0, 29), max_size=8), st.booleans()),
+                min_size=1, max_size=8))
+def test_any_sequence_of_writes_and_polls_counts_each_label_once(
+    s3_endpoint: str, drop_bucket: str, cancer_baseline_dir: Path, ops: list[tuple[int, list[int], bool]]
+) -> None:
+    """Files written, overwritten and read again in any order: each id that has a prediction is joined
+    exactly once, whatever the number of reads."""
+    import uuid
+
+    s3 = _s3(s3_endpoint)
+    prefix = f"prop-{uuid.uuid4().hex[:8]}/"
+    monitor = monitor_for(md("fraud", cancer_baseline_dir, ground_truth={"task": "binary"}))
+
+    async def run() -> set[int]:
+        for k in range(30):
+            await respond(monitor, "fraud", f"p{k}", [0.9])
+        drop = LabelDrop(f"s3://{drop_bucket}/{prefix}", monitor._labelled, 1 << 20, lambda: _s3(s3_endpoint))
+        labelled: set[int] = set()
+        for file_no, ids, restart in ops:
+            body = "".join(json.dumps({"id": f"p{k}", "label": 1}) + "\n" for k in ids)
+            s3.put_object(Bucket=drop_bucket, Key=f"{prefix}{NS}/fraud/f{file_no}.jsonl", Body=body.encode())
+            labelled |= set(ids)
+            if restart:
+                drop = LabelDrop(f"s3://{drop_bucket}/{prefix}", monitor._labelled, 1 << 20, lambda: _s3(s3_endpoint))
+            monitor.apply_label_files(drop.poll())
+        return labelled
+
+    labelled = asyncio.run(run())
+    store = monitor.truth.stores[(NS, "fraud")][1]
+    joined = store.quality["7"].joined if "7" in store.quality else 0
+    assert joined == len(labelled)
