@@ -7,19 +7,27 @@ from datetime import timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus
-from kanari.rollout.engine import RolloutObservation, analysis_due, decide, derive_phase, due_metrics
+from kanari.rollout.engine import (
+    RealisedQuality,
+    RolloutObservation,
+    analysis_due,
+    decide,
+    derive_phase,
+    due_metrics,
+    retro_due,
+)
 from rollout_testlib import METRICS, T0, make_spec, ref, same
 
 ROLLOUTS = [
     {"steps": [{"setWeight": 10}, {"analysis": {}}, {"setWeight": 40}, {"pause": {}}, {"setWeight": 70},
                {"analysis": {"count": 2}}],
      "analysis": {"interval": "30s", "failureLimit": 1, "inconclusiveLimit": 1, "metrics": METRICS},
-     "progressDeadline": "5m"},
+     "progressDeadline": "5m", "rollbackWindow": {"duration": "15m", "minLabels": 40, "tolerance": 0.05}},
     {"strategy": "Linear", "linear": {"stepWeight": 30, "interval": "1m"},
      "analysis": {"interval": "20s", "metrics": METRICS[:1]}},
     {"strategy": "BlueGreen", "blueGreen": {"bakeDuration": "2m", "autoPromote": False},
      "analysis": {"interval": "30s", "metrics": METRICS}},
-    {"strategy": "AllAtOnce"},
+    {"strategy": "AllAtOnce", "rollbackWindow": {"duration": "5m", "metric": "precision", "minLabels": 10}},
     {"steps": [{"setWeight": 20}, {"pause": {"duration": "5m"}}, {"setWeight": 60}, {"analysis": {}}],
      "analysis": {"interval": "30s", "background": {}, "consecutiveErrorLimit": 2,
                   "metrics": [METRICS[0], {**METRICS[1], "dryRun": True}]}},
@@ -33,6 +41,9 @@ op = st.one_of(
     st.tuples(st.just("action"), st.sampled_from(["promote", "promote-full", "abort", "pause", "resume", "retry",
                                                   "bogus"])),
     st.tuples(st.just("spec"), st.sampled_from(["v1", "v2", "v3"])),
+    # A reading of the promoted version's realised quality: value, denominator, registered figure, failed.
+    st.tuples(st.just("realised"), st.floats(0, 1), st.integers(0, 400), st.one_of(st.none(), st.floats(0, 1)),
+              st.booleans()),
 )
 
 
@@ -63,16 +74,35 @@ def test_state_machine_invariants(rollout, ops):
         elif o[0] == "action":
             nonce += 1
             action = f"{o[1]}/{nonce}"
-        else:
+        elif o[0] == "spec":
             spec = make_spec(o[1], rollout)
+        realised = None
+        if o[0] == "realised" and status.retro is not None:
+            rw = spec.rollout.rollbackWindow
+            realised = RealisedQuality(status.retro.revision, rw.metric if rw else "recall", o[1], o[2], o[3],
+                                       "Prometheus unavailable" if o[4] else None)
         due_before = analysis_due(spec, status, now)
         due_names = set(due_metrics(spec, status, now))
         obs = RolloutObservation(now=now, desired=ref(spec), stable_ready=stable_ready, canary_ready=canary_ready,
-                          measurement=measurement, action=action)
+                          measurement=measurement, action=action, realised=realised)
+        retro_open = retro_due(spec, status, now)
         d = decide(spec, status, obs, 1)
         out = d.status
         reasons = [e.reason for e in d.events]
 
+        # The stable version changes only to the canary it promoted, on a first deployment, or (retro-verdict)
+        # back to the version the last promotion replaced: inside the window, on a reading with enough labels.
+        if status.stableModel is not None and out.stableModel != status.stableModel and not status.rollout.deploying:
+            if "RealisedQualityDrop" in reasons:
+                assert retro_open and realised is not None and realised.error is None
+                assert realised.registered is not None and realised.denominator >= spec.rollout.rollbackWindow.minLabels
+                assert status.retro is not None and out.stableModel == status.retro.previousStable
+                assert out.abortedRevision == status.stableModel.revision and out.phase == "RolledBack"
+            else:
+                assert "Promoted" in reasons and out.stableModel.revision == ref(spec).revision
+        if "RealisedQualityDrop" not in reasons and realised is not None and (
+                not retro_open or realised.error or realised.denominator < 10):
+            assert out.stableModel == status.stableModel or "Promoted" in reasons
         assert 0 <= d.canary_weight <= 100
         assert d.canary is not None or d.canary_weight == 0
         if out.phase == "RolledBack":
