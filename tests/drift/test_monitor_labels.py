@@ -246,3 +246,54 @@ def test_any_sequence_of_writes_and_polls_counts_each_label_once(
     store = monitor.truth.stores[(NS, "fraud")][1]
     joined = store.quality["7"].joined if "7" in store.quality else 0
     assert joined == len(labelled)
+
+
+def test_kanari_labels_push_sends_a_file_in_batches_and_refuses_a_bad_one(
+    cancer_baseline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI against the monitor's real app on loopback: checked whole, then posted with the token."""
+    import threading
+
+    from aiohttp import web
+    from kanari.cli import labels as labels_cli
+    from kanari.cli.main import main
+
+    from devstack.stack import free_port
+
+    monitor = monitor_for(md("fraud", cancer_baseline_dir, ground_truth={"task": "binary"}))
+    monkeypatch.setattr(labels_cli, "BATCH", 7)
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(build_app(monitor))
+
+    async def start() -> None:
+        for k in range(20):
+            await respond(monitor, "fraud", f"c{k}", [0.8])
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        token = tmp_path / "token"
+        token.write_text(TOKEN + "\n")
+        good = tmp_path / "day1.jsonl"
+        good.write_text("".join(json.dumps({"id": f"c{k}", "label": k % 2}) + "\n" for k in range(20)))
+        argv = ["labels", "push", str(good), "fraud", "-n", NS, "--monitor", f"http://127.0.0.1:{port}",
+                "--token-file", str(token)]
+        assert main(argv) == 0
+        assert "20 labels sent to ml-prod/fraud; 20 joined" in capsys.readouterr().out
+        assert main(argv) == 0  # sent again: nothing counted twice
+        assert monitor.truth.stores[(NS, "fraud")][1].quality["7"].joined == 20
+        bad = tmp_path / "day2.csv"
+        bad.write_text("id,label\nc1,1\nc2,maybe\n")
+        assert main([*argv[:2], str(bad), *argv[3:]]) != 0
+        assert "day2.csv row 3.label: 'maybe' is not a number" in capsys.readouterr().err
+        token.write_text("wrong")
+        assert main(argv) != 0
+        assert "HTTP 401" in capsys.readouterr().err
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
