@@ -141,6 +141,14 @@ async def test_cbpe_is_unavailable_without_calibration_and_estimated_with_it(
     held = raw[1000:1500] >= 0.5
     realised_precision = truth[1000:1500][held].mean()
     assert estimated["precision"] == pytest.approx(realised_precision, abs=0.06)
+    # A calibrated model that answers classes (0/1) has no scores: unavailable, not a number.
+    classes = monitor_for(md("classes", cancer_baseline_dir, ground_truth={"task": "binary"},
+                             calibration=f"file://{tmp_path}"))
+    for i in range(50):
+        await respond(classes, "classes", f"k{i}", [i % 2])
+    classes.evaluate()
+    assert gauges(classes, "kanari_estimated_quality", "classes") == {}
+    assert gauges(classes, "kanari_estimated_quality_available", "classes") == {"7": 0.0}
     # Losing the ground-truth setting drops the model's series (bounded by the monitored models).
     monitor.models.replace([md("raw", cancer_baseline_dir, ground_truth={"task": "binary"})])
     monitor.evaluate()
@@ -297,3 +305,43 @@ def test_kanari_labels_push_sends_a_file_in_batches_and_refuses_a_bad_one(
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+async def test_labels_posted_to_any_replica_reach_the_model_s_owner(cancer_baseline_dir: Path) -> None:
+    """Sharded monitors: a label batch lands on any replica and is forwarded once, token and all, to the replica
+    holding the model's predictions."""
+    from aiohttp import web
+    from kanari.monitor.sharding import Shards, ShardSettings, owner
+    from prometheus_client import Counter
+
+    from devstack.stack import free_port
+
+    name = next(f"fraud-{i}" for i in range(100) if owner(NS, f"fraud-{i}", 2) == 1)
+    ports = [free_port(), free_port()]
+    peers = tuple(f"http://127.0.0.1:{p}/" for p in ports)
+    monitors, runners = [], []
+    for ordinal, port in enumerate(ports):
+        m = monitor_for(md(name, cancer_baseline_dir, ground_truth={"task": "binary"}))
+        shards = Shards(ShardSettings(peers, ordinal), m.registry, Counter("e", "e", ["outcome"], registry=m.registry))
+        runner = web.AppRunner(build_app(m, shards=shards))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        monitors.append(m)
+        runners.append(runner)
+    try:
+        for k in range(4):
+            await respond(monitors[1], name, f"o{k}", [0.9])
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            body = {"labels": [{"id": f"o{k}", "label": 1} for k in range(4)]}
+            url = f"{peers[0]}v1/labels/{NS}/{name}"
+            async with session.post(url, json=body, headers=AUTH) as resp:
+                assert resp.status == 200 and (await resp.json())["joined"] == 4
+            async with session.post(url, json=body, headers={"Authorization": "Bearer wrong"}) as resp:
+                assert resp.status == 401
+        assert (NS, name) not in monitors[0].truth.stores, "the non-owner keeps nothing"
+        assert monitors[1].truth.stores[(NS, name)][1].quality["7"].joined == 4
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -203,7 +203,9 @@ class GroundTruth:
         for (namespace, model, revision), ring in self.scores.items():
             uri = self.calibration_of.get((namespace, model, revision))
             calibration = self.calibrations.get(uri) if uri else None
-            if calibration is None or len(ring) < self.min_samples:
+            # A model that answers classes has no scores to estimate from, calibrated or not.
+            classes = all(v in (0.0, 1.0) for v in ring)
+            if calibration is None or len(ring) < self.min_samples or classes:
                 self.metrics.set_estimate(namespace, model, revision, None)
                 continue
             config = self.stores[(namespace, model)][0]
