@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus
 from kanari.rollout.engine import (
@@ -33,6 +33,10 @@ ROLLOUTS = [
                   "metrics": [METRICS[0], {**METRICS[1], "dryRun": True}]}},
 ]
 VERDICTS = ("Successful", "Failed", "Inconclusive", "Error")
+# A reading of the promoted version's realised quality: value, denominator, registered figure, failed.
+REALISED = st.tuples(st.just("realised"), st.sampled_from([0.3, 0.0, 0.84, 0.9, 1.0]),
+                     st.sampled_from([400, 40, 39, 10, 9, 0]), st.sampled_from([0.9, 1.0, None]),
+                     st.sampled_from([False, False, True]))
 
 op = st.one_of(
     st.tuples(st.just("tick"), st.integers(1, 400)),
@@ -41,9 +45,7 @@ op = st.one_of(
     st.tuples(st.just("action"), st.sampled_from(["promote", "promote-full", "abort", "pause", "resume", "retry",
                                                   "bogus"])),
     st.tuples(st.just("spec"), st.sampled_from(["v1", "v2", "v3"])),
-    # A reading of the promoted version's realised quality: value, denominator, registered figure, failed.
-    st.tuples(st.just("realised"), st.floats(0, 1), st.integers(0, 400), st.one_of(st.none(), st.floats(0, 1)),
-              st.booleans()),
+    REALISED,
 )
 
 
@@ -54,6 +56,22 @@ def counted(status: ModelDeploymentStatus) -> int:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rollout=st.sampled_from(ROLLOUTS), ops=st.lists(op, min_size=5, max_size=80))
 def test_state_machine_invariants(rollout, ops):
+    run_invariants(rollout, ops)
+
+
+# Promotions followed by many realised-quality readings: the retro-verdict's paths, reached often.
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rollout=st.sampled_from([r for r in ROLLOUTS if "rollbackWindow" in r] + [
+           {"steps": [{"setWeight": 50}], "rollbackWindow": {"duration": "3m", "minLabels": 40}}]),
+       ops=st.lists(st.one_of(REALISED, st.tuples(st.just("tick"), st.integers(1, 40)), *op.branches),
+                    min_size=5, max_size=60))
+def test_retro_verdict_invariants(rollout, ops):
+    # v1 serves, then the spec moves to v2: promotions (and their windows) come early and often.
+    run_invariants(rollout, [("tick", 1), ("spec", "v2"), *ops])
+
+
+def run_invariants(rollout, ops):
     spec = make_spec("v1", rollout)
     status = ModelDeploymentStatus()
     now, stable_ready, canary_ready = T0, True, True
@@ -94,6 +112,7 @@ def test_state_machine_invariants(rollout, ops):
         # back to the version the last promotion replaced: inside the window, on a reading with enough labels.
         if status.stableModel is not None and out.stableModel != status.stableModel and not status.rollout.deploying:
             if "RealisedQualityDrop" in reasons:
+                event("retro-verdict rolled back")
                 assert retro_open and realised is not None and realised.error is None
                 assert realised.registered is not None and realised.denominator >= spec.rollout.rollbackWindow.minLabels
                 assert status.retro is not None and out.stableModel == status.retro.previousStable
