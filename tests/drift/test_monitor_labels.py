@@ -345,3 +345,20 @@ async def test_labels_posted_to_any_replica_reach_the_model_s_owner(cancer_basel
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_revisions_no_longer_served_leave_no_state_behind(cancer_baseline_dir: Path) -> None:
+    """Many versions over a model's life: the figures, score rings and series of versions no longer served go."""
+    monitor = monitor_for(md("fraud", cancer_baseline_dir, ground_truth={"task": "binary"}, version="7"))
+    for version in ("7", "8", "9"):
+        monitor.models.replace([md("fraud", cancer_baseline_dir, ground_truth={"task": "binary"}, version=version)])
+        for k in range(30):
+            await respond(monitor, "fraud", f"v{version}-{k}", [0.7])
+        monitor.handle_labels(NS, "fraud", json.dumps({"labels": [{"id": f"v{version}-{k}", "label": 1}
+                                                                  for k in range(30)]}).encode())
+        monitor.evaluate()
+        assert set(gauges(monitor, "kanari_groundtruth_joined")) == {version}
+        assert {k[2] for k in monitor.truth.scores} == {version}
+        assert set(monitor.truth.stores[(NS, "fraud")][1].quality) == {version}
+    quality = metric_samples(generate_latest(monitor.registry).decode(), "kanari_realised_quality")
+    assert {lab["revision"] for lab, _ in quality} == {"9"}

@@ -125,6 +125,13 @@ class QualityMetrics:
                 self._series.setdefault((namespace, model), set()).add((self.dropped, key))
             self._dropped_seen[key] = total
 
+    def forget_revision(self, namespace: str, model: str, revision: str) -> None:
+        per_revision = (self.joined, self.quality, self.denominator, self.estimated, self.available)
+        series = self._series.get((namespace, model), set())
+        for gauge, key in [(g, k) for g, k in series if any(g is p for p in per_revision) and k[2] == revision]:
+            gauge.remove(*key)
+            series.discard((gauge, key))
+
     def forget(self, namespace: str, model: str) -> None:
         """A model no longer labelled: its series go (the families stay bounded by the monitored models)."""
         for gauge, key in self._series.pop((namespace, model), set()):

@@ -193,11 +193,21 @@ class GroundTruth:
             self.calibration_of.pop(key, None)
         self.metrics.forget(namespace, model)
 
-    def evaluate(self, labelled: Callable[[str, str], bool]) -> None:
-        """Refresh every gauge; drop the models that are no longer monitored with ground truth."""
-        for namespace, model in [k for k in self.stores if not labelled(*k)]:
+    def evaluate(self, served: Callable[[str, str], set[str] | None]) -> None:
+        """Refresh every gauge. `served` gives a model's revisions served now (stable, canary), or None when it is
+        no longer monitored with ground truth: such a model is dropped, and so are revisions no longer served
+        (their figures and score rings), so the state stays bounded over any number of versions."""
+        for namespace, model in [k for k in self.stores if served(*k) is None]:
             self.forget(namespace, model)
         for (namespace, model), (_, store) in self.stores.items():
+            live = served(namespace, model) or set()
+            for revision in [r for r in store.quality if r not in live]:
+                del store.quality[revision]
+                self.metrics.forget_revision(namespace, model, revision)
+            for key in [k for k in self.scores if k[:2] == (namespace, model) and k[2] not in live]:
+                self.scores.pop(key)
+                self.calibration_of.pop(key, None)
+                self.metrics.forget_revision(namespace, model, key[2])
             store.expire()  # a scrape reports what is current, not what was pending at the last write
             self.metrics.update(namespace, model, store)
         for (namespace, model, revision), ring in self.scores.items():

@@ -283,6 +283,12 @@ class DriftMonitor:
         found = self.models.lookup(namespace, model)
         return found.ground_truth.task if found is not None and found.ground_truth is not None else None
 
+    def _served_revisions(self, namespace: str, model: str) -> set[str] | None:
+        found = self.models.lookup(namespace, model)
+        if found is None or found.ground_truth is None:
+            return None
+        return {b.version for b in (found.stable, found.canary, *found.by_revision.values()) if b is not None}
+
     def labels_authorized(self, authorization: str | None) -> bool:
         import hmac
 
@@ -480,7 +486,7 @@ class DriftMonitor:
             self._evaluate_predictions(state)
         self._evaluate_samples()
         self._evaluate_divergence()
-        self.truth.evaluate(lambda ns, m: self._labelled(ns, m) is not None)
+        self.truth.evaluate(self._served_revisions)
 
     def _evaluate_features(self, state: ModelWindow) -> None:
         k = state.key
