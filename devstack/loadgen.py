@@ -2,7 +2,9 @@
 
 Each request carries one row, sampled from a reference frame (the training data's features) with a little
 multiplicative jitter, as V1 `{"instances": [{feature: value, ...}]}`. A `Shift` multiplies chosen features,
-which is how the demo makes live traffic drift away from the training baseline.
+which is how the demo makes live traffic drift away from the training baseline. Each request names its inference
+id (Ce-Id, which KServe's payload logger keeps); with `labels`, the generator also keeps each answered request's
+true label under that id: the ground truth a labelling process would deliver later.
 
 Every request's outcome is appended to a JSON-lines file: time, HTTP status, the revision and model version
 that answered (the router's headers), latency, error. A request is *lost* when no model version answered it:
@@ -15,8 +17,9 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import Counter
-from collections.abc import Mapping
+import uuid
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +80,7 @@ def read_outcomes(path: Path) -> list[Outcome]:
 class LoadGenerator:
     def __init__(
         self, url: str, rows: pd.DataFrame, rate: float, out: Path, seed: int = 0, timeout: float = 10.0,
-        max_inflight: int = 64,
+        max_inflight: int = 64, labels: Sequence[int] | None = None,
     ):
         if rate <= 0:
             raise ValueError(f"rate: {rate} must be positive")
@@ -86,6 +89,11 @@ class LoadGenerator:
         self.url = url
         self.features = [str(c) for c in rows.columns]
         self.values = rows.to_numpy(dtype=float)
+        self.labels = list(labels) if labels is not None else None
+        if self.labels is not None and len(self.labels) != len(self.values):
+            raise ValueError(f"labels: {len(self.labels)} labels for {len(self.values)} rows")
+        # (time answered, inference id, label) of answered requests, oldest first; bounded.
+        self.answered: deque[tuple[float, str, int]] = deque(maxlen=100_000)
         self.rate = rate
         self.out = out
         self.timeout = timeout
@@ -96,9 +104,23 @@ class LoadGenerator:
         self._stop = asyncio.Event()
 
     def row(self) -> dict[str, float]:
-        base = self.values[self._rng.integers(len(self.values))]
+        return self._sample()[0]
+
+    def _sample(self) -> tuple[dict[str, float], int | None]:
+        i = int(self._rng.integers(len(self.values)))
+        base = self.values[i]
         jittered = base * (1.0 + self._rng.normal(0.0, JITTER, size=base.shape))
-        return self.shift.apply({f: round(float(v), 6) for f, v in zip(self.features, jittered, strict=True)})
+        row = self.shift.apply({f: round(float(v), 6) for f, v in zip(self.features, jittered, strict=True)})
+        return row, (self.labels[i] if self.labels is not None else None)
+
+    def take_labels(self, older_than: float) -> list[tuple[str, int]]:
+        """The labels of requests answered more than `older_than` seconds ago (delayed ground truth)."""
+        out = []
+        cutoff = time.monotonic() - older_than
+        while self.answered and self.answered[0][0] <= cutoff:
+            _, ident, label = self.answered.popleft()
+            out.append((ident, label))
+        return out
 
     def stop(self) -> None:
         self._stop.set()
@@ -127,9 +149,13 @@ class LoadGenerator:
     async def _one(self, session: aiohttp.ClientSession, sink: Any) -> None:
         started = time.monotonic()
         t = time.time()
+        row, label = self._sample()
+        ident = str(uuid.uuid4())
         try:
-            async with session.post(self.url, json={"instances": [self.row()]}) as resp:
+            async with session.post(self.url, json={"instances": [row]}, headers={"Ce-Id": ident}) as resp:
                 await resp.read()
+                if resp.status == 200 and label is not None:
+                    self.answered.append((time.monotonic(), ident, int(label)))
                 outcome = Outcome(t, resp.status, resp.headers.get(REVISION_HEADER, ""),
                                   resp.headers.get(VERSION_HEADER, ""), _ms(started),
                                   "" if resp.status == 200 else f"HTTP {resp.status}")

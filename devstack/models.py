@@ -86,13 +86,15 @@ def register_fault_model(sm: Any, s3: Any, base: Registered, fault: FaultInjecti
     src = aws.S3Uri.parse(base.model_uri, "model_uri")
     original = aws.get_bytes(s3, src)
     artifact = fault_artifact(original, fault)
-    dest = aws.S3Uri(src.bucket, src.key.rsplit("/", 1)[0] + "/fault-injection/model.tar.gz")
+    folder = "fault-injection" if not fault.miss_rate else f"fault-miss-{fault.miss_rate:g}"
+    dest = aws.S3Uri(src.bucket, src.key.rsplit("/", 1)[0] + f"/{folder}/model.tar.gz")
     aws.put_bytes(s3, dest, artifact, "application/gzip")
     desc = sm.describe_model_package(ModelPackageName=base.arn)
     spec = desc["InferenceSpecification"]
     spec["Containers"] = [{**spec["Containers"][0], "ModelDataUrl": str(dest)}]
     metadata = dict(base.metadata)
-    metadata[FAULT_KEY] = f"errorRate={fault.error_rate} latencySeconds={fault.latency_seconds}"
+    metadata[FAULT_KEY] = f"errorRate={fault.error_rate} latencySeconds={fault.latency_seconds}" + (
+        f" missRate={fault.miss_rate:g}" if fault.miss_rate else "")
     request: dict[str, Any] = {
         "ModelPackageGroupName": desc["ModelPackageGroupName"],
         "ModelPackageDescription": reason[:1024],

@@ -35,6 +35,9 @@ log = logging.getLogger("devstack.predictor")
 class FaultInjection:
     error_rate: float = 0.0
     latency_seconds: float = 0.0
+    # Share of the positives the model would catch that it answers negative instead: as fast and as reliable,
+    # but worse (the quality demo's model: only delayed labels can tell).
+    miss_rate: float = 0.0
 
     @classmethod
     def read(cls, model_dir: Path) -> FaultInjection | None:
@@ -42,13 +45,18 @@ class FaultInjection:
         if not path.exists():
             return None
         doc = json.loads(path.read_text())
-        fault = cls(float(doc.get("errorRate", 0.0)), float(doc.get("latencySeconds", 0.0)))
-        if not 0.0 <= fault.error_rate <= 1.0 or fault.latency_seconds < 0:
-            raise ValueError(f"{path}: errorRate must be in [0, 1] and latencySeconds >= 0, got {doc}")
+        fault = cls(float(doc.get("errorRate", 0.0)), float(doc.get("latencySeconds", 0.0)),
+                    float(doc.get("missRate", 0.0)))
+        if not 0.0 <= fault.error_rate <= 1.0 or fault.latency_seconds < 0 or not 0.0 <= fault.miss_rate <= 1.0:
+            raise ValueError(f"{path}: errorRate must be in [0, 1], missRate in [0, 1] and latencySeconds >= 0, "
+                             f"got {doc}")
         return fault
 
     def to_json(self) -> dict[str, float]:
-        return {"errorRate": self.error_rate, "latencySeconds": self.latency_seconds}
+        out = {"errorRate": self.error_rate, "latencySeconds": self.latency_seconds}
+        if self.miss_rate:
+            out["missRate"] = self.miss_rate
+        return out
 
 
 def find_model_file(model_dir: Path) -> Path:
@@ -111,7 +119,10 @@ class TabularModel(Model):
         # The decision at the threshold tuned in training, as a KServe sklearn predictor answers predict():
         # comparable with the training labels, which is what prediction drift is measured against.
         scores = predict_proba(self._net, x)
-        return {"predictions": [int(s >= self.threshold) for s in scores]}
+        predictions = [int(s >= self.threshold) for s in scores]
+        if self.fault and self.fault.miss_rate:
+            predictions = [0 if p and self._rng.random() < self.fault.miss_rate else p for p in predictions]
+        return {"predictions": predictions}
 
 
 def main() -> None:

@@ -54,6 +54,9 @@ SHIFT = {"mean radius": 1.45, "mean perimeter": 1.45, "mean area": 2.0, "mean te
          "worst radius": 1.45, "worst perimeter": 1.45, "worst area": 2.0, "worst texture": 1.5}
 DRIFT_WARN, DRIFT_CRITICAL = 0.3, 0.6
 FAULT = FaultInjection(error_rate=0.35, latency_seconds=0.3)
+# The quality phase's v5: v2's weights, as fast and error-free, but it misses 60% of the positives v2 catches.
+QUALITY_FAULT = FaultInjection(miss_rate=0.6)
+LABEL_DELAY = 2.0  # seconds between an answer and its label reaching the monitor (delayed ground truth)
 SCENARIOS = ("rollout", "drift")
 
 STAND_INS = [
@@ -120,8 +123,14 @@ def platform_manifest(profile: Profile, retrain_parameters: dict[str, str] | Non
                     ],
                 },
                 "progressDeadline": "5m",
+                # The retro-verdict: for 10 minutes after a promotion, realised recall from delayed labels is
+                # checked against the recall registered with the model package.
+                "rollbackWindow": {"duration": "10m", "metric": "recall", "tolerance": 0.05, "minLabels": 30,
+                                   "alpha": 0.01, "interval": profile.analysis_interval},
             },
             "monitoring": {
+                # Labels arrive later, keyed by the inference id the payload logger sends (the request's Ce-Id).
+                "groundTruth": {"task": "binary", "threshold": 0.5, "ttl": "10m"},
                 # The bundled dataset's baseline is ~250 rows: PSI between two samples of the same data sits
                 # around 0.1-0.2 there, so the thresholds are set above that noise.
                 "drift": {"method": "psi", "warn": DRIFT_WARN, "critical": DRIFT_CRITICAL, "for": profile.drift_for,
@@ -200,6 +209,7 @@ class Demo:
                 v2 = await training_v2
                 await self._rollout_good(v2)
                 await self._rollout_broken(v2)
+                await self._quality_rollback(v2)
             if self.only in (None, "drift"):
                 await self._drift_and_retrain()
         finally:
@@ -303,7 +313,8 @@ class Demo:
     async def _start_load(self) -> asyncio.Task[Any]:
         url = f"{self.stack.endpoints.router}/serving/{NAMESPACE}/{NAME}/v1/models/{NAME}:predict"
         rows = self.frame.drop(columns=["label"])
-        self.load = LoadGenerator(url, rows, self.profile.rate, self.out / "requests.jsonl")
+        self.load = LoadGenerator(url, rows, self.profile.rate, self.out / "requests.jsonl",
+                                  labels=self.frame["label"].astype(int).tolist())
         self.say(f"load generator: {self.profile.rate:g} requests/s to {url}")
         task = asyncio.create_task(self.load.run())
         await asyncio.sleep(3)  # the drift window and the stable request metrics fill up
@@ -369,6 +380,82 @@ class Demo:
         ]
         names = ", ".join(f"{name}={value}" for name, value in failed) or "none recorded"
         self.say(f"v3 rolled back; failing metrics: {names}; {self.observer.snapshot.stable} keeps serving")
+
+    async def _quality_rollback(self, v2: models.Registered) -> None:
+        """A canary that is fast and error-free but worse: its operational analysis passes and it is promoted;
+        the labels that arrive afterwards show its recall far below the recall registered with its package,
+        and the retro-verdict rolls it back inside rollbackWindow. Realised quality, not a CBPE estimate: the
+        demo's model answers classes, not calibrated scores, so an estimate would have nothing honest to use."""
+        self.phase("A fast, error-free but worse v5: promoted on latency and errors, rolled back on realised recall")
+        sm, s3 = self._aws("sagemaker"), self._aws("s3")
+        v5 = await asyncio.to_thread(
+            models.register_fault_model, sm, s3, v2, QUALITY_FAULT,
+            f"quality-fault model: {v2.version} weights that miss {QUALITY_FAULT.miss_rate:.0%} of the positives",
+        )
+        await asyncio.to_thread(models.approve, sm, v5.arn, "demo: quality-fault model, approved on purpose")
+        self.versions["v5"] = v5
+        registered = v5.metadata.get(f"{keys.METRIC_PREFIX}recall", "?")
+        self.say(f"v5 = {v5.version}: {v2.version}'s weights + missRate {QUALITY_FAULT.miss_rate} (no added errors "
+                 f"or latency); registered with {v2.version}'s test metrics (recall {registered})")
+        stable_before = self.observer.snapshot.stable
+        feeder = asyncio.create_task(self._feed_labels())
+        try:
+            self._write_manifest(v5, v2.baseline_uri)
+            await self._apply()
+            await self.observer.until(lambda s: s.canary == v5.version or s.stable == v5.version, 60,
+                                      f"the rollout of {v5.version} to start")
+            await self.observer.until(lambda s: s.stable == v5.version or s.phase == "RolledBack",
+                                      self.profile.rollout_timeout, f"{v5.version}'s canary analysis to end")
+            reason = next((c.get("reason") for c in ((self.observer.md or {}).get("status") or {}).get("conditions")
+                           or [] if c.get("type") == "Progressing"), None)
+            if self.observer.snapshot.stable != v5.version and reason != "RealisedQualityDrop":
+                raise DemoFailed(f"{v5.version} was expected to pass its canary analysis (it is as fast and "
+                                 f"error-free as {v2.version}), but: {self.observer.snapshot.message}")
+            self.observer.add("quality", f"{v5.version} passed its canary analysis (success rate, p99 latency)")
+            await self.observer.until(lambda s: s.phase == "RolledBack" and s.stable == stable_before,
+                                      self.profile.rollout_timeout, f"the quality judge to decide on {v5.version}")
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+        status = (self.observer.md or {}).get("status") or {}
+        conds = {c.get("type"): c for c in status.get("conditions") or []}
+        verdict = conds.get("RealisedQualityPassing") or {}
+        if (conds.get("Progressing") or {}).get("reason") != "RealisedQualityDrop":
+            raise DemoFailed(f"{v5.version} was rolled back, but not by the quality judge: "
+                             f"{(conds.get('Progressing') or {}).get('message')}")
+        self.outcomes[v5.version] = "rolled back"
+        self.say(f"v5 rolled back by the quality judge: {verdict.get('message')}; {stable_before} serves again")
+
+    async def _feed_labels(self) -> None:
+        """The labelling process: every couple of seconds, the true labels of the requests answered since, posted
+        to the monitor's label endpoint with its bearer token (the monitor joins them by inference id)."""
+        import aiohttp
+
+        assert self.load is not None
+        url = f"{self.stack.endpoints.drift_monitor}/v1/labels/{NAMESPACE}/{NAME}"
+        headers = {"Authorization": f"Bearer {self.stack.endpoints.labels_token_file.read_text().strip()}"}
+        sent = joined = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while True:
+                await asyncio.sleep(LABEL_DELAY)
+                pairs = self.load.take_labels(LABEL_DELAY)
+                for i in range(0, len(pairs), 2000):
+                    batch = {"labels": [{"id": ident, "label": label} for ident, label in pairs[i:i + 2000]]}
+                    try:
+                        async with session.post(url, json=batch, headers=headers) as resp:
+                            answer = await resp.json(content_type=None)
+                    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                        self.say(f"label feeder: {type(exc).__name__}; retrying with the next batch")
+                        continue
+                    if resp.status != 200:
+                        raise DemoFailed(f"the label endpoint refused a batch: HTTP {resp.status} {answer}")
+                    before = sent
+                    sent += int(answer.get("accepted", 0))
+                    joined += int(answer.get("joined", 0))
+                    if before == 0:
+                        self.observer.add("quality", f"labels arriving {LABEL_DELAY:g}s after each answer "
+                                                     f"(POST /v1/labels, bearer token): {sent} sent so far")
 
     async def _chaos_operator(self) -> None:
         await self.observer.until(lambda s: s.step >= 1 and s.phase == "Progressing", 90, "the first canary step")

@@ -67,6 +67,7 @@ class Endpoints:
     kfp_api: str = ""
     operator_health: str = ""
     operator_metrics: str = ""
+    labels_token_file: Path = Path()  # the drift monitor's label endpoint token (POST /v1/labels/<ns>/<name>)
 
     def describe(self) -> list[tuple[str, str]]:
         return [
@@ -176,6 +177,13 @@ class EmbeddedStack:
                 # Events are taken only for monitored ModelDeployments; the cluster starts later, so the
                 # monitor retries the API (KUBECONFIG is where the cluster will write it).
                 "--kubernetes"]
+        # Delayed ground truth: labels are posted with a bearer token, as a labelling service would in a cluster.
+        token = self.state / "labels-token"
+        if not token.exists():
+            token.touch(mode=0o600)
+            token.write_text(secrets.token_urlsafe(32))
+        argv += ["--labels-token-file", str(token)]
+        self.endpoints.labels_token_file = token
         env = self.child_env(KUBECONFIG=str(self.state / "cluster" / "kubeconfig"))
         self.supervisor.start("drift-monitor", argv, env=env, url=url, ready=http_ok(f"{url}/metrics"), ports=[port])
         self.endpoints.drift_monitor = url

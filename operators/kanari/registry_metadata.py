@@ -24,6 +24,9 @@ DRIFT_ALERT = "kanari:drift-alert"
 DRIFT_ALERT_FINGERPRINT = "kanari:drift-alert-fingerprint"
 DRIFT_ALERT_STARTS_AT = "kanari:drift-alert-starts-at"
 METRIC_PREFIX = "kanari:metric."
+# Where the isotonic calibration fitted on the holdout lives (calibration.json, kanari.judging.cbpe): CBPE
+# estimates need it and report "unavailable" without it.
+CALIBRATION_URI = "kanari:calibration-uri"
 # The demo's fault-injection model says so in its registry metadata (devstack only).
 FAULT_INJECTION = "kanari:fault-injection"
 

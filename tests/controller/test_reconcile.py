@@ -234,3 +234,21 @@ def test_scaling_after_a_rollback_reaches_the_inference_service(mode: str) -> No
     out = live.reconcile(annotations={ACTION_ANNOTATION: "abort/1"})
     assert out.status.phase == "Succeeded" and "canaryTrafficPercent" not in out.isvc["spec"]["predictor"]
     assert out.isvc["spec"]["predictor"]["minReplicas"] == 2
+
+
+def test_the_calibration_registered_with_the_package_reaches_status_for_the_monitor() -> None:
+    """CBPE's calibration: the registry's kanari:calibration-uri becomes status.stableModel.calibrationUri, which is
+    what the drift monitor binds (a package without one leaves it empty: the estimate is then unavailable)."""
+    from kanari.monitor.registry import monitored
+
+    spec = {"model": {"modelPackageArn": ARN}, "monitoring": {"groundTruth": {"task": "binary"}}}
+    pkg = PackageInfo(arn=ARN, storage_uri="s3://m/7/model.tar.gz", image="img:1", approval_status="Approved",
+                      metadata={"kanari:calibration-uri": "s3://m/7/calibration.json"})
+    d = reconcile(body(spec), ClusterObservation(now=T0, package=pkg), CONFIG)
+    assert d.status.stableModel is not None and d.status.stableModel.calibrationUri == "s3://m/7/calibration.json"
+    bound = monitored(body(spec, d.status.model_dump(mode="json")))
+    assert bound is not None and bound.stable is not None
+    assert bound.stable.calibration_uri == "s3://m/7/calibration.json" and bound.ground_truth is not None
+    bare = PackageInfo(arn=ARN, storage_uri="s3://m/7/model.tar.gz", image="img:1", approval_status="Approved")
+    d = reconcile(body(spec), ClusterObservation(now=T0, package=bare), CONFIG)
+    assert d.status.stableModel is not None and d.status.stableModel.calibrationUri is None

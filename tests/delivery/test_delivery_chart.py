@@ -250,7 +250,31 @@ def test_worker_commands_and_config_are_what_the_kanari_cli_accepts() -> None:
     assert config.launcher.kfp.host == "http://ml-pipeline.kubeflow.svc:8888"
 
 
+def test_the_label_service_is_wired_as_the_monitor_reads_it() -> None:
+    from kanari.cli.main import build_parser
+
+    objs = rendered("customised-values.yaml")
+    monitor = one(objs, "Deployment", "kanari-drift-monitor")
+    container = monitor["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(container["command"][1:] + container.get("args", []))
+    assert args.labels_s3_uri == "s3://ml-labels/fraud-scorer/" and args.labels_s3_interval == 120
+    assert args.max_label_bytes == 1048576 and args.max_label_pending == 100000
+    token = next(e for e in container["env"] if e["name"] == "KANARI_LABELS_TOKEN")["valueFrom"]["secretKeyRef"]
+    secret = one(objs, "Secret", token["name"])
+    assert token["key"] in secret["data"] and len(secret["data"][token["key"]]) >= 48
+    policy = one(objs, "NetworkPolicy", "kanari-drift-monitor")
+    senders = [r for r in policy["spec"]["ingress"]
+               if r["from"][0].get("namespaceSelector") == {"matchLabels": {"kanari.dev/label-sender": "true"}}]
+    assert len(senders) == 1
+    # Off by default: no token, no endpoint, no Secret.
+    default = rendered("default-values.yaml")
+    env = one(default, "Deployment", "kanari-drift-monitor")["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    assert "KANARI_LABELS_TOKEN" not in {e["name"] for e in env}
+    assert not [o for o in default if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-labels")]
+
+
 BAD_VALUES = [
+    ("driftMonitor:\n  labels:\n    s3:\n      uri: https://bucket/labels\n", "at '/driftMonitor/labels/s3/uri'"),
     ("controller:\n  replicas: two\n", "at '/controller/replicas': got string, want integer"),
     ("controller:\n  replica: 2\n", "at '/controller': additional properties 'replica' not allowed"),
     ("networkPolicy:\n  enabled: true\n  egres: []\n", "at '/networkPolicy': additional properties 'egres' not allowed"),

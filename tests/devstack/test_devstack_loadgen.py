@@ -73,3 +73,32 @@ async def test_a_request_nobody_answers_is_lost_an_error_from_a_model_is_not(tmp
 def test_a_shift_multiplies_the_named_features_only() -> None:
     assert Shift({"mean area": 2.0}).apply({"mean area": 3.0, "mean texture": 4.0}) == {"mean area": 6.0,
                                                                                      "mean texture": 4.0}
+
+
+async def test_every_request_names_its_inference_id_and_answered_ones_keep_their_label(tmp_path: Path) -> None:
+    ids: list[str] = []
+
+    async def predict(request: web.Request) -> web.Response:
+        ids.append(request.headers["Ce-Id"])
+        row = (await request.json())["instances"][0]
+        return web.json_response({"predictions": [0]}, status=200 if row["mean radius"] < 15 else 500)
+
+    app = web.Application()
+    app.router.add_post("/predict", predict)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    gen = LoadGenerator(f"http://127.0.0.1:{port}/predict", ROWS, rate=40, out=tmp_path / "r.jsonl", seed=2,
+                        labels=[1, 0])
+    task = asyncio.create_task(gen.run())
+    await asyncio.sleep(1.0)
+    gen.stop()
+    await task
+    await runner.cleanup()
+    assert len(set(ids)) == len(ids) > 20  # one id per request
+    assert gen.take_labels(older_than=3600) == []  # not old enough yet: labels arrive later
+    labelled = gen.take_labels(older_than=0)
+    # Only the answered rows (mean radius 10, label 1) are labelled, under the id their request carried.
+    assert labelled and {label for _, label in labelled} == {1} and {i for i, _ in labelled} < set(ids)
+    assert gen.take_labels(older_than=0) == [], "each label is handed out once"

@@ -73,3 +73,19 @@ def test_an_impossible_fault_file_is_refused_at_load(tmp_path: Path) -> None:
     model_dir = unpack(model_tar_gz(tmp_path / "m.tar.gz", {"errorRate": 1.5}), tmp_path / "m")
     with pytest.raises(ValueError, match="errorRate must be in"):
         TabularModel("fraud", model_dir).load()
+
+
+async def test_a_quality_fault_model_misses_positives_without_errors(tmp_path: Path) -> None:
+    """The quality demo's model: the same decisions except that positives are missed at missRate; never an error."""
+    honest = _model(tmp_path / "a")
+    faulty = _model(tmp_path / "b", {"missRate": 0.6})
+    import numpy as np
+
+    rows = np.random.default_rng(0).normal(0, 10, size=(3000, 3)).round(3).tolist()
+    truth = (await honest.predict({"instances": rows}))["predictions"]
+    served = (await faulty.predict({"instances": rows}))["predictions"]
+    positives = sum(truth)
+    assert positives > 100
+    assert all(s <= t for s, t in zip(served, truth, strict=True)), "only positives turn negative"
+    kept = sum(served) / positives
+    assert 0.25 <= kept <= 0.55  # 40% of them kept, with room for chance

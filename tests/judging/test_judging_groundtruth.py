@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kanari.judging.groundtruth import JoinStore
-from kanari.judging.labels import QualityMetrics, label_app, quality_rule
+from kanari.judging.labels import QualityMetrics, quality_rule
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import average_precision_score, f1_score, recall_score
@@ -90,43 +89,6 @@ def test_realised_quality_matches_sklearn_and_regression_errors() -> None:
     assert reg.quality["r"].metrics() == {"rmse": pytest.approx(((4 + 1) / 2) ** 0.5), "mae": 1.5}
 
 
-async def test_label_endpoint_is_authenticated_and_exports_realised_quality() -> None:
-    store = JoinStore(task="binary", ttl=3600, max_pending=1000)
-    metrics = QualityMetrics("ml-prod", "fraud")
-    client = TestClient(TestServer(label_app(store, TOKEN, metrics), host="127.0.0.1"))
-    await client.start_server()
-    try:
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        preds = {"predictions": [{"id": f"i{k}", "revision": "rev-9", "value": 0.9 if k % 2 else 0.1} for k in range(10)]}
-        assert (await client.post("/v1/predictions", json=preds)).status == 401
-        assert (await client.post("/v1/predictions", json=preds, headers={"Authorization": "Bearer nope"})).status == 401
-        r = await client.post("/v1/predictions", json=preds, headers=auth)
-        assert r.status == 200 and (await r.json()) == {"accepted": 10, "joined": 0}
-        bad = await client.post("/v1/labels", json={"labels": [{"id": "i1", "label": 1}, {"id": "i2", "label": 7}]},
-                                headers=auth)
-        assert bad.status == 400 and "labels[1].label" in (await bad.json())["error"]
-        assert store.quality == {}, "a refused batch is not half-applied"
-        labels = {"labels": [{"id": f"i{k}", "label": 1 if k < 6 else 0} for k in range(10)]}
-        r = await client.post("/v1/labels", json=labels, headers=auth)
-        assert (await r.json()) == {"accepted": 10, "joined": 10}
-        text = await (await client.get("/metrics")).text()
-        values = {
-            s.labels["metric"]: s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples
-            if s.name == "kanari_realised_quality" and s.labels["revision"] == "rev-9"
-        }
-        # Predicted positive: odd ids; positives: ids 0-5 -> tp = {1,3,5}, fn = {0,2,4}
-        assert values["recall"] == pytest.approx(0.5) and values["precision"] == pytest.approx(3 / 5)
-        assert (await client.post("/v1/labels", data=b"{not json", headers=auth)).status == 400
-    finally:
-        await client.close()
-
-
-def test_the_endpoint_never_runs_open() -> None:
-    with pytest.raises(ValueError, match="never runs open"):
-        label_app(JoinStore(task="binary", ttl=1, max_pending=1), "", QualityMetrics("a", "b"))
-
-
 @pytest.mark.timeout(60)
 def test_quality_rule_fires_on_a_drop_under_promtool(tmp_path: Path) -> None:
     rule = quality_rule("ml-prod", "fraud", "recall", 0.8, for_="10m")
@@ -159,8 +121,8 @@ def test_quality_rule_fires_on_a_drop_under_promtool(tmp_path: Path) -> None:
 def test_cbpe_estimates_are_exported_and_withdrawn_when_undefined() -> None:
     from kanari.judging.cbpe import estimate
 
-    metrics = QualityMetrics("ml-prod", "fraud")
-    metrics.set_estimate("rev-3", estimate([0.9, 0.8, 0.2, 0.1], None, 0.5))
+    metrics = QualityMetrics()
+    metrics.set_estimate("ml-prod", "fraud", "rev-3", estimate([0.9, 0.8, 0.2, 0.1], None, 0.5))
 
     def exported() -> dict[str, float]:
         text = generate_latest(metrics.registry).decode()
@@ -168,5 +130,5 @@ def test_cbpe_estimates_are_exported_and_withdrawn_when_undefined() -> None:
                 if s.name == "kanari_estimated_quality"}
 
     assert exported()["precision"] == pytest.approx(0.85)
-    metrics.set_estimate("rev-3", estimate([0.2, 0.1], None, 0.5))  # nothing predicted positive
+    metrics.set_estimate("ml-prod", "fraud", "rev-3", estimate([0.2, 0.1], None, 0.5))  # nothing predicted positive
     assert "precision" not in exported() and "roc_auc" in exported()

@@ -124,6 +124,18 @@ def test_the_pipeline_policy_is_scoped_by_the_flags(capsys: pytest.CaptureFixtur
     assert "*" not in [a for s in doc["Statement"] for a in s["Action"]]
 
 
+def test_the_monitor_reads_the_label_drop_under_its_prefix_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["iam", "policy", "--role", "monitor", "--account", "123456789012", "--bucket", "ml-artifacts",
+                 "--labels-bucket", "ml-labels", "--labels-prefix", "fraud/labels/"]) == 0
+    by_sid = {s["Sid"]: s for s in json.loads(capsys.readouterr().out)["Statement"]}
+    assert by_sid["ReadLabelDrop"]["Resource"] == "arn:aws:s3:::ml-labels/fraud/labels/*"
+    assert by_sid["ListLabelDrop"] == {"Sid": "ListLabelDrop", "Effect": "Allow", "Action": ["s3:ListBucket"],
+                                       "Resource": "arn:aws:s3:::ml-labels",
+                                       "Condition": {"StringLike": {"s3:prefix": "fraud/labels/*"}}}
+    assert by_sid["ReadCalibrations"]["Resource"] == "arn:aws:s3:::ml-artifacts/*/calibration.json"
+    assert ("s3", "ListObjectsV2") in scan("monitor")  # the label drop's listing is what the scan found
+
+
 def test_trust_policies(capsys: pytest.CaptureFixture[str]) -> None:
     issuer = "oidc.eks.eu-west-1.amazonaws.com/id/ABCDEF0123456789"
     assert main(["iam", "policy", "--role", "pipeline", "--account", "123456789012", "--trust",

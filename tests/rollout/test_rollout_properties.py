@@ -4,27 +4,39 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus
-from kanari.rollout.engine import RolloutObservation, analysis_due, decide, derive_phase, due_metrics
+from kanari.rollout.engine import (
+    RealisedQuality,
+    RolloutObservation,
+    analysis_due,
+    decide,
+    derive_phase,
+    due_metrics,
+    retro_due,
+)
 from rollout_testlib import METRICS, T0, make_spec, ref, same
 
 ROLLOUTS = [
     {"steps": [{"setWeight": 10}, {"analysis": {}}, {"setWeight": 40}, {"pause": {}}, {"setWeight": 70},
                {"analysis": {"count": 2}}],
      "analysis": {"interval": "30s", "failureLimit": 1, "inconclusiveLimit": 1, "metrics": METRICS},
-     "progressDeadline": "5m"},
+     "progressDeadline": "5m", "rollbackWindow": {"duration": "15m", "minLabels": 40, "tolerance": 0.05}},
     {"strategy": "Linear", "linear": {"stepWeight": 30, "interval": "1m"},
      "analysis": {"interval": "20s", "metrics": METRICS[:1]}},
     {"strategy": "BlueGreen", "blueGreen": {"bakeDuration": "2m", "autoPromote": False},
      "analysis": {"interval": "30s", "metrics": METRICS}},
-    {"strategy": "AllAtOnce"},
+    {"strategy": "AllAtOnce", "rollbackWindow": {"duration": "5m", "metric": "precision", "minLabels": 10}},
     {"steps": [{"setWeight": 20}, {"pause": {"duration": "5m"}}, {"setWeight": 60}, {"analysis": {}}],
      "analysis": {"interval": "30s", "background": {}, "consecutiveErrorLimit": 2,
                   "metrics": [METRICS[0], {**METRICS[1], "dryRun": True}]}},
 ]
 VERDICTS = ("Successful", "Failed", "Inconclusive", "Error")
+# A reading of the promoted version's realised quality: value, denominator, registered figure, failed.
+REALISED = st.tuples(st.just("realised"), st.sampled_from([0.3, 0.0, 0.84, 0.9, 1.0]),
+                     st.sampled_from([400, 40, 39, 10, 9, 0]), st.sampled_from([0.9, 1.0, None]),
+                     st.sampled_from([False, False, True]))
 
 op = st.one_of(
     st.tuples(st.just("tick"), st.integers(1, 400)),
@@ -33,6 +45,7 @@ op = st.one_of(
     st.tuples(st.just("action"), st.sampled_from(["promote", "promote-full", "abort", "pause", "resume", "retry",
                                                   "bogus"])),
     st.tuples(st.just("spec"), st.sampled_from(["v1", "v2", "v3"])),
+    REALISED,
 )
 
 
@@ -43,6 +56,22 @@ def counted(status: ModelDeploymentStatus) -> int:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rollout=st.sampled_from(ROLLOUTS), ops=st.lists(op, min_size=5, max_size=80))
 def test_state_machine_invariants(rollout, ops):
+    run_invariants(rollout, ops)
+
+
+# Promotions followed by many realised-quality readings: the retro-verdict's paths, reached often.
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rollout=st.sampled_from([r for r in ROLLOUTS if "rollbackWindow" in r] + [
+           {"steps": [{"setWeight": 50}], "rollbackWindow": {"duration": "3m", "minLabels": 40}}]),
+       ops=st.lists(st.one_of(REALISED, st.tuples(st.just("tick"), st.integers(1, 40)), *op.branches),
+                    min_size=5, max_size=60))
+def test_retro_verdict_invariants(rollout, ops):
+    # v1 serves, then the spec moves to v2: promotions (and their windows) come early and often.
+    run_invariants(rollout, [("tick", 1), ("spec", "v2"), *ops])
+
+
+def run_invariants(rollout, ops):
     spec = make_spec("v1", rollout)
     status = ModelDeploymentStatus()
     now, stable_ready, canary_ready = T0, True, True
@@ -63,16 +92,36 @@ def test_state_machine_invariants(rollout, ops):
         elif o[0] == "action":
             nonce += 1
             action = f"{o[1]}/{nonce}"
-        else:
+        elif o[0] == "spec":
             spec = make_spec(o[1], rollout)
+        realised = None
+        if o[0] == "realised" and status.retro is not None:
+            rw = spec.rollout.rollbackWindow
+            realised = RealisedQuality(status.retro.revision, rw.metric if rw else "recall", o[1], o[2], o[3],
+                                       "Prometheus unavailable" if o[4] else None)
         due_before = analysis_due(spec, status, now)
         due_names = set(due_metrics(spec, status, now))
         obs = RolloutObservation(now=now, desired=ref(spec), stable_ready=stable_ready, canary_ready=canary_ready,
-                          measurement=measurement, action=action)
+                          measurement=measurement, action=action, realised=realised)
+        retro_open = retro_due(spec, status, now)
         d = decide(spec, status, obs, 1)
         out = d.status
         reasons = [e.reason for e in d.events]
 
+        # The stable version changes only to the canary it promoted, on a first deployment, or (retro-verdict)
+        # back to the version the last promotion replaced: inside the window, on a reading with enough labels.
+        if status.stableModel is not None and out.stableModel != status.stableModel and not status.rollout.deploying:
+            if "RealisedQualityDrop" in reasons:
+                event("retro-verdict rolled back")
+                assert retro_open and realised is not None and realised.error is None
+                assert realised.registered is not None and realised.denominator >= spec.rollout.rollbackWindow.minLabels
+                assert status.retro is not None and out.stableModel == status.retro.previousStable
+                assert out.abortedRevision == status.stableModel.revision and out.phase == "RolledBack"
+            else:
+                assert "Promoted" in reasons and out.stableModel.revision == ref(spec).revision
+        if "RealisedQualityDrop" not in reasons and realised is not None and (
+                not retro_open or realised.error or realised.denominator < 10):
+            assert out.stableModel == status.stableModel or "Promoted" in reasons
         assert 0 <= d.canary_weight <= 100
         assert d.canary is not None or d.canary_weight == 0
         if out.phase == "RolledBack":

@@ -501,6 +501,21 @@ class AnalysisSpec(_Model):
         return self.minSampleCount if metric.minSampleCount is None else metric.minSampleCount
 
 
+class RollbackWindowSpec(_Model):
+    """The retro-verdict (kanari.judging.retro): for `duration` after a promotion, the promoted version's realised
+    quality from delayed labels (kanari_realised_quality) is checked against the test metric registered with its
+    model package; a confident breach rolls back to the previous stable version automatically."""
+
+    duration: Duration = Field(description="How long after a promotion the realised quality can roll it back.")
+    metric: Literal["recall", "precision"] = Field(
+        default="recall", description="A proportion (the Wilson bound needs one): recall or precision.")
+    tolerance: float = Field(default=0.05, ge=0, le=1, description="Tolerated drop below the registered figure.")
+    alpha: float = Field(default=0.01, gt=0, lt=0.5, description="Chance per check of rolling back a version that "
+                                                                  "meets registered - tolerance.")
+    minLabels: int = Field(default=50, ge=1, le=1_000_000, description="Fewer labelled rows than this: no verdict.")
+    interval: Duration = Field(default="1m", description="How often the realised figure is read.")
+
+
 class RolloutSpec(_Model):
     strategy: Literal["Canary", "Linear", "BlueGreen", "AllAtOnce"] = "Canary"
     steps: list[CanaryStep] = Field(default=[], max_length=50, description="Canary steps, in order.")
@@ -508,6 +523,7 @@ class RolloutSpec(_Model):
     blueGreen: BlueGreenSpec | None = None
     analysis: AnalysisSpec | None = None
     progressDeadline: Duration = Field(default="30m", description="A step making no progress this long aborts.")
+    rollbackWindow: RollbackWindowSpec | None = None
 
     model_config = ConfigDict(
         extra="forbid",
@@ -618,6 +634,17 @@ class RetrainSpec(_Model):
     parameters: dict[str, str] = Field(default_factory=dict, description="Extra pipeline parameters.")
 
 
+class GroundTruthSpec(_Model):
+    """Delayed labels for this model: the drift monitor joins them with the logged predictions by inference id
+    (POST /v1/labels/<namespace>/<name> or the S3 label drop) and exports realised quality per revision."""
+
+    task: Literal["binary", "regression"] = "binary"
+    threshold: float = Field(default=0.5, ge=0, le=1, description="Binary: the score at or above which the "
+                                                                   "model predicts the positive class.")
+    ttl: Duration = Field(default="24h", description="How long a prediction waits for its label (and a label for "
+                                                     "its prediction).")
+
+
 class MonitoringSpec(_Model):
     enabled: bool = True
     baselineUri: str | None = Field(
@@ -631,6 +658,7 @@ class MonitoringSpec(_Model):
     logMode: Literal["all", "request", "response"] = "all"
     drift: DriftSpec = Field(default_factory=DriftSpec)
     retrain: RetrainSpec | None = None
+    groundTruth: GroundTruthSpec | None = None
 
 
 # ---------------------------------------------------------------------------------------------- spec
@@ -678,6 +706,13 @@ class ModelRef(BaseModel):
     modelPackageArn: str | None = None
     image: str | None = None
     format: str = ""
+    # The isotonic calibration the pipeline registered with the package (kanari:calibration-uri): CBPE needs it.
+    calibrationUri: str | None = None
+
+    @property
+    def monitor_revision(self) -> str:
+        """The `revision` label the drift monitor exports this model's series under."""
+        return self.version or self.revision
 
     @property
     def label(self) -> str:
@@ -846,6 +881,15 @@ class RevisionCost(BaseModel):
     message: str = ""
 
 
+class RetroFacts(BaseModel):
+    """What the retro-verdict needs after a promotion: what was promoted when, and what it replaced."""
+
+    model_config = ConfigDict(extra="ignore")
+    revision: str  # the promoted revision
+    promotedAt: str
+    previousStable: ModelRef | None = None
+
+
 class ModelDeploymentStatus(BaseModel):
     """Facts are stored; `phase` and `message` are derived from them last and never read to decide."""
 
@@ -863,6 +907,7 @@ class ModelDeploymentStatus(BaseModel):
     previewUrl: str | None = Field(default=None, description="Where a BlueGreen preview answers (KServe tag URL).")
     conditions: list[Condition] = Field(default_factory=list)
     rollout: RolloutState = Field(default_factory=RolloutState)
+    retro: RetroFacts | None = None
 
     inferenceService: InferenceServiceRef | None = None
     lineage: Lineage | None = None

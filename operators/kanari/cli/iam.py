@@ -112,6 +112,12 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
     "receiver": (),
     "monitor": (
         Grant("ReadBaselines", ("s3:GetObject",), (f"arn:{P}:s3:::{{bucket}}/*/baseline/*",)),
+        # CBPE's calibration, registered with the model package (kanari:calibration-uri).
+        Grant("ReadCalibrations", ("s3:GetObject",), (f"arn:{P}:s3:::{{bucket}}/*/calibration.json",)),
+        # The S3 label drop (--labels-s3-uri): list and read under its prefix only.
+        Grant("ReadLabelDrop", ("s3:GetObject",), (f"arn:{P}:s3:::{{labels_bucket}}/{{labels_prefix}}*",)),
+        Grant("ListLabelDrop", ("s3:ListBucket",), (f"arn:{P}:s3:::{{labels_bucket}}",),
+              {"StringLike": {"s3:prefix": "{labels_prefix}*"}}),
     ),
 }
 # Granted though no boto3 call in the role's code names them.
@@ -132,7 +138,7 @@ def policy(role: str, values: dict[str, str]) -> dict[str, Any] | None:
         if len(st["Resource"]) == 1:
             st["Resource"] = st["Resource"][0]
         if g.condition:
-            st["Condition"] = g.condition
+            st["Condition"] = {op: {k: v.format(**values) for k, v in kv.items()} for op, kv in g.condition.items()}
         statements.append(st)
     return {"Version": "2012-10-17", "Statement": statements} if statements else None
 
@@ -165,6 +171,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--partition", default="aws", help="aws, aws-cn or aws-us-gov")
     p.add_argument("--bucket", default="*", help="S3 bucket for data, models and baselines")
     p.add_argument("--group", default="*", help="SageMaker model package group")
+    p.add_argument("--labels-bucket", default=None, help="the S3 label drop's bucket (monitor; default: --bucket)")
+    p.add_argument("--labels-prefix", default="kanari-labels/",
+                   help="the S3 label drop's prefix (monitor; the chart's labels.s3.uri)")
     p.add_argument("--workspace", default="*", help="Amazon Managed Prometheus workspace id (controller)")
     p.add_argument("--execution-role-arn", default=None,
                    help="the SageMaker execution role the pipeline passes (default ...:role/kanari-sagemaker-execution)")
@@ -184,7 +193,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
         print(f"kanari: --account: {args.account!r} is not a 12-digit AWS account id", file=sys.stderr)
         return 2
     values = {"partition": args.partition, "region": args.region, "account": args.account, "bucket": args.bucket,
-              "group": args.group, "workspace": args.workspace, "oidc_provider": args.oidc_provider or "",
+              "group": args.group, "workspace": args.workspace, "labels_bucket": args.labels_bucket or args.bucket,
+              "labels_prefix": args.labels_prefix, "oidc_provider": args.oidc_provider or "",
               "execution_role": args.execution_role_arn
               or f"arn:{args.partition}:iam::{args.account}:role/kanari-sagemaker-execution"}
     if args.trust:

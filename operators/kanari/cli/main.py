@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "kanari.dashboard.cli",
     "kanari.cli.lineage",
     "kanari.cli.iam",
+    "kanari.cli.labels",
 )
 
 

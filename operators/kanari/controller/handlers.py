@@ -28,7 +28,7 @@ from kanari.controller import kube
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
 from kanari.controller.reconcile import ClusterObservation, ReconcileResult, reconcile
-from kanari.rollout import analysis, loop
+from kanari.rollout import analysis, loop, quality
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 
 log = logging.getLogger("kanari.controller")
@@ -290,10 +290,14 @@ async def reconcile_once(
             rt.prometheus, spec, status, analysis.variables(namespace, name, spec, status, isvc), now
         )
 
+    # Inside a rollbackWindow after a promotion: the promoted version's realised quality (the retro-verdict).
+    realised = await quality.observe_realised(rt.prometheus, namespace, name, spec, status, package, now) if (
+        spec is not None) else None
+
     def decide(measurement: list[MetricResult] | None) -> ReconcileResult:
         observed = ClusterObservation(
             now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
-            capacity=capacity, cost=cost, neuron_runtime_sdk=runtime_sdk,
+            capacity=capacity, cost=cost, neuron_runtime_sdk=runtime_sdk, realised=realised,
         )
         return reconcile(snapshot, observed, rt.config)
 

@@ -91,6 +91,7 @@ def model_ref(spec: ModelDeploymentSpec, package: PackageInfo | None) -> ModelRe
             modelPackageArn=package.arn,
             image=package.image,
             format=spec.model.format,
+            calibrationUri=package.metadata.get(keys.CALIBRATION_URI) or None,
         )
     assert spec.model.storageUri
     return ModelRef(

@@ -50,6 +50,7 @@ class ClusterObservation:
     capacity: CapacityView | None = None  # NeuronCore room (kanari.capacity.observer); None: not gated
     cost: list[RevisionCost] | None = None  # cost per 1,000 inferences just measured; None: keep the last
     neuron_runtime_sdk: str | None = None  # the chosen ServingRuntime's kanari.dev/neuron-sdk annotation
+    realised: engine.RealisedQuality | None = None  # inside rollbackWindow: the promoted version's realised quality
 
 
 @dataclass
@@ -168,6 +169,7 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             action=md.metadata.annotations.get(ACTION_ANNOTATION),
             serving_revision=reading.serving_revision,
             capacity=observed.capacity,
+            realised=observed.realised,
         ),
         generation,
     )

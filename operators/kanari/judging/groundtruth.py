@@ -70,6 +70,13 @@ class Quality:
             if j < RESERVOIR:
                 self.reservoir[j] = (value, y)
 
+    def denominators(self) -> dict[str, int]:
+        """The rows behind each figure of metrics(): what a confidence bound on it is taken over."""
+        if self.task == "regression":
+            return {"rmse": self.joined, "mae": self.joined}
+        return {"recall": self.tp + self.fn, "precision": self.tp + self.fp, "f1": 2 * self.tp + self.fp + self.fn,
+                "pr_auc": len(self.reservoir)}
+
     def metrics(self) -> dict[str, float]:
         if not self.joined:
             return {}
@@ -110,6 +117,14 @@ class JoinStore:
         self.labels: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.quality: dict[str, Quality] = {}
         self.dropped = {"expired": 0, "evicted": 0, "duplicate": 0}
+        # Ids joined lately (bounded like the pending tables): a label delivered twice (an HTTP retry, a label
+        # file read again) is a duplicate, never a second count nor a half waiting for a prediction.
+        self.joined_ids: OrderedDict[str, None] = OrderedDict()
+
+    def _joined(self, inference_id: str) -> None:
+        self.joined_ids[inference_id] = None
+        while len(self.joined_ids) > self.max_pending:
+            self.joined_ids.popitem(last=False)
 
     def _quality(self, revision: str) -> Quality:
         if revision not in self.quality:
@@ -139,8 +154,9 @@ class JoinStore:
         label = self.labels.pop(inference_id, None)
         if label is not None:
             self._quality(revision).add(value, label[0])
+            self._joined(inference_id)
             return True
-        if inference_id in self.predictions:
+        if inference_id in self.predictions or inference_id in self.joined_ids:
             self.dropped["duplicate"] += 1
             return False
         self.predictions[inference_id] = _Pending(revision, value, now)
@@ -158,13 +174,17 @@ class JoinStore:
         pending = self.predictions.pop(inference_id, None)
         if pending is not None:
             self._quality(pending.revision).add(pending.value, label)
+            self._joined(inference_id)
             return pending.revision
-        if inference_id in self.labels:
+        if inference_id in self.labels or inference_id in self.joined_ids:
             self.dropped["duplicate"] += 1
             return None
         self.labels[inference_id] = (label, now)
         self._bound(self.labels)
         return None
+
+    def expire(self) -> None:
+        self._expire(self.clock())
 
     def pending(self) -> int:
         return len(self.predictions) + len(self.labels)

@@ -1,38 +1,76 @@
-"""The delayed-ground-truth endpoint: labels (and the predictions they belong to) over authenticated HTTP,
-joined in a JoinStore, realised quality per revision exported as Prometheus gauges.
+"""Delayed ground truth as the drift monitor serves it: what a label batch or a label file may contain,
+the realised-quality and CBPE gauges, and the PrometheusRule for a realised-quality drop.
 
-  POST /v1/labels       {"labels": [{"id": "<inference id>", "label": 1}, ...]}
-  POST /v1/predictions  {"predictions": [{"id": "<inference id>", "revision": "<rev>", "value": 0.93}, ...]}
-  GET  /metrics         kanari_realised_quality{namespace,model,revision,metric}, join counters
-  GET  /healthz
+The monitor (kanari.monitor.server) owns the HTTP endpoint and the S3 label drop (kanari.monitor.labeldrop);
+both parse through `parse_labels`, so a bad item is refused the same way from either (its index or file
+row and its field, the whole batch untouched: a retried batch is never half-applied).
 
-Both POSTs need `Authorization: Bearer <token>` (compared in constant time); a body is at most
-MAX_BODY bytes and MAX_ITEMS items, and a bad item is refused with its index and field, the whole batch
-untouched (so a retried batch is never half-applied).
+  POST /v1/labels/<namespace>/<name>   {"labels": [{"id": "<inference id>", "label": 1}, ...]}
+
+Gauges (one family each, every model's series beside the others):
+  kanari_realised_quality{namespace,model,revision,metric}              from joined labels
+  kanari_realised_quality_denominator{namespace,model,revision,metric}  the rows behind each figure
+  kanari_estimated_quality{namespace,model,revision,metric}             CBPE, only with a calibration
+  kanari_estimated_quality_available{namespace,model,revision}          0 when there is no calibration
+  kanari_groundtruth_joined / _pending / _dropped
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 from typing import Any
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kanari.judging.cbpe import Estimate
-from kanari.judging.groundtruth import JoinStore
+from kanari.judging.groundtruth import JoinStore, Task
 
-MAX_BODY = 1 << 20
 MAX_ITEMS = 10_000
+ESTIMATED = ("precision", "recall", "f1", "roc_auc")
+
+
+def parse_labels(entries: Any, task: Task, where: str = "labels") -> list[tuple[str, float]]:
+    """(inference id, label) pairs; ValueError naming the item and field of the first bad one."""
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: expected a list")
+    if len(entries) > MAX_ITEMS:
+        raise ValueError(f"{where}: more than {MAX_ITEMS} items")
+    return [parse_label(e, task, f"{where}[{i}]") for i, e in enumerate(entries)]
+
+
+def parse_label(entry: Any, task: Task, where: str) -> tuple[str, float]:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected an object with id and label")
+    ident = entry.get("id")
+    if not isinstance(ident, str) or not ident or len(ident) > 256:
+        raise ValueError(f"{where}.id: missing, empty or longer than 256 characters")
+    raw = entry.get("label")
+    if isinstance(raw, str):  # CSV cells arrive as text
+        text = raw
+        try:
+            raw = float(text)
+        except ValueError:
+            raise ValueError(f"{where}.label: {text[:20]!r} is not a number") from None
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"{where}.label: missing or not a number")
+    value = float(raw)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{where}.label: not a finite number")
+    if task == "binary" and value not in (0, 1):
+        raise ValueError(f"{where}.label: {value:g} is not 0 or 1")
+    return ident, value
 
 
 class QualityMetrics:
-    def __init__(self, namespace: str, model: str, registry: CollectorRegistry | None = None):
-        self.namespace, self.model = namespace, model
+    """The ground-truth and CBPE gauges of every model, on the monitor's registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
+        labels = ["namespace", "model", "revision", "metric"]
         self.quality = Gauge("kanari_realised_quality", "Realised model quality from delayed labels",
-                             ["namespace", "model", "revision", "metric"], registry=self.registry)
+                             labels, registry=self.registry)
+        self.denominator = Gauge("kanari_realised_quality_denominator",
+                                 "Rows behind each realised figure (recall: labelled positives; precision: predicted "
+                                 "positives; others: joined rows)", labels, registry=self.registry)
         self.joined = Gauge("kanari_groundtruth_joined", "Predictions joined with their label",
                             ["namespace", "model", "revision"], registry=self.registry)
         self.pending = Gauge("kanari_groundtruth_pending", "Predictions and labels waiting for their other half",
@@ -41,115 +79,64 @@ class QualityMetrics:
                                ["namespace", "model", "reason"], registry=self.registry)
         self.estimated = Gauge("kanari_estimated_quality",
                                "Label-free quality estimate (CBPE) from calibrated scores of served predictions",
-                               ["namespace", "model", "revision", "metric"], registry=self.registry)
-        self._dropped_seen: dict[str, int] = {}
-        self._estimated_labels: set[tuple[str, str, str, str]] = set()
+                               labels, registry=self.registry)
+        self.available = Gauge("kanari_estimated_quality_available",
+                               "1: kanari_estimated_quality is exported; 0: it is not (no calibration registered "
+                               "with the model package, or too few scores)",
+                               ["namespace", "model", "revision"], registry=self.registry)
+        self._dropped_seen: dict[tuple[str, str, str], int] = {}
+        self._series: dict[tuple[str, str], set[tuple[Any, tuple[str, ...]]]] = {}
 
-    def set_estimate(self, revision: str, estimate: Estimate) -> None:
-        """Export a CBPE estimate beside the realised figures (same metric names, so one panel shows both)."""
-        for metric in ("precision", "recall", "f1", "roc_auc"):
-            value = getattr(estimate, metric)
-            key = (self.namespace, self.model, revision, metric)
+    def _set(self, gauge: Gauge, key: tuple[str, ...], value: float) -> None:
+        gauge.labels(*key).set(value)
+        self._series.setdefault((key[0], key[1]), set()).add((gauge, key))
+
+    def _remove(self, gauge: Gauge, key: tuple[str, ...]) -> None:
+        series = self._series.get((key[0], key[1]), set())
+        if (gauge, key) in series:
+            gauge.remove(*key)
+            series.discard((gauge, key))
+
+    def set_estimate(self, namespace: str, model: str, revision: str, estimate: Estimate | None) -> None:
+        """Export a CBPE estimate beside the realised figures (same metric names, so one panel shows both);
+        None: unavailable, and no number is left standing."""
+        self._set(self.available, (namespace, model, revision), 1.0 if estimate is not None else 0.0)
+        for metric in ESTIMATED:
+            value = getattr(estimate, metric) if estimate is not None else None
+            key = (namespace, model, revision, metric)
             if value is not None:
-                self.estimated.labels(*key).set(value)
-                self._estimated_labels.add(key)
-            elif key in self._estimated_labels:  # undefined now (e.g. no predicted positives): no stale figure
-                self.estimated.remove(*key)
-                self._estimated_labels.discard(key)
+                self._set(self.estimated, key, value)
+            else:  # undefined now (no calibration, no predicted positives): no stale figure
+                self._remove(self.estimated, key)
 
-    def update(self, store: JoinStore) -> None:
+    def update(self, namespace: str, model: str, store: JoinStore) -> None:
         for revision, quality in store.quality.items():
-            self.joined.labels(self.namespace, self.model, revision).set(quality.joined)
+            self._set(self.joined, (namespace, model, revision), quality.joined)
+            denominators = quality.denominators()
             for metric, value in quality.metrics().items():
-                self.quality.labels(self.namespace, self.model, revision, metric).set(value)
-        self.pending.labels(self.namespace, self.model).set(store.pending())
+                self._set(self.quality, (namespace, model, revision, metric), value)
+                self._set(self.denominator, (namespace, model, revision, metric), denominators[metric])
+        self._set(self.pending, (namespace, model), store.pending())
         for reason, total in store.dropped.items():
-            delta = total - self._dropped_seen.get(reason, 0)
+            key = (namespace, model, reason)
+            delta = total - self._dropped_seen.get(key, 0)
             if delta:
-                self.dropped.labels(self.namespace, self.model, reason).inc(delta)
-            self._dropped_seen[reason] = total
+                self.dropped.labels(*key).inc(delta)
+                self._series.setdefault((namespace, model), set()).add((self.dropped, key))
+            self._dropped_seen[key] = total
 
+    def forget_revision(self, namespace: str, model: str, revision: str) -> None:
+        per_revision = (self.joined, self.quality, self.denominator, self.estimated, self.available)
+        series = self._series.get((namespace, model), set())
+        for gauge, key in [(g, k) for g, k in series if any(g is p for p in per_revision) and k[2] == revision]:
+            gauge.remove(*key)
+            series.discard((gauge, key))
 
-def _bad(status: int, detail: str) -> web.Response:
-    return web.json_response({"error": detail}, status=status)
-
-
-def label_app(store: JoinStore, token: str, metrics: QualityMetrics) -> web.Application:
-    if not token:
-        raise ValueError("token: the label endpoint never runs open")
-    secret = token.encode()
-
-    def authorized(request: web.Request) -> bool:
-        scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), secret)
-
-    async def items(request: web.Request, key: str) -> list[dict[str, Any]] | web.Response:
-        if not authorized(request):
-            return _bad(401, "missing or wrong bearer token")
-        if (request.content_length or 0) > MAX_BODY:
-            return _bad(413, f"body over {MAX_BODY} bytes")
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            return _bad(413, f"body over {MAX_BODY} bytes")
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return _bad(400, "body is not JSON")
-        entries = doc.get(key) if isinstance(doc, dict) else None
-        if not isinstance(entries, list):
-            return _bad(400, f"{key}: expected a list")
-        if len(entries) > MAX_ITEMS:
-            return _bad(413, f"{key}: more than {MAX_ITEMS} items")
-        return entries
-
-    def field(entry: Any, key: str, index: int, name: str, kind: type | tuple[type, ...]) -> Any:
-        value = entry.get(name) if isinstance(entry, dict) else None
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError(f"{key}[{index}].{name}: missing or not a {getattr(kind, '__name__', 'number')}")
-        return value
-
-    async def post_labels(request: web.Request) -> web.Response:
-        entries = await items(request, "labels")
-        if isinstance(entries, web.Response):
-            return entries
-        try:
-            parsed = [(field(e, "labels", i, "id", str), float(field(e, "labels", i, "label", (int, float))))
-                      for i, e in enumerate(entries)]
-            for i, (_, label) in enumerate(parsed):
-                if store.task == "binary" and label not in (0, 1):
-                    raise ValueError(f"labels[{i}].label: {label:g} is not 0 or 1")
-        except ValueError as exc:
-            return _bad(400, str(exc))
-        joined = sum(store.label(i, v) is not None for i, v in parsed)
-        metrics.update(store)
-        return web.json_response({"accepted": len(parsed), "joined": joined})
-
-    async def post_predictions(request: web.Request) -> web.Response:
-        entries = await items(request, "predictions")
-        if isinstance(entries, web.Response):
-            return entries
-        try:
-            parsed = [(field(e, "predictions", i, "id", str), field(e, "predictions", i, "revision", str),
-                       float(field(e, "predictions", i, "value", (int, float)))) for i, e in enumerate(entries)]
-        except ValueError as exc:
-            return _bad(400, str(exc))
-        joined = sum(store.prediction(i, r, v) for i, r, v in parsed)
-        metrics.update(store)
-        return web.json_response({"accepted": len(parsed), "joined": joined})
-
-    async def get_metrics(_: web.Request) -> web.Response:
-        metrics.update(store)  # expiry happens on writes; a scrape reports what is current
-        return web.Response(body=generate_latest(metrics.registry), content_type="text/plain")
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_post("/v1/labels", post_labels)
-    app.router.add_post("/v1/predictions", post_predictions)
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/healthz", healthz)
-    return app
+    def forget(self, namespace: str, model: str) -> None:
+        """A model no longer labelled: its series go (the families stay bounded by the monitored models)."""
+        for gauge, key in self._series.pop((namespace, model), set()):
+            gauge.remove(*key)
+        self._dropped_seen = {k: v for k, v in self._dropped_seen.items() if k[:2] != (namespace, model)}
 
 
 def quality_rule(namespace: str, model: str, metric: str, minimum: float, for_: str = "15m") -> dict[str, Any]:

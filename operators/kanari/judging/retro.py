@@ -4,9 +4,9 @@ confidently below what it was registered with, inside `rollbackWindow` after pro
 Argo Rollouts' rollbackWindow only lets a person re-promote an old revision quickly; here the decision is
 made from facts the controller can fetch (the promotion time and the previous stable version from status,
 the realised figure and its denominator from kanari_realised_quality / the join store, the registered
-test metric from the model package) so a thin handler can act on it. Designed and unit-tested; wiring into
-the rollout engine (a status field for the previous stable version and a `RealisedQualityDrop` rollback
-reason) is left to the engine's owners.
+test metric from the model package) so a thin handler can act on it. Wired: the engine (rollout.engine._retro)
+calls it inside `spec.rollout.rollbackWindow` with the facts in `status.retro`, and the controller's reading
+comes from kanari.rollout.quality.
 
 Rule: roll back when the one-sided (1 - alpha) Wilson upper bound of the realised proportion (recall over
 the labelled positives, precision over the predicted positives) is below `registered - tolerance`:

@@ -24,9 +24,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kanari.api.duration import parse_duration
 from kanari.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment, ModelRef
 from kanari.controller.model_source import baseline_uri
 from kanari.monitor.baseline_store import BaselineRef, normalise_uri
+from kanari.monitor.groundtruth import GroundTruthConfig
 
 log = logging.getLogger("kanari.monitor.registry")
 
@@ -43,6 +45,7 @@ class Binding:
     version: str
     ref: BaselineRef
     window_size: int | None = None
+    calibration_uri: str | None = None  # CBPE's calibration for this model version (kanari:calibration-uri)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class MonitoredModel:
     canary: Binding | None
     by_revision: dict[str, Binding]
     raw_deployment: bool
+    ground_truth: GroundTruthConfig | None = None  # labels are taken for it (spec.monitoring.groundTruth)
 
     def bind(self, endpoint: str, revision: str | None) -> Binding | None:
         # RawDeployment tells stable from canary by endpoint (the revision annotation is the
@@ -72,8 +76,8 @@ def _binding(md: ModelDeployment, ref: ModelRef | None) -> Binding | None:
     if not uri:
         return None
     assert md.spec.monitoring is not None
-    return Binding(ref.version or ref.revision, BaselineRef(normalise_uri(uri), ref.version),
-                   md.spec.monitoring.drift.windowSize)
+    return Binding(ref.monitor_revision, BaselineRef(normalise_uri(uri), ref.version),
+                   md.spec.monitoring.drift.windowSize, ref.calibrationUri)
 
 
 def monitored(obj: dict[str, Any]) -> MonitoredModel | None:
@@ -93,7 +97,10 @@ def monitored(obj: dict[str, Any]) -> MonitoredModel | None:
     by_revision = {
         r.revision: b for r, b in ((md.status.stableModel, stable), (md.status.canaryModel, canary)) if r and b
     }
-    return MonitoredModel(stable or canary, canary, by_revision, md.spec.serving.deploymentMode == "RawDeployment")
+    gt = mon.groundTruth
+    truth = GroundTruthConfig(gt.task, gt.threshold, parse_duration(gt.ttl)) if gt is not None else None
+    return MonitoredModel(stable or canary, canary, by_revision, md.spec.serving.deploymentMode == "RawDeployment",
+                          truth)
 
 
 class ModelRegistry:

@@ -51,6 +51,8 @@ from kanari.drift.model_monitor import Baseline
 from kanari.drift.profile import Feature, Profile
 from kanari.drift.window import SlidingWindow
 from kanari.monitor.baseline_store import BaselineCache, BaselineRef, BaselineUnavailable
+from kanari.monitor.groundtruth import GroundTruth, load_calibration
+from kanari.monitor.labeldrop import LabelDrop, LabelFile
 from kanari.monitor.payload import (
     REVISION_ANNOTATION,
     Arrays,
@@ -72,7 +74,7 @@ from kanari.monitor.registry import (
 )
 from kanari.monitor.settings import MonitorSettings, monitor_arguments
 from kanari.monitor.sharding import Shards, ShardSettings
-from kanari.webguard import BodyRejected, read_body, ssl_context
+from kanari.webguard import BodyRejected, loads, read_body, ssl_context
 from kanari.webguard import run_app as serve
 
 log = logging.getLogger("kanari.monitor.server")
@@ -185,8 +187,10 @@ class DriftMonitor:
         registry: CollectorRegistry | None = None,
         cache: BaselineCache | None = None,
         clock: Callable[[], float] = time.monotonic,
+        labels_token: str = "",
     ):
         self.settings = settings
+        self.labels_token = labels_token.encode()
         self.models = models
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -197,6 +201,11 @@ class DriftMonitor:
         self.pending: OrderedDict[str, Pending] = OrderedDict()
         self.pending_bytes = 0
         self._inflight: dict[BaselineRef, asyncio.Future[Baseline]] = {}
+        self._calibrating: dict[str, asyncio.Future[Any]] = {}
+        self.truth = GroundTruth(self.registry, max_pending=settings.max_label_pending,
+                                 window_size=settings.window_size, min_samples=settings.min_samples, clock=clock)
+        self.label_batches = Counter("kanari_label_batches", "Label batches (HTTP posts and S3 files), by outcome.",
+                                     ["source", "outcome"], registry=self.registry)
         self._samples_labels: set[tuple[str, str, str]] = set()
         self._divergence_labels: set[tuple[str, str, str]] = set()
         self._violation_labels: set[tuple[str, str, str]] = set()
@@ -246,7 +255,76 @@ class DriftMonitor:
         except MalformedEvent as exc:
             return self.record("malformed", 400, error=str(exc), id=event.id)
         self._expire_pending()
+        model = self.models.lookup(event.namespace, event.model)
+        if event.kind == "response" and model is not None and model.ground_truth is not None:
+            await self._calibration(binding.calibration_uri)
+            self.truth.predictions(event.namespace, event.model, state.key.revision, event.id, event.data,
+                                   model.ground_truth, binding.calibration_uri, self.settings.max_rows_per_event)
         return self.record("accepted", 200, id=event.id, paired=paired)
+
+    async def _calibration(self, uri: str | None) -> None:
+        """Fetch a model version's CBPE calibration once (off the loop); a failure is logged and retried later,
+        and meanwhile the estimate is reported unavailable."""
+        if uri is None or not self.truth.needs_calibration(uri):
+            return
+        future = self._calibrating.get(uri)
+        if future is None:
+            future = asyncio.get_running_loop().run_in_executor(None, load_calibration, uri)
+            self._calibrating[uri] = future
+            future.add_done_callback(lambda _f: self._calibrating.pop(uri, None))
+        try:
+            self.truth.add_calibration(uri, await asyncio.shield(future))
+        except ValueError as exc:
+            log.warning("CBPE calibration unavailable: %s", exc)
+            self.truth.add_calibration(uri, None)
+
+    # ------------------------------------------------------------------------------------ labels
+    def _labelled(self, namespace: str, model: str) -> str | None:
+        found = self.models.lookup(namespace, model)
+        return found.ground_truth.task if found is not None and found.ground_truth is not None else None
+
+    def _served_revisions(self, namespace: str, model: str) -> set[str] | None:
+        found = self.models.lookup(namespace, model)
+        if found is None or found.ground_truth is None:
+            return None
+        return {b.version for b in (found.stable, found.canary, *found.by_revision.values()) if b is not None}
+
+    def labels_authorized(self, authorization: str | None) -> bool:
+        import hmac
+
+        scheme, _, given = (authorization or "").partition(" ")
+        return bool(self.labels_token) and scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self.labels_token)
+
+    def handle_labels(self, namespace: str, model: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """One authorized label batch: all of it or, with a bad item, none of it."""
+        from kanari.judging.labels import parse_labels
+
+        found = self.models.lookup(namespace, model)
+        if found is None or found.ground_truth is None:
+            self.label_batches.labels("http", "unknown_model").inc()
+            return 404, {"error": f"{namespace[:63]}/{model[:63]} is not a ModelDeployment with "
+                                  "spec.monitoring.groundTruth"}
+        try:
+            doc = loads(body)
+            if not isinstance(doc, dict):
+                raise ValueError("body: expected an object with a labels list")
+            pairs = parse_labels(doc.get("labels"), found.ground_truth.task)  # type: ignore[arg-type]
+        except ValueError as exc:
+            self.label_batches.labels("http", "refused").inc()
+            return 400, {"error": str(exc)}
+        joined = self.truth.labels(namespace, model, found.ground_truth, pairs)
+        self.label_batches.labels("http", "accepted").inc()
+        return 200, {"accepted": len(pairs), "joined": joined}
+
+    def apply_label_files(self, files: list[LabelFile]) -> None:
+        for f in files:
+            found = self.models.lookup(f.namespace, f.model)
+            if f.error is not None or found is None or found.ground_truth is None:
+                self.label_batches.labels("s3", "refused").inc()
+                continue
+            self.truth.labels(f.namespace, f.model, found.ground_truth, f.pairs)
+            self.label_batches.labels("s3", "accepted").inc()
 
     async def _baseline(self, ref: BaselineRef) -> Baseline:
         cached = self.cache.cached(ref)
@@ -408,6 +486,7 @@ class DriftMonitor:
             self._evaluate_predictions(state)
         self._evaluate_samples()
         self._evaluate_divergence()
+        self.truth.evaluate(self._served_revisions)
 
     def _evaluate_features(self, state: ModelWindow) -> None:
         k = state.key
@@ -508,9 +587,27 @@ def _profile_drift(base: Profile, cur: Profile) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ HTTP
 def build_app(
-    monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None, shards: Shards | None = None
+    monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None, shards: Shards | None = None,
+    label_drop: LabelDrop | None = None,
 ) -> web.Application:
     max_bytes = monitor.settings.max_event_bytes
+
+    async def labels(request: web.Request) -> web.Response:
+        # The token is checked before the body is read: an unauthenticated caller costs no body.
+        if not monitor.labels_authorized(request.headers.get("Authorization")):
+            monitor.label_batches.labels("http", "unauthorized").inc()
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+        try:
+            raw = await read_body(request, monitor.settings.max_label_bytes, monitor.settings.body_timeout)
+        except BodyRejected as exc:
+            monitor.label_batches.labels("http", exc.outcome).inc()
+            return web.json_response({"error": exc.detail}, status=exc.status)
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if shards is not None and (target := shards.owner_of(namespace, name, request.headers)) is not None:
+            status, body = await shards.forward(target, dict(request.headers), raw, path=request.path)
+            return web.json_response(body, status=status)
+        status, body = monitor.handle_labels(namespace, name, raw)
+        return web.json_response(body, status=status)
 
     async def receive(request: web.Request) -> web.Response:
         try:
@@ -536,6 +633,9 @@ def build_app(
             "status": "ok", "windows": len(monitor.windows), "pending": len(monitor.pending),
             "models": len(monitor.models), "modelsSynced": monitor.models.synced,
             "watchErrors": sum(w.errors for w in watchers or []),
+            "labelledModels": len(monitor.truth.stores),
+            **({"labelDrop": {"polls": label_drop.polls, "failures": label_drop.failures,
+                              "refused": label_drop.errors}} if label_drop is not None else {}),
         })
 
     async def evaluator(app: web.Application) -> Any:
@@ -553,7 +653,31 @@ def build_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app = web.Application(client_max_size=max_bytes + 1)
+    async def poller(app: web.Application) -> Any:
+        assert label_drop is not None
+
+        async def loop() -> None:
+            while True:
+                try:
+                    files = await asyncio.get_running_loop().run_in_executor(None, label_drop.poll)
+                    monitor.apply_label_files(files)
+                except Exception as exc:  # noqa: BLE001 - S3 unreachable or denied: counted, retried next interval
+                    label_drop.failures += 1
+                    log.warning("label drop poll failed (%s); retrying in %gs", type(exc).__name__,
+                                monitor.settings.labels_s3_interval)
+                await asyncio.sleep(monitor.settings.labels_s3_interval)
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app = web.Application(client_max_size=max(max_bytes, monitor.settings.max_label_bytes) + 1)
+    if monitor.labels_token:
+        app.router.add_post("/v1/labels/{namespace}/{name}", labels)
+    if label_drop is not None:
+        app.cleanup_ctx.append(poller)
     app.router.add_post("/", receive)
     app.router.add_post("/events", receive)
     app.router.add_get("/metrics", metrics)
@@ -578,7 +702,11 @@ def run(args: argparse.Namespace) -> int:
             max_baselines=args.max_baselines,
             max_baseline_failures=args.max_baseline_failures,
             body_timeout=args.body_timeout,
+            max_label_bytes=args.max_label_bytes,
+            max_label_pending=args.max_label_pending,
+            labels_s3_interval=args.labels_s3_interval,
         )
+        labels_token = read_labels_token(args.labels_token_file)
         sharding = ShardSettings.from_args(args)
         tls = ssl_context(args.tls_cert_file, args.tls_key_file)
         if args.config:
@@ -599,10 +727,42 @@ def run(args: argparse.Namespace) -> int:
             watcher = KubernetesWatcher(models, kubernetes_api, namespace=namespace)
             watcher.start()
             watchers.append(watcher)
-    monitor = DriftMonitor(settings, models)
+    monitor = DriftMonitor(settings, models, labels_token=labels_token)
     shards = Shards(sharding, monitor.registry, monitor.metrics.events) if sharding else None
-    serve(build_app(monitor, watchers, shards), args.host, args.port, header_timeout=args.header_timeout, tls=tls)
+    drop = None
+    if args.labels_s3_uri:
+        def task_of(namespace: str, name: str) -> str | None:
+            # Each replica reads the files of the models it owns (their predictions come to it).
+            mine = shards is None or shards.owner_of(namespace, name, {}) is None
+            return monitor._labelled(namespace, name) if mine else None
+
+        try:
+            drop = LabelDrop(args.labels_s3_uri, task_of, settings.max_label_bytes)
+        except ValueError as exc:
+            print(f"kanari drift monitor: {exc}", file=sys.stderr)
+            return 2
+    serve(build_app(monitor, watchers, shards, drop), args.host, args.port, header_timeout=args.header_timeout,
+          tls=tls)
     return 0
+
+
+LABELS_TOKEN_ENV = "KANARI_LABELS_TOKEN"
+
+
+def read_labels_token(token_file: str | None) -> str:
+    """The label endpoint's bearer token (a mounted Secret, or KANARI_LABELS_TOKEN); "" leaves it off."""
+    import os
+    from pathlib import Path
+
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"--labels-token-file {token_file}: unreadable: {exc.strerror}") from None
+        if not token:
+            raise ValueError(f"--labels-token-file {token_file}: empty; the label endpoint never runs open")
+        return token
+    return os.environ.get(LABELS_TOKEN_ENV, "").strip()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,8 @@ MAX_PENDING_BYTES = 64 * 1024 * 1024
 MAX_ROWS = 10_000
 MAX_BASELINES = 64
 MAX_BASELINE_FAILURES = 256
+MAX_LABEL_BYTES = 1024 * 1024
+MAX_LABEL_PENDING = 100_000
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,17 @@ class MonitorSettings:
     max_baselines: int = MAX_BASELINES
     max_baseline_failures: int = MAX_BASELINE_FAILURES
     body_timeout: float = 30.0
+    max_label_bytes: int = MAX_LABEL_BYTES
+    max_label_pending: int = MAX_LABEL_PENDING
+    labels_s3_interval: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("window_size", "min_samples", "max_models", "max_event_bytes", "max_pending", "max_pending_bytes",
-                     "max_rows_per_event", "max_baselines", "max_baseline_failures"):
+                     "max_rows_per_event", "max_baselines", "max_baseline_failures", "max_label_bytes",
+                     "max_label_pending"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("evaluate_interval", "pending_ttl", "idle_timeout", "body_timeout"):
+        for name in ("evaluate_interval", "pending_ttl", "idle_timeout", "body_timeout", "labels_s3_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
 
@@ -74,6 +80,18 @@ def monitor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-baselines", type=int, default=d.max_baselines, help="parsed baselines cached (LRU)")
     parser.add_argument("--max-baseline-failures", type=int, default=d.max_baseline_failures,
                         help="failed baseline fetches remembered (LRU) so a broken baseline is not fetched per event")
+    labels = parser.add_argument_group("delayed ground truth (ModelDeployments with spec.monitoring.groundTruth)")
+    labels.add_argument("--labels-token-file",
+                        help="bearer token for POST /v1/labels/<namespace>/<name> (a mounted Secret; or the "
+                             "KANARI_LABELS_TOKEN variable); without one the HTTP label endpoint is off")
+    labels.add_argument("--labels-s3-uri", help="s3://bucket/prefix/ polled for label files "
+                                               "<prefix><namespace>/<name>/*.jsonl|*.csv (the monitor's IRSA role)")
+    labels.add_argument("--labels-s3-interval", type=float, default=d.labels_s3_interval,
+                        help="seconds between two polls of the S3 label drop")
+    labels.add_argument("--max-label-bytes", type=int, default=d.max_label_bytes,
+                        help="larger label batches (HTTP body or S3 file) are refused")
+    labels.add_argument("--max-label-pending", type=int, default=d.max_label_pending,
+                        help="predictions (and labels) waiting for their other half, per model, at most")
     add_arguments(parser)
     from kanari.monitor.sharding import shard_arguments  # light: no aiohttp until an event is forwarded
 

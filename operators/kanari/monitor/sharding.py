@@ -157,14 +157,24 @@ class Shards:
         target = owner(key[0], key[1], self.settings.replicas)
         return None if target == self.settings.ordinal else target
 
-    async def forward(self, target: int, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+    def owner_of(self, namespace: str, model: str, headers: Mapping[str, str]) -> int | None:
+        """route_to for a request that names its model in the path (labels)."""
+        if any(k.lower() == FORWARDED_HEADER.lower() for k in headers):
+            return None
+        target = owner(namespace, model, self.settings.replicas)
+        return None if target == self.settings.ordinal else target
+
+    async def forward(
+        self, target: int, headers: Mapping[str, str], body: bytes, path: str = ""
+    ) -> tuple[int, dict[str, Any]]:
         import aiohttp
 
         assert self._session is not None, "Shards.context must be in the app's cleanup_ctx"
         out = {k: v for k, v in headers.items() if k.lower() not in HOP_HEADERS}
         out[FORWARDED_HEADER] = str(self.settings.ordinal)
         try:
-            async with self._session.post(self.settings.peers[target], data=body, headers=out) as resp:
+            url = self.settings.peers[target].rstrip("/") + path if path else self.settings.peers[target]
+            async with self._session.post(url, data=body, headers=out) as resp:
                 try:
                     answer = await resp.json(content_type=None)
                 except (json.JSONDecodeError, aiohttp.ContentTypeError):

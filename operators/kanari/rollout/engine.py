@@ -42,6 +42,7 @@ from kanari.api.v1alpha1 import (
     ModelRef,
     PauseCondition,
     Phase,
+    RetroFacts,
     RolloutState,
 )
 from kanari.capacity import gate as capacity_gate
@@ -114,6 +115,9 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.ROLLED_BACK, "start"): State.ROLLING,
     (State.ROLLED_BACK, "retry"): State.ROLLING,
     (State.ROLLED_BACK, "supersede"): State.STABLE,
+    # The retro-verdict: inside rollbackWindow after a promotion, a confident realised-quality breach puts the
+    # previous stable version back (kanari.judging.retro). The only way out of STABLE that is not a new model.
+    (State.STABLE, "retro-rollback"): State.ROLLED_BACK,
 }
 
 
@@ -167,6 +171,18 @@ def derive_phase(st: ModelDeploymentStatus, stable_ready: bool) -> Phase:
 
 # ------------------------------------------------------------------------------------------ I/O types
 @dataclass(frozen=True)
+class RealisedQuality:
+    """The promoted version's realised quality from delayed labels, as the controller read it (one reading)."""
+
+    revision: str  # the rollout revision it is of (status.retro.revision when it was read)
+    metric: str
+    value: float | None  # None: no figure yet (no labels joined)
+    denominator: int  # rows behind the figure (recall: labelled positives; precision: predicted positives)
+    registered: float | None  # the model package's kanari:metric.<metric>; None: not registered
+    error: str | None = None  # the reading failed (Prometheus unreachable, a bad answer): nothing is decided
+
+
+@dataclass(frozen=True)
 class RolloutObservation:
     now: datetime
     desired: ModelRef
@@ -179,6 +195,8 @@ class RolloutObservation:
     serving_revision: str | None = None
     # NeuronCore room for the canary (Inferentia deployments); None: the rollout is not capacity-gated.
     capacity: capacity_gate.CapacityView | None = None
+    # Inside spec.rollout.rollbackWindow after a promotion (retro_due): the promoted version's realised quality.
+    realised: RealisedQuality | None = None
 
 
 @dataclass(frozen=True)
@@ -564,6 +582,81 @@ def _steady(run: _Pass, action: str | None) -> None:
     assert st.stableModel is not None
     if action:
         run.event("ActionIgnored", f"{action}: no rollout in progress ({_name(st.stableModel)} is stable)")
+    _retro(run)
+
+
+# ------------------------------------------------------------------------------------------ retro-verdict
+def _retro_window(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> tuple[datetime, datetime] | None:
+    """(promoted at, window end) while the stable version is the one promoted last and can still be judged."""
+    rw, facts = spec.rollout.rollbackWindow, st.retro
+    if rw is None or facts is None or st.stableModel is None or st.stableModel.revision != facts.revision:
+        return None
+    if facts.previousStable is None or state_of(st) is not State.STABLE:
+        return None
+    promoted = parse_time(facts.promotedAt)
+    if promoted is None:
+        return None
+    return promoted, promoted + timedelta(seconds=parse_duration(rw.duration))
+
+
+def retro_due(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime) -> bool:
+    """Whether the controller should read the promoted version's realised quality now (inside the window)."""
+    window = _retro_window(spec, status)
+    return (window is not None and now <= window[1]
+            and spec.rollout_revision() == (status.stableModel.revision if status.stableModel else None))
+
+
+def _retro(run: _Pass) -> None:
+    """Inside rollbackWindow: the realised figure against the registered one (kanari.judging.retro); outside
+    it, nothing. A reading that failed, or a figure without a registered one to compare, decides nothing."""
+    from kanari.judging.retro import retro_verdict
+
+    st, spec = run.st, run.spec
+    window = _retro_window(spec, st)
+    if window is None or run.now > window[1]:
+        return
+    promoted, end = window
+    rw = spec.rollout.rollbackWindow
+    assert rw is not None and st.retro is not None and st.retro.previousStable is not None
+    run.wake.append(min(end, run.now + timedelta(seconds=parse_duration(rw.interval))))
+    obs = run.obs.realised
+    if obs is None or obs.revision != st.retro.revision or obs.metric != rw.metric:
+        return
+    if obs.error is not None:
+        run.condition("RealisedQualityPassing", "Unknown", "RealisedQualityUnavailable", obs.error)
+        return
+    if obs.registered is None:
+        run.condition("RealisedQualityPassing", "Unknown", "NoRegisteredMetric",
+                      f"the model package registers no {rw.metric} (kanari:metric.{rw.metric}) to compare with")
+        return
+    if obs.value is None:
+        run.condition("RealisedQualityPassing", "Unknown", "TooFewLabels", f"no realised {rw.metric} yet")
+        return
+    try:
+        verdict = retro_verdict(
+            metric=rw.metric, realised=obs.value, denominator=obs.denominator, registered=obs.registered,
+            tolerance=rw.tolerance, promoted_at=promoted, now=run.now, rollback_window=end - promoted,
+            alpha=rw.alpha, min_labels=rw.minLabels,
+        )
+    except ValueError as exc:
+        run.condition("RealisedQualityPassing", "Unknown", "RealisedQualityUnavailable", str(exc))
+        return
+    if not verdict.rollback:
+        status: bool | Literal["Unknown"] = "Unknown" if verdict.reason == "TooFewLabels" else True
+        run.condition("RealisedQualityPassing", status, verdict.reason, verdict.message)
+        return
+    bad, previous = st.stableModel, st.retro.previousStable
+    assert bad is not None
+    st.stableModel = previous
+    st.abortedRevision = bad.revision
+    st.retro = None
+    st.pauseConditions = []
+    run.move("retro-rollback")
+    run.note = f"rolled back {_name(bad)}: {verdict.message}; {_name(previous)} serves"
+    run.event("RealisedQualityDrop", f"{_name(bad)}: {verdict.message}", True)
+    run.event("RolledBack", f"RealisedQualityDrop: {run.note}", True)
+    run.condition("RealisedQualityPassing", False, "RealisedQualityDrop", verdict.message)
+    run.condition("Progressing", False, "RealisedQualityDrop", run.note)
 
 
 def _stable_conditions(run: _Pass) -> None:
@@ -829,6 +922,7 @@ def _promote(run: _Pass) -> None:
     st.stableModel = st.canaryModel
     st.canaryModel = None
     st.pauseConditions = []
+    st.retro = RetroFacts(revision=st.stableModel.revision, promotedAt=run.at, previousStable=previous)
     ro.bakeUntil = None
     ro.lastProgressAt = run.at
     run.move("promote")

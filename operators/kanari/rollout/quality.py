@@ -1,0 +1,67 @@
+"""The controller's reading for the retro-verdict: the promoted version's realised quality and its denominator
+(kanari_realised_quality / _denominator, exported by the drift monitor from delayed labels) and the figure its
+model package was registered with (kanari:metric.<metric>). Fetch only; the engine decides (engine._retro)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from kanari import registry_metadata as keys
+from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus
+from kanari.controller.model_source import PackageInfo
+from kanari.rollout import engine
+from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def queries(namespace: str, name: str, revision: str, metric: str) -> tuple[str, str]:
+    sel = (f'namespace="{_quote(namespace)}", model="{_quote(name)}", revision="{_quote(revision)}", '
+           f'metric="{_quote(metric)}"')
+    # max(): with a sharded monitor only the owner exports a model, and a restarted one starts again from 0.
+    return f"max(kanari_realised_quality{{{sel}}})", f"max(kanari_realised_quality_denominator{{{sel}}})"
+
+
+def registered_metric(package: PackageInfo | None, arn: str | None, metric: str) -> float | None:
+    """The figure the pipeline registered for this model version, when the package is the stable one's."""
+    if package is None or not arn or package.arn != arn:
+        return None
+    raw = package.metadata.get(keys.METRIC_PREFIX + metric)
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and 0 <= value <= 1 else None
+
+
+async def observe_realised(
+    prom: PrometheusClient, namespace: str, name: str, spec: ModelDeploymentSpec, status: ModelDeploymentStatus,
+    package: PackageInfo | None, now: datetime,
+) -> engine.RealisedQuality | None:
+    """One reading, or None when the engine has nothing to judge now (no window open)."""
+    if not engine.retro_due(spec, status, now):
+        return None
+    rw, stable, facts = spec.rollout.rollbackWindow, status.stableModel, status.retro
+    assert rw is not None and stable is not None and facts is not None
+    registered = registered_metric(package, stable.modelPackageArn, rw.metric)
+    value_q, denominator_q = queries(namespace, name, stable.monitor_revision, rw.metric)
+
+    def reading(value: float | None, denominator: int, error: str | None = None) -> engine.RealisedQuality:
+        return engine.RealisedQuality(facts.revision, rw.metric, value, denominator, registered, error)
+
+    try:
+        values = await prom.query(value_q, now)
+        denominators = await prom.query(denominator_q, now)
+    except PrometheusUnavailable as exc:
+        return reading(None, 0, f"Prometheus unavailable: {exc}")
+    except PrometheusQueryError as exc:
+        return reading(None, 0, f"Prometheus rejected the query ({exc.error_type}): {exc.message}")
+    if not values or not denominators:
+        return reading(None, 0)  # no labels joined yet: no figure, never a pass
+    value, denominator = values[0].value, denominators[0].value
+    if not (math.isfinite(value) and 0 <= value <= 1 and math.isfinite(denominator) and denominator >= 0):
+        return reading(None, 0, f"realised {rw.metric} {value} over {denominator} rows is not a proportion")
+    return reading(value, int(denominator))
