@@ -493,6 +493,31 @@ class AnalysisSpec(_Model):
         return self.minSampleCount if metric.minSampleCount is None else metric.minSampleCount
 
 
+class WarmupSpec(_Model):
+    """The warm-up gate: the canary takes traffic only after every one of its pods has answered warm-up
+    requests, within a budget. Inputs, first found: `samples`, the drift baseline's samples.jsonl, the drift
+    monitor's recently logged requests."""
+
+    requests: int = Field(
+        default=3, ge=1, le=50, description="Successful warm-up answers each canary pod must give before it takes traffic."
+    )
+    timeoutSeconds: int = Field(
+        default=120, ge=1, le=1800,
+        description="Per warm-up request (a Neuron model's first inference can take minutes); slower is a failed answer.",
+    )
+    budgetSeconds: int = Field(
+        default=1800, ge=10, le=21600,
+        description="From the canary's creation to every pod warm (scheduling, model load, Neuron compile, the "
+        "warm-up answers). Exceeded: the rollout is rolled back naming the figure.",
+    )
+    samples: list[dict[str, JsonValue]] = Field(
+        default=[], max_length=20,
+        description="Inline request bodies (KServe v1 `instances` or v2 `inputs`), used before any other source.",
+        # Any JSON object: a structural schema says so with preserve-unknown-fields, not an untyped {}.
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+
+
 class RolloutSpec(_Model):
     strategy: Literal["Canary", "Linear", "BlueGreen", "AllAtOnce"] = "Canary"
     steps: list[CanaryStep] = Field(default=[], max_length=50, description="Canary steps, in order.")
@@ -500,6 +525,9 @@ class RolloutSpec(_Model):
     blueGreen: BlueGreenSpec | None = None
     analysis: AnalysisSpec | None = None
     progressDeadline: Duration = Field(default="30m", description="A step making no progress this long aborts.")
+    warmup: WarmupSpec | None = Field(
+        default=None, description="Hold the canary at 0% until its pods answer warm-up requests (cold start gate)."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -825,6 +853,35 @@ class RevisionCost(BaseModel):
     message: str = ""
 
 
+class WarmupPod(BaseModel):
+    """One canary pod's warm-up, as observed."""
+
+    name: str
+    scheduledAt: str | None = None  # the pod's PodScheduled condition
+    firstSuccessAt: str | None = None  # its first successful warm-up answer
+    answered: int = 0  # successful warm-up answers
+    failed: int = 0  # errors, timeouts, 5xx and unreadable answers: never counted as answered
+    latencySeconds: float | None = None  # slowest successful answer
+    lastError: str = ""
+
+
+class WarmupStatus(BaseModel):
+    """Facts of the warm-up gate for one canary revision (a record for another revision is void)."""
+
+    revision: str
+    startedAt: str
+    budgetSeconds: int = 0
+    succeededAt: str | None = None
+    failedAt: str | None = None
+    answered: int = 0
+    failed: int = 0
+    latencySeconds: float | None = None  # slowest successful warm-up answer of any pod
+    coldStartSeconds: float | None = None  # worst pod: scheduled -> first successful answer
+    source: str = ""  # where the warm-up inputs came from
+    message: str = ""
+    pods: list[WarmupPod] = Field(default_factory=list, max_length=50)
+
+
 class ModelDeploymentStatus(BaseModel):
     """Facts are stored; `phase` and `message` are derived from them last and never read to decide."""
 
@@ -849,6 +906,7 @@ class ModelDeploymentStatus(BaseModel):
     driftRule: str | None = Field(default=None, description="The PrometheusRule the controller owns for drift alerts.")
     capacity: CapacityStatus | None = None
     cost: list[RevisionCost] = Field(default_factory=list, max_length=2)
+    warmup: WarmupStatus | None = None
 
     @model_validator(mode="before")
     @classmethod
