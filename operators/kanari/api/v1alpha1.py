@@ -869,6 +869,8 @@ class WarmupStatus(BaseModel):
     """Facts of the warm-up gate for one canary revision (a record for another revision is void)."""
 
     revision: str
+    # The revision as the analysis templates name it: Knative's revision name (Serverless), else `revision`.
+    servingRevision: str = ""
     startedAt: str
     budgetSeconds: int = 0
     succeededAt: str | None = None

@@ -47,6 +47,7 @@ class WarmupObservation:
 
     revision: str
     pods: tuple[PodObservation, ...] = ()
+    serving_revision: str = ""  # Knative's revision name the requests reached (Serverless)
     source: str = ""  # where the warm-up inputs came from
     error: str | None = None  # why no request could be sent (no pod, no address, no samples)
 
@@ -128,6 +129,7 @@ def gate(
     if obs is not None and obs.revision == revision:
         st.pods = _merge(st.pods, obs)
         st.source = obs.source or st.source
+        st.servingRevision = obs.serving_revision or st.servingRevision
         st.message = obs.error or ""
         st.answered = sum(p.answered for p in st.pods)
         st.failed = sum(p.failed for p in st.pods)
