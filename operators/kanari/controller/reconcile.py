@@ -34,6 +34,7 @@ from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, baseline_uri, model_ref
 from kanari.controller.serving_runtime import choose_runtime
 from kanari.rollout import engine
+from kanari.rollout.warmup import WarmupObservation
 
 COND_READY = "Ready"
 COND_INVALID = "InvalidSpec"
@@ -50,6 +51,7 @@ class ClusterObservation:
     capacity: CapacityView | None = None  # NeuronCore room (kanari.capacity.observer); None: not gated
     cost: list[RevisionCost] | None = None  # cost per 1,000 inferences just measured; None: keep the last
     neuron_runtime_sdk: str | None = None  # the chosen ServingRuntime's kanari.dev/neuron-sdk annotation
+    warmup: WarmupObservation | None = None  # what the warm-up prober has seen of the canary (kanari.controller.warmup)
 
 
 @dataclass
@@ -181,6 +183,7 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             action=md.metadata.annotations.get(ACTION_ANNOTATION),
             serving_revision=reading.serving_revision,
             capacity=observed.capacity,
+            warmup=observed.warmup,
         ),
         generation,
     )
