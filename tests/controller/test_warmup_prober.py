@@ -38,6 +38,8 @@ def predictor_app(behaviour: str, warm_after: float = 0.0) -> web.Application:
             return web.Response(status=200, text="<html>not a prediction")
         if behaviour == "no-prediction":
             return web.json_response({"error": None, "predictions": []})
+        if behaviour == "redirect":  # to a pod that would answer: never followed
+            return web.Response(status=307, headers={"Location": f"http://127.0.0.1:{request.url.port}/ok"})
         if behaviour == "hang":
             await asyncio.sleep(5)
         return web.json_response({"predictions": [1]})
@@ -132,6 +134,7 @@ def test_a_pod_slow_to_warm_is_retried_until_it_answers_and_the_cold_start_is_me
     ("garbage", "not JSON"),
     ("no-prediction", "no `predictions`"),
     ("hang", "no answer within timeoutSeconds 1"),
+    ("redirect", "HTTP 307"),
 ])
 def test_hostile_answers_are_retried_reported_and_never_counted(behaviour: str, reason: str) -> None:
     spec = spec_with(requests=1, timeoutSeconds=1)

@@ -68,6 +68,9 @@ def test_no_weight_until_every_pod_has_answered_then_the_steps_go_on() -> None:
         d, st_ = step(spec, st_, t, obs)
         assert d.canary_weight == 0 and REASON in [p.reason for p in st_.pauseConditions], t
     assert "HTTP 503" in st_.message
+    # Nothing new observed: nothing in status changes (no status write every few seconds while it waits).
+    d, again = step(spec, st_, 27, None)
+    assert again == st_ and d.events == []
     d, st_ = step(spec, st_, 30, pods(rev, 3, 3, 3))
     assert d.canary_weight == 20 and [p.reason for p in st_.pauseConditions] == ["PauseStep"]
     assert "WarmedUp" in [e.reason for e in d.events]

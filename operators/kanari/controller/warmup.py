@@ -215,7 +215,8 @@ async def send(session: aiohttp.ClientSession, base: str, model: str, body: dict
     """One warm-up request: (answered, seconds, why not)."""
     started = time.monotonic()
     try:
-        async with session.post(base.rstrip("/") + request_path(model, body), json=body,
+        # No redirects: a predictor's answer never sends the controller's requests anywhere else.
+        async with session.post(base.rstrip("/") + request_path(model, body), json=body, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             raw = await resp.content.read(MAX_BODY_BYTES + 1)
             took = time.monotonic() - started
@@ -250,6 +251,7 @@ class _PodState:
 @dataclass
 class _Run:
     revision: str
+    spec: WarmupSpec
     task: asyncio.Task[None]
     report: WarmupObservation
 
@@ -294,7 +296,8 @@ class WarmupProber:
             and w is not None and w.revision == status.canaryModel.revision and not w.succeededAt and not w.failedAt
         )
         run = self.runs.get(key)
-        if run is not None and (not want or run.revision != (w.revision if w else None)):
+        if run is not None and (not want or run.revision != (w.revision if w else None)
+                                or (spec is not None and run.spec != spec.rollout.warmup)):
             run.task.cancel()
             self.runs.pop(key, None)
             run = None
@@ -306,7 +309,7 @@ class WarmupProber:
             self._warm(key, uid, w.revision, spec.rollout.warmup, spec.serving.deploymentMode, baseline_uri),
             name=f"warmup:{namespace}/{name}:{w.revision}",
         )
-        self.runs[key] = _Run(w.revision, task, report)
+        self.runs[key] = _Run(w.revision, spec.rollout.warmup, task, report)
 
     def forget(self, namespace: str, name: str) -> None:
         run = self.runs.pop((namespace, name), None)

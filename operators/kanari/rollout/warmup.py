@@ -151,5 +151,7 @@ def gate(
         st.failedAt = now_iso(now)
         st.message = msg[:1000]
         return GateResult("failed", st, st.message)
-    msg = f"warming up ({elapsed:.0f}/{spec.budgetSeconds} s of the budget): {_progress(spec, st)}"
+    # No running clock in the message: it is stored in status, and a message that changed every pass would
+    # rewrite the status every few seconds while nothing happened.
+    msg = f"warming up (budgetSeconds {spec.budgetSeconds}, until {now_iso(deadline)}): {_progress(spec, st)}"
     return GateResult("warming", st, msg[:1000], min(deadline, now + timedelta(seconds=RECHECK_SECONDS)))
