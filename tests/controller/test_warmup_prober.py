@@ -246,3 +246,24 @@ def test_the_monitors_recent_requests_are_untrusted(answer: Any, status: int, ex
         assert got == expect
     else:
         assert expect in got
+
+
+def test_baseline_samples_are_read_from_s3_and_a_missing_file_is_named_without_internals(monkeypatch: Any) -> None:
+    import boto3
+
+    from tests.support.moto import moto_server
+
+    with moto_server() as endpoint:
+        for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                     "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="ml-artifacts-secret-name")
+        lines = [json.dumps({"instances": [[i, i + 1]]}) for i in range(3)]
+        s3.put_object(Bucket="ml-artifacts-secret-name", Key="fraud/7/baseline/samples.jsonl",
+                      Body=("\n".join(["{broken", *lines]) + "\n").encode())
+        got = prober_mod.read_baseline_samples("s3://ml-artifacts-secret-name/fraud/7/baseline/")
+        assert got == [json.loads(x) for x in lines]
+        with pytest.raises(NoSamples) as err:
+            prober_mod.read_baseline_samples("s3://ml-artifacts-secret-name/fraud/8/baseline")
+        assert "NoSuchKey" in str(err.value) and "secret-name" not in str(err.value)

@@ -199,3 +199,20 @@ def test_no_weight_before_warm_up_under_any_sequence(rollout, ops) -> None:
         again = decide(spec, stored, obs, 1)
         assert same(d, again)
         status = stored
+
+
+def test_kanari_status_shows_the_warm_up() -> None:
+    from kanari.cli.rollout import render_status
+
+    spec = spec_for("v2")
+    rev = ref(spec).revision
+    _, st_ = step(spec, stable_status(), 1)
+    _, st_ = step(spec, st_, 20, pods(rev, 3, 0, error="HTTP 503"))
+    obj = {"metadata": {"name": "fraud", "namespace": "ml"}, "spec": spec.model_dump(mode="json", exclude_none=True),
+           "status": st_.model_dump(mode="json")}
+    out = render_status(obj)
+    assert "Paused:      WarmingUp since" in out and "p1: HTTP 503" in out
+    assert f"Warm-up:     revision {rev}: warming since" in out and "3 answered, 1 failed" in out
+    _, st_ = step(spec, st_, 30, pods(rev, 3, 3))
+    out = render_status({**obj, "status": st_.model_dump(mode="json")})
+    assert "Warm-up:     revision" in out and "warm since" in out and "cold start 41.0s" in out

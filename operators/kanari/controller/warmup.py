@@ -91,7 +91,8 @@ def read_baseline_samples(baseline_uri: str) -> list[dict[str, Any]]:
 
         key = parsed.path.lstrip("/").rstrip("/") + "/" + SAMPLES_FILE
         try:
-            obj = awsclient.client("s3").get_object(
+            s3 = awsclient.client("s3", config=awsclient.retry_config(3, connect_timeout=5, read_timeout=15))
+            obj = s3.get_object(
                 Bucket=parsed.netloc, Key=key, Range=f"bytes=0-{MAX_SAMPLES_FILE_BYTES - 1}"
             )
             text = obj["Body"].read(MAX_SAMPLES_FILE_BYTES).decode("utf-8", "replace")
