@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kanari.api.v1alpha1 import ModelDeploymentStatus, ModelRef, WarmupSpec, WarmupStatus, parse_spec
 from kanari.controller import warmup as prober_mod
 from kanari.controller.warmup import NoSamples, RecentRequests, WarmupProber, parse_samples_jsonl, targets
@@ -267,3 +269,20 @@ def test_baseline_samples_are_read_from_s3_and_a_missing_file_is_named_without_i
         with pytest.raises(NoSamples) as err:
             prober_mod.read_baseline_samples("s3://ml-artifacts-secret-name/fraud/8/baseline")
         assert "NoSuchKey" in str(err.value) and "secret-name" not in str(err.value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["instances", "inputs", "x"]), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(st.one_of(json_values.map(json.dumps), st.text(max_size=20)), max_size=40))
+def test_any_samples_file_yields_only_bounded_request_bodies(lines: list[str]) -> None:
+    got = parse_samples_jsonl("\n".join(lines))
+    assert len(got) <= prober_mod.MAX_SAMPLES
+    for body in got:
+        assert isinstance(body, dict) and (isinstance(body.get("instances"), list) or isinstance(body.get("inputs"), list))
