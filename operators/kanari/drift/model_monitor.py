@@ -134,6 +134,11 @@ def constraints_for(profile: Profile) -> dict[str, Any]:
 def write_baseline(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, target: str | None = None) -> None:
     """Write statistics.json, constraints.json and samples.jsonl into out_dir (created if needed), each atomically."""
     write_documents(*baseline_documents(df, target=target), out_dir)
+    write_samples(df, out_dir, target=target)
+
+
+def write_samples(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, target: str | None = None) -> None:
+    """samples.jsonl (see sample_requests) into out_dir, atomically."""
     _atomic_write(Path(out_dir) / SAMPLES, samples_jsonl(df, target=target))
 
 
