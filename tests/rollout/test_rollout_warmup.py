@@ -216,3 +216,18 @@ def test_kanari_status_shows_the_warm_up() -> None:
     _, st_ = step(spec, st_, 30, pods(rev, 3, 3))
     out = render_status({**obj, "status": st_.model_dump(mode="json")})
     assert "Warm-up:     revision" in out and "warm since" in out and "cold start 41.0s" in out
+
+
+@pytest.mark.parametrize(("warmup", "field"), [
+    ({"samples": [{"rows": [1]}]}, "spec.rollout.warmup.samples[0]"),
+    ({"samples": [{"instances": [[1]]}, {"instances": "x"}]}, "spec.rollout.warmup.samples[1]"),
+    ({"budgetSeconds": 5}, "spec.rollout.warmup.budgetSeconds"),
+    ({"requests": 0}, "spec.rollout.warmup.requests"),
+    ({"timeoutSecs": 5}, "spec.rollout.warmup.timeoutSecs"),
+])
+def test_a_bad_warm_up_spec_is_refused_naming_the_field(warmup: dict, field: str) -> None:
+    from kanari.api.v1alpha1 import SpecError
+
+    with pytest.raises(SpecError) as err:
+        spec_for("v2", warmup=warmup)
+    assert err.value.field == field, str(err.value)

@@ -517,6 +517,16 @@ class WarmupSpec(_Model):
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     )
 
+    @model_validator(mode="after")
+    def _request_bodies(self) -> WarmupSpec:
+        for i, body in enumerate(self.samples):
+            if not isinstance(body.get("instances"), list) and not isinstance(body.get("inputs"), list):
+                raise ValueError(f"samples[{i}]: a request body needs an `instances` list (KServe v1) or an "
+                                 "`inputs` list (v2)")
+            if len(json.dumps(body)) > 65536:
+                raise ValueError(f"samples[{i}]: larger than 64 KiB; warm-up needs a small request")
+        return self
+
 
 class RolloutSpec(_Model):
     strategy: Literal["Canary", "Linear", "BlueGreen", "AllAtOnce"] = "Canary"
