@@ -123,3 +123,26 @@ def test_a_canary_that_never_warms_is_rolled_back_naming_the_budget(env: Any) ->
     assert md["status"]["warmup"]["failedAt"] and md["status"]["warmup"]["answered"] == 0
     assert kube.isvc(name)["spec"]["predictor"]["model"]["storageUri"] == V1
     assert "WarmupFailed" in kube.reasons(uid)
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_mid_warm_up_keeps_the_budget_and_the_canary_at_zero(env: Any) -> None:
+    kube, kserve, name = env.kube, env.kserve, env.name
+    predictor = WarmingPredictor(model=name, load_seconds=9.0)
+    with Background(predictor) as url:
+        uid = deploy(env, {"requests": 2, "timeoutSeconds": 2, "budgetSeconds": 120, "samples": [SAMPLE]})
+        kserve.reconcile(name, latest_url=url)
+        md = kube.wait_md(name, lambda m: (m["status"].get("warmup") or {}).get("failed", 0) > 0, "a failed answer")
+        started = md["status"]["warmup"]["startedAt"]
+
+        env.operator.kill9()
+        env.operator.start()
+        while not predictor.loaded:  # the new process asks again; the canary still gets nothing
+            assert kube.isvc(name)["spec"]["predictor"]["canaryTrafficPercent"] == 0
+            time.sleep(0.3)
+        kube.wait_isvc(name, lambda i: i["spec"]["predictor"]["canaryTrafficPercent"] == 50, "50% once warm",
+                       timeout=30)
+    w = kube.md(name)["status"]["warmup"]
+    assert w["startedAt"] == started and w["succeededAt"], w  # the budget ran from the canary's creation
+    reasons = kube.reasons(uid)
+    assert reasons.count("WarmingUp") == 1 and reasons.count("WarmedUp") == 1, reasons
