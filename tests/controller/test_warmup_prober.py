@@ -286,3 +286,40 @@ def test_any_samples_file_yields_only_bounded_request_bodies(lines: list[str]) -
     assert len(got) <= prober_mod.MAX_SAMPLES
     for body in got:
         assert isinstance(body, dict) and (isinstance(body.get("instances"), list) or isinstance(body.get("inputs"), list))
+
+
+def test_a_failing_pod_list_is_reported_keeps_what_was_seen_and_is_retried() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    spec = spec_with(requests=3, timeoutSeconds=2)
+
+    async def go() -> tuple[list[Any], Any]:
+        app = predictor_app("slow-then-ready", warm_after=0.3)  # the first round fails: the pod is seen, unwarm
+        runner, port = await serve(app)
+        calls = {"n": 0}
+
+        async def flaky(namespace: str, revision: str) -> list[dict[str, Any]]:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise ApiException(status=500, reason="Internal Server Error")
+            return [pod("p0", port, datetime.now(UTC))]
+
+        reports: list[Any] = []
+        prober = WarmupProber(flaky, lambda ns, n: None, lambda uid: reports.append(prober.observation(NS, NAME, REV)))
+        # The second round's listing fails, between one that saw the pod and one that warms it.
+        prober.track(NS, NAME, "uid-1", spec, warming_status(spec), None)
+        try:
+            for _ in range(100):
+                obs = prober.observation(NS, NAME, REV)
+                if obs and obs.pods and obs.pods[0].answered >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            return reports, prober.observation(NS, NAME, REV)
+        finally:
+            await prober.close()
+            await runner.cleanup()
+
+    reports, final = asyncio.run(go())
+    failed = [r for r in reports if r.error and "listing the canary's pods failed: 500" in r.error]
+    assert failed and all(r.pods for r in failed), reports  # the pods seen before are still in the report
+    assert final.pods[0].answered == 3 and final.error is None

@@ -97,6 +97,16 @@ def test_no_pod_and_no_data_is_never_warm_and_the_budget_rolls_back_naming_the_f
     assert st_.warmup is not None and st_.warmup.failedAt is not None
 
 
+def test_a_report_that_could_not_see_the_pods_keeps_what_was_seen() -> None:
+    spec = spec_for("v2")
+    rev = ref(spec).revision
+    _, st_ = step(spec, stable_status(), 1)
+    _, st_ = step(spec, st_, 10, pods(rev, 3, 2))
+    d, st_ = step(spec, st_, 20, WarmupObservation(revision=rev, error="listing the canary's pods failed: 500"))
+    assert [p.answered for p in st_.warmup.pods] == [3, 2] and d.canary_weight == 0
+    assert "listing the canary's pods failed: 500" in st_.warmup.message
+
+
 def test_an_observation_for_another_revision_is_not_this_canarys() -> None:
     spec = spec_for("v2")
     _, st_ = step(spec, stable_status(), 1)

@@ -375,8 +375,9 @@ class WarmupProber:
         samples: list[dict[str, Any]] | None = None
         source = ""
         turn, failures = 0, 0
+        seen: tuple[PodObservation, ...] = ()  # kept in a report that could not look at the pods this time
         while True:
-            report = WarmupObservation(revision=revision, source=source)
+            report = WarmupObservation(revision=revision, source=source, pods=seen)
             try:
                 if samples is None:
                     samples, source = await self.samples(namespace, name, spec, baseline_uri)
@@ -397,6 +398,7 @@ class WarmupProber:
                                    latency_seconds=states[t.name].latency, last_error=states[t.name].last_error)
                     for t in found
                 )
+                seen = pods_seen
                 report = replace(report, pods=pods_seen, serving_revision=serving, source=source,
                                  error=None if found else "no canary pod yet")
                 self._publish(key, uid, report)
@@ -411,6 +413,10 @@ class WarmupProber:
             except OSError as exc:
                 failures += 1
                 self._publish(key, uid, replace(report, error=f"listing the canary's pods failed: {type(exc).__name__}"))
+            except Exception as exc:  # a bug must not end the warm-up silently: reported, and tried again
+                failures += 1
+                log.exception("warm-up of %s/%s revision %s", namespace, name, revision)
+                self._publish(key, uid, replace(report, error=f"warm-up prober error ({type(exc).__name__})"))
             await asyncio.sleep(min(MAX_BACKOFF, 0.5 * 2 ** min(failures, 5)) if failures else 0.2)
 
 

@@ -74,6 +74,8 @@ def _min_time(a: str | None, b: datetime | None) -> str | None:
 
 
 def _merge(previous: list[WarmupPod], obs: WarmupObservation) -> list[WarmupPod]:
+    if not obs.pods:
+        return previous  # nothing seen of the pods this time (an error, none yet): what was seen stands
     before = {p.name: p for p in previous}
     out = []
     for o in obs.pods[:50]:
