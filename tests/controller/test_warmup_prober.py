@@ -154,6 +154,39 @@ def test_hostile_answers_are_retried_reported_and_never_counted(behaviour: str, 
     assert failed.state == "failed" and "budgetSeconds 1800" in failed.message and reason in failed.message
 
 
+def test_model_name_in_the_path_is_the_spec_s_when_given() -> None:
+    spec = spec_with(requests=1, timeoutSeconds=2, modelName="summarizer_v2")
+
+    async def go() -> Any:
+        app = web.Application()
+        seen: list[str] = []
+
+        async def predict(request: web.Request) -> web.Response:
+            seen.append(request.match_info["model"])
+            return web.json_response({"predictions": [1]})
+
+        app.router.add_post("/v1/models/{model}:predict", predict)
+        runner, port = await serve(app)
+
+        async def list_pods(namespace: str, revision: str) -> list[dict[str, Any]]:
+            return [pod("p0", port, datetime.now(UTC))]
+
+        prober = WarmupProber(list_pods, lambda ns, n: None, lambda uid: None)
+        prober.track(NS, NAME, "uid-1", spec, warming_status(spec), None)
+        try:
+            for _ in range(50):
+                obs = prober.observation(NS, NAME, REV)
+                if obs and obs.pods and obs.pods[0].answered:
+                    return seen
+                await asyncio.sleep(0.1)
+            return seen
+        finally:
+            await prober.close()
+            await runner.cleanup()
+
+    assert asyncio.run(go()) == ["summarizer_v2"]
+
+
 def test_a_pod_without_an_address_is_waited_for_not_counted() -> None:
     found, serving = targets("RawDeployment", REV, [pod("p0", None, datetime.now(UTC))], None)
     assert serving == REV and found[0].url is None and "no pod IP yet (Pending)" in found[0].waiting

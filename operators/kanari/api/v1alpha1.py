@@ -510,6 +510,11 @@ class WarmupSpec(_Model):
         description="From the canary's creation to every pod warm (scheduling, model load, Neuron compile, the "
         "warm-up answers). Exceeded: the rollout is rolled back naming the figure.",
     )
+    modelName: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", max_length=128,
+        description="Model name in the request path (/v1/models/<name>:predict); default: the ModelDeployment's "
+        "name, KServe's own default. Runtimes that name models themselves (TorchServe's model store) need it.",
+    )
     samples: list[dict[str, JsonValue]] = Field(
         default=[], max_length=20,
         description="Inline request bodies (KServe v1 `instances` or v2 `inputs`), used before any other source.",

@@ -389,7 +389,8 @@ class WarmupProber:
                     if not t.url:
                         states[t.name].last_error = t.waiting
                 assert samples
-                rounds = await asyncio.gather(*(self._round(t, states[t.name], samples, turn, name, spec) for t in todo))
+                model = spec.modelName or name
+                rounds = await asyncio.gather(*(self._round(t, states[t.name], samples, turn, model, spec) for t in todo))
                 turn += 1
                 failures = failures + 1 if not all(rounds) or not todo else 0
                 pods_seen = tuple(
