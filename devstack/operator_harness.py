@@ -242,7 +242,8 @@ class KServe:
         self.kube = kube
         self.services: dict[str, kserve_standin.Service] = {}
 
-    def reconcile(self, name: str, ready: bool = True) -> dict[str, Any]:
+    def reconcile(self, name: str, ready: bool = True, latest_url: str | None = None) -> dict[str, Any]:
+        """`latest_url`: where the tag route of the latest revision answers (Knative's `latest-...` URL)."""
         isvc = self.kube.isvc(name)
         assert isvc is not None, f"InferenceService {name} does not exist"
         svc = self.services.setdefault(name, kserve_standin.Service(self.kube.namespace, name))
@@ -251,7 +252,11 @@ class KServe:
         canary = ((isvc.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent")
         traffic = kserve_standin.advance(svc, canary)
         url = f"http://{name}.{self.kube.namespace}.example.com"
-        return self.kube.set_isvc_status(name, kserve_standin.build_status(svc, isvc, traffic, url))
+        status = kserve_standin.build_status(svc, isvc, traffic, url)
+        for entry in status["components"]["predictor"].get("traffic") or []:
+            if latest_url and entry.get("tag") == "latest":
+                entry["url"] = latest_url
+        return self.kube.set_isvc_status(name, status)
 
 
 def permissions(calls: Iterable[Call]) -> set[tuple[str, str, str]]:

@@ -151,7 +151,7 @@ def judge(*, model_package_group: str, scores: dict[str, float], gate_metric: st
 
 def write_baseline(*, train_uri: str, target: str, model_uri: str) -> str:
     """The drift baseline (SageMaker Model Monitor statistics.json/constraints.json) beside the model."""
-    from kanari.drift.model_monitor import CONSTRAINTS, STATISTICS, baseline_documents
+    from kanari.drift.model_monitor import CONSTRAINTS, SAMPLES, STATISTICS, baseline_documents, samples_jsonl
 
     s3 = aws.client("s3")
     frame = evaluation.read_csv_prefix(s3, train_uri, "train_data")
@@ -161,6 +161,8 @@ def write_baseline(*, train_uri: str, target: str, model_uri: str) -> str:
     where = evaluation.model_dir(model_uri).join("baseline")
     aws.put_json(s3, where.join(STATISTICS), statistics)
     aws.put_json(s3, where.join(CONSTRAINTS), constraints)
+    # Request bodies for the canary's warm-up gate (kanari.controller.warmup reads them from here).
+    aws.put_bytes(s3, where.join(SAMPLES), samples_jsonl(frame, target=target).encode(), "application/x-ndjson")
     log.info("drift baseline written to %s (%d rows profiled)", where, len(frame))
     return str(where)
 

@@ -50,6 +50,13 @@ COST_PER_1K = Gauge(
     "kanari_cost_per_1k_inferences", "USD per 1,000 inferences of each served revision (NeuronCore-seconds x price).",
     (*_MD, "revision", "role"), registry=REGISTRY,
 )
+# Labels `namespace, model, revision` as the drift monitor's gauges (the cold-start-seconds template reads it):
+# `revision` is what the analysis templates call a revision, Knative's revision name in Serverless mode.
+COLD_START = Gauge(
+    "kanari_cold_start_seconds",
+    "Per revision: its slowest pod's time from scheduling (PodScheduled) to its first successful warm-up answer.",
+    ("namespace", "model", "revision"), registry=REGISTRY,
+)
 RECONCILE_DURATION = Histogram(
     "kanari_reconcile_duration_seconds", "Time spent in one reconcile.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
@@ -63,6 +70,10 @@ RECONCILE_ERRORS = Counter(
 _LAST: dict[tuple[str, str], tuple[str, str | None, str | None]] = {}
 _ROLLBACK_REASONS: dict[tuple[str, str], set[str]] = {}
 _COST_LABELS: dict[tuple[str, str], set[tuple[str, str]]] = {}
+# Revisions with a cold-start series, oldest first: the stable's and the canary's are kept (a template
+# compares them), older ones dropped.
+_COLD_START_REVISIONS: dict[tuple[str, str], list[str]] = {}
+COLD_START_KEPT = 2
 
 
 def observe(namespace: str, name: str, status: ModelDeploymentStatus) -> None:
@@ -87,6 +98,7 @@ def observe(namespace: str, name: str, status: ModelDeploymentStatus) -> None:
     for (revision, role), value in costs.items():
         COST_PER_1K.labels(namespace, name, revision, role).set(value)
     _COST_LABELS[key] = set(costs)
+    _observe_cold_start(namespace, name, status)
     now = (
         status.phase,
         status.stableModel.revision if status.stableModel else None,
@@ -103,6 +115,19 @@ def observe(namespace: str, name: str, status: ModelDeploymentStatus) -> None:
         _ROLLBACK_REASONS.setdefault(key, set()).add(reason)
     if now[1] is not None and now[1] == before[2]:
         PROMOTIONS.labels(namespace, name).inc()
+
+
+def _observe_cold_start(namespace: str, name: str, status: ModelDeploymentStatus) -> None:
+    w = status.warmup
+    if w is None or w.coldStartSeconds is None or not w.succeededAt:
+        return
+    revision = w.servingRevision or w.revision
+    COLD_START.labels(namespace, name, revision).set(w.coldStartSeconds)
+    kept = [r for r in _COLD_START_REVISIONS.get((namespace, name), []) if r != revision] + [revision]
+    for gone in kept[:-COLD_START_KEPT]:
+        with suppress(KeyError):
+            COLD_START.remove(namespace, name, gone)
+    _COLD_START_REVISIONS[(namespace, name)] = kept[-COLD_START_KEPT:]
 
 
 def latest_measurements(status: ModelDeploymentStatus) -> dict[str, Measurement]:
@@ -123,6 +148,9 @@ def forget(namespace: str, name: str, metrics: tuple[str, ...] = ()) -> None:
     for labels in _COST_LABELS.pop((namespace, name), set()):
         with suppress(KeyError):
             COST_PER_1K.remove(namespace, name, *labels)
+    for revision in _COLD_START_REVISIONS.pop((namespace, name), []):
+        with suppress(KeyError):
+            COLD_START.remove(namespace, name, revision)
     for reason in _ROLLBACK_REASONS.pop((namespace, name), set()):
         ROLLBACKS.remove(namespace, name, reason)
     for family in (PHASE, CANARY_WEIGHT, ROLLOUT_STEP, PROMOTIONS, CAPACITY_PENDING, CAPACITY_NEEDED, CAPACITY_FREE):

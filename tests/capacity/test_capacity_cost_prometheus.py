@@ -1,6 +1,6 @@
 """Cost per 1,000 inferences and cold start against a real Prometheus scraping the neuron-monitor stand-in,
-KServe-shaped model-server pods and a kube-state-metrics stand-in; and a canary whose cost per 1,000
-regresses is rolled back naming the figure."""
+KServe-shaped model-server pods and the operator's own metrics (kanari_cold_start_seconds, from the warm-up
+gate); and a canary whose cost per 1,000 regresses is rolled back naming the figure."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from kanari.rollout import analysis
 from kanari.rollout.engine import RolloutObservation, decide, due_metrics
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 from kserve import metrics as kserve_metrics
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
 from devstack.neuron_monitor import NeuronMonitorStandIn
 from devstack.stack import ScrapeTarget, free_port, start_prometheus
@@ -51,17 +51,21 @@ class ModelServerPod:
         self.post.labels(NAME).observe(0.001)
 
 
-class KubeStateStandIn:
-    """A STAND-IN for kube-state-metrics' kube_pod_status_scheduled_time (unix seconds), nothing else."""
+def record_cold_start(revision: str, scheduled: datetime, first_answer: datetime) -> float:
+    """The warm-up gate's record of a revision's pods, exported as the operator exports it."""
+    from kanari import observability
+    from kanari.api.v1alpha1 import WarmupSpec
+    from kanari.rollout.warmup import PodObservation, WarmupObservation, gate
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.scheduled = Gauge("kube_pod_status_scheduled_time", "Unix timestamp when pod moved into scheduled status",
-                               ["namespace", "pod", "uid"], registry=self.registry)
-        self.port = free_port()
-        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
-        self.target = ScrapeTarget(job="kube-state-metrics-standin", targets=[f"127.0.0.1:{self.port}"],
-                                   labels={"exported": "yes"})
+    obs = WarmupObservation(revision=revision, pods=(
+        PodObservation(name=f"{revision}-0", scheduled_at=scheduled, answered=1, first_success_at=first_answer),
+        PodObservation(name=f"{revision}-1", scheduled_at=scheduled, answered=1,
+                       first_success_at=scheduled + (first_answer - scheduled) / 2),
+    ))
+    result = gate(WarmupSpec(requests=1), revision, None, obs, first_answer)
+    assert result.state == "warm" and result.status.coldStartSeconds is not None
+    observability.observe(NS, NAME, ModelDeploymentStatus(warmup=result.status))
+    return result.status.coldStartSeconds
 
 
 class Load(threading.Thread):
@@ -94,9 +98,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     unpriced = NeuronMonitorStandIn("inf9.xlarge", instance_id="i-0standin000000002")
     unpriced.set_runtime(runtime_tag(NS, "mystery", "rev-x"), cores=2)
     pods = {STABLE: ModelServerPod(STABLE, "llm-stable-0"), CANARY: ModelServerPod(CANARY, "llm-canary-0")}
-    ksm = KubeStateStandIn()
-    ksm.scheduled.labels(NS, "llm-stable-0", "u1").set(time.time() - 3600)  # long-running
-    targets = [monitor.target("nm-0"), other.target("nm-1"), unpriced.target("nm-2"), ksm.target,
+    from kanari import observability
+
+    operator_port = free_port()
+    operator_metrics, _ = start_http_server(operator_port, addr="127.0.0.1", registry=observability.REGISTRY)
+    t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    cold = {STABLE: record_cold_start(STABLE, t0, t0 + timedelta(seconds=95)),  # the worst pod of each
+            CANARY: record_cold_start(CANARY, t0, t0 + timedelta(seconds=250))}
+    targets = [monitor.target("nm-0"), other.target("nm-1"), unpriced.target("nm-2"),
+               ScrapeTarget(job="kanari-controller", targets=[f"127.0.0.1:{operator_port}"], labels={}),
                *(p.target for p in pods.values())]
     prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=targets)
     # Scraping must be under way before the canary is "scheduled": a target's first scrape comes a few
@@ -108,17 +118,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         if result and int(float(result[0]["value"][1])) == len(targets):
             break
         time.sleep(0.5)
-    load = Load(pods, {CANARY: 3.0})
-    scheduled = time.time()
-    ksm.scheduled.labels(NS, "llm-canary-0", "u2").set(scheduled)  # scheduled now, first success in ~3 s
+    load = Load(pods, {})
     load.start()
     time.sleep(16)  # the 10 s window filled with both revisions' traffic
-    yield prom, load, scheduled
+    yield prom, load, cold
     load.stop_event.set()
     load.join()
     prom.stop()
-    for s in (monitor, other, unpriced, ksm, *pods.values()):
+    for s in (monitor, other, unpriced, *pods.values()):
         s.server.shutdown()
+    operator_metrics.shutdown()
+    observability.forget(NS, NAME)
 
 
 def spec_with(metrics: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None, version: str = "v2") -> Any:
@@ -171,15 +181,22 @@ def test_an_instance_type_without_a_price_is_inconclusive_not_free(world: Any) -
     assert got["cost"].verdict == "Inconclusive", got["cost"].message
 
 
-def test_cold_start_is_scheduling_to_first_success(world: Any) -> None:
-    got = measure(world, [{"name": "cold-start", "template": "cold-start-seconds", "interval": "2m",
-                           "thresholdRange": {"max": 60}}])
+def test_cold_start_template_reads_the_operators_figure_per_revision(world: Any) -> None:
+    _, _, cold = world
+    assert cold == {STABLE: 95.0, CANARY: 250.0}
+    got = measure(world, [{"name": "cold-start", "template": "cold-start-seconds", "thresholdRange": {"max": 120}}])
     r = got["cold-start"]
-    _, load, scheduled = world
-    expected = load.first_served[CANARY] - scheduled  # ~3 s, more on a busy machine
-    # Prometheus sees the first success at its next scrape (1 s) and the subquery steps by 1 s.
-    assert r.verdict == "Successful" and r.value is not None and expected - 0.5 <= r.value <= expected + 2.5, (
-        r.message, expected)
+    # The canary's slowest pod, with the stable's figure beside it: 250 s breaches a 120 s ceiling.
+    assert r.verdict == "Failed" and r.value == pytest.approx(250) and r.stableValue == pytest.approx(95), r.message
+    assert "kanari_cold_start_seconds" in r.query and f'revision="{CANARY}"' in r.query
+    ok = measure(world, [{"name": "cold-start", "template": "cold-start-seconds", "thresholdRange": {"max": 300}}])
+    assert ok["cold-start"].verdict == "Successful"
+
+
+def test_a_revision_without_a_cold_start_figure_is_never_a_pass(world: Any) -> None:
+    got = measure(world, [{"name": "cold-start", "template": "cold-start-seconds", "thresholdRange": {"max": 300}}],
+                  canary="rev-never-warmed")
+    assert got["cold-start"].verdict != "Successful", got["cold-start"].message
 
 
 def test_rollout_rolls_back_a_canary_whose_cost_regresses(world: Any) -> None:

@@ -131,6 +131,8 @@ def test_cli_engine_spark_writes_a_baseline_compare_accepts(tmp_path: Path) -> N
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Spark" in run.stdout
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 20 and all("label" not in s["instances"][0] for s in samples)  # warm-up inputs
     compare = subprocess.run(
         [sys.executable, "-m", "kanari.cli.main", "drift", "compare", "--baseline", str(out), "--data", str(tmp_path / "train.parquet")],
         capture_output=True, text=True, timeout=120,

@@ -56,6 +56,8 @@ def granted(rendered: str, role_kind: str, suffix: str = "-controller") -> list[
 USED_BEYOND_THESE_TESTS = {
     # A changed spec.monitoring.drift patches the PrometheusRule the controller owns (kube.Kube.apply).
     ("monitoring.coreos.com", "prometheusrules", "patch"),
+    # The warm-up gate lists a canary's pods (kanari.controller.warmup; tests/operator/test_operator_warmup.py).
+    ("", "pods", "list"),
 }
 
 

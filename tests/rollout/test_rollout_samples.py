@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 import yaml
-from kanari.api.v1alpha1 import ModelDeploymentSpec, parse_model_deployment
+from kanari import observability
+from kanari.api.v1alpha1 import AnalysisSpec, ModelDeploymentSpec, parse_model_deployment
 from kanari.capacity.cost import COST_TEMPLATES, runtime_tag
 from kanari.rollout import analysis
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
+from prometheus_client import start_http_server
 from rollout_promlib import RawPod, ServerlessExporter, Traffic
 
 from devstack.neuron_monitor import NeuronMonitorStandIn
-from devstack.stack import start_prometheus
+from devstack.stack import ScrapeTarget, free_port, start_prometheus
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 SAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "samples").glob("*.yaml"))
@@ -65,11 +67,21 @@ def world(tmp_path_factory):
                     monitor.set_runtime(runtime_tag(namespace, path.stem, rev), cores=2)
                 targets.append(monitor.target(f"neuron-monitor-{namespace}"))
                 closers.append(monitor)
+    servers: list[Any] = []
+    if any(m.template == "cold-start-seconds" for p in SAMPLES for m in (sample(p)[1].rollout.analysis or
+                                                                          AnalysisSpec()).metrics):
+        # The operator's own metrics (kanari_cold_start_seconds, from the warm-up gate's records).
+        port = free_port()
+        server, _ = start_http_server(port, addr="127.0.0.1", registry=observability.REGISTRY)
+        targets.append(ScrapeTarget(job="kanari-controller", targets=[f"127.0.0.1:{port}"], labels={}))
+        servers.append(server)
     prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=targets)
     yield prom, sinks
     prom.stop()
     for c in closers:
         c.close()
+    for server in servers:
+        server.shutdown()
 
 
 @pytest.mark.parametrize("health", ["healthy", "broken"])
@@ -91,6 +103,10 @@ def test_sample_analysis_against_real_prometheus(world, path: Path, health: str)
         for endpoint in ("default", "canary"):
             gauges.window.labels(namespace, md_name, endpoint).set(800)
         name = md_name
+    if any(m.template == "cold-start-seconds" for m in spec.rollout.analysis.metrics):
+        # As the operator exports a revision's cold start once its warm-up succeeded (kanari.observability).
+        for revision, seconds in ((STABLE, 60.0), (CANARY, 1500.0 if health == "broken" else 45.0)):
+            observability.COLD_START.labels(namespace, name, revision).set(seconds)
     traffic.start()
     variables = {"namespace": namespace, "name": name, "stableRevision": STABLE, "canaryRevision": CANARY,
                  "stableTag": runtime_tag(namespace, name, STABLE), "canaryTag": runtime_tag(namespace, name, CANARY)}

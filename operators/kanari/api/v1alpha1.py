@@ -516,6 +516,46 @@ class RollbackWindowSpec(_Model):
     interval: Duration = Field(default="1m", description="How often the realised figure is read.")
 
 
+class WarmupSpec(_Model):
+    """The warm-up gate: the canary takes traffic only after every one of its pods has answered warm-up
+    requests, within a budget. Inputs, first found: `samples`, the drift baseline's samples.jsonl, the drift
+    monitor's recently logged requests."""
+
+    requests: int = Field(
+        default=3, ge=1, le=50, description="Successful warm-up answers each canary pod must give before it takes traffic."
+    )
+    timeoutSeconds: int = Field(
+        default=120, ge=1, le=1800,
+        description="Per warm-up request (a Neuron model's first inference can take minutes); slower is a failed answer.",
+    )
+    budgetSeconds: int = Field(
+        default=1800, ge=10, le=21600,
+        description="From the canary's creation to every pod warm (scheduling, model load, Neuron compile, the "
+        "warm-up answers). Exceeded: the rollout is rolled back naming the figure.",
+    )
+    modelName: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", max_length=128,
+        description="Model name in the request path (/v1/models/<name>:predict); default: the ModelDeployment's "
+        "name, KServe's own default. Runtimes that name models themselves (TorchServe's model store) need it.",
+    )
+    samples: list[dict[str, JsonValue]] = Field(
+        default=[], max_length=20,
+        description="Inline request bodies (KServe v1 `instances` or v2 `inputs`), used before any other source.",
+        # Any JSON object: a structural schema says so with preserve-unknown-fields, not an untyped {}.
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+
+    @model_validator(mode="after")
+    def _request_bodies(self) -> WarmupSpec:
+        for i, body in enumerate(self.samples):
+            if not isinstance(body.get("instances"), list) and not isinstance(body.get("inputs"), list):
+                raise ValueError(f"samples[{i}]: a request body needs an `instances` list (KServe v1) or an "
+                                 "`inputs` list (v2)")
+            if len(json.dumps(body)) > 65536:
+                raise ValueError(f"samples[{i}]: larger than 64 KiB; warm-up needs a small request")
+        return self
+
+
 class RolloutSpec(_Model):
     strategy: Literal["Canary", "Linear", "BlueGreen", "AllAtOnce"] = "Canary"
     steps: list[CanaryStep] = Field(default=[], max_length=50, description="Canary steps, in order.")
@@ -524,6 +564,9 @@ class RolloutSpec(_Model):
     analysis: AnalysisSpec | None = None
     progressDeadline: Duration = Field(default="30m", description="A step making no progress this long aborts.")
     rollbackWindow: RollbackWindowSpec | None = None
+    warmup: WarmupSpec | None = Field(
+        default=None, description="Hold the canary at 0% until its pods answer warm-up requests (cold start gate)."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -890,6 +933,37 @@ class RetroFacts(BaseModel):
     previousStable: ModelRef | None = None
 
 
+class WarmupPod(BaseModel):
+    """One canary pod's warm-up, as observed."""
+
+    name: str
+    scheduledAt: str | None = None  # the pod's PodScheduled condition
+    firstSuccessAt: str | None = None  # its first successful warm-up answer
+    answered: int = 0  # successful warm-up answers
+    failed: int = 0  # errors, timeouts, 5xx and unreadable answers: never counted as answered
+    latencySeconds: float | None = None  # slowest successful answer
+    lastError: str = ""
+
+
+class WarmupStatus(BaseModel):
+    """Facts of the warm-up gate for one canary revision (a record for another revision is void)."""
+
+    revision: str
+    # The revision as the analysis templates name it: Knative's revision name (Serverless), else `revision`.
+    servingRevision: str = ""
+    startedAt: str
+    budgetSeconds: int = 0
+    succeededAt: str | None = None
+    failedAt: str | None = None
+    answered: int = 0
+    failed: int = 0
+    latencySeconds: float | None = None  # slowest successful warm-up answer of any pod
+    coldStartSeconds: float | None = None  # worst pod: scheduled -> first successful answer
+    source: str = ""  # where the warm-up inputs came from
+    message: str = ""
+    pods: list[WarmupPod] = Field(default_factory=list, max_length=50)
+
+
 class ModelDeploymentStatus(BaseModel):
     """Facts are stored; `phase` and `message` are derived from them last and never read to decide."""
 
@@ -915,6 +989,7 @@ class ModelDeploymentStatus(BaseModel):
     driftRule: str | None = Field(default=None, description="The PrometheusRule the controller owns for drift alerts.")
     capacity: CapacityStatus | None = None
     cost: list[RevisionCost] = Field(default_factory=list, max_length=2)
+    warmup: WarmupStatus | None = None
 
     @model_validator(mode="before")
     @classmethod

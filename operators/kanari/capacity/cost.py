@@ -14,8 +14,10 @@ result NaN, which the judge reads as Inconclusive: an unknown price is never cou
 Requests are the same counters the request templates use (kanari.rollout.templates): the KServe model
 server's preprocess count (RawDeployment) or Knative's revision_app_request_count (Serverless).
 
-Cold start: from the pod's scheduling (kube-state-metrics `kube_pod_status_scheduled_time`) to the first
-scrape at which the pod's success counter is above zero; the worst pod of the revision in the window.
+Cold start: the operator exports, per revision, its slowest pod's time from scheduling (the pod's
+PodScheduled condition) to its first successful warm-up answer (kanari.rollout.warmup) as
+`kanari_cold_start_seconds{namespace,model,revision}`; the template reads that gauge (the canary's, with
+the stable's beside it). A revision rolled out without spec.rollout.warmup has no figure: inconclusive.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ COST_TEMPLATES = ("cost-per-1k-inferences", "cost-per-1k-regression")
 COLD_START_TEMPLATE = "cold-start-seconds"
 TEMPLATES = (*COST_TEMPLATES, COLD_START_TEMPLATE)
 PROCESS_TAG_ENV = "NEURON_PROCESS_TAG"
+COLD_START_SERIES = "kanari_cold_start_seconds"  # kanari.observability.COLD_START
 
 
 def runtime_tag(namespace: str, name: str, revision: str) -> str:
@@ -109,33 +112,22 @@ def cost_parts(template: str, mode: str, window_seconds: float, prices: Mapping[
     return {"value": canary, "samples": samples, "stable": stable}
 
 
-def cold_start_parts(mode: str, window_seconds: float) -> dict[str, str]:
-    """Seconds from scheduling to first success, worst pod of the revision scheduled within the window."""
-    if mode == "Serverless":
-        ok = 'revision_app_request_count{namespace_name="{{namespace}}", revision_name="%s", response_code_class!="5xx"}'
-    else:
-        ok = 'request_postprocess_seconds_count{namespace="{{namespace}}", kanari_dev_revision="%s"}'
-    window = f"{window_seconds:g}"
+def cold_start_parts(mode: str) -> dict[str, str]:
+    """The operator's own figure per revision (kanari_cold_start_seconds, measured by the warm-up gate)."""
 
-    def worst(revision: str) -> str:
-        first_ok = f"min by (namespace, pod) (min_over_time(timestamp({ok % revision} > 0)[{{{{interval}}}}:1s]))"
-        # Only pods scheduled within the window: an older pod's first success is not in it.
-        scheduled = (
-            'max by (namespace, pod) (kube_pod_status_scheduled_time{namespace="{{namespace}}"} '
-            f"> (time() - {window}))"
-        )
-        return f"max({first_ok} - on (namespace, pod) {scheduled})"
+    def figure(revision: str) -> str:
+        return f'max({COLD_START_SERIES}{{namespace="{{{{namespace}}}}", model="{{{{name}}}}", revision="{revision}"}})'
 
     return {
-        "value": worst("{{canaryRevision}}"),
+        "value": figure("{{canaryRevision}}"),
         "samples": _requests(mode, "{{canaryRevision}}"),
-        "stable": worst("{{stableRevision}}"),
+        "stable": figure("{{stableRevision}}"),
     }
 
 
 def parts(template: str, mode: str, window_seconds: float) -> dict[str, str]:
     if template == COLD_START_TEMPLATE:
-        return cold_start_parts(mode, window_seconds)
+        return cold_start_parts(mode)
     return cost_parts(template, mode, window_seconds)
 
 

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = drift.add_subparsers(dest="drift_command", metavar="SUBCOMMAND")
     drift.set_defaults(func=lambda _args: _usage(drift))
 
-    p = sub.add_parser("baseline", help="write statistics.json and constraints.json for a training data file")
+    p = sub.add_parser("baseline", help="write statistics.json, constraints.json and samples.jsonl (warm-up request "
+                                        "bodies) for a training data file")
     p.add_argument("--data", required=True, help="training data (.csv, .tsv or .parquet)")
     p.add_argument("--out", "--output-dir", dest="out", required=True, metavar="DIR",
                    help="directory to write the baseline into")
@@ -116,7 +117,7 @@ def _baseline(args: argparse.Namespace) -> int:
     if args.engine == "spark":
         return _spark_baseline(args)
     from kanari.cli.tables import read_table
-    from kanari.drift.model_monitor import CONSTRAINTS, STATISTICS, write_baseline
+    from kanari.drift.model_monitor import CONSTRAINTS, SAMPLES, STATISTICS, write_baseline
 
     try:
         df = read_table(args.data)
@@ -124,7 +125,8 @@ def _baseline(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"kanari drift baseline: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"wrote {args.out}/{STATISTICS} and {args.out}/{CONSTRAINTS} ({len(df)} rows, {len(df.columns)} columns)")
+    print(f"wrote {args.out}/{STATISTICS}, {args.out}/{CONSTRAINTS} and {args.out}/{SAMPLES} "
+          f"({len(df)} rows, {len(df.columns)} columns)")
     return EXIT_OK
 
 

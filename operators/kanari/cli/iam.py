@@ -75,6 +75,8 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
     "controller": (
         Grant("ResolveRegistryPackages", ("sagemaker:DescribeModelPackage",), (f"{SM}:model-package/{{group}}/*",)),
         Grant("CanaryAnalysis", ("aps:QueryMetrics",), (f"arn:{P}:aps:{R}:{A}:workspace/{{workspace}}",)),
+        # The warm-up gate's inputs: samples.jsonl beside each drift baseline (kanari.controller.warmup).
+        Grant("ReadWarmupSamples", ("s3:GetObject",), (f"arn:{P}:s3:::{{bucket}}/*/baseline/samples.jsonl",)),
     ),
     "pipeline": (
         Grant("Data", ("s3:GetObject", "s3:PutObject"), (f"arn:{P}:s3:::{{bucket}}/*",)),

@@ -385,6 +385,8 @@ def render_status(obj: dict[str, Any]) -> str:
         lines.append(f"Bake until:  {ro.bakeUntil} (previous version kept warm)")
     if st.previewUrl:
         lines.append(f"Preview:     {st.previewUrl}")
+    if st.warmup is not None:
+        lines.append(_warmup_line(st.warmup))
     if ro.lastAction:
         lines.append(f"Last action: {ro.lastAction}")
     if st.analysisRuns:
@@ -403,3 +405,15 @@ def render_status(obj: dict[str, Any]) -> str:
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _warmup_line(w: Any) -> str:
+    """status.warmup in one line: the gate's outcome, answers, slowest answer and cold start."""
+    state = f"warm since {w.succeededAt}" if w.succeededAt else (
+        f"FAILED at {w.failedAt}" if w.failedAt else f"warming since {w.startedAt}")
+    parts = [f"revision {w.revision}: {state}", f"{w.answered} answered, {w.failed} failed"]
+    if w.latencySeconds is not None:
+        parts.append(f"slowest answer {w.latencySeconds:.2f}s")
+    if w.coldStartSeconds is not None:
+        parts.append(f"cold start {w.coldStartSeconds:.1f}s")
+    return "Warm-up:     " + "; ".join(parts)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -25,8 +26,15 @@ from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, SpecError, 
 from kanari.capacity.cost import measure_revision_costs
 from kanari.capacity.observer import CapacityObserver, needs_capacity, needs_runtime_sdk
 from kanari.controller import kube
+from kanari.controller import warmup as warmup_prober
 from kanari.controller.config import OperatorConfig
-from kanari.controller.model_source import PackageInfo, TransientError, describe_package, sagemaker_client
+from kanari.controller.model_source import (
+    PackageInfo,
+    TransientError,
+    baseline_uri,
+    describe_package,
+    sagemaker_client,
+)
 from kanari.controller.reconcile import ClusterObservation, ReconcileResult, reconcile
 from kanari.rollout import analysis, loop, quality
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
@@ -59,6 +67,13 @@ class OperatorContext:
         # read children from here and make no API request. A miss (not delivered yet) is one GET.
         self.children: dict[tuple[str, str], dict[str, Any]] = {}
         self.rules: dict[tuple[str, str], tuple[float, str]] = {}  # rule -> (when converged, desired content)
+        # Canaries' warm-up requests, sent in the background (a Neuron model's first answer can take minutes).
+        self.warmup = warmup_prober.WarmupProber(
+            warmup_prober.pod_lister(k8s.CoreV1Api(self.kube.api.api_client)),
+            lambda namespace, name: self.children.get((namespace, name)),
+            lambda uid: self.wakeup(uid).set(),
+            warmup_prober.monitor_from_env(config.drift_monitor_url),
+        )
 
     def wakeup(self, uid: str) -> asyncio.Event:
         return self.wakeups.setdefault(uid, asyncio.Event())
@@ -112,6 +127,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def close(**_: Any) -> None:
     if CONTEXT is not None:
         await CONTEXT.prometheus.close()
+        await CONTEXT.warmup.close()
 
 
 def _needs_attention(body: kopf.Body) -> bool:
@@ -161,6 +177,7 @@ async def reconcile_loop(stopped: Any, body: kopf.Body, uid: str, logger: Logger
         rt.wakeups.pop(uid, None)
         rt.cost_measured.pop(uid, None)
         rt.capacity.plans.pop((meta.get("namespace", ""), meta.get("name", "")), None)
+        rt.warmup.forget(meta.get("namespace", ""), meta.get("name", ""))
         rt.children.pop((meta.get("namespace", ""), meta.get("name", "")), None)
 
 
@@ -293,11 +310,12 @@ async def reconcile_once(
     # Inside a rollbackWindow after a promotion: the promoted version's realised quality (the retro-verdict).
     realised = await quality.observe_realised(rt.prometheus, namespace, name, spec, status, package, now) if (
         spec is not None) else None
+    warm = rt.warmup.observation(namespace, name, status.canaryModel.revision if status.canaryModel else None)
 
     def decide(measurement: list[MetricResult] | None) -> ReconcileResult:
         observed = ClusterObservation(
             now=now, isvc=isvc, package=package, package_error=package_error, measurement=measurement,
-            capacity=capacity, cost=cost, neuron_runtime_sdk=runtime_sdk, realised=realised,
+            capacity=capacity, cost=cost, neuron_runtime_sdk=runtime_sdk, realised=realised, warmup=warm,
         )
         return reconcile(snapshot, observed, rt.config)
 
@@ -309,6 +327,10 @@ async def reconcile_once(
     desired = await loop.step(spec, status, now, rt.prometheus, variables, decide)
 
     rt.capacity.record(namespace, name, spec, desired.status)  # its canary pods are not visible yet
+    canary = desired.status.canaryModel
+    rt.warmup.track(namespace, name, uid, spec, desired.status, baseline_uri(
+        spec, canary, package if package is not None and canary.modelPackageArn == package.arn else None,
+    ) if spec is not None and canary is not None else None)
     if desired.isvc is not None:
         try:
             outcome = await rt.kube.apply(kube.ISVC, desired.isvc, isvc)

@@ -34,6 +34,7 @@ from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, baseline_uri, model_ref
 from kanari.controller.serving_runtime import choose_runtime
 from kanari.rollout import engine
+from kanari.rollout.warmup import WarmupObservation
 
 COND_READY = "Ready"
 COND_INVALID = "InvalidSpec"
@@ -51,6 +52,7 @@ class ClusterObservation:
     cost: list[RevisionCost] | None = None  # cost per 1,000 inferences just measured; None: keep the last
     neuron_runtime_sdk: str | None = None  # the chosen ServingRuntime's kanari.dev/neuron-sdk annotation
     realised: engine.RealisedQuality | None = None  # inside rollbackWindow: the promoted version's realised quality
+    warmup: WarmupObservation | None = None  # what the warm-up prober has seen of the canary (kanari.controller.warmup)
 
 
 @dataclass
@@ -170,6 +172,7 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             serving_revision=reading.serving_revision,
             capacity=observed.capacity,
             realised=observed.realised,
+            warmup=observed.warmup,
         ),
         generation,
     )

@@ -24,6 +24,10 @@ from kanari.drift.sketch import OTHER
 
 STATISTICS = "statistics.json"
 CONSTRAINTS = "constraints.json"
+# A few request bodies made of training rows, beside the baseline: inputs for the warm-up gate. Bounded: the
+# controller reads at most 20, and a baseline must stay small next to the model.
+SAMPLES = "samples.jsonl"
+SAMPLE_LIMIT = 20
 MAX_DOMAIN = 1000  # categories listed in string_constraints.domains; more makes "unseen" meaningless
 DEFAULT_NUMERIC_METHOD = "linf"  # SageMaker's distance, threshold 0.1
 DEFAULT_CATEGORICAL_METHOD = "linf"
@@ -128,8 +132,35 @@ def constraints_for(profile: Profile) -> dict[str, Any]:
 
 
 def write_baseline(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, target: str | None = None) -> None:
-    """Write statistics.json and constraints.json into out_dir (created if needed), each atomically."""
+    """Write statistics.json, constraints.json and samples.jsonl into out_dir (created if needed), each atomically."""
     write_documents(*baseline_documents(df, target=target), out_dir)
+    write_samples(df, out_dir, target=target)
+
+
+def write_samples(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, target: str | None = None) -> None:
+    """samples.jsonl (see sample_requests) into out_dir, atomically."""
+    _atomic_write(Path(out_dir) / SAMPLES, samples_jsonl(df, target=target))
+
+
+def sample_requests(df: pd.DataFrame, *, target: str | None = None, limit: int = SAMPLE_LIMIT) -> list[dict[str, Any]]:
+    """Up to `limit` KServe v1 request bodies of one training row each (the label left out): the warm-up
+    gate's inputs (kanari.controller.warmup). Rows without missing values, spread evenly over the data."""
+    features = [c for c in df.columns if str(c) != target]
+    if not features or df.empty:
+        return []
+    frame = df[features]
+    complete = frame.dropna()
+    pool = complete if len(complete) else frame
+    step = max(1, len(pool) // max(1, limit))
+    out = []
+    for _, row in pool.iloc[::step].head(limit).iterrows():
+        instance = {str(k): (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        out.append({"instances": [instance]})
+    return out
+
+
+def samples_jsonl(df: pd.DataFrame, *, target: str | None = None, limit: int = SAMPLE_LIMIT) -> str:
+    return "".join(json.dumps(r, allow_nan=False, default=str) + "\n" for r in sample_requests(df, target=target, limit=limit))
 
 
 def write_documents(statistics: dict, constraints: dict, out_dir: str | os.PathLike[str]) -> None:

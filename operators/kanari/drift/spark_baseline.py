@@ -134,12 +134,14 @@ def session(master: str | None = None) -> SparkSession:
 def spark_baseline(
     spark: SparkSession, path: str, out_dir: str | os.PathLike[str], *, target: str | None = None, fmt: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Profile `path` on Spark and write statistics.json and constraints.json into out_dir."""
-    from kanari.drift.model_monitor import profile_documents, write_documents
+    """Profile `path` on Spark and write statistics.json, constraints.json and samples.jsonl into out_dir."""
+    from kanari.drift.model_monitor import SAMPLE_LIMIT, profile_documents, write_documents, write_samples
 
     df = read_dataset(spark, path, fmt)
     if target is not None and target not in df.columns:
         raise ValueError(f"target: column {target!r} is not in the data (columns: {', '.join(df.columns)})")
     statistics, constraints = profile_documents(spark_profile(df), target=target)
     write_documents(statistics, constraints, out_dir)
+    # The warm-up gate's request bodies: from the first rows only (a bounded read, not a pass over the data).
+    write_samples(df.limit(SAMPLE_LIMIT * 50).toPandas(), out_dir, target=target)
     return statistics, constraints

@@ -46,6 +46,7 @@ from kanari.api.v1alpha1 import (
     RolloutState,
 )
 from kanari.capacity import gate as capacity_gate
+from kanari.rollout import warmup as warmup_gate
 from kanari.rollout.judge import UNAVAILABLE
 from kanari.rollout.templates import metric_interval
 
@@ -74,10 +75,13 @@ PAUSE_REASONS: dict[str, PauseReason] = {
     "AnalysisError": PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
     # Not enough NeuronCores for the next weight (kanari.capacity): re-checked, cleared once the room is there.
     capacity_gate.REASON: PauseReason(waits_for_person=False, drops_traffic=False, blocks_measuring=False),
+    # The canary's pods have not all answered their warm-up requests (kanari.rollout.warmup): it serves nothing
+    # and is not measured; cleared once they have, a rollback once the warm-up budget is spent.
+    warmup_gate.REASON: PauseReason(waits_for_person=False, drops_traffic=True, blocks_measuring=True),
 }
 # Pauses the step loop itself re-examines each pass (a timed pause step ends, capacity turns up); every other
 # reason holds the rollout where it is until it is cleared.
-SELF_CHECKED = ("PauseStep", capacity_gate.REASON)
+SELF_CHECKED = ("PauseStep", capacity_gate.REASON, warmup_gate.REASON)
 ERROR_PAUSES = ("PrometheusUnavailable", "AnalysisError")
 
 
@@ -197,6 +201,8 @@ class RolloutObservation:
     capacity: capacity_gate.CapacityView | None = None
     # Inside spec.rollout.rollbackWindow after a promotion (retro_due): the promoted version's realised quality.
     realised: RealisedQuality | None = None
+    # What the warm-up prober has seen of the canary's pods so far (spec.rollout.warmup); None: nothing yet.
+    warmup: warmup_gate.WarmupObservation | None = None
 
 
 @dataclass(frozen=True)
@@ -683,6 +689,7 @@ def _start(run: _Pass, move: str) -> None:
     st.pauseConditions = []
     st.analysisRuns = []
     st.abortedRevision = None
+    st.warmup = None  # a new rollout (a retry included) warms its canary again
     run.move(move)
     run.note = ""
     steps = _steps(run.spec)
@@ -801,6 +808,8 @@ def _advance(run: _Pass, full: bool) -> None:
             return
         if run.obs.capacity is not None and not _capacity_admits(run, steps):
             return
+        if not _warm(run):
+            return
         if not run.obs.canary_ready:
             assert st.canaryModel is not None
             run.note = f"waiting for canary {_name(st.canaryModel)} to become Ready (weight {_weight(run.spec, st)})"
@@ -872,6 +881,37 @@ def _capacity_admits(run: _Pass, steps: list[CanaryStep]) -> bool:
         run.wake.append(recheck)
         return False
     return True
+
+
+def _warm(run: _Pass) -> bool:
+    """The warm-up gate: no weight until every canary pod has answered its warm-up requests."""
+    st, spec = run.st, run.spec.rollout.warmup
+    if spec is None:
+        if _paused(st, warmup_gate.REASON):  # the gate was taken out of the spec mid-rollout
+            st.pauseConditions = [p for p in st.pauseConditions if p.reason != warmup_gate.REASON]
+        return True
+    assert st.canaryModel is not None
+    result = warmup_gate.gate(spec, st.canaryModel.revision, st.warmup, run.obs.warmup, run.now)
+    st.warmup = result.status
+    if result.state == "warm":
+        if _paused(st, warmup_gate.REASON):
+            st.pauseConditions = [p for p in st.pauseConditions if p.reason != warmup_gate.REASON]
+            st.rollout.lastProgressAt = run.at  # warming was progress: the deadline starts again
+            run.progressed = True
+            run.event("WarmedUp", result.message)
+        run.condition("WarmedUp", True, "WarmedUp", result.message)
+        return True
+    if result.state == "failed":
+        run.condition("WarmedUp", False, "WarmupFailed", result.message)
+        _rollback(run, "WarmupFailed", result.message)
+        return False
+    if _add_pause(run, warmup_gate.REASON, result.message):
+        run.event(warmup_gate.REASON, f"canary {_name(st.canaryModel)} held at 0% until warm: {result.message}")
+    run.condition("WarmedUp", False, warmup_gate.REASON, result.message)
+    run.note = f"step {st.currentStep}: {result.message}"
+    if result.wake is not None:
+        run.wake.append(result.wake)
+    return False
 
 
 def _ensure_background(run: _Pass) -> None:
