@@ -94,8 +94,7 @@ def model_deployment(name: str, namespace: str, storage_uri: str) -> dict[str, A
             "model": {"storageUri": storage_uri, "format": "pytorch-neuronx"},
             "serving": {"accelerator": "inferentia2", "neuronCores": CORES_PER_REPLICA, "instanceType": INSTANCE_TYPE,
                         "minReplicas": 1, "maxReplicas": 1},
-            "rollout": {"strategy": "Canary", "steps": [{"setWeight": 50}, {"pause": {"duration": "1s"}}],
-                        "progressDeadline": "5m"},
+            "rollout": {"strategy": "Canary", "steps": [{"setWeight": 50}], "progressDeadline": "5m"},
         },
     }
 
@@ -117,7 +116,7 @@ async def _until(read: Callable[[], Any], check: Callable[[Any], bool], timeout:
 
 
 async def run(kube: KubeApi, namespace: str, name: str, v1_uri: str, v2_uri: str, say: Callable[[str, str], Any],
-              timeout: float, hold_seconds: float = 2.0) -> CapacityOutcome:
+              timeout: float, hold_seconds: float = 1.0) -> CapacityOutcome:
     """Roll `name` from v1 to v2 on a full NodePool, raise the limit, and see it complete.
 
     `say(kind, text)` reports each fact; kind "capacity" for the pause and the resume."""

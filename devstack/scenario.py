@@ -202,8 +202,13 @@ class Demo:
             if training_v2 is not None:
                 v2 = await training_v2
                 await self._rollout_good(v2)
-                await self._rollout_broken(v2)
-                await self._capacity_pending(v1, v2)
+                # The capacity phase rolls out a model of its own: it runs beside v3's rollout, costing no wall time.
+                capacity = asyncio.create_task(self._capacity_pending(v1, v2))
+                try:
+                    await self._rollout_broken(v2)
+                    await capacity
+                finally:
+                    capacity.cancel()
             if self.only in (None, "drift"):
                 await self._drift_and_retrain()
         finally:
@@ -380,7 +385,8 @@ class Demo:
         from devstack import capacity_phase
 
         name = f"{NAME}-inf2"
-        self.phase(f"Capacity: an Inferentia rollout ({name}) waits for NeuronCores until the NodePool limit is raised")
+        self.say(f"Capacity, in the background: an Inferentia rollout ({name}) waits for NeuronCores until the "
+                 "NodePool limit is raised")
         try:
             await capacity_phase.run(self.kube, NAMESPACE, name, v1.model_uri, v2.model_uri, self.observer.add,
                                      timeout=self.profile.rollout_timeout)

@@ -56,23 +56,21 @@ def test_the_demo_promotes_rolls_back_and_retrains_on_drift(tmp_path: Path) -> N
     assert v2["outcome"] == "promoted"
     assert any(e["kind"] == "promoted" and f"promoted {v2_name}" in e["text"] for e in events)
 
-    # The Inferentia rollout waited on the full NodePool, stating needed/free/limit, and resumed by itself once
-    # the demo raised the limit; the phase costs seconds.
-    capacity = [e for e in events if e["kind"] == "capacity"]
-    assert len(capacity) == 2, capacity
-    assert "paused: CapacityPending, needed 2 NeuronCores, free 0, limit 2" in capacity[0]["text"]
-    assert "resumed by itself" in capacity[1]["text"] and capacity[0]["t"] < capacity[1]["t"]
-    assert "CapacityPending, needed 2 NeuronCores" in (out / "summary.txt").read_text()
-    durations = report["totals"]["phase durations (s)"]
-    capacity_phase = next(v for k, v in durations.items() if k.startswith("Capacity: "))
-    print(f"capacity phase took {capacity_phase:.0f}s")
-    assert capacity_phase < 60
-
     assert v3["outcome"] == "rolled back" and "fault-injection" in v3["note"]
     rollback = next(e for e in events if e["kind"] == "rolled-back")
     assert f"rolled back {v3_name}" in rollback["text"]
     assert "metric success-rate" in rollback["text"] or "metric p99-latency" in rollback["text"]
     assert f"{v2_name} serves" in rollback["text"]
+
+    # Beside v3's rollout, an Inferentia rollout waited on the full NodePool, stating needed/free/limit, and resumed
+    # by itself once the demo raised the limit; running beside v3's, it adds (next to) no wall time.
+    capacity = [e for e in events if e["kind"] == "capacity"]
+    assert len(capacity) == 2, capacity
+    assert "paused: CapacityPending, needed 2 NeuronCores, free 0, limit 2" in capacity[0]["text"]
+    assert "resumed by itself" in capacity[1]["text"] and capacity[0]["t"] < capacity[1]["t"]
+    assert "CapacityPending, needed 2 NeuronCores" in (out / "summary.txt").read_text()
+    print(f"the capacity phase ended {capacity[1]['t'] - rollback['t']:+.0f}s after v3's rollback")
+    assert capacity[1]["t"] - rollback["t"] < 20
 
     assert any(a["alert"] == "KanariFeatureDriftCritical" for a in report["alerts"])
     triggers = json.loads((out / "state" / "retrain-triggers.json").read_text())["models"]["demo/fraud-scorer"]

@@ -1,0 +1,256 @@
+"""The pipeline's optional Neuron compile step.
+
+- On SageMaker: a CreateTrainingJob on Trainium with the PyTorch Neuron DLC running compile.py, validated by
+  botocore's service model (and the strict checks of conftest) and accepted by moto; "SageMaker" then runs the job
+  under the container contract (local_runner) with a TEST STAND-IN for torch-neuronx/neuronx-cc (no Neuron SDK
+  here). Its build record reaches the registry through NeuronBuild.properties(), and the controller's provenance
+  check accepts it against the kanari-neuron runtime's SDK and refuses it against another.
+- Run locally (kfp.local): the model is registered as NOT compiled and for CPU; the controller serves that package
+  on CPU and refuses it on inferentia2, naming the field.
+- Bad compile parameters stop the first step, naming the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from kanari.api import v1alpha1
+from kanari.capacity import provenance
+from kanari.capacity.provenance import NeuronBuild
+from kanari.controller.config import OperatorConfig
+from kanari.controller.model_source import describe_package
+from kanari.controller.reconcile import ClusterObservation, reconcile
+
+from kfp_pipelines import aws as aws_mod
+from kfp_pipelines import evaluation, neuron
+from kfp_pipelines.errors import InputError
+from kfp_pipelines.local import PipelineRunError, run_local
+from kfp_pipelines.sagemaker import local_runner, training
+from kfp_pipelines.sagemaker.config import DISTRIBUTED_HP, TRAINIUM_INSTANCE_TYPES
+from kfp_pipelines.sagemaker.waiter import Backoff
+from tests.controller.test_reconcile import T0, body, cond
+from tests.pipelines.test_pipeline_local_run import FAST, GIT_SHA
+from tests.pipelines.test_pipeline_sagemaker_backends import ROLE
+
+STUB_COMPILER_VERSION = "2.15.128.0"
+STAND_IN = '''"""TEST STAND-IN for {name} (no Neuron SDK on this machine): {what}"""
+import json, os
+import torch
+__version__ = "{version}"
+
+
+def trace(model, example, compiler_args=()):
+    with open(os.environ["KANARI_TEST_COMPILER_ARGS"], "w") as f:
+        json.dump(list(compiler_args), f)
+    return torch.jit.trace(model, example)
+'''
+
+
+@pytest.fixture()
+def stand_in_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """torch_neuronx and neuronxcc modules for the compile script's process; returns where the args land."""
+    root = tmp_path / "stand-in"
+    for name, version, what in (("torch_neuronx", "2.1.2.2.3.0", "trace() is torch.jit.trace"),
+                                ("neuronxcc", STUB_COMPILER_VERSION, "only its version")):
+        (root / name).mkdir(parents=True)
+        (root / name / "__init__.py").write_text(STAND_IN.format(name=name, version=version, what=what))
+    args = tmp_path / "compiler-args.json"
+    monkeypatch.setenv("PYTHONPATH", f"{root}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("KANARI_TEST_COMPILER_ARGS", str(args))
+    return args
+
+
+@pytest.fixture()
+def sagemaker_runs_jobs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
+    """moto accepts a training job and marks it Completed without running it; here the accepted request is then
+    run under SageMaker's container contract, producing the artifacts where SageMaker puts them."""
+    created: list[dict[str, Any]] = []
+    real = training.create_or_attach
+
+    def create_and_run(sm: Any, request: dict[str, Any], exists: bool = False) -> bool:
+        reattached = real(sm, request, exists)
+        created.append(request)
+        local_runner.run(request, aws_mod.client("s3"), tmp_path / "sagemaker")
+        return reattached
+
+    monkeypatch.setattr(training, "create_or_attach", create_and_run)
+    return created
+
+
+def trained_model(aws: Any) -> str:
+    from pipelines_testlib import trained_model_tarball
+
+    from kfp_pipelines import data
+
+    frame = data.builtin_breast_cancer()
+    key = f"kanari/{aws.group}/training/train-{uuid.uuid4().hex[:6]}/output/model.tar.gz"
+    aws.s3.put_object(Bucket=aws.bucket, Key=key, Body=trained_model_tarball(frame, data.BUILTIN_TARGET, epochs=2))
+    return f"s3://{aws.bucket}/{key}"
+
+
+@pytest.mark.timeout(120)
+def test_a_sagemaker_compile_job_on_trainium_records_how_the_model_was_built(
+    aws: Any, stand_in_compiler: Path, sagemaker_runs_jobs: list[dict[str, Any]]
+) -> None:
+    model_uri = trained_model(aws)
+    result = neuron.compile_model(
+        model_uri=model_uri, neuron_target="inf2", training_backend="sagemaker", role_arn=ROLE, run_id="run-7",
+        task="neuron-compile", base_job_name="fraud-neuron", instance_type="ml.trn1.2xlarge", image_uri="",
+        batch_size=4, max_runtime_seconds=3600, backoff=Backoff(initial=0.01, cap=0.02),
+    )
+    # The job as SageMaker got it: Trainium, the Neuron DLC of the serving runtime's SDK, one compiler process,
+    # the trained model as its input channel.
+    (request,) = sagemaker_runs_jobs
+    job = aws.sm.describe_training_job(TrainingJobName=request["TrainingJobName"])
+    assert job["ResourceConfig"]["InstanceType"] == "ml.trn1.2xlarge"
+    assert job["AlgorithmSpecification"]["TrainingImage"] == (
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training-neuronx:2.1.2-neuronx-py310-sdk2.20.0-ubuntu20.04")
+    hps = {k: json.loads(v) for k, v in job["HyperParameters"].items()}
+    assert hps["neuron_target"] == "inf2" and hps["batch_size"] == 4 and hps["sagemaker_program"] == "compile.py"
+    assert DISTRIBUTED_HP not in hps  # torchrun would start the compiler once per NeuronCore
+    assert [c["ChannelName"] for c in job["InputDataConfig"]] == ["model"]
+    assert {t["Key"]: t["Value"] for t in request["Tags"]}["kanari.dev/pipeline-run"] == "run-7"  # the exit handler stops it
+    assert json.loads(stand_in_compiler.read_text()) == ["--target", "inf2"]
+
+    # The compiled artifact, and the record the registry gets.
+    assert result.model_uri != model_uri and result.model_uri.endswith(f"{request['TrainingJobName']}/output/model.tar.gz")
+    assert result.job_arn == job["TrainingJobArn"]
+    assert result.build == NeuronBuild(compiled=True, sdk_version="2.20.0", compiler_version=STUB_COMPILER_VERSION,
+                                       target="inf2", tp_degree=1, batch_size=4, input_shapes="features=4x30")
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        aws_mod.extract_tar_gz(aws_mod.get_bytes(aws.s3, aws_mod.S3Uri.parse(result.model_uri, "m")), Path(tmp))
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["model.pt", "model_neuron.pt", "neuron-build.json"]
+    assert neuron.serving_accelerator(result.build) == "inferentia2"
+
+    # Through the registry (botocore-validated CreateModelPackage on moto) to the controller's check.
+    assert result.build is not None
+    arn = aws.sm.create_model_package(
+        ModelPackageGroupName=aws.group, ModelApprovalStatus="Approved",
+        InferenceSpecification={"Containers": [{"Image": "img:1", "ModelDataUrl": result.model_uri}],
+                                "SupportedContentTypes": ["application/json"],
+                                "SupportedResponseMIMETypes": ["application/json"]},
+        CustomerMetadataProperties=result.build.properties(),
+    )["ModelPackageArn"]
+    build = NeuronBuild.from_metadata(describe_package(aws.sm, arn).metadata)
+    spec = v1alpha1.parse_spec({"model": {"modelPackageArn": arn}, "serving": {"accelerator": "inferentia2",
+                                                                                "neuronCores": 2}})
+    assert provenance.check(build, spec, "kanari-neuron", "2.20.0") is None
+    err = provenance.check(build, spec, "kanari-neuron", "2.19.0")
+    assert err is not None and err.field == "spec.model.runtime"
+
+
+@pytest.mark.timeout(60)
+def test_a_compile_job_that_reports_no_build_is_not_called_compiled(
+    aws: Any, sagemaker_runs_jobs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without torch-neuronx the script fails the job, naming why: never a model recorded as compiled."""
+    from kfp_pipelines.sagemaker.waiter import TrainingJobFailed
+
+    with pytest.raises(TrainingJobFailed) as err:
+        neuron.compile_model(
+            model_uri=trained_model(aws), neuron_target="inf2", training_backend="sagemaker", role_arn=ROLE,
+            run_id="run-8", task="neuron-compile", base_job_name="fraud-neuron", instance_type="ml.trn1.2xlarge",
+            image_uri="", batch_size=1, max_runtime_seconds=600, backoff=Backoff(initial=0.01, cap=0.02),
+        )
+    assert "ModuleNotFoundError" in err.value.reason and "neuronxcc" in err.value.reason
+
+
+@pytest.mark.parametrize(("kwargs", "parameter", "words"), [
+    ({"neuron_target": "trn1"}, "neuron_target", "a model compiled for trn1 could not be deployed"),
+    ({"neuron_target": "inf1"}, "neuron_target", "is not one of"),
+    ({"instance_type": "ml.inf2.xlarge"}, "neuron_compile_instance_type", "only on Trainium"),
+    ({"batch_size": 0}, "neuron_batch_size", "between 1 and"),
+    ({"image_uri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/mine:latest"}, "neuron_compile_image",
+     "names no Neuron SDK"),
+])
+def test_bad_compile_parameters_name_the_parameter(kwargs: dict[str, Any], parameter: str, words: str) -> None:
+    args = {"neuron_target": "inf2", "instance_type": "ml.trn1.2xlarge", "batch_size": 1, "image_uri": "", **kwargs}
+    with pytest.raises(InputError) as err:
+        neuron.check_parameters(**args)
+    assert err.value.parameter == parameter and words in err.value.message
+
+
+def test_no_target_means_no_compile_step_and_nothing_to_check() -> None:
+    for instance_type in ("ml.inf2.xlarge", *TRAINIUM_INSTANCE_TYPES):
+        neuron.check_parameters("", instance_type, 0, "whatever")
+    result = neuron.compile_model(model_uri="s3://b/m/model.tar.gz", neuron_target="", training_backend="sagemaker",
+                                  role_arn=ROLE, run_id="r", task="t", base_job_name="m", instance_type="x",
+                                  image_uri="", batch_size=1, max_runtime_seconds=1)
+    assert result.build is None and result.model_uri == "s3://b/m/model.tar.gz"
+    assert neuron.serving_accelerator(None) == "cpu" and neuron.BUILD_KEY not in result.metadata()
+
+
+@given(st.text(max_size=80))
+def test_any_compile_image_gives_a_recordable_sdk_or_names_the_parameter(image: str) -> None:
+    try:
+        sdk = neuron.sdk_version(image)
+    except InputError as err:
+        assert err.parameter == "neuron_compile_image"
+        return
+    assert NeuronBuild.from_metadata(NeuronBuild(compiled=True, sdk_version=sdk).properties()) is not None
+
+
+@given(st.dictionaries(st.sampled_from(["compiled", "target", "tp_degree", "batch_size", "input_shapes"]),
+                       st.text(max_size=12)))
+def test_a_malformed_build_record_on_the_artifact_fails_the_step_never_registers(raw: dict[str, str]) -> None:
+    from kfp_pipelines.errors import StepFailed
+
+    record = {provenance.KEYS[k]: v for k, v in raw.items()}
+    try:
+        build = neuron.build_of({neuron.BUILD_KEY: record})
+    except StepFailed as err:
+        assert "build record is malformed" in str(err)
+        return
+    assert build is None or neuron.serving_accelerator(build) in ("cpu", "inferentia2")
+
+
+@pytest.mark.timeout(300)
+def test_a_local_run_registers_the_model_as_not_compiled_and_the_controller_serves_it_on_cpu_only(
+    aws: Any, tmp_path: Path
+) -> None:
+    progress: list[str] = []
+    result = run_local(bucket=aws.bucket, model_package_group=aws.group, model_name="fraud", namespace="ml-prod",
+                       hyperparameters=FAST, git_sha=GIT_SHA, workdir=tmp_path, progress=progress.append,
+                       manifest_dir=tmp_path / "gitops", parameters={"neuron_target": "inf2"})
+    assert "> neuron-compile" in progress
+    assert any("not compiled" in p for p in progress)
+    assert result.gate_passed and result.model_package_arn
+    package = describe_package(aws.sm, result.model_package_arn)
+    assert package.metadata[provenance.KEYS["compiled"]] == "false"  # the fact, in the registry
+    assert package.metadata["kanari:serving-accelerator"] == "cpu"
+    assert package.storage_uri == result.model_uri  # the trained model, as it was
+    assert evaluation.model_dir(result.model_uri).key.endswith("/output")
+    assert not [j for j in aws.training_jobs() if j.startswith("fraud-neuron")]  # nothing ran on "SageMaker"
+
+    # The ModelDeployment the pipeline wrote serves it on CPU, and the controller agrees.
+    emitted = yaml.safe_load(Path(result.manifest_path or "").read_text())
+    assert emitted["spec"]["serving"]["accelerator"] == "cpu"
+    config = OperatorConfig()
+    spec = {**emitted["spec"], "model": {**emitted["spec"]["model"], "requireApproval": False}}
+    served = reconcile(body(spec), ClusterObservation(now=T0, package=package), config)
+    assert not [c for c in served.status.conditions if c.type == "InvalidSpec" and c.status == "True"]
+    assert served.isvc is not None
+    # Asked to serve it on Inferentia2, the controller refuses before any traffic moves, naming the field.
+    neuron_spec = {**spec, "model": {**spec["model"], "format": "pytorch-neuronx"},
+                   "serving": {"accelerator": "inferentia2", "neuronCores": 2}}
+    refused = reconcile(body(neuron_spec), ClusterObservation(now=T0, package=package, neuron_runtime_sdk="2.20.0"),
+                        config)
+    invalid = cond(refused.status, "InvalidSpec")
+    assert invalid["status"] == "True" and invalid["message"].startswith("spec.model.modelPackageArn:")
+    assert "not compiled for Neuron" in invalid["message"] and refused.isvc is None
+
+
+@pytest.mark.timeout(120)
+def test_a_compile_target_kanari_cannot_serve_stops_the_first_step(aws: Any, tmp_path: Path) -> None:
+    with pytest.raises(PipelineRunError) as err:
+        run_local(bucket=aws.bucket, model_package_group=aws.group, git_sha=GIT_SHA, workdir=tmp_path,
+                  parameters={"neuron_target": "trn1"})
+    assert err.value.step == "validate-data" and err.value.parameter == "neuron_target"
+    assert aws.object_keys() == []  # nothing written, nothing trained
