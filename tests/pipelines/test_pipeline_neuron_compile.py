@@ -254,3 +254,18 @@ def test_a_compile_target_kanari_cannot_serve_stops_the_first_step(aws: Any, tmp
                   parameters={"neuron_target": "trn1"})
     assert err.value.step == "validate-data" and err.value.parameter == "neuron_target"
     assert aws.object_keys() == []  # nothing written, nothing trained
+
+
+@pytest.mark.parametrize(("param", "words"), [
+    ("neuron_target=trn1", "--neuron-target: 'trn1'"),
+    ("neuron_batch_size=many", "--neuron-batch-size: 'many' is not an integer"),
+    ("neuron_compile_image=mine:latest", "--neuron-compile-image: 'mine:latest': its tag names no Neuron SDK"),
+])
+def test_submit_refuses_bad_compile_parameters_before_contacting_kfp(param: str, words: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from kanari.cli.main import main
+
+    code = main(["pipeline", "submit", "--host", "http://127.0.0.1:9", "--bucket", "b", "--model-package-group", "g",
+                 "--role-arn", ROLE, "--git-sha", "abc", "--image", "r.example/kanari-pipelines:1",
+                 "--param", "neuron_target=inf2", "--param", param])
+    assert code == 2 and words in capsys.readouterr().err

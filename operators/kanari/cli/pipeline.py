@@ -89,6 +89,14 @@ def _check_up_front(params: dict[str, Any]) -> None:
                      namespace=params.get("namespace", "default"), git_sha=params.get("git_sha") or "unset",
                      reason=params.get("reason", ""), dataset_uri=params.get("dataset_uri", ""),
                      drift_alert=params.get("drift_alert"))
+    from kfp_pipelines.errors import InputError
+    from kfp_pipelines.neuron import check_parameters as check_neuron
+
+    batch = params.get("neuron_batch_size", 1)
+    if not isinstance(batch, int) or isinstance(batch, bool):
+        raise InputError("neuron_batch_size", f"{batch!r} is not an integer")
+    check_neuron(str(params.get("neuron_target", "")), str(params.get("neuron_compile_instance_type", "ml.trn1.2xlarge")),
+                 batch, str(params.get("neuron_compile_image", "")))
 
 
 def register(subparsers: Any) -> None:
