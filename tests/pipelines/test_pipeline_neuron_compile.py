@@ -29,7 +29,7 @@ from kanari.controller.model_source import describe_package
 from kanari.controller.reconcile import ClusterObservation, reconcile
 
 from kfp_pipelines import aws as aws_mod
-from kfp_pipelines import evaluation, neuron
+from kfp_pipelines import neuron
 from kfp_pipelines.errors import InputError
 from kfp_pipelines.local import PipelineRunError, run_local
 from kfp_pipelines.sagemaker import local_runner, training
@@ -226,7 +226,6 @@ def test_a_local_run_registers_the_model_as_not_compiled_and_the_controller_serv
     assert package.metadata[provenance.KEYS["compiled"]] == "false"  # the fact, in the registry
     assert package.metadata["kanari:serving-accelerator"] == "cpu"
     assert package.storage_uri == result.model_uri  # the trained model, as it was
-    assert evaluation.model_dir(result.model_uri).key.endswith("/output")
     assert not [j for j in aws.training_jobs() if j.startswith("fraud-neuron")]  # nothing ran on "SageMaker"
 
     # The ModelDeployment the pipeline wrote serves it on CPU, and the controller agrees.
