@@ -29,9 +29,10 @@ def test_release_then_a_worse_model_is_refused(aws, tmp_path: Path, capsys: pyte
 
     # Progress named each step as it ran.
     started = [p[2:] for p in progress if p.startswith("> ")]
-    assert started == ["validate-data", "sagemaker-training-job", "evaluate-model", "quality-gate",
-                       "write-drift-baseline", "neuron-compile", "register-model", "emit-model-deployment",
-                       "stop-training-jobs"]
+    assert started[:4] == ["validate-data", "sagemaker-training-job", "evaluate-model", "quality-gate"]
+    # The baseline and the (here: pass-through) compile step both follow the gate, in either order.
+    assert sorted(started[4:6]) == ["neuron-compile", "write-drift-baseline"]
+    assert started[6:] == ["register-model", "emit-model-deployment", "stop-training-jobs"]
     # Metrics for imbalanced data, and no accuracy.
     assert first.gate_passed and "first model passes" in first.gate_reason
     assert {"pr_auc", "recall", "precision", "f1"} <= set(first.metrics) and "accuracy" not in first.metrics

@@ -216,7 +216,8 @@ def test_a_local_run_registers_the_model_as_not_compiled_and_the_controller_serv
     aws: Any, tmp_path: Path
 ) -> None:
     progress: list[str] = []
-    result = run_local(bucket=aws.bucket, model_package_group=aws.group, model_name="fraud", namespace="ml-prod",
+    name = f"fraud-{uuid.uuid4().hex[:6]}"
+    result = run_local(bucket=aws.bucket, model_package_group=aws.group, model_name=name, namespace="ml-prod",
                        hyperparameters=FAST, git_sha=GIT_SHA, workdir=tmp_path, progress=progress.append,
                        manifest_dir=tmp_path / "gitops", parameters={"neuron_target": "inf2"})
     assert "> neuron-compile" in progress
@@ -226,7 +227,10 @@ def test_a_local_run_registers_the_model_as_not_compiled_and_the_controller_serv
     assert package.metadata[provenance.KEYS["compiled"]] == "false"  # the fact, in the registry
     assert package.metadata["kanari:serving-accelerator"] == "cpu"
     assert package.storage_uri == result.model_uri  # the trained model, as it was
-    assert not [j for j in aws.training_jobs() if j.startswith("fraud-neuron")]  # nothing ran on "SageMaker"
+    # No compile job was started (it would be named <model_name>-neuron-...), only the training job.
+    assert aws.sm.list_training_jobs(NameContains=f"{name}-neuron")["TrainingJobSummaries"] == []
+    assert aws.sm.list_training_jobs(NameContains=name)["TrainingJobSummaries"][0]["TrainingJobName"] == (
+        result.training_job_name)
 
     # The ModelDeployment the pipeline wrote serves it on CPU, and the controller agrees.
     emitted = yaml.safe_load(Path(result.manifest_path or "").read_text())
