@@ -25,7 +25,7 @@ from typing import Any
 from kanari.api.v1alpha1 import SpecError
 from kanari.capacity.provenance import NeuronBuild
 
-from kfp_pipelines import aws
+from kfp_pipelines import aws, registry
 from kfp_pipelines.errors import InputError, StepFailed
 from kfp_pipelines.sagemaker.config import TRAINIUM_INSTANCE_TYPES, dlc_image, parse_config
 from kfp_pipelines.sagemaker.training import default_source_dir, run_training
@@ -117,6 +117,34 @@ def serving_accelerator(build: NeuronBuild | None) -> str:
     return "cpu"
 
 
+def build_from_record(record: dict[str, Any], *, job: str, neuron_target: str, batch_size: int,
+                      image_uri: str) -> NeuronBuild:
+    """The build record a compile job reported (its metrics.json), checked against what was asked for; StepFailed when
+    it is missing, contradicts the request or holds a value the registry or the controller would refuse."""
+    if record.get("compiled") is not True or record.get("target") != neuron_target or (
+            record.get("batch_size") != batch_size):
+        raise StepFailed(f"compile job {job} completed without a build record for {neuron_target}, batch size "
+                         f"{batch_size} (its metrics.json: {str(record)[:300] or 'none'}); nothing is registered as "
+                         "compiled")
+    fields = {attr: record.get(attr) for attr in ("compiler_version", "tp_degree", "input_shapes")}
+    if not isinstance(fields["tp_degree"], int) or isinstance(fields["tp_degree"], bool):
+        raise StepFailed(f"compile job {job} reported tp_degree {fields['tp_degree']!r}, not an integer")
+    build = NeuronBuild(compiled=True, sdk_version=sdk_version(image_uri), target=neuron_target,  # type: ignore[arg-type]
+                        batch_size=batch_size, compiler_version=str(fields["compiler_version"] or "") or None,
+                        tp_degree=fields["tp_degree"], input_shapes=str(fields["input_shapes"] or "") or None)
+    try:
+        # The controller reads the record back with the same parser: a value it would refuse fails here, not there;
+        # and SageMaker's own pattern for metadata values (registry.check_metadata_value) holds for each.
+        parsed = NeuronBuild.from_metadata(build.properties())
+        for key, value in build.properties().items():
+            registry.check_metadata_value(key, value)
+    except (SpecError, InputError) as exc:
+        raise StepFailed(f"compile job {job} reported a build the registry cannot hold: {exc}") from None
+    if parsed != build:
+        raise StepFailed(f"compile job {job} reported a build that does not read back as written: {build}")
+    return build
+
+
 def compile_model(
     *, model_uri: str, neuron_target: str, training_backend: str, role_arn: str, run_id: str, task: str,
     base_job_name: str, instance_type: str, image_uri: str, batch_size: int, max_runtime_seconds: int,
@@ -150,21 +178,8 @@ def compile_model(
     result = run_training(cfg, backend=training_backend, run_id=run_id, task=task, base_job_name=base_job_name,
                           source_dir=default_source_dir(), ack_namespace=ack_namespace, backoff=backoff,
                           workdir=workdir)
-    record = result.metrics
-    if record.get("compiled") is not True or record.get("target") != neuron_target:
-        raise StepFailed(f"compile job {result.job_name} completed without a build record for {neuron_target} "
-                         f"(its metrics.json: {record or 'none'}); nothing is registered as compiled")
-    build = NeuronBuild(
-        compiled=True, sdk_version=sdk_version(image), compiler_version=str(record.get("compiler_version") or "") or None,
-        target=neuron_target,  # type: ignore[arg-type]
-        tp_degree=record.get("tp_degree"), batch_size=record.get("batch_size"), input_shapes=record.get("input_shapes"),
-    )
-    try:
-        # The controller reads the record back with the same parser: a value it would refuse fails here, not there.
-        NeuronBuild.from_metadata(build.properties())
-    except SpecError as exc:
-        raise StepFailed(f"compile job {result.job_name} reported a build the registry cannot hold: "
-                         f"{exc.message}") from None
+    build = build_from_record(result.metrics, job=result.job_name, neuron_target=neuron_target, batch_size=batch_size,
+                              image_uri=image)
     log.info("compiled %s for %s (Neuron SDK %s, neuronx-cc %s, %s): %s", model_uri, neuron_target, build.sdk_version,
              build.compiler_version, build.input_shapes, result.model_uri)
     return CompileResult(result.model_uri, build, result.job_name, result.job_arn, f"compiled by {result.job_name}")

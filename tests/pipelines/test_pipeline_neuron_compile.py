@@ -272,3 +272,45 @@ def test_submit_refuses_bad_compile_parameters_before_contacting_kfp(param: str,
                  "--role-arn", ROLE, "--git-sha", "abc", "--image", "r.example/kanari-pipelines:1",
                  "--param", "neuron_target=inf2", "--param", param])
     assert code == 2 and words in capsys.readouterr().err
+
+
+IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training-neuronx:2.1.2-neuronx-py310-sdk2.20.0-ubuntu20.04"
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.text(max_size=30), st.floats(allow_nan=True))
+
+
+GOOD_RECORD = {"compiled": True, "target": "inf2", "batch_size": 4, "tp_degree": 1, "compiler_version": "2.15.128.0",
+               "input_shapes": "features=4x30"}
+
+
+@given(st.sets(st.sampled_from(sorted(GOOD_RECORD))), st.sets(st.sampled_from(sorted(GOOD_RECORD))),
+       st.dictionaries(st.sampled_from(sorted(GOOD_RECORD)), _ANY), st.integers(1, 64))
+def test_whatever_a_compile_job_reports_the_registry_gets_a_valid_record_of_the_request_or_nothing(
+    dropped: set[str], changed: set[str], values: dict[str, Any], tp_degree: int,
+) -> None:
+    """Hostile or broken metrics.json: the step fails, or the record says what was asked for and reads back the same
+    in the controller (never a record the controller would refuse, never compiled=true for another target/batch)."""
+    from kfp_pipelines import registry
+    from kfp_pipelines.errors import StepFailed
+
+    record = {**GOOD_RECORD, "tp_degree": tp_degree}
+    record.update({k: v for k, v in values.items() if k in changed})
+    record = {k: v for k, v in record.items() if k not in dropped}
+    try:
+        build = neuron.build_from_record(record, job="j", neuron_target="inf2", batch_size=4, image_uri=IMAGE)
+    except StepFailed:
+        return
+    assert build.compiled and build.target == "inf2" and build.batch_size == 4 and build.sdk_version == "2.20.0"
+    assert NeuronBuild.from_metadata(build.properties()) == build
+    for key, value in build.properties().items():
+        registry.check_metadata_value(key, value)
+
+
+def test_a_record_for_another_batch_or_target_is_refused() -> None:
+    from kfp_pipelines.errors import StepFailed
+
+    good = GOOD_RECORD
+    assert neuron.build_from_record(good, job="j", neuron_target="inf2", batch_size=4, image_uri=IMAGE).tp_degree == 1
+    for change in ({"batch_size": 1}, {"target": "trn1"}, {"compiled": "true"}, {"tp_degree": "1"},
+                   {"input_shapes": "features=(4, 30)"}):
+        with pytest.raises(StepFailed):
+            neuron.build_from_record({**good, **change}, job="j", neuron_target="inf2", batch_size=4, image_uri=IMAGE)
