@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kanari import registry_metadata as keys
 from kanari.api import v1alpha1
 from kanari.retrain.training_run import DriftAlert
 from pydantic import ValidationError
@@ -203,6 +204,8 @@ def register(
     if build is not None:
         # How the artifact was built (or that it was not compiled): the controller checks it before traffic moves.
         metadata.update(build.properties())
+        if model_metadata.get("neuron_compile_job_arn"):
+            metadata[keys.NEURON_COMPILE_JOB] = str(model_metadata["neuron_compile_job_arn"])
     request = registry.package_request(
         group=model_package_group,
         model_uri=model_uri,

@@ -21,15 +21,15 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from kanari.api import v1alpha1
 from kanari.capacity import provenance
 from kanari.capacity.provenance import NeuronBuild
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import describe_package
 from kanari.controller.reconcile import ClusterObservation, reconcile
+from pipelines_testlib import MODELDEPLOYMENT_CRD, strict_validator
 
 from kfp_pipelines import aws as aws_mod
-from kfp_pipelines import neuron
+from kfp_pipelines import neuron, steps
 from kfp_pipelines.errors import InputError
 from kfp_pipelines.local import PipelineRunError, run_local
 from kfp_pipelines.sagemaker import local_runner, training
@@ -97,7 +97,7 @@ def trained_model(aws: Any) -> str:
 
 @pytest.mark.timeout(120)
 def test_a_sagemaker_compile_job_on_trainium_records_how_the_model_was_built(
-    aws: Any, stand_in_compiler: Path, sagemaker_runs_jobs: list[dict[str, Any]]
+    aws: Any, stand_in_compiler: Path, sagemaker_runs_jobs: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     model_uri = trained_model(aws)
     result = neuron.compile_model(
@@ -129,21 +129,42 @@ def test_a_sagemaker_compile_job_on_trainium_records_how_the_model_was_built(
         assert sorted(p.name for p in Path(tmp).iterdir()) == ["model.pt", "model_neuron.pt", "neuron-build.json"]
     assert neuron.serving_accelerator(result.build) == "inferentia2"
 
-    # Through the registry (botocore-validated CreateModelPackage on moto) to the controller's check.
-    assert result.build is not None
-    arn = aws.sm.create_model_package(
-        ModelPackageGroupName=aws.group, ModelApprovalStatus="Approved",
-        InferenceSpecification={"Containers": [{"Image": "img:1", "ModelDataUrl": result.model_uri}],
-                                "SupportedContentTypes": ["application/json"],
-                                "SupportedResponseMIMETypes": ["application/json"]},
-        CustomerMetadataProperties=result.build.properties(),
-    )["ModelPackageArn"]
-    build = NeuronBuild.from_metadata(describe_package(aws.sm, arn).metadata)
-    spec = v1alpha1.parse_spec({"model": {"modelPackageArn": arn}, "serving": {"accelerator": "inferentia2",
-                                                                                "neuronCores": 2}})
-    assert provenance.check(build, spec, "kanari-neuron", "2.20.0") is None
-    err = provenance.check(build, spec, "kanari-neuron", "2.19.0")
-    assert err is not None and err.field == "spec.model.runtime"
+    # The register step (botocore-validated CreateModelPackage on moto) and the deploy step, as the pipeline runs them
+    # on the compile step's output artifact.
+    model_metadata = {"training_job_arn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/fraud-0123",
+                      "image_uri": "img", "image_digest": "unresolved", "source_digest": "abc", **result.metadata()}
+    base = result.model_uri.rsplit("/", 1)[0]
+    for key in ("evaluation.json", "baseline/statistics.json", "baseline/constraints.json"):
+        aws_mod.put_json(aws.s3, aws_mod.S3Uri.parse(f"{base}/{key}", "k"), {})
+    arn, _ = steps.register(
+        model_uri=result.model_uri, model_metadata=model_metadata, model_package_group=aws.group,
+        scores={"pr_auc": 0.9}, evaluation_uri=f"{base}/evaluation.json", baseline_uri=f"{base}/baseline",
+        dataset_uri="sklearn://breast_cancer", dataset_version="v1", git_sha=GIT_SHA, run_id="run-7",
+        auto_approve=True, reason="", model_name="fraud", serving_image="", gate_reason="first model")
+    desc = aws.sm.describe_model_package(ModelPackageName=arn)
+    meta = desc["CustomerMetadataProperties"]
+    assert {k: v for k, v in meta.items() if k.startswith(provenance.PREFIX)} == result.build.properties()
+    assert meta["kanari:serving-accelerator"] == "inferentia2" and meta["kanari:neuron-compile-job-arn"] == result.job_arn
+    container = desc["InferenceSpecification"]["Containers"][0]
+    assert container["ModelDataUrl"] == result.model_uri and "pytorch-inference-neuronx" in container["Image"]
+    obj, _, _ = steps.deploy(
+        model_package_arn=arn, baseline_uri=f"{base}/baseline", model_metadata=model_metadata,
+        dataset_uri="sklearn://breast_cancer", dataset_version="v1", git_sha=GIT_SHA, run_id="run-7",
+        model_name="fraud", namespace="ml-prod", manifest_dir="", apply_manifest=False,
+        artifact_path=str(tmp_path / "md.yaml"))
+    strict_validator(MODELDEPLOYMENT_CRD).validate(obj)
+    assert obj["spec"]["serving"]["accelerator"] == "inferentia2" and obj["spec"]["model"]["format"] == "pytorch-neuronx"
+
+    # The controller: served on the kanari-neuron runtime's SDK; refused, naming the field, on another SDK.
+    package = describe_package(aws.sm, arn)
+    config = OperatorConfig()
+    served = reconcile(body(obj["spec"]), ClusterObservation(now=T0, package=package, neuron_runtime_sdk="2.20.0"),
+                       config)
+    assert not [c for c in served.status.conditions if c.type == "InvalidSpec" and c.status == "True"]
+    assert served.isvc is not None
+    refused = reconcile(body(obj["spec"]), ClusterObservation(now=T0, package=package, neuron_runtime_sdk="2.19.0"),
+                        config)
+    assert cond(refused.status, "InvalidSpec")["message"].startswith("spec.model.runtime:") and refused.isvc is None
 
 
 @pytest.mark.timeout(60)
