@@ -335,3 +335,17 @@ def test_a_record_for_another_batch_or_target_is_refused() -> None:
                    {"input_shapes": "features=(4, 30)"}):
         with pytest.raises(StepFailed):
             neuron.build_from_record({**good, **change}, job="j", neuron_target="inf2", batch_size=4, image_uri=IMAGE)
+
+
+@pytest.mark.parametrize(("param", "words"), [
+    ("neuron_target=trn1", "--neuron-target: 'trn1'"),
+    ("training_backend=sagemaker", "a local run trains with the local backend"),
+])
+def test_a_local_run_refuses_bad_parameters_before_running_anything(param: str, words: str, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from kanari.cli.main import main
+
+    code = main(["pipeline", "run", "--local", "--bucket", "b", "--model-package-group", "g", "--git-sha", GIT_SHA,
+                 "--workdir", str(tmp_path), "--param", param])
+    assert code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").iterdir())  # nothing ran
