@@ -65,6 +65,15 @@ CUSTOM_RESOURCES: dict[str, dict[str, Any]] = {
         "kind": "PrometheusRule", "singular": "prometheusrule", "namespaced": True,
         "verbs": RESOURCE_VERBS, "subresources": [],
     },
+    # Karpenter's kinds, for the demo's CapacityPending phase (simulated NodePools; nothing provisions nodes).
+    "karpenter.sh/v1/nodepools": {
+        "kind": "NodePool", "singular": "nodepool", "namespaced": False, "verbs": RESOURCE_VERBS,
+        "subresources": ["status"],
+    },
+    "karpenter.sh/v1/nodeclaims": {
+        "kind": "NodeClaim", "singular": "nodeclaim", "namespaced": False, "verbs": RESOURCE_VERBS,
+        "subresources": ["status"],
+    },
     "kopf.dev/v1/kopfpeerings": {
         "kind": "KopfPeering", "singular": "kopfpeering", "namespaced": True, "verbs": RESOURCE_VERBS,
         "subresources": [],

@@ -5,6 +5,7 @@
 3. send steady traffic through the router (payloads logged to the drift monitor as KServe's logger does);
 4. train v2 and roll it out as a canary: the operator's analysis against Prometheus promotes it;
 5. roll out a deliberately broken v3 (a fault-injection model): the analysis fails, the operator rolls back;
+   then an Inferentia rollout waits in CapacityPending on a full simulated NodePool until its limit is raised;
 6. shift the live inputs: drift rises, the generated alert fires, Alertmanager calls the receiver, which
    starts a retraining run; the new model is registered, applied and rolled out;
 7. write the report: the dashboard's static export of the run, and a text summary with every decision and
@@ -68,6 +69,8 @@ STAND_INS = [
     "AWS SageMaker and S3: a moto server on loopback (as LocalStack would be)",
     "SageMaker training: the pipeline's local training backend (kfp.local, train.py under SageMaker's contract)",
     "Argo CD: the demo applies the GitOps manifest the pipeline writes",
+    "Karpenter, the Neuron device plugin and the scheduler: the NodePool, Nodes and predictor Pods of the capacity "
+    "phase are objects the demo writes (devstack.capacity_phase)",
 ]
 
 
@@ -208,7 +211,13 @@ class Demo:
             if training_v2 is not None:
                 v2 = await training_v2
                 await self._rollout_good(v2)
-                await self._rollout_broken(v2)
+                # The capacity phase rolls out a model of its own: it runs beside v3's rollout, costing no wall time.
+                capacity = asyncio.create_task(self._capacity_pending(v1, v2))
+                try:
+                    await self._rollout_broken(v2)
+                    await capacity
+                finally:
+                    capacity.cancel()
                 await self._quality_rollback(v2)
             if self.only in (None, "drift"):
                 await self._drift_and_retrain()
@@ -456,6 +465,20 @@ class Demo:
                     if before == 0:
                         self.observer.add("quality", f"labels arriving {LABEL_DELAY:g}s after each answer "
                                                      f"(POST /v1/labels, bearer token): {sent} sent so far")
+
+    async def _capacity_pending(self, v1: models.Registered, v2: models.Registered) -> None:
+        """An Inferentia rollout on a full (simulated) Karpenter NodePool waits in CapacityPending until the demo
+        raises the pool's limit, then completes by itself (devstack.capacity_phase)."""
+        from devstack import capacity_phase
+
+        name = f"{NAME}-inf2"
+        self.say(f"Capacity, in the background: an Inferentia rollout ({name}) waits for NeuronCores until the "
+                 "NodePool limit is raised")
+        try:
+            await capacity_phase.run(self.kube, NAMESPACE, name, v1.model_uri, v2.model_uri, self.observer.add,
+                                     timeout=self.profile.rollout_timeout)
+        except capacity_phase.CapacityPhaseFailed as exc:
+            raise DemoFailed(f"capacity phase: {exc}") from None
 
     async def _chaos_operator(self) -> None:
         await self.observer.until(lambda s: s.step >= 1 and s.phase == "Progressing", 90, "the first canary step")

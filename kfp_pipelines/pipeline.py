@@ -1,7 +1,8 @@
 """The Kanari training pipeline (KFP v2).
 
 validate data -> train (SageMaker, Trainium) -> evaluate -> quality gate (dsl.If) ->
-  passed:   drift baseline -> register (Model Registry, lineage) -> ModelDeployment (GitOps path / apply)
+  passed:   drift baseline -> Neuron compile (optional: neuron_target) -> register (Model Registry, lineage,
+            Neuron build record) -> ModelDeployment (GitOps path / apply)
   rejected: record why
 wrapped in an exit handler that stops the run's training jobs when the run fails or is terminated.
 The pipeline's output is the release record (JSON) of whichever branch ran.
@@ -25,6 +26,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp_pipelines.components import COMPONENT_IMAGE
 from kfp_pipelines.components.data import validate_data
 from kfp_pipelines.components.evaluation import evaluate_model, quality_gate
+from kfp_pipelines.components.neuron import neuron_compile
 from kfp_pipelines.components.release import (
     emit_model_deployment,
     record_rejection,
@@ -101,6 +103,10 @@ def _training_pipeline(
     manifest_dir: str = "",
     apply_manifest: bool = False,
     drift_alert: dict = {},
+    neuron_target: str = "",
+    neuron_compile_instance_type: str = "ml.trn1.2xlarge",
+    neuron_compile_image: str = "",
+    neuron_batch_size: int = 1,
 ):
     """Train, gate, register and deploy a binary classifier.
 
@@ -144,6 +150,14 @@ def _training_pipeline(
         manifest_dir: GitOps directory for <namespace>/<model_name>.yaml.
         apply_manifest: Also apply the ModelDeployment to the cluster.
         drift_alert: The Alertmanager alert that started this run (set by Kanari's retraining receiver).
+        neuron_target: Compile the model that passed the gate for this Neuron target (inf2), as a SageMaker job on
+            Trainium, and register the compiled artifact with its build record for Inferentia2 serving; '' (the
+            default) compiles nothing and registers the trained model for CPU. A local run records the model as
+            not compiled (kanari:neuron.compiled=false) and registers it for CPU.
+        neuron_compile_instance_type: Trainium instance type of the compile job.
+        neuron_compile_image: Compile image; default the PyTorch Neuron training DLC of the serving runtime's
+            Neuron SDK (its tag must name the SDK, which the registry records).
+        neuron_batch_size: Batch size the model is compiled for (Neuron graphs have fixed input shapes).
     """
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     stop = stop_training_jobs(run_id=run_id, training_backend=training_backend, ack_namespace=ack_namespace)
@@ -152,7 +166,9 @@ def _training_pipeline(
         validated = _step(validate_data(
             dataset_uri=dataset_uri, target=target, bucket=bucket, s3_prefix=s3_prefix,
             model_package_group=model_package_group, model_name=model_name, namespace=namespace, git_sha=git_sha,
-            seed=seed, run_id=run_id, reason=reason, drift_alert=drift_alert,
+            seed=seed, run_id=run_id, reason=reason, drift_alert=drift_alert, neuron_target=neuron_target,
+            neuron_compile_instance_type=neuron_compile_instance_type, neuron_batch_size=neuron_batch_size,
+            neuron_compile_image=neuron_compile_image,
         ), "validate data")
         trained = _step(sagemaker_training_job(
             channels=validated.outputs["channels"],
@@ -191,8 +207,16 @@ def _training_pipeline(
             baseline = _step(write_drift_baseline(
                 model=trained.outputs["model"], train_data=validated.outputs["train_data"], target=target
             ), "drift baseline")
+            # What is registered: the trained model, or (neuron_target set) the one compiled from it.
+            release = _step(neuron_compile(
+                model=trained.outputs["model"], neuron_target=neuron_target, training_backend=training_backend,
+                role_arn=role_arn, run_id=run_id, task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+                base_job_name=model_name, instance_type=neuron_compile_instance_type, image_uri=neuron_compile_image,
+                batch_size=neuron_batch_size, max_runtime_seconds=max_runtime_seconds, ack_namespace=ack_namespace,
+                poll_initial_seconds=poll_initial_seconds,
+            ), "Neuron compile (SageMaker)", retry=TRAINING_RETRY)
             registered = _step(register_model(
-                model=trained.outputs["model"], model_package_group=model_package_group,
+                model=release.outputs["compiled"], model_package_group=model_package_group,
                 scores=evaluated.outputs["scores"], evaluation_uri=evaluated.outputs["evaluation_uri"],
                 baseline_uri=baseline.output, dataset_uri=dataset_uri,
                 dataset_version=validated.outputs["dataset_version"], git_sha=git_sha, run_id=run_id,
@@ -200,7 +224,7 @@ def _training_pipeline(
                 gate_reason=gate.outputs["reason"], drift_alert=drift_alert,
             ), "register")
             _step(emit_model_deployment(
-                model=trained.outputs["model"], model_package_arn=registered.output, baseline_uri=baseline.output,
+                model=release.outputs["compiled"], model_package_arn=registered.output, baseline_uri=baseline.output,
                 dataset_uri=dataset_uri, dataset_version=validated.outputs["dataset_version"], git_sha=git_sha,
                 run_id=run_id, model_name=model_name, namespace=namespace, manifest_dir=manifest_dir,
                 apply_manifest=apply_manifest, scores=evaluated.outputs["scores"],

@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kanari import registry_metadata as keys
 from kanari.api import v1alpha1
 from kanari.retrain.training_run import DriftAlert
 from pydantic import ValidationError
 
-from kfp_pipelines import aws, data, deployment, evaluation, gate, registry
+from kfp_pipelines import aws, data, deployment, evaluation, gate, neuron, registry
 from kfp_pipelines.errors import InputError, StepFailed
 
 log = logging.getLogger("kanari.pipeline")
@@ -71,10 +72,13 @@ def check_parameters(*, model_name: str, namespace: str, git_sha: str, reason: s
 def validate(
     *, dataset_uri: str, target: str, bucket: str, s3_prefix: str, model_package_group: str, model_name: str,
     namespace: str, git_sha: str, seed: int, run_id: str, reason: str = "", drift_alert: dict[str, Any] | None = None,
+    neuron_compile: dict[str, Any] | None = None,
 ) -> PreparedData:
     """Parameters, registry group, data schema and leakage guard; then the split, written to S3."""
     check_parameters(model_name=model_name, namespace=namespace, git_sha=git_sha, reason=reason,
                      dataset_uri=dataset_uri, drift_alert=drift_alert)
+    if neuron_compile:
+        neuron.check_parameters(**neuron_compile)
     s3, sm = aws.client("s3"), aws.client("sagemaker")
     aws.check_bucket(s3, bucket)
     gate.check_group(sm, model_package_group)
@@ -174,6 +178,10 @@ def register(
     drift_alert: dict[str, Any] | None = None, serving_accelerator: str = "cpu",
 ) -> tuple[str, str]:
     alert = drift_alert_of(drift_alert)
+    build = neuron.build_of(model_metadata)
+    if build is not None:
+        # The compile step decided what this artifact runs on: compiled for inf2, or not compiled (CPU).
+        serving_accelerator = neuron.serving_accelerator(build)
     target = registry.serving_target(serving_accelerator)
     sm, s3 = aws.client("sagemaker"), aws.client("s3")
     gate.check_group(sm, model_package_group)
@@ -195,6 +203,11 @@ def register(
         raise StepFailed("the model artifact carries no training_job_arn; its lineage would be incomplete")
     metadata = registry.customer_metadata(lineage, {k: v for k, v in scores.items() if k in evaluation.METRICS},
                                           model_name, reason, gate_reason, baseline_uri, alert)
+    if build is not None:
+        # How the artifact was built (or that it was not compiled): the controller checks it before traffic moves.
+        metadata.update(build.properties())
+        if model_metadata.get("neuron_compile_job_arn"):
+            metadata[keys.NEURON_COMPILE_JOB] = str(model_metadata["neuron_compile_job_arn"])
     request = registry.package_request(
         group=model_package_group,
         model_uri=model_uri,
@@ -245,6 +258,9 @@ def deploy(
 ) -> tuple[dict[str, Any], str, str]:
     """Render the ModelDeployment; write it to the GitOps path and/or apply it. (object, path, applied)."""
     alert = drift_alert_of(drift_alert)
+    build = neuron.build_of(model_metadata)
+    if build is not None:
+        serving_accelerator = neuron.serving_accelerator(build)
     target = registry.serving_target(serving_accelerator)
     lineage = v1alpha1.Lineage(
         modelPackageArn=model_package_arn,

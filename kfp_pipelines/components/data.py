@@ -24,6 +24,10 @@ def validate_data(
     run_id: str,
     reason: str,
     drift_alert: dict,
+    neuron_target: str = "",
+    neuron_compile_instance_type: str = "ml.trn1.2xlarge",
+    neuron_batch_size: int = 1,
+    neuron_compile_image: str = "",
 ) -> NamedTuple("ValidatedData", channels=dict, training_output_uri=str, dataset_version=str):
     """Checks parameters, the registry group, schema and leakage; writes train/validation/test to S3."""
     from collections import namedtuple
@@ -36,6 +40,8 @@ def validate_data(
             dataset_uri=dataset_uri, target=target, bucket=bucket, s3_prefix=s3_prefix,
             model_package_group=model_package_group, model_name=model_name, namespace=namespace,
             git_sha=git_sha, seed=seed, run_id=run_id, reason=reason, drift_alert=drift_alert,
+            neuron_compile={"neuron_target": neuron_target, "instance_type": neuron_compile_instance_type,
+                            "batch_size": neuron_batch_size, "image_uri": neuron_compile_image},
         )
     common = {"dataset_uri": dataset_uri, "dataset_version": prepared.dataset_version, "target": target}
     artifacts.publish(train_data, prepared.channels["train"], **common, rows=prepared.rows["train"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -120,6 +120,9 @@ class TrainingJobConfig(BaseModel):
     enable_inter_container_traffic_encryption: bool = False
     # The label column the validate step checked; the training script is told the same one.
     target: str = ""
+    # "compile": the Neuron compile job (kfp_pipelines.neuron): its input is the trained model (channel "model"),
+    # and it runs as one process (the compiler), not one training worker per NeuronCore.
+    purpose: Literal["train", "compile"] = "train"
 
     @model_validator(mode="after")
     def _checks(self) -> TrainingJobConfig:
@@ -128,10 +131,11 @@ class TrainingJobConfig(BaseModel):
 
 
 def check(cfg: TrainingJobConfig) -> None:
+    required = "train" if cfg.purpose == "train" else "model"
     if not cfg.channels:
-        raise ValueError("channels: no input channels; the script reads at least a 'train' channel")
-    if "train" not in cfg.channels:
-        raise ValueError(f"channels: no 'train' channel (got {', '.join(sorted(cfg.channels))})")
+        raise ValueError(f"channels: no input channels; the script reads at least a '{required}' channel")
+    if required not in cfg.channels:
+        raise ValueError(f"channels: no '{required}' channel (got {', '.join(sorted(cfg.channels))})")
     for name, uri in cfg.channels.items():
         if not re.fullmatch(CHANNEL_NAME, name) or name == "code":
             raise ValueError(f"channels: invalid channel name {name!r}")
@@ -209,7 +213,7 @@ def parse_config(**params: Any) -> TrainingJobConfig:
 def hyperparameters(cfg: TrainingJobConfig, submit_directory: str, region: str) -> dict[str, str]:
     """As the SageMaker Python SDK sends them: JSON-encoded values, plus the framework container's keys."""
     hps: dict[str, Any] = {}
-    if cfg.instance_type in TRAINIUM_INSTANCE_TYPES:
+    if cfg.instance_type in TRAINIUM_INSTANCE_TYPES and cfg.purpose == "train":
         # The Neuron DLC starts one worker per NeuronCore through torchrun.
         hps[DISTRIBUTED_HP] = True
     hps.update(cfg.hyperparameters)

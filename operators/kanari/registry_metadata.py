@@ -19,6 +19,7 @@ REASON = "kanari:reason"
 MODEL_NAME = "kanari:model-name"
 GATE = "kanari:gate"
 SERVING_ACCELERATOR = "kanari:serving-accelerator"
+NEURON_COMPILE_JOB = "kanari:neuron-compile-job-arn"  # the SageMaker job that compiled the artifact (Neuron builds)
 BASELINE_URI = "kanari:baseline-uri"
 DRIFT_ALERT = "kanari:drift-alert"
 DRIFT_ALERT_FINGERPRINT = "kanari:drift-alert-fingerprint"

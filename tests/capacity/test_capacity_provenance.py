@@ -115,3 +115,15 @@ def test_a_replica_larger_than_its_instance_type_is_refused_by_reconcile() -> No
     invalid = cond(d.status, "InvalidSpec")
     assert invalid["status"] == "True" and invalid["message"].startswith("spec.serving.neuronCores:")
     assert d.isvc is None
+
+
+@pytest.mark.parametrize("raw", ["¹", "²0", "٣", " 2", "+2", "2.0"])
+def test_a_count_that_is_not_plain_ascii_digits_is_refused_naming_the_package(raw: str) -> None:
+    """Regression: '¹' passed str.isdigit() and then int() raised ValueError: a traceback in reconcile, not InvalidSpec."""
+    for key in ("tp_degree", "batch_size"):
+        try:
+            build = NeuronBuild.from_metadata({KEYS[key]: raw})
+        except SpecError as err:
+            assert err.field == "spec.model.modelPackageArn" and KEYS[key] in err.message
+        else:
+            assert build is not None and raw.strip().isascii() and getattr(build, key) == int(raw)

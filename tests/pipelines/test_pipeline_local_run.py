@@ -29,8 +29,10 @@ def test_release_then_a_worse_model_is_refused(aws, tmp_path: Path, capsys: pyte
 
     # Progress named each step as it ran.
     started = [p[2:] for p in progress if p.startswith("> ")]
-    assert started == ["validate-data", "sagemaker-training-job", "evaluate-model", "quality-gate",
-                       "write-drift-baseline", "register-model", "emit-model-deployment", "stop-training-jobs"]
+    assert started[:4] == ["validate-data", "sagemaker-training-job", "evaluate-model", "quality-gate"]
+    # The baseline and the (here: pass-through) compile step both follow the gate, in either order.
+    assert sorted(started[4:6]) == ["neuron-compile", "write-drift-baseline"]
+    assert started[6:] == ["register-model", "emit-model-deployment", "stop-training-jobs"]
     # Metrics for imbalanced data, and no accuracy.
     assert first.gate_passed and "first model passes" in first.gate_reason
     assert {"pr_auc", "recall", "precision", "f1"} <= set(first.metrics) and "accuracy" not in first.metrics
@@ -50,6 +52,8 @@ def test_release_then_a_worse_model_is_refused(aws, tmp_path: Path, capsys: pyte
     assert meta["kanari:training-job-arn"] == first.training_job_arn
     assert meta["kanari:image-digest"] == "unresolved"  # moto's ECR does not hold AWS's DLC images
     assert float(meta["kanari:metric.pr_auc"]) == pytest.approx(first.metrics["pr_auc"], abs=1e-6)
+    # No neuron_target (the default): no compile step ran, the model is registered as trained, for CPU.
+    assert not [k for k in meta if k.startswith("kanari:neuron.")] and meta["kanari:serving-accelerator"] == "cpu"
     assert pkg["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == first.model_uri
     evaluation = aws.s3.get_object(Bucket=aws.bucket, Key=pkg["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
                                    .split(f"s3://{aws.bucket}/", 1)[1])["Body"].read()

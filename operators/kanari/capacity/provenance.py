@@ -76,7 +76,8 @@ class NeuronBuild:
             raw = metadata.get(KEYS[attr])
             if raw is None:
                 ints[attr] = None
-            elif not raw.strip().isdigit() or int(raw) < 1:
+            # ASCII digits only: str.isdigit() also accepts '¹', on which int() raises (a traceback, not InvalidSpec).
+            elif not re.fullmatch(r"[0-9]+", raw.strip()) or int(raw) < 1:
                 raise bad(attr, f"is {raw!r}, not a positive integer")
             else:
                 ints[attr] = int(raw)

@@ -89,6 +89,14 @@ def _check_up_front(params: dict[str, Any]) -> None:
                      namespace=params.get("namespace", "default"), git_sha=params.get("git_sha") or "unset",
                      reason=params.get("reason", ""), dataset_uri=params.get("dataset_uri", ""),
                      drift_alert=params.get("drift_alert"))
+    from kfp_pipelines.errors import InputError
+    from kfp_pipelines.neuron import check_parameters as check_neuron
+
+    batch = params.get("neuron_batch_size", 1)
+    if not isinstance(batch, int) or isinstance(batch, bool):
+        raise InputError("neuron_batch_size", f"{batch!r} is not an integer")
+    check_neuron(str(params.get("neuron_target", "")), str(params.get("neuron_compile_instance_type", "ml.trn1.2xlarge")),
+                 batch, str(params.get("neuron_compile_image", "")))
 
 
 def register(subparsers: Any) -> None:
@@ -110,6 +118,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--workdir", default=None, help="run logs, KFP outputs, default GitOps dir (./.kanari/pipeline)")
     run.add_argument("-o", "--output", choices=("json", "yaml"), default=None, help="json|yaml (default: a summary)")
     run.add_argument("-v", "--verbose", action="store_true", help="also show every line the steps print")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="any other pipeline parameter, e.g. neuron_target=inf2 (repeatable)")
     run.set_defaults(func=cmd_run)
 
     submit = psub.add_parser("submit", help="upload the pipeline to Kubeflow Pipelines and start a run")
@@ -184,11 +194,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kfp_pipelines.local import PipelineRunError, run_local
 
     kwargs = _pipeline_arguments(args)
+    extra = _key_values(args.param, "--param")
+    if "training_backend" in extra:
+        print("kanari: --param training_backend: a local run trains with the local backend; use `kanari pipeline "
+              "submit` for sagemaker or ack", file=sys.stderr)
+        return 2
     try:
-        _check_up_front(kwargs)
+        _check_up_front({**kwargs, **extra})
     except InputError as exc:
         print(f"kanari: --{exc.parameter.replace('_', '-')}: {exc.message}", file=sys.stderr)
         return 2
+    if extra:
+        kwargs["parameters"] = {**kwargs.get("parameters", {}), **extra}
     # The steps run as processes of their own (kfp.local): the connection travels in their environment.
     if getattr(args, "kubeconfig", None):
         os.environ["KUBECONFIG"] = args.kubeconfig
