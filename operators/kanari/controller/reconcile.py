@@ -181,6 +181,8 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             action=md.metadata.annotations.get(ACTION_ANNOTATION),
             serving_revision=reading.serving_revision,
             capacity=observed.capacity,
+            existing=inferenceservice.served_model(observed.isvc) if status.stableModel is None else None,
+            existing_unknown=status.stableModel is None and inferenceservice.split_template(observed.isvc),
         ),
         generation,
     )
