@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from kanari.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment, ModelRef
 from kanari.controller.model_source import baseline_uri
 from kanari.monitor.baseline_store import BaselineRef, normalise_uri
+from kanari.monitor.replay import PreviewTarget, preview_target
 
 log = logging.getLogger("kanari.monitor.registry")
 
@@ -53,6 +54,7 @@ class MonitoredModel:
     canary: Binding | None
     by_revision: dict[str, Binding]
     raw_deployment: bool
+    preview: PreviewTarget | None = None  # a BlueGreen preview in progress, to be fed replayed requests
 
     def bind(self, endpoint: str, revision: str | None) -> Binding | None:
         # RawDeployment tells stable from canary by endpoint (the revision annotation is the
@@ -93,7 +95,8 @@ def monitored(obj: dict[str, Any]) -> MonitoredModel | None:
     by_revision = {
         r.revision: b for r, b in ((md.status.stableModel, stable), (md.status.canaryModel, canary)) if r and b
     }
-    return MonitoredModel(stable or canary, canary, by_revision, md.spec.serving.deploymentMode == "RawDeployment")
+    return MonitoredModel(stable or canary, canary, by_revision, md.spec.serving.deploymentMode == "RawDeployment",
+                          preview_target(md))
 
 
 class ModelRegistry:
@@ -110,6 +113,9 @@ class ModelRegistry:
     def bind(self, namespace: str, model: str, endpoint: str, revision: str | None) -> Binding | None:
         found = self.lookup(namespace, model)
         return found.bind(endpoint, revision) if found else None
+
+    def previews(self) -> list[PreviewTarget]:
+        return [m.preview for m in list(self._models.values()) if m.preview is not None]
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._models

@@ -22,12 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +66,7 @@ from kanari.monitor.payload import (
     response_values,
     to_arrays,
 )
+from kanari.monitor.recent import REPLAY_ID_PREFIX, RecentRequests
 from kanari.monitor.registry import (
     Binding,
     KubernetesWatcher,
@@ -70,6 +74,7 @@ from kanari.monitor.registry import (
     from_static_file,
     kubernetes_api,
 )
+from kanari.monitor.replay import Replayer, aiohttp_sender, kubernetes_reporter
 from kanari.monitor.settings import MonitorSettings, monitor_arguments
 from kanari.monitor.sharding import Shards, ShardSettings
 from kanari.webguard import BodyRejected, read_body, ssl_context
@@ -81,6 +86,8 @@ GAUGE_METHODS = tuple(m for m in dict.fromkeys(NUMERIC_METHODS + CATEGORICAL_MET
 DIVERGENCE_METHODS = ("psi", "js", "linf")
 PREDICTION = "prediction"
 UNVERSIONED = "unversioned"
+API_TOKEN_ENV = "KANARI_MONITOR_API_TOKEN"
+MAX_RECENT_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,8 @@ class DriftMonitor:
         self.windows: OrderedDict[WindowKey, ModelWindow] = OrderedDict()
         self.pending: OrderedDict[str, Pending] = OrderedDict()
         self.pending_bytes = 0
+        self.recent = RecentRequests(settings.recent_per_model, settings.max_models, settings.recent_max_body_bytes,
+                                     settings.recent_max_model_bytes)
         self._inflight: dict[BaselineRef, asyncio.Future[Baseline]] = {}
         self._samples_labels: set[tuple[str, str, str]] = set()
         self._divergence_labels: set[tuple[str, str, str]] = set()
@@ -203,7 +212,9 @@ class DriftMonitor:
         for kind, bound in (("windows", settings.max_models), ("pending", settings.max_pending),
                             ("pending_bytes", settings.max_pending_bytes), ("baselines", settings.max_baselines),
                             ("baseline_failures", settings.max_baseline_failures),
-                            ("rows_per_event", settings.max_rows_per_event), ("event_bytes", settings.max_event_bytes)):
+                            ("rows_per_event", settings.max_rows_per_event), ("event_bytes", settings.max_event_bytes),
+                            ("recent_per_model", settings.recent_per_model),
+                            ("recent_bytes", settings.max_models * settings.recent_max_model_bytes)):
             self.metrics.limit.labels(kind).set(bound)
 
     # ------------------------------------------------------------------------------------------ intake
@@ -238,6 +249,13 @@ class DriftMonitor:
             log.warning("baseline of %s/%s unavailable: %s", event.namespace, event.model, exc)
             return self.record("baseline_unavailable", 503,
                                error=f"the baseline of {event.namespace}/{event.model} is unavailable; see the monitor's log")
+        found = self.models.lookup(event.namespace, event.model)
+        stable = found is not None and binding == found.stable
+        replayed = event.id.startswith(REPLAY_ID_PREFIX)
+        if replayed and stable:
+            # A replayed request logged as the stable model's (a preview misrouted or mislabelled): it is a copy
+            # of a request the stable window already counted, so it is not counted again.
+            return self.record("replayed", 200, id=event.id)
         try:
             state = self._window(event, binding, baseline)
             paired = self._intake(event, state, len(body))
@@ -245,6 +263,9 @@ class DriftMonitor:
             return self.record("oversized", 413, error=str(exc), id=event.id)
         except MalformedEvent as exc:
             return self.record("malformed", 400, error=str(exc), id=event.id)
+        if event.kind == "request" and stable and not replayed:
+            # Only the stable model's own requests, after the intake took them, are kept for replay.
+            self.recent.add(event.namespace, event.model, event.data)
         self._expire_pending()
         return self.record("accepted", 200, id=event.id, paired=paired)
 
@@ -390,6 +411,8 @@ class DriftMonitor:
             if now - st.updated > self.settings.idle_timeout or (k.namespace, k.model) not in self.models
         ]:
             self._drop(key)
+        for ns, model in [k for k in self.recent.models() if k not in self.models]:
+            self.recent.drop(ns, model)
         tracked = {(k.namespace, k.model) for k in self.windows}
         for labels in [lab for lab in self._violation_labels if lab[:2] not in tracked]:
             self.metrics.schema_violations.remove(*labels)
@@ -397,7 +420,8 @@ class DriftMonitor:
         for kind, size in (("windows", len(self.windows)), ("pending", len(self.pending)),
                            ("pending_bytes", self.pending_bytes), ("baselines", len(self.cache)),
                            ("baseline_failures", self.cache.failures), ("models", len(self.models)),
-                           ("violation_series", len(self._violation_labels))):
+                           ("violation_series", len(self._violation_labels)), ("recent", len(self.recent)),
+                           ("recent_bytes", self.recent.bytes())):
             self.metrics.size.labels(kind).set(size)
         for state in self.windows.values():
             versions = (state.window.version, state.predictions.version if state.predictions else -1)
@@ -507,10 +531,44 @@ def _profile_drift(base: Profile, cur: Profile) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
+def read_api_token(path: str | None) -> str | None:
+    """The bearer token of the monitor's read API: a file (a mounted Secret) or KANARI_MONITOR_API_TOKEN."""
+    if path:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"--api-token-file: unreadable ({type(exc).__name__})") from None
+        if not token:
+            raise ValueError("--api-token-file: the file is empty")
+        return token
+    return os.environ.get(API_TOKEN_ENV, "").strip() or None
+
+
 def build_app(
-    monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None, shards: Shards | None = None
+    monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None, shards: Shards | None = None,
+    api_token: str | None = None, replayer: Replayer | None = None,
 ) -> web.Application:
     max_bytes = monitor.settings.max_event_bytes
+    secret = api_token.encode() if api_token else None
+
+    async def recent_requests(request: web.Request) -> web.Response:
+        # Logged request bodies are users' data: only a holder of the API token (the controller) reads them;
+        # with no token configured the endpoint is closed, never open.
+        if secret is None:
+            return web.json_response({"error": "the monitor was started without an API token; "
+                                                "recent requests are not served"}, status=403)
+        scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), secret):
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        raw = request.query.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_RECENT_LIMIT:
+            return web.json_response({"error": f"limit: an integer from 1 to {MAX_RECENT_LIMIT}"}, status=400)
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        if (ns, name) not in monitor.models:
+            return web.json_response({"error": f"{ns[:63]}/{name[:63]}: not a ModelDeployment with monitoring "
+                                               "enabled"}, status=404)
+        return web.json_response({"requests": monitor.recent.recent(ns, name, int(raw))})
 
     async def receive(request: web.Request) -> web.Response:
         try:
@@ -553,12 +611,23 @@ def build_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def replaying(app: web.Application) -> Any:
+        assert replayer is not None
+        task = asyncio.create_task(replayer.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app = web.Application(client_max_size=max_bytes + 1)
     app.router.add_post("/", receive)
     app.router.add_post("/events", receive)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/recent-requests/{namespace}/{name}", recent_requests)
     app.cleanup_ctx.append(evaluator)
+    if replayer is not None:
+        app.cleanup_ctx.append(replaying)
     if shards is not None:
         app.cleanup_ctx.append(shards.context)
     return app
@@ -578,7 +647,13 @@ def run(args: argparse.Namespace) -> int:
             max_baselines=args.max_baselines,
             max_baseline_failures=args.max_baseline_failures,
             body_timeout=args.body_timeout,
+            recent_per_model=args.recent_per_model,
+            recent_max_body_bytes=args.recent_max_body_bytes,
+            recent_max_model_bytes=args.recent_max_model_bytes,
+            max_replay_rate=args.max_replay_rate,
+            max_replays=args.max_replays,
         )
+        api_token = read_api_token(args.api_token_file)
         sharding = ShardSettings.from_args(args)
         tls = ssl_context(args.tls_cert_file, args.tls_key_file)
         if args.config:
@@ -601,7 +676,15 @@ def run(args: argparse.Namespace) -> int:
             watchers.append(watcher)
     monitor = DriftMonitor(settings, models)
     shards = Shards(sharding, monitor.registry, monitor.metrics.events) if sharding else None
-    serve(build_app(monitor, watchers, shards), args.host, args.port, header_timeout=args.header_timeout, tls=tls)
+    replayer = None
+    if not args.no_replay:
+        # Only the replica that keeps a model's ring (its shard owner) has requests to replay for it.
+        send, _close = aiohttp_sender()
+        replayer = Replayer(models.previews, monitor.recent, send,
+                            kubernetes_reporter(kubernetes_api) if args.kubernetes else None,
+                            max_rate=settings.max_replay_rate, max_feeds=settings.max_replays)
+    serve(build_app(monitor, watchers, shards, api_token, replayer), args.host, args.port,
+          header_timeout=args.header_timeout, tls=tls)
     return 0
 
 

@@ -28,13 +28,21 @@ class MonitorSettings:
     max_baselines: int = MAX_BASELINES
     max_baseline_failures: int = MAX_BASELINE_FAILURES
     body_timeout: float = 30.0
+    # Recently logged stable requests kept per model (memory only) for BlueGreen preview replay and the
+    # controller's GET /v1/recent-requests; and the replay's monitor-wide bounds.
+    recent_per_model: int = 200
+    recent_max_body_bytes: int = 64 * 1024
+    recent_max_model_bytes: int = 4 * 1024 * 1024
+    max_replay_rate: float = 20.0
+    max_replays: int = 10
 
     def __post_init__(self) -> None:
         for name in ("window_size", "min_samples", "max_models", "max_event_bytes", "max_pending", "max_pending_bytes",
-                     "max_rows_per_event", "max_baselines", "max_baseline_failures"):
+                     "max_rows_per_event", "max_baselines", "max_baseline_failures", "recent_per_model",
+                     "recent_max_body_bytes", "recent_max_model_bytes", "max_replays"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("evaluate_interval", "pending_ttl", "idle_timeout", "body_timeout"):
+        for name in ("evaluate_interval", "pending_ttl", "idle_timeout", "body_timeout", "max_replay_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
 
@@ -74,6 +82,21 @@ def monitor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-baselines", type=int, default=d.max_baselines, help="parsed baselines cached (LRU)")
     parser.add_argument("--max-baseline-failures", type=int, default=d.max_baseline_failures,
                         help="failed baseline fetches remembered (LRU) so a broken baseline is not fetched per event")
+    parser.add_argument("--recent-per-model", type=int, default=d.recent_per_model,
+                        help="logged stable requests kept per model in memory (preview replay, /v1/recent-requests)")
+    parser.add_argument("--recent-max-body-bytes", type=int, default=d.recent_max_body_bytes,
+                        help="a logged request larger than this is not kept for replay")
+    parser.add_argument("--recent-max-model-bytes", type=int, default=d.recent_max_model_bytes,
+                        help="bytes of logged requests kept per model, at most")
+    parser.add_argument("--max-replay-rate", type=float, default=d.max_replay_rate,
+                        help="requests a second replayed to one BlueGreen preview, at most (whatever the spec asks)")
+    parser.add_argument("--max-replays", type=int, default=d.max_replays,
+                        help="BlueGreen previews fed at once, at most")
+    parser.add_argument("--no-replay", action="store_true",
+                        help="do not replay logged requests to BlueGreen previews")
+    parser.add_argument("--api-token-file",
+                        help="file holding the bearer token GET /v1/recent-requests requires (default: "
+                             "$KANARI_MONITOR_API_TOKEN; neither: that endpoint answers 403)")
     add_arguments(parser)
     from kanari.monitor.sharding import shard_arguments  # light: no aiohttp until an event is forwarded
 
