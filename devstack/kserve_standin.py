@@ -353,7 +353,7 @@ class KServeStandIn:
             updated = await self.api.merge_patch(KubeApi.path(*ISVC, ns, name) + "/status", {"status": status})
             if updated is not None:
                 self.specs[key] = updated
-        self._scale_to_zero(svc, traffic)
+        self._scale_to_zero(svc, traffic, tagged)
 
     def _route(self, svc: Service, traffic: list[Traffic], split: bool, tagged: bool = False) -> None:
         targets = []
@@ -379,10 +379,10 @@ class KServeStandIn:
                     and not rev.failed:
                 self._launch(svc, rev)
 
-    def _scale_to_zero(self, svc: Service, traffic: list[Traffic]) -> None:
-        # A revision in the route at 0% (a BlueGreen preview behind its tag URL) keeps running, as Knative
-        # would start it again on the first tagged request.
-        serving = {t.revision for t in traffic if t.percent > 0 or len(traffic) == 2}
+    def _scale_to_zero(self, svc: Service, traffic: list[Traffic], tagged: bool = False) -> None:
+        # The latest revision behind its tag URL at 0% (a BlueGreen preview) keeps running: Knative would start
+        # it again on the first tagged request, which the stand-in does not do.
+        serving = {t.revision for t in traffic if t.percent > 0 or (tagged and t.latest and len(traffic) == 2)}
         now = time.monotonic()
         for rev in svc.revisions:
             if rev.name in serving or not rev.running or rev.starting or rev.stopping:
