@@ -279,6 +279,29 @@ def test_a_wiped_status_does_not_let_a_new_model_skip_its_canary(mode: str, wipe
     assert w.status["stableModel"]["storageUri"] == "s3://models/fraud/v1"
 
 
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+def test_a_wiped_status_with_the_same_model_is_not_a_first_deployment_again(mode: str) -> None:
+    """Regression (found by the status-wipe edit in the invariant test): wiped while the spec still named the
+    served model, the status restarted as a first deployment, which the next model edit may replace outright
+    until it is seen serving (a scaling edit KServe had not observed yet kept it "not serving")."""
+    w = World(mode, set())
+    for _ in range(3):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+    w.observe_traffic()
+    w.edit(min_replicas=0)
+    w.reconcile()
+    w.status = {}
+    w.reconcile()
+    w.edit(version="v2")
+    for _ in range(4):
+        w.reconcile()
+        w.kserve.settle(ready=True)
+        w.observe_traffic()
+        w.now += timedelta(seconds=31)
+    assert w.kserve.traffic() == {"s3://models/fraud/v1": 80, "s3://models/fraud/v2": 20}
+
+
 def test_a_status_wiped_mid_split_leaves_the_serverless_inference_service_alone() -> None:
     """Regression (found by the status-wipe edit in the invariant test): wiped while a Serverless canary template
     splits traffic with the rolled-out revision, the template's model was taken for the stable and then served

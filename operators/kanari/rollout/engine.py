@@ -392,7 +392,9 @@ def _next_wake(spec: ModelDeploymentSpec, st: ModelDeploymentStatus) -> datetime
 def decide(
     spec: ModelDeploymentSpec, status: ModelDeploymentStatus, obs: RolloutObservation, generation: int | None
 ) -> RolloutDecision:
-    st = status.model_copy(deep=True)
+    # A private copy to decide on. Dump and validate, not model_copy(deep=True): the same copy at a quarter of the
+    # cost (copy.deepcopy walks every pydantic object in Python), in the operator's hottest path.
+    st = ModelDeploymentStatus.model_validate(status.model_dump())
     # What is due is decided on the status as it came in: a measurement is counted only if it was due then.
     due = _due_runs(spec, st, obs.now) if obs.measurement is not None and st.canaryModel is not None and (
         st.canaryModel.revision == obs.desired.revision) else {}
@@ -424,10 +426,15 @@ def _dispatch(run: _Pass, action: str | None, state: State) -> None:
         found = run.obs.existing
         if run.obs.existing_unknown:
             _stable_unknown(run)
-        elif found is not None and found.revision != d.revision:
+        elif found is not None:
+            # Adopted even when it is the spec's model: as a first deployment it could be "replaced" outright
+            # by the next model edit until seen serving, and it has been serving all along.
             _adopt(run, found)
-            _start(run, "start")
-            _rolling(run, _for_new_rollout(run, action))
+            if found.revision != d.revision:
+                _start(run, "start")
+                _rolling(run, _for_new_rollout(run, action))
+            else:
+                _steady(run, action)
         else:
             _deploy(run, "deploy")
             _deploying(run, action)
