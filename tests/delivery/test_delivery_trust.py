@@ -140,7 +140,9 @@ def test_the_bounds_in_values_reach_the_services_and_the_monitor_may_list_model_
     assert args.watch_namespace == ["ml-prod", "ml-staging"]
     assert one(objs, "Deployment", "kanari-drift-monitor")["spec"]["template"]["spec"]["automountServiceAccountToken"]
     role = one(rendered("default-values.yaml"), "ClusterRole", "kanari-drift-monitor")
-    assert role["rules"] == [{"apiGroups": ["kanari.dev"], "resources": ["modeldeployments"], "verbs": ["list", "watch"]}]
+    # ... and patch status, for status.previewTraffic only (BlueGreen preview replay, on by default).
+    assert role["rules"] == [{"apiGroups": ["kanari.dev"], "resources": ["modeldeployments"], "verbs": ["list", "watch"]},
+                             {"apiGroups": ["kanari.dev"], "resources": ["modeldeployments/status"], "verbs": ["patch"]}]
     config = ReceiverConfig.model_validate(yaml.safe_load(one(objs, "ConfigMap", "kanari-alert-receiver")["data"]["receiver.yaml"]))
     assert config.modelDeployments and config.maxRunsPerHour == 5 and config.launchTimeoutSeconds == 60
     env = {e["name"] for e in one(objs, "Deployment", "kanari-alert-receiver")["spec"]["template"]["spec"]["containers"][0]["env"]}
