@@ -347,3 +347,43 @@ def test_the_monitor_caps_the_rate_and_the_number_of_previews(cancer_baseline_di
 
     assert asyncio.run(count()) == [3.0, 3.0]
     assert np.isfinite(3.0)
+
+
+# ------------------------------------------------------------------------------------------ what a user sees
+def test_preview_traffic_reaches_status_on_the_api_server_and_kanari_status_shows_it(
+        cancer_baseline_dir: Path, tmp_path: Path) -> None:
+    """The replayer's report as the monitor sends it in-cluster: a merge patch of status.previewTraffic through
+    the status subresource (kmock's API server emulator validating it against the generated CRD), leaving the
+    controller's fields alone; `kanari status` then says what fed the preview."""
+    from kanari.api import v1alpha1 as api
+    from kanari.cli.rollout import render_status
+    from kanari.monitor.replay import Feed, kubernetes_reporter
+
+    from tests.operator.harness import Cluster, Kube
+
+    obj = md("fraud", cancer_baseline_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        from tests.operator import harness
+
+        mp.setattr(harness, "CRD_FILES", tuple(p for p in harness.CRD_FILES if p.name.startswith("kanari.dev")))
+        with Cluster(tmp_path / "apiserver") as cluster:
+            kube = Kube(cluster, NS)
+            kube.create_md("fraud", obj["spec"])
+            kube.custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, NS, api.PLURAL, "fraud",
+                                                              {"status": obj["status"]})
+            feed = Feed(PreviewTarget(NS, "fraud", "rev-8", "http://x", 5.0), 5.0, "2026-11-30T08:00:00Z",
+                        sent=120, errors=3, available=200, last_error="HTTP 503")
+            report = kubernetes_reporter(lambda: kube.custom)
+            asyncio.run(report(NS, "fraud", feed.status("2026-11-30T08:00:30Z", active=True)))
+            got = kube.md("fraud")
+    assert got is not None
+    status = got["status"]
+    assert status["previewTraffic"]["source"] == "replay" and status["previewTraffic"]["sent"] == 120
+    assert status["canaryModel"]["revision"] == "rev-8" and status["previewUrl"] == obj["status"]["previewUrl"]
+    text = render_status(got)
+    assert "Fed by:      replay of logged stable requests (replaying, at most 5/s): 120 sent, 3 errors, 200 held" \
+        in text, text
+    # A report about an earlier preview is not shown against the current one.
+    got["status"]["previewTraffic"]["revision"] = "rev-6"
+    assert "Fed by:" not in render_status(got)
+
