@@ -74,9 +74,9 @@ from kanari.monitor.registry import (
     from_static_file,
     kubernetes_api,
 )
-from kanari.monitor.replay import Replayer, aiohttp_sender, kubernetes_reporter
+from kanari.monitor.replay import PreviewTarget, Replayer, aiohttp_sender, kubernetes_reporter
 from kanari.monitor.settings import MonitorSettings, monitor_arguments
-from kanari.monitor.sharding import Shards, ShardSettings
+from kanari.monitor.sharding import FORWARDED_HEADER, Shards, ShardSettings
 from kanari.webguard import BodyRejected, read_body, ssl_context
 from kanari.webguard import run_app as serve
 
@@ -565,6 +565,11 @@ def build_app(
         if not raw.isdigit() or not 1 <= int(raw) <= MAX_RECENT_LIMIT:
             return web.json_response({"error": f"limit: an integer from 1 to {MAX_RECENT_LIMIT}"}, status=400)
         ns, name = request.match_info["namespace"], request.match_info["name"]
+        forwarded = any(k.lower() == FORWARDED_HEADER.lower() for k in request.headers)
+        if shards is not None and not forwarded and (target := shards.owner_of(ns, name)) is not None:
+            # Another replica keeps this model's requests: asked once, with the caller's token.
+            status, body = await shards.fetch(target, request.path_qs, dict(request.headers))
+            return web.json_response(body, status=status)
         if (ns, name) not in monitor.models:
             return web.json_response({"error": f"{ns[:63]}/{name[:63]}: not a ModelDeployment with monitoring "
                                                "enabled"}, status=404)
@@ -678,9 +683,12 @@ def run(args: argparse.Namespace) -> int:
     shards = Shards(sharding, monitor.registry, monitor.metrics.events) if sharding else None
     replayer = None
     if not args.no_replay:
-        # Only the replica that keeps a model's ring (its shard owner) has requests to replay for it.
         send, _close = aiohttp_sender()
-        replayer = Replayer(models.previews, monitor.recent, send,
+        def owned_previews() -> list[PreviewTarget]:
+            # Only the replica keeping a model's requests feeds its preview (and reports it in status).
+            return [t for t in models.previews() if shards is None or shards.owner_of(t.namespace, t.name) is None]
+
+        replayer = Replayer(owned_previews, monitor.recent, send,
                             kubernetes_reporter(kubernetes_api) if args.kubernetes else None,
                             max_rate=settings.max_replay_rate, max_feeds=settings.max_replays)
     serve(build_app(monitor, watchers, shards, api_token, replayer), args.host, args.port,

@@ -157,6 +157,28 @@ class Shards:
         target = owner(key[0], key[1], self.settings.replicas)
         return None if target == self.settings.ordinal else target
 
+    def owner_of(self, namespace: str, model: str) -> int | None:
+        """The ordinal keeping this model's state (its window and recent requests), None when it is this one."""
+        target = owner(namespace, model, self.settings.replicas)
+        return None if target == self.settings.ordinal else target
+
+    async def fetch(self, target: int, path: str, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """A GET of the owner's read API (its recent requests), once: the caller's Authorization goes along."""
+        import aiohttp
+
+        assert self._session is not None, "Shards.context must be in the app's cleanup_ctx"
+        out = {k: v for k, v in headers.items() if k.lower() in ("authorization", "accept")}
+        out[FORWARDED_HEADER] = str(self.settings.ordinal)
+        try:
+            async with self._session.get(self.settings.peers[target].rstrip("/") + path, headers=out) as resp:
+                try:
+                    answer = await resp.json(content_type=None)
+                except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                    answer = {}
+                return resp.status, answer if isinstance(answer, dict) else {}
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return 503, {"error": f"replica {target}: {type(exc).__name__}"}
+
     async def forward(self, target: int, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         import aiohttp
 
