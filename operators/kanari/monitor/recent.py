@@ -40,7 +40,7 @@ class _Ring:
 
 class RecentRequests:
     def __init__(self, per_model: int = 200, max_models: int = 100, max_body_bytes: int = 64 * 1024,
-                 max_model_bytes: int = 4 * 1024 * 1024):
+                 max_model_bytes: int = 512 * 1024):
         for name, value in (("per_model", per_model), ("max_models", max_models),
                             ("max_body_bytes", max_body_bytes), ("max_model_bytes", max_model_bytes)):
             if value < 1:

@@ -32,7 +32,7 @@ class MonitorSettings:
     # controller's GET /v1/recent-requests; and the replay's monitor-wide bounds.
     recent_per_model: int = 200
     recent_max_body_bytes: int = 64 * 1024
-    recent_max_model_bytes: int = 4 * 1024 * 1024
+    recent_max_model_bytes: int = 512 * 1024  # x max_models: 50 MiB at the defaults
     max_replay_rate: float = 20.0
     max_replays: int = 10
 
