@@ -171,3 +171,22 @@ def test_preview_replay_gets_its_egress_status_patch_and_bounds_only_when_on(ena
         assert (parsed.max_replay_rate, parsed.max_replays, parsed.no_replay) == (20.0, 10, False)
     else:
         assert gateway == [] and not patches_status and parsed.no_replay
+
+
+def test_only_the_monitor_and_the_controller_hold_the_monitors_read_api_token() -> None:
+    """GET /v1/recent-requests serves logged request bodies: its token is a generated Secret given to the drift
+    monitor and the controller, and to no other workload."""
+    objs = rendered("default-values.yaml")
+    secret = one(objs, "Secret", "kanari-drift-monitor-api")
+    assert len(secret["data"]["token"]) >= 48
+    holders = set()
+    for o in objs:
+        if o["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for c in o["spec"]["template"]["spec"]["containers"]:
+            for e in c.get("env") or []:
+                ref = ((e.get("valueFrom") or {}).get("secretKeyRef") or {})
+                if ref.get("name") == "kanari-drift-monitor-api":
+                    assert e["name"] == "KANARI_MONITOR_API_TOKEN"
+                    holders.add(o["metadata"]["name"])
+    assert holders == {"kanari-drift-monitor", "kanari-controller"}
