@@ -187,14 +187,19 @@ class Replayer:
         pacer = Pacer(feed.rate)
         position = 0
         last_report = self.clock() - self.report_interval
+        bodies: list[dict[str, Any]] = []
+        fetched = float("-inf")
         while True:
-            bodies = self.recent.recent(t.namespace, t.name)
+            if self.clock() - fetched >= SYNC_INTERVAL:
+                # The ring's snapshot, decoded at most once a second (not per request sent).
+                bodies, fetched = self.recent.recent(t.namespace, t.name), self.clock()
             feed.available = len(bodies)
             if self.clock() - last_report >= self.report_interval:
                 last_report = self.clock()
                 await self._report(feed, active=True)
             if not bodies:
                 await asyncio.sleep(SYNC_INTERVAL)
+                fetched = float("-inf")
                 continue
             await asyncio.sleep(pacer.wait(self.clock()))
             body = bodies[position % len(bodies)]
