@@ -169,6 +169,7 @@ def test_preview_replay_gets_its_egress_status_patch_and_bounds_only_when_on(ena
         assert [p["port"] for r in gateway for p in r["ports"]] == [80, 8081]
         assert patches_status
         assert (parsed.max_replay_rate, parsed.max_replays, parsed.no_replay) == (20.0, 10, False)
+        assert parsed.preview_domain == ["svc.cluster.local"]
     else:
         assert gateway == [] and not patches_status and parsed.no_replay
 

@@ -94,7 +94,7 @@ async def test_replayed_traffic_gives_a_serverless_preview_its_analysis(tmp_path
     router = Router(seed=5)
     runner, router_url = await _serve(router.app())
     runners.append(runner)
-    registry = ModelRegistry()
+    registry = ModelRegistry(preview_domains=None)  # the stand-in's tag URLs are paths on loopback
     monitor = DriftMonitor(MonitorSettings(window_size=100, min_samples=10, evaluate_interval=0.5), registry)
 
     async def report(ns: str, name: str, body: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ TOKEN = "s3cret-token"
 
 
 def md(name: str, baseline: Path, *, strategy: str = "BlueGreen", weight: int = 0, preview_url: str | None =
-       "http://latest-fraud-predictor.ml.example.com", replay: bool = True, rate: float = 5.0,
+       "http://latest-fraud-predictor.ml.svc.cluster.local", replay: bool = True, rate: float = 5.0,
        mode: str = "Serverless", canary: bool = True) -> dict[str, Any]:
     def ref(v: str) -> dict[str, str]:
         return {"revision": f"rev-{v}", "version": v, "storageUri": f"s3://models/{name}/{v}/"}
@@ -57,7 +57,7 @@ def rows(n: int, seed: int = 0) -> list[list[float]]:
 
 
 def monitor_for(baseline: Path, names: tuple[str, ...] = ("fraud",), **overrides: Any) -> DriftMonitor:
-    registry = ModelRegistry()
+    registry = ModelRegistry(preview_domains=None)  # previews on loopback here
     for name in names:
         registry.update(md(name, baseline))
     return DriftMonitor(MonitorSettings(**{"window_size": 100, "min_samples": 10, **overrides}), registry)
@@ -191,7 +191,14 @@ def test_a_preview_in_progress_is_read_from_spec_and_status(cancer_baseline_dir:
         return preview_target(ModelDeployment.model_validate(md("fraud", cancer_baseline_dir, **kw)))
 
     t = target()
-    assert t == PreviewTarget(NS, "fraud", "rev-8", "http://latest-fraud-predictor.ml.example.com", 5.0)
+    assert t == PreviewTarget(NS, "fraud", "rev-8", "http://latest-fraud-predictor.ml.svc.cluster.local", 5.0)
+    # Only the predictor's own tag host in a cluster domain: a status.previewUrl written by anyone else cannot
+    # send logged request bodies elsewhere.
+    for url in ("http://169.254.169.254/latest", "http://latest-fraud-predictor.other.svc.cluster.local",
+                "http://latest-fraud-predictor.ml.svc.cluster.local.evil.com", "http://latest-churn-predictor.ml.svc.cluster.local",
+                "http://fraud-predictor.ml.svc.cluster.local"):
+        assert target(preview_url=url) is None, url
+    assert target(preview_url="https://LATEST-fraud-predictor.ml.svc.cluster.local./") is not None
     assert target(weight=100) is None  # switched: users feed it
     assert target(strategy="Canary") is None
     assert target(replay=False) is None

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from kanari.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment, ModelRef
 from kanari.controller.model_source import baseline_uri
 from kanari.monitor.baseline_store import BaselineRef, normalise_uri
-from kanari.monitor.replay import PreviewTarget, preview_target
+from kanari.monitor.replay import DEFAULT_DOMAINS, PreviewTarget, preview_target
 
 log = logging.getLogger("kanari.monitor.registry")
 
@@ -78,7 +78,7 @@ def _binding(md: ModelDeployment, ref: ModelRef | None) -> Binding | None:
                    md.spec.monitoring.drift.windowSize)
 
 
-def monitored(obj: dict[str, Any]) -> MonitoredModel | None:
+def monitored(obj: dict[str, Any], preview_domains: tuple[str, ...] | None = DEFAULT_DOMAINS) -> MonitoredModel | None:
     """The binding of a ModelDeployment object as the API server returns it; None when it is not
     monitored, not serving yet, or not a valid ModelDeployment."""
     try:
@@ -96,13 +96,15 @@ def monitored(obj: dict[str, Any]) -> MonitoredModel | None:
         r.revision: b for r, b in ((md.status.stableModel, stable), (md.status.canaryModel, canary)) if r and b
     }
     return MonitoredModel(stable or canary, canary, by_revision, md.spec.serving.deploymentMode == "RawDeployment",
-                          preview_target(md))
+                          preview_target(md, preview_domains))
 
 
 class ModelRegistry:
     """The monitored models by (namespace, name). Written by the watcher thread, read on the event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, preview_domains: tuple[str, ...] | None = DEFAULT_DOMAINS) -> None:
+        # The Knative domains a preview's tag URL may be in (None: any host, for devstack's path-based tag URLs).
+        self.preview_domains = preview_domains
         self._models: dict[tuple[str, str], MonitoredModel] = {}
         self._lock = threading.Lock()
         self.synced = False  # True once a full list has been read
@@ -132,14 +134,14 @@ class ModelRegistry:
 
     def update(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        self.put(str(meta.get("namespace", "")), str(meta.get("name", "")), monitored(obj))
+        self.put(str(meta.get("namespace", "")), str(meta.get("name", "")), monitored(obj, self.preview_domains))
 
     def replace(self, objects: Iterable[dict[str, Any]], namespace: str | None = None) -> None:
         """A full list: of one namespace (one watcher per watched namespace), or of all (None)."""
         fresh: dict[tuple[str, str], MonitoredModel] = {}
         for obj in objects:
             meta = obj.get("metadata") or {}
-            m = monitored(obj)
+            m = monitored(obj, self.preview_domains)
             if m is not None:
                 fresh[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = m
         with self._lock:

@@ -54,11 +54,24 @@ class PreviewTarget:
     rate: float
 
 
-def preview_target(md: ModelDeployment) -> PreviewTarget | None:
+DEFAULT_DOMAINS = ("svc.cluster.local",)
+
+
+def tag_host(host: str, namespace: str, name: str, domains: tuple[str, ...]) -> bool:
+    """Knative's tag URL of the InferenceService's predictor, `latest-<name>-predictor.<namespace>.<domain>` for one
+    of the cluster's Knative domains: logged request bodies go nowhere else, whoever managed to write
+    status.previewUrl."""
+    host = host.lower().rstrip(".")
+    prefix = f"latest-{name}-predictor.{namespace}".lower()
+    return any(host == f"{prefix}.{d.lower().strip('.')}" for d in domains)
+
+
+def preview_target(md: ModelDeployment, domains: tuple[str, ...] | None = DEFAULT_DOMAINS) -> PreviewTarget | None:
     """The preview to feed, from the ModelDeployment's spec and status; None when none is in progress.
 
     In progress: strategy BlueGreen with previewTraffic.replay on, a canary (the preview) at weight 0 not
-    yet switched to (no bake), and the KServe tag URL the controller put in status.previewUrl."""
+    yet switched to (no bake), and the KServe tag URL the controller put in status.previewUrl, whose host must
+    be the predictor's tag host in one of `domains` (None: any host, for devstack's path-based tag URLs only)."""
     ro, st = md.spec.rollout, md.status
     if ro.strategy != "BlueGreen" or ro.blueGreen is None or not ro.blueGreen.previewTraffic.replay:
         return None
@@ -66,6 +79,8 @@ def preview_target(md: ModelDeployment) -> PreviewTarget | None:
         return None
     url = urllib.parse.urlsplit(st.previewUrl)
     if url.scheme not in ("http", "https") or not url.hostname or url.username or url.password:
+        return None
+    if domains is not None and not tag_host(url.hostname, md.metadata.namespace, md.metadata.name, domains):
         return None
     base = urllib.parse.urlunsplit((url.scheme, url.netloc, url.path.rstrip("/"), "", ""))
     return PreviewTarget(md.metadata.namespace, md.metadata.name, st.canaryModel.revision, base,

@@ -74,7 +74,13 @@ from kanari.monitor.registry import (
     from_static_file,
     kubernetes_api,
 )
-from kanari.monitor.replay import PreviewTarget, Replayer, aiohttp_sender, kubernetes_reporter
+from kanari.monitor.replay import (
+    DEFAULT_DOMAINS,
+    PreviewTarget,
+    Replayer,
+    aiohttp_sender,
+    kubernetes_reporter,
+)
 from kanari.monitor.settings import MonitorSettings, monitor_arguments
 from kanari.monitor.sharding import FORWARDED_HEADER, Shards, ShardSettings
 from kanari.webguard import BodyRejected, read_body, ssl_context
@@ -664,7 +670,7 @@ def run(args: argparse.Namespace) -> int:
         if args.config:
             models = from_static_file(args.config)
         elif args.kubernetes:
-            models = ModelRegistry()
+            models = ModelRegistry(tuple(args.preview_domain) or DEFAULT_DOMAINS)
         else:
             raise ValueError("say where monitored models come from: --kubernetes (ModelDeployments) or --config FILE")
     except ValueError as exc:

@@ -92,6 +92,9 @@ def monitor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests a second replayed to one BlueGreen preview, at most (whatever the spec asks)")
     parser.add_argument("--max-replays", type=int, default=d.max_replays,
                         help="BlueGreen previews fed at once, at most")
+    parser.add_argument("--preview-domain", action="append", default=[],
+                        help="Knative domain of preview tag URLs (repeat for several; default svc.cluster.local): "
+                             "replay goes only to latest-<name>-predictor.<namespace>.<domain>")
     parser.add_argument("--no-replay", action="store_true",
                         help="do not replay logged requests to BlueGreen previews")
     parser.add_argument("--api-token-file",
