@@ -544,8 +544,8 @@ def _deploy(run: _Pass, move: str) -> None:
 
 
 def _adopt(run: _Pass, found: ModelRef) -> None:
-    """The status has no stable model but an InferenceService serves one: it is the stable, so the spec's
-    model (another one) gets its canary like any new model."""
+    """The status has no stable model but an InferenceService serves one: it is the stable, so a different spec
+    model gets its canary like any new model (and the same one is simply stable, not a first deployment)."""
     st = run.st
     st.stableModel = found
     st.canaryModel = None
