@@ -43,6 +43,7 @@ log = logging.getLogger("devstack.kserve")
 
 ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
 READY_TIMEOUT = 120.0
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 # How long a revision without traffic keeps running (Knative's scale-to-zero grace, shortened).
 IDLE_GRACE = 15.0
 
@@ -292,6 +293,9 @@ class KServeStandIn:
     def url_of(self, namespace: str, name: str) -> str:
         return f"{self.router_url}/serving/{namespace}/{name}"
 
+    def tag_url(self, namespace: str, name: str, tag: str) -> str:
+        return f"{self.router_url}/tags/{tag}/{namespace}/{name}"
+
     async def run(self) -> None:
         watcher = asyncio.create_task(self._watch())
         try:
@@ -335,23 +339,31 @@ class KServeStandIn:
         canary = predictor.get("canaryTrafficPercent")
         traffic = advance(svc, canary)
         await self._ensure_running(svc, traffic)
-        self._route(svc, traffic, canary is not None and len(traffic) == 2)
+        tagged = ((isvc.get("metadata") or {}).get("annotations") or {}).get(TAG_ROUTING) == "true"
+        self._route(svc, traffic, canary is not None and len(traffic) == 2, tagged)
         old = isvc.get("status") or {}
-        status = _keep_transition_times(old, build_status(svc, isvc, traffic, self.url_of(ns, name)))
+        status = build_status(svc, isvc, traffic, self.url_of(ns, name))
+        if tagged:
+            # KServe writes the tag URL of the latest revision in the traffic entry once tag routing is on.
+            for entry in status["components"]["predictor"].get("traffic") or []:
+                if entry.get("tag") == "latest" and len(traffic) == 2:
+                    entry["url"] = self.tag_url(ns, name, "latest")
+        status = _keep_transition_times(old, status)
         if _status_changed(old, status):
             updated = await self.api.merge_patch(KubeApi.path(*ISVC, ns, name) + "/status", {"status": status})
             if updated is not None:
                 self.specs[key] = updated
-        self._scale_to_zero(svc, traffic)
+        self._scale_to_zero(svc, traffic, tagged)
 
-    def _route(self, svc: Service, traffic: list[Traffic], split: bool) -> None:
+    def _route(self, svc: Service, traffic: list[Traffic], split: bool, tagged: bool = False) -> None:
         targets = []
         for t in traffic:
             rev = svc.revision(t.revision)
             if rev is None or not rev.ready or not rev.running:
                 continue
             endpoint = "canary" if split and t.latest else "default"
-            targets.append(Target(rev.name, rev.url, t.percent, endpoint, rev.version, rev.logger))
+            tag = t.tag if tagged and split and t.latest else ""
+            targets.append(Target(rev.name, rev.url, t.percent, endpoint, rev.version, rev.logger, tag))
         self.router.set_route(Route(svc.namespace, svc.name, tuple(targets)))
 
     def _launch(self, svc: Service, rev: Revision) -> None:
@@ -367,8 +379,10 @@ class KServeStandIn:
                     and not rev.failed:
                 self._launch(svc, rev)
 
-    def _scale_to_zero(self, svc: Service, traffic: list[Traffic]) -> None:
-        serving = {t.revision for t in traffic if t.percent > 0}
+    def _scale_to_zero(self, svc: Service, traffic: list[Traffic], tagged: bool = False) -> None:
+        # The latest revision behind its tag URL at 0% (a BlueGreen preview) keeps running: Knative would start
+        # it again on the first tagged request, which the stand-in does not do.
+        serving = {t.revision for t in traffic if t.percent > 0 or (tagged and t.latest and len(traffic) == 2)}
         now = time.monotonic()
         for rev in svc.revisions:
             if rev.name in serving or not rev.running or rev.starting or rev.stopping:

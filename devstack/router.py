@@ -3,6 +3,9 @@ KServe agent's payload logger, in one aiohttp process on loopback.
 
 - Requests to /serving/{namespace}/{name}/{path} go to one of the InferenceService's ready revisions,
   chosen at random by the traffic percentages the KServe stand-in sets (Knative's route).
+- Requests to /tags/{tag}/{namespace}/{name}/{path} go to the revision carrying that traffic tag whatever
+  its percent (Knative's tag URL, which KServe exposes for `latest` with serving.kserve.io/enable-tag-routing;
+  a host name per tag on a cluster, a path prefix here).
 - Like Knative's queue-proxy it exports revision_app_request_count and revision_app_request_latencies
   (milliseconds) labelled by namespace_name, revision_name and response_code_class: the metrics
   kanari.rollout.templates queries in Serverless mode.
@@ -73,6 +76,7 @@ class Target:
     endpoint: str = "default"  # the logger's ce-endpoint: default (stable) or canary
     version: str = ""
     logger: LoggerSpec | None = None
+    tag: str = ""  # a Knative traffic tag routed by its own URL (tag routing on), "" for none
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ class Router:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_route("*", "/serving/{namespace}/{name}/{tail:.*}", self._proxy)
+        app.router.add_route("*", "/tags/{tag}/{namespace}/{name}/{tail:.*}", self._proxy_tag)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -215,6 +220,21 @@ class Router:
                     self.no_route.labels(ns, name).inc()
                     return web.json_response({"error": f"revision {target.revision} unreachable: {exc}"}, status=502)
                 log.warning("revision %s unreachable (%s); retrying on another revision", target.revision, exc)
+
+    async def _proxy_tag(self, request: web.Request) -> web.StreamResponse:
+        ns, name, tag = request.match_info["namespace"], request.match_info["name"], request.match_info["tag"]
+        route = self.routes.get((ns, name))
+        target = next((t for t in route.targets if t.tag and t.tag == tag), None) if route else None
+        if route is None or target is None:
+            self.no_route.labels(ns, name).inc()
+            return web.json_response({"error": f"{ns}/{name}: no revision tagged {tag[:63]}"}, status=404)
+        body = await request.read()
+        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        try:
+            return await self._forward(request, route, target, request.match_info["tail"], body, request_id)
+        except aiohttp.ClientConnectionError as exc:
+            self.no_route.labels(ns, name).inc()
+            return web.json_response({"error": f"revision {target.revision} unreachable: {exc}"}, status=502)
 
     async def _forward(
         self, request: web.Request, route: Route, target: Target, tail: str, body: bytes, request_id: str

@@ -221,6 +221,9 @@ def test_eks_scenario_wires_irsa_amp_and_pull_by_digest() -> None:
     receiver = one(objs, "Deployment", "kanari-alert-receiver")["spec"]["template"]["spec"]["containers"][0]
     token = next(e for e in receiver["env"] if e["name"] == "KANARI_RECEIVER_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "kanari-alert-receiver-token", "key": "token"}
+    monitor = one(objs, "Deployment", "kanari-drift-monitor")["spec"]["template"]["spec"]["containers"][0]
+    api_token = next(e for e in monitor["env"] if e["name"] == "KANARI_MONITOR_API_TOKEN")
+    assert api_token["valueFrom"]["secretKeyRef"] == {"name": "kanari-drift-monitor-api-token", "key": "token"}
     rule = one(objs, "PrometheusRule", "kanari-platform")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert all(r["labels"]["team"] == "ml-platform" for g in rule["spec"]["groups"] for r in g["rules"])

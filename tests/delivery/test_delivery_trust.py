@@ -140,8 +140,54 @@ def test_the_bounds_in_values_reach_the_services_and_the_monitor_may_list_model_
     assert args.watch_namespace == ["ml-prod", "ml-staging"]
     assert one(objs, "Deployment", "kanari-drift-monitor")["spec"]["template"]["spec"]["automountServiceAccountToken"]
     role = one(rendered("default-values.yaml"), "ClusterRole", "kanari-drift-monitor")
-    assert role["rules"] == [{"apiGroups": ["kanari.dev"], "resources": ["modeldeployments"], "verbs": ["list", "watch"]}]
+    # ... and patch status, for status.previewTraffic only (BlueGreen preview replay, on by default).
+    assert role["rules"] == [{"apiGroups": ["kanari.dev"], "resources": ["modeldeployments"], "verbs": ["list", "watch"]},
+                             {"apiGroups": ["kanari.dev"], "resources": ["modeldeployments/status"], "verbs": ["patch"]}]
     config = ReceiverConfig.model_validate(yaml.safe_load(one(objs, "ConfigMap", "kanari-alert-receiver")["data"]["receiver.yaml"]))
     assert config.modelDeployments and config.maxRunsPerHour == 5 and config.launchTimeoutSeconds == 60
     env = {e["name"] for e in one(objs, "Deployment", "kanari-alert-receiver")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {"POD_NAME", "POD_NAMESPACE"} <= env
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_preview_replay_gets_its_egress_status_patch_and_bounds_only_when_on(enabled: bool) -> None:
+    """BlueGreen preview replay (kanari/monitor/replay.py): the monitor reaches the Knative gateway serving tag
+    URLs, patches status.previewTraffic, and runs with the chart's rate and preview bounds; off, none of it."""
+    from kanari.cli.main import build_parser
+
+    args = ("--set", f"driftMonitor.previewReplay.enabled={str(enabled).lower()}")
+    objs = tuple(render_chart("-f", str(CHART / "ci" / "default-values.yaml"), *args, namespace=NAMESPACE))
+    policy = one(objs, "NetworkPolicy", "kanari-drift-monitor")
+    gateway = [r for r in policy["spec"]["egress"] for p in r.get("to", [])
+               if selects(p.get("namespaceSelector") or {"matchLabels": {"x": "never"}},
+                          {"kubernetes.io/metadata.name": "istio-system"})]
+    role = next(o for o in objs if o["kind"] in ("ClusterRole", "Role") and "drift-monitor" in o["metadata"]["name"])
+    patches_status = any("modeldeployments/status" in r["resources"] and "patch" in r["verbs"] for r in role["rules"])
+    container = one(objs, "Deployment", "kanari-drift-monitor")["spec"]["template"]["spec"]["containers"][0]
+    parsed = build_parser().parse_args(container["command"][1:])
+    if enabled:
+        assert [p["port"] for r in gateway for p in r["ports"]] == [80, 8081]
+        assert patches_status
+        assert (parsed.max_replay_rate, parsed.max_replays, parsed.no_replay) == (20.0, 10, False)
+        assert parsed.preview_domain == ["svc.cluster.local"]
+    else:
+        assert gateway == [] and not patches_status and parsed.no_replay
+
+
+def test_only_the_monitor_and_the_controller_hold_the_monitors_read_api_token() -> None:
+    """GET /v1/recent-requests serves logged request bodies: its token is a generated Secret given to the drift
+    monitor and the controller, and to no other workload."""
+    objs = rendered("default-values.yaml")
+    secret = one(objs, "Secret", "kanari-drift-monitor-api")
+    assert len(secret["data"]["token"]) >= 48
+    holders = set()
+    for o in objs:
+        if o["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for c in o["spec"]["template"]["spec"]["containers"]:
+            for e in c.get("env") or []:
+                ref = ((e.get("valueFrom") or {}).get("secretKeyRef") or {})
+                if ref.get("name") == "kanari-drift-monitor-api":
+                    assert e["name"] == "KANARI_MONITOR_API_TOKEN"
+                    holders.add(o["metadata"]["name"])
+    assert holders == {"kanari-drift-monitor", "kanari-controller"}

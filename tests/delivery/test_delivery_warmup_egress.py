@@ -12,6 +12,19 @@ from test_delivery_trust import NAMESPACE, PREDICTOR, one, rendered, selects
 pytestmark = pytest.mark.timeout(120)
 
 
+def ingress_allowed(policy: dict[str, Any], pod_labels: dict[str, str], port: str) -> bool:
+    """From a pod of the release's namespace."""
+    for rule in policy["spec"]["ingress"]:
+        if port not in {p["port"] for p in rule.get("ports") or []}:
+            continue
+        for peer in rule.get("from") or []:
+            ns_ok = "namespaceSelector" not in peer or selects(peer["namespaceSelector"],
+                                                               {"kubernetes.io/metadata.name": NAMESPACE})
+            if ns_ok and "podSelector" in peer and selects(peer["podSelector"], pod_labels):
+                return True
+    return False
+
+
 def egress_allowed(policy: dict[str, Any], namespace: str, pod_labels: dict[str, str], port: int) -> bool:
     ns_labels = {"kubernetes.io/metadata.name": namespace}
     for rule in policy["spec"]["egress"]:
@@ -48,3 +61,8 @@ def test_warm_up_requests_may_leave_the_controller_and_nothing_more(scenario: st
     port = next(p["containerPort"] for c in monitor["spec"]["template"]["spec"]["containers"] for p in c["ports"]
                 if p["name"] == "http")
     assert egress_allowed(policy, NAMESPACE, labels, port), "the drift monitor's recent requests"
+    # ... and the monitor lets the controller in (its egress alone would be dropped at the monitor).
+    controller = one(objs, "Deployment", "kanari-controller")["spec"]["template"]["metadata"]["labels"]
+    monitor_policy = one(objs, "NetworkPolicy", "kanari-drift-monitor")
+    assert ingress_allowed(monitor_policy, controller, "http"), "the controller reaching the monitor's read API"
+    assert not ingress_allowed(monitor_policy, {"app": "database"}, "http")

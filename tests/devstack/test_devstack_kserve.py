@@ -205,3 +205,36 @@ async def test_revisions_are_model_servers_that_take_traffic_as_the_canary_perce
             break
         await asyncio.sleep(0.2)
     assert not pid_alive(pid) and not pid_file.exists()
+
+
+@pytest.mark.timeout(120)
+async def test_with_tag_routing_a_preview_at_zero_percent_answers_on_its_tag_url(serving: dict[str, Any]) -> None:
+    """KServe with serving.kserve.io/enable-tag-routing: the latest revision gets a tag URL in
+    status.components.predictor.traffic[] (what the controller copies to status.previewUrl), which reaches it
+    at 0%, while the main URL still reaches only the rolled-out revision."""
+    api, tmp = serving["api"], serving["tmp"]
+    v1 = model_tar_gz(tmp / "v1.tar.gz")
+    v2 = model_tar_gz(tmp / "v2.tar.gz")
+    tagged = {"kanari.dev/model-version": "fraud/1", "serving.kserve.io/enable-tag-routing": "true"}
+    await api.create(ISVC_PATH, {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": "fraud", "namespace": "ml", "annotations": tagged},
+        "spec": {"predictor": _predictor(f"file://{v1}", serving["sink"])},
+    })
+    await _until(api, lambda s: (s.get("components") or {}).get("predictor", {}).get("latestRolledoutRevision"))
+    await api.merge_patch(f"{ISVC_PATH}/fraud", {"spec": {"predictor": _predictor(f"file://{v2}", serving["sink"], canary=0)}})
+    status = await _until(api, lambda s: (s.get("components") or {}).get("predictor", {}).get("latestReadyRevision")
+                          == "fraud-predictor-00002")
+    latest = next(t for t in status["components"]["predictor"]["traffic"] if t["tag"] == "latest")
+    assert latest["percent"] == 0 and latest["url"] == f"{serving['router_url']}/tags/latest/ml/fraud"
+    assert await _predict(serving["router_url"], 10) == {(200, "fraud-predictor-00001"): 10}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(f"{latest['url']}/v1/models/fraud:predict",
+                                    json={"instances": [dict.fromkeys(FEATURES, 1.0)]}) as resp:
+                await resp.read()
+                assert (resp.status, resp.headers.get(REVISION_HEADER)) == (200, "fraud-predictor-00002")
+        await asyncio.sleep(1.5)  # past idle_grace: the tagged preview at 0% is still running
+        async with session.post(f"{latest['url']}/v1/models/fraud:predict",
+                                json={"instances": [dict.fromkeys(FEATURES, 1.0)]}) as resp:
+            assert resp.status == 200

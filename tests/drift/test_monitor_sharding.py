@@ -102,6 +102,9 @@ def test_bad_shard_settings_are_named() -> None:
 
 
 # ------------------------------------------------------------------------------------- two processes
+API_TOKEN = "shard-test-token"
+
+
 def start_replicas(work: Path, config: Path, n: int = 2) -> list[Service]:
     ports = [free_port() for _ in range(n)]
     peers = ",".join(f"http://127.0.0.1:{p}/" for p in ports)
@@ -111,7 +114,7 @@ def start_replicas(work: Path, config: Path, n: int = 2) -> list[Service]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kanari.monitor.server", "--port", str(port), "--host", "127.0.0.1", "--config", str(config),
              "--evaluate-interval", "0.2", "--min-samples", "5", "--peers", peers, "--replica-ordinal", str(i)],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, "KANARI_MONITOR_API_TOKEN": API_TOKEN},
         )
         services.append(Service(proc, f"http://127.0.0.1:{port}", log))
     for svc in services:
@@ -176,6 +179,22 @@ def test_events_for_one_model_always_reach_the_same_replica(replicas: list[Servi
             if labels["outcome"] == "ok"
         )
         assert hops == forwarded > 0
+
+
+def test_recent_requests_are_read_from_the_owner_whichever_replica_is_asked(replicas: list[Service]) -> None:
+    """The ring lives with the model's window, in its owner; the other replica asks the owner once, with the
+    caller's token (a wrong token is refused by the owner just the same)."""
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    with httpx.Client(timeout=10) as http:
+        for i in range(8):
+            model = f"model-{i}"
+            answers = [http.get(f"{svc.url}/v1/recent-requests/ml-prod/{model}?limit=3", headers=auth) for svc in replicas]
+            assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+            assert answers[0].json() == answers[1].json()
+            assert len(answers[0].json()["requests"]) == 3
+            wrong = [http.get(f"{svc.url}/v1/recent-requests/ml-prod/{model}", headers={"Authorization": "Bearer x"})
+                     for svc in replicas]
+            assert [w.status_code for w in wrong] == [401, 401]
 
 
 def test_an_unreachable_owner_is_reported_not_accepted(replicas: list[Service], tmp_path: Path, cancer_baseline_dir: Path) -> None:

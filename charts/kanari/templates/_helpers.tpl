@@ -69,6 +69,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (include "kanari.fullname" .) .Values.controller.peering.name -}}
 {{- end -}}
 
+{{- define "kanari.monitorApiSecretName" -}}
+{{- default (printf "%s-drift-monitor-api" (include "kanari.fullname" .)) .Values.driftMonitor.apiAuth.existingSecret -}}
+{{- end -}}
+
 {{- define "kanari.receiverSecretName" -}}
 {{- default (printf "%s-alert-receiver" (include "kanari.fullname" .)) .Values.alertReceiver.auth.existingSecret -}}
 {{- end -}}

@@ -302,7 +302,18 @@ class LinearSpec(_Model):
         return self
 
 
+class PreviewTrafficSpec(_Model):
+    """Traffic for a BlueGreen preview, which has no user traffic at 0%: the drift monitor replays the stable
+    model's recently logged requests to the preview's URL, so the preview's analysis has samples."""
+
+    replay: bool = Field(default=True, description="Replay recently logged stable requests to the preview "
+                                                   "(needs monitoring.enabled and Serverless mode).")
+    ratePerSecond: float = Field(default=5.0, gt=0, le=50, description="Replayed requests per second, at most.")
+
+
 class BlueGreenSpec(_Model):
+    previewTraffic: PreviewTrafficSpec = Field(default_factory=PreviewTrafficSpec,
+                                               description="What feeds the preview while it is analysed.")
     prePromotionAnalysis: bool = Field(default=True, description="Analyse the preview before switching traffic.")
     previewDuration: Duration = Field(default="5m", description="How long the preview is analysed.")
     bakeDuration: Duration = Field(default="10m", description="How long the old version stays warm after the switch.")
@@ -883,6 +894,22 @@ class RetrainRecord(BaseModel):
     startsAt: str = ""  # the alert's startsAt: with fingerprint, what a redelivered alert is recognised by
 
 
+class PreviewTrafficStatus(BaseModel):
+    """What fed the BlueGreen preview (written by the drift monitor's replayer, which owns this field)."""
+
+    model_config = ConfigDict(extra="ignore")
+    source: Literal["replay"] = "replay"
+    revision: str = Field(default="", description="The preview revision the requests went to.")
+    ratePerSecond: float = 0.0
+    sent: int = Field(default=0, description="Replayed requests the preview answered or refused.")
+    errors: int = Field(default=0, description="Of them: a non-2xx answer, a timeout or no connection.")
+    available: int = Field(default=0, description="Logged stable requests held to replay from.")
+    startedAt: str | None = None
+    updatedAt: str | None = None
+    active: bool = Field(default=False, description="Replaying now (false: the preview ended, or nothing to send).")
+    message: str = ""
+
+
 class InferenceServiceRef(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: str = ""
@@ -979,6 +1006,8 @@ class ModelDeploymentStatus(BaseModel):
     abortedRevision: str | None = None
     analysisRuns: list[AnalysisRun] = Field(default_factory=list, max_length=60)
     previewUrl: str | None = Field(default=None, description="Where a BlueGreen preview answers (KServe tag URL).")
+    previewTraffic: PreviewTrafficStatus | None = Field(
+        default=None, description="The traffic a BlueGreen preview was fed (the drift monitor's replay).")
     conditions: list[Condition] = Field(default_factory=list)
     rollout: RolloutState = Field(default_factory=RolloutState)
     retro: RetroFacts | None = None

@@ -387,6 +387,11 @@ def render_status(obj: dict[str, Any]) -> str:
         lines.append(f"Preview:     {st.previewUrl}")
     if st.warmup is not None:
         lines.append(_warmup_line(st.warmup))
+    pt = st.previewTraffic
+    if pt is not None and st.canaryModel is not None and pt.revision == st.canaryModel.revision:
+        state = "replaying" if pt.active else "stopped"
+        lines.append(f"Fed by:      {pt.source} of logged stable requests ({state}, at most {pt.ratePerSecond:g}/s): "
+                     f"{pt.sent} sent, {pt.errors} errors, {pt.available} held")
     if ro.lastAction:
         lines.append(f"Last action: {ro.lastAction}")
     if st.analysisRuns:

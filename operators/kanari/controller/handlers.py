@@ -347,8 +347,9 @@ async def reconcile_once(
         await rt.kube.delete(kube.PROMETHEUS_RULE, namespace, snapshot["status"]["driftRule"])
         rt.rules.pop((namespace, snapshot["status"]["driftRule"]), None)
 
-    # status.retraining belongs to the alert receiver, which patches it on its own: never written back here.
-    new_status = desired.status.model_dump(mode="json", exclude={"retraining"})
+    # status.retraining belongs to the alert receiver and status.previewTraffic to the drift monitor's replayer;
+    # each patches its own: never written back here.
+    new_status = desired.status.model_dump(mode="json", exclude={"retraining", "previewTraffic"})
     if desired.prometheus_rule is not None:
         new_status["driftRule"] = desired.prometheus_rule["metadata"]["name"]
     elif desired.delete_prometheus_rule:

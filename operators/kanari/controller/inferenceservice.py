@@ -207,6 +207,39 @@ def _pin(current: dict[str, Any] | None, stable: ModelRef) -> int | None:
     return int(pred["canaryTrafficPercent"])
 
 
+def served_model(isvc: dict[str, Any] | None) -> ModelRef | None:
+    """The model an existing InferenceService's stable template runs, read back from what `build` wrote (the
+    predictor's revision label, its storageUri and image); None without one or when it is not Kanari's.
+
+    The rollout engine asks for it only when the status has lost its stable model (wiped, hand-edited,
+    unreadable): the InferenceService is then the only record of what serves, and a new model in the spec
+    must roll out against it as a canary, not replace it outright. See `split_template` for the one case
+    where the template does not name the model serving."""
+    if not isvc:
+        return None
+    pred = (isvc.get("spec") or {}).get("predictor") or {}
+    model = pred.get("model") or {}
+    revision = (pred.get("labels") or {}).get(REVISION_ANNOTATION)
+    storage = model.get("storageUri")
+    if not isinstance(revision, str) or not revision or not isinstance(storage, str) or not storage:
+        return None
+    annotations = (isvc.get("metadata") or {}).get("annotations") or {}
+    # The version annotation names the template's model, which in RawDeployment mid-rollout is the canary's.
+    version = annotations.get(VERSION_ANNOTATION) if annotations.get(REVISION_ANNOTATION) == revision else None
+    image = model.get("image")
+    return ModelRef(revision=revision, version=str(version or ""), storageUri=storage,
+                    image=image if isinstance(image, str) else None,
+                    format=str((model.get("modelFormat") or {}).get("name") or ""))
+
+
+def split_template(isvc: dict[str, Any] | None) -> bool:
+    """Serverless with canaryTrafficPercent: the template is a canary, a preview or a pinned stable, and the
+    traffic's remainder goes to the last rolled-out Knative revision, whose model the InferenceService no
+    longer names. A status that lost its stable model cannot tell which model that is."""
+    pred = ((isvc or {}).get("spec") or {}).get("predictor") or {}
+    return "canaryTrafficPercent" in pred and not (isvc or {}).get("spec", {}).get("canary")
+
+
 def _rolled_out(isvc: dict[str, Any] | None) -> bool:
     """KServe reports a last rolled-out revision: the one canaryTrafficPercent's remainder goes to."""
     predictor = (((isvc or {}).get("status") or {}).get("components") or {}).get("predictor") or {}

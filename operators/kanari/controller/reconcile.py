@@ -173,6 +173,8 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
             capacity=observed.capacity,
             realised=observed.realised,
             warmup=observed.warmup,
+            existing=inferenceservice.served_model(observed.isvc) if status.stableModel is None else None,
+            existing_unknown=status.stableModel is None and inferenceservice.split_template(observed.isvc),
         ),
         generation,
     )

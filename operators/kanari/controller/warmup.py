@@ -24,7 +24,6 @@ budget and reported with their reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from kubernetes.client.exceptions import ApiException
 from kanari.api.conditions import parse_time
 from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus, WarmupSpec
 from kanari.controller.inferenceservice import REVISION_ANNOTATION
+from kanari.monitor.settings import API_TOKEN_ENV
 from kanari.rollout.warmup import PodObservation, WarmupObservation
 
 log = logging.getLogger("kanari.controller.warmup")
@@ -53,7 +53,6 @@ MAX_BODY_BYTES = 1 << 20  # a warm-up request or answer larger than this is refu
 MAX_SAMPLES_FILE_BYTES = 4 << 20
 SAMPLES_FILE = "samples.jsonl"
 RECENT_PATH = "/v1/recent-requests/{namespace}/{name}"
-ENV_MONITOR_TOKEN_FILE = "KANARI_MONITOR_TOKEN_FILE"
 MAX_BACKOFF = 15.0
 
 
@@ -113,22 +112,19 @@ def read_baseline_samples(baseline_uri: str) -> list[dict[str, Any]]:
 class RecentRequests:
     """The drift monitor's recently logged request bodies (CONTRACT: GET /v1/recent-requests/{ns}/{name}).
 
-    Authenticated with a bearer token read from KANARI_MONITOR_TOKEN_FILE when set (a projected service
-    account token); the monitor decides who may read. The answer is untrusted: only request-shaped JSON
-    objects are kept, at most `limit`, and a body over MAX_BODY_BYTES is refused."""
+    Authenticated with the monitor's read-API bearer token (KANARI_MONITOR_API_TOKEN, the Secret the chart
+    gives the monitor and the controller only). The answer is untrusted: only request-shaped JSON objects are
+    kept, at most `limit`, and a body over MAX_BODY_BYTES is refused."""
 
-    def __init__(self, base_url: str, token_file: str | None = None):
+    def __init__(self, base_url: str, token: str | None = None):
         parsed = urllib.parse.urlparse(base_url)
         self.base = f"{parsed.scheme}://{parsed.netloc}"
-        self.token_file = token_file
+        self.token = token
 
     async def fetch(self, session: aiohttp.ClientSession, namespace: str, name: str, limit: int) -> list[dict[str, Any]]:
         url = self.base + RECENT_PATH.format(namespace=urllib.parse.quote(namespace, safe=""),
                                              name=urllib.parse.quote(name, safe=""))
-        headers = {}
-        if self.token_file:
-            with contextlib.suppress(OSError):
-                headers["Authorization"] = "Bearer " + Path(self.token_file).read_text().strip()
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             async with session.get(url, params={"limit": str(limit)}, headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
@@ -435,4 +431,5 @@ def pod_lister(core: Any) -> PodLister:
 
 
 def monitor_from_env(monitor_url: str | None) -> RecentRequests | None:
-    return RecentRequests(monitor_url, os.environ.get(ENV_MONITOR_TOKEN_FILE) or None) if monitor_url else None
+    token = os.environ.get(API_TOKEN_ENV, "").strip() or None
+    return RecentRequests(monitor_url, token) if monitor_url else None

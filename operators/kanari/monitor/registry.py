@@ -29,6 +29,7 @@ from kanari.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment, ModelRe
 from kanari.controller.model_source import baseline_uri
 from kanari.monitor.baseline_store import BaselineRef, normalise_uri
 from kanari.monitor.groundtruth import GroundTruthConfig
+from kanari.monitor.replay import DEFAULT_DOMAINS, PreviewTarget, preview_target
 
 log = logging.getLogger("kanari.monitor.registry")
 
@@ -57,6 +58,7 @@ class MonitoredModel:
     by_revision: dict[str, Binding]
     raw_deployment: bool
     ground_truth: GroundTruthConfig | None = None  # labels are taken for it (spec.monitoring.groundTruth)
+    preview: PreviewTarget | None = None  # a BlueGreen preview in progress, to be fed replayed requests
 
     def bind(self, endpoint: str, revision: str | None) -> Binding | None:
         # RawDeployment tells stable from canary by endpoint (the revision annotation is the
@@ -80,7 +82,7 @@ def _binding(md: ModelDeployment, ref: ModelRef | None) -> Binding | None:
                    md.spec.monitoring.drift.windowSize, ref.calibrationUri)
 
 
-def monitored(obj: dict[str, Any]) -> MonitoredModel | None:
+def monitored(obj: dict[str, Any], preview_domains: tuple[str, ...] | None = DEFAULT_DOMAINS) -> MonitoredModel | None:
     """The binding of a ModelDeployment object as the API server returns it; None when it is not
     monitored, not serving yet, or not a valid ModelDeployment."""
     try:
@@ -100,13 +102,15 @@ def monitored(obj: dict[str, Any]) -> MonitoredModel | None:
     gt = mon.groundTruth
     truth = GroundTruthConfig(gt.task, gt.threshold, parse_duration(gt.ttl)) if gt is not None else None
     return MonitoredModel(stable or canary, canary, by_revision, md.spec.serving.deploymentMode == "RawDeployment",
-                          truth)
+                          truth, preview_target(md, preview_domains))
 
 
 class ModelRegistry:
     """The monitored models by (namespace, name). Written by the watcher thread, read on the event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, preview_domains: tuple[str, ...] | None = DEFAULT_DOMAINS) -> None:
+        # The Knative domains a preview's tag URL may be in (None: any host, for devstack's path-based tag URLs).
+        self.preview_domains = preview_domains
         self._models: dict[tuple[str, str], MonitoredModel] = {}
         self._lock = threading.Lock()
         self.synced = False  # True once a full list has been read
@@ -117,6 +121,9 @@ class ModelRegistry:
     def bind(self, namespace: str, model: str, endpoint: str, revision: str | None) -> Binding | None:
         found = self.lookup(namespace, model)
         return found.bind(endpoint, revision) if found else None
+
+    def previews(self) -> list[PreviewTarget]:
+        return [m.preview for m in list(self._models.values()) if m.preview is not None]
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._models
@@ -133,14 +140,14 @@ class ModelRegistry:
 
     def update(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        self.put(str(meta.get("namespace", "")), str(meta.get("name", "")), monitored(obj))
+        self.put(str(meta.get("namespace", "")), str(meta.get("name", "")), monitored(obj, self.preview_domains))
 
     def replace(self, objects: Iterable[dict[str, Any]], namespace: str | None = None) -> None:
         """A full list: of one namespace (one watcher per watched namespace), or of all (None)."""
         fresh: dict[tuple[str, str], MonitoredModel] = {}
         for obj in objects:
             meta = obj.get("metadata") or {}
-            m = monitored(obj)
+            m = monitored(obj, self.preview_domains)
             if m is not None:
                 fresh[(str(meta.get("namespace", "")), str(meta.get("name", "")))] = m
         with self._lock:

@@ -22,12 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,6 +68,7 @@ from kanari.monitor.payload import (
     response_values,
     to_arrays,
 )
+from kanari.monitor.recent import REPLAY_ID_PREFIX, RecentRequests
 from kanari.monitor.registry import (
     Binding,
     KubernetesWatcher,
@@ -72,8 +76,15 @@ from kanari.monitor.registry import (
     from_static_file,
     kubernetes_api,
 )
-from kanari.monitor.settings import MonitorSettings, monitor_arguments
-from kanari.monitor.sharding import Shards, ShardSettings
+from kanari.monitor.replay import (
+    DEFAULT_DOMAINS,
+    PreviewTarget,
+    Replayer,
+    aiohttp_sender,
+    kubernetes_reporter,
+)
+from kanari.monitor.settings import API_TOKEN_ENV, MonitorSettings, monitor_arguments
+from kanari.monitor.sharding import FORWARDED_HEADER, Shards, ShardSettings
 from kanari.webguard import BodyRejected, loads, read_body, ssl_context
 from kanari.webguard import run_app as serve
 
@@ -83,6 +94,7 @@ GAUGE_METHODS = tuple(m for m in dict.fromkeys(NUMERIC_METHODS + CATEGORICAL_MET
 DIVERGENCE_METHODS = ("psi", "js", "linf")
 PREDICTION = "prediction"
 UNVERSIONED = "unversioned"
+MAX_RECENT_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -200,6 +212,8 @@ class DriftMonitor:
         self.windows: OrderedDict[WindowKey, ModelWindow] = OrderedDict()
         self.pending: OrderedDict[str, Pending] = OrderedDict()
         self.pending_bytes = 0
+        self.recent = RecentRequests(settings.recent_per_model, settings.max_models, settings.recent_max_body_bytes,
+                                     settings.recent_max_model_bytes)
         self._inflight: dict[BaselineRef, asyncio.Future[Baseline]] = {}
         self._calibrating: dict[str, asyncio.Future[Any]] = {}
         self.truth = GroundTruth(self.registry, max_pending=settings.max_label_pending,
@@ -212,7 +226,9 @@ class DriftMonitor:
         for kind, bound in (("windows", settings.max_models), ("pending", settings.max_pending),
                             ("pending_bytes", settings.max_pending_bytes), ("baselines", settings.max_baselines),
                             ("baseline_failures", settings.max_baseline_failures),
-                            ("rows_per_event", settings.max_rows_per_event), ("event_bytes", settings.max_event_bytes)):
+                            ("rows_per_event", settings.max_rows_per_event), ("event_bytes", settings.max_event_bytes),
+                            ("recent_per_model", settings.recent_per_model),
+                            ("recent_bytes", settings.max_models * settings.recent_max_model_bytes)):
             self.metrics.limit.labels(kind).set(bound)
 
     # ------------------------------------------------------------------------------------------ intake
@@ -247,6 +263,13 @@ class DriftMonitor:
             log.warning("baseline of %s/%s unavailable: %s", event.namespace, event.model, exc)
             return self.record("baseline_unavailable", 503,
                                error=f"the baseline of {event.namespace}/{event.model} is unavailable; see the monitor's log")
+        found = self.models.lookup(event.namespace, event.model)
+        stable = found is not None and binding == found.stable
+        replayed = event.id.startswith(REPLAY_ID_PREFIX)
+        if replayed and stable:
+            # A replayed request logged as the stable model's (a preview misrouted or mislabelled): it is a copy
+            # of a request the stable window already counted, so it is not counted again.
+            return self.record("replayed", 200, id=event.id)
         try:
             state = self._window(event, binding, baseline)
             paired = self._intake(event, state, len(body))
@@ -254,6 +277,9 @@ class DriftMonitor:
             return self.record("oversized", 413, error=str(exc), id=event.id)
         except MalformedEvent as exc:
             return self.record("malformed", 400, error=str(exc), id=event.id)
+        if event.kind == "request" and stable and not replayed:
+            # Only the stable model's own requests, after the intake took them, are kept for replay.
+            self.recent.add(event.namespace, event.model, event.data)
         self._expire_pending()
         model = self.models.lookup(event.namespace, event.model)
         if event.kind == "response" and model is not None and model.ground_truth is not None:
@@ -468,6 +494,8 @@ class DriftMonitor:
             if now - st.updated > self.settings.idle_timeout or (k.namespace, k.model) not in self.models
         ]:
             self._drop(key)
+        for ns, model in [k for k in self.recent.models() if k not in self.models]:
+            self.recent.drop(ns, model)
         tracked = {(k.namespace, k.model) for k in self.windows}
         for labels in [lab for lab in self._violation_labels if lab[:2] not in tracked]:
             self.metrics.schema_violations.remove(*labels)
@@ -475,7 +503,8 @@ class DriftMonitor:
         for kind, size in (("windows", len(self.windows)), ("pending", len(self.pending)),
                            ("pending_bytes", self.pending_bytes), ("baselines", len(self.cache)),
                            ("baseline_failures", self.cache.failures), ("models", len(self.models)),
-                           ("violation_series", len(self._violation_labels))):
+                           ("violation_series", len(self._violation_labels)), ("recent", len(self.recent)),
+                           ("recent_bytes", self.recent.bytes())):
             self.metrics.size.labels(kind).set(size)
         for state in self.windows.values():
             versions = (state.window.version, state.predictions.version if state.predictions else -1)
@@ -586,11 +615,49 @@ def _profile_drift(base: Profile, cur: Profile) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
+def read_api_token(path: str | None) -> str | None:
+    """The bearer token of the monitor's read API: a file (a mounted Secret) or KANARI_MONITOR_API_TOKEN."""
+    if path:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"--api-token-file: unreadable ({type(exc).__name__})") from None
+        if not token:
+            raise ValueError("--api-token-file: the file is empty")
+        return token
+    return os.environ.get(API_TOKEN_ENV, "").strip() or None
+
+
 def build_app(
     monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None, shards: Shards | None = None,
-    label_drop: LabelDrop | None = None,
+    label_drop: LabelDrop | None = None, api_token: str | None = None, replayer: Replayer | None = None,
 ) -> web.Application:
     max_bytes = monitor.settings.max_event_bytes
+    secret = api_token.encode() if api_token else None
+
+    async def recent_requests(request: web.Request) -> web.Response:
+        # Logged request bodies are users' data: only a holder of the API token (the controller) reads them;
+        # with no token configured the endpoint is closed, never open.
+        if secret is None:
+            return web.json_response({"error": "the monitor was started without an API token; "
+                                                "recent requests are not served"}, status=403)
+        scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), secret):
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        raw = request.query.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_RECENT_LIMIT:
+            return web.json_response({"error": f"limit: an integer from 1 to {MAX_RECENT_LIMIT}"}, status=400)
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        forwarded = any(k.lower() == FORWARDED_HEADER.lower() for k in request.headers)
+        if shards is not None and not forwarded and (target := shards.owner_of(ns, name)) is not None:
+            # Another replica keeps this model's requests: asked once, with the caller's token.
+            status, body = await shards.fetch(target, request.path_qs, dict(request.headers))
+            return web.json_response(body, status=status)
+        if (ns, name) not in monitor.models:
+            return web.json_response({"error": f"{ns[:63]}/{name[:63]}: not a ModelDeployment with monitoring "
+                                               "enabled"}, status=404)
+        return web.json_response({"requests": monitor.recent.recent(ns, name, int(raw))})
 
     async def labels(request: web.Request) -> web.Response:
         # The token is checked before the body is read: an unauthenticated caller costs no body.
@@ -673,6 +740,14 @@ def build_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def replaying(app: web.Application) -> Any:
+        assert replayer is not None
+        task = asyncio.create_task(replayer.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app = web.Application(client_max_size=max(max_bytes, monitor.settings.max_label_bytes) + 1)
     if monitor.labels_token:
         app.router.add_post("/v1/labels/{namespace}/{name}", labels)
@@ -682,7 +757,10 @@ def build_app(
     app.router.add_post("/events", receive)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/recent-requests/{namespace}/{name}", recent_requests)
     app.cleanup_ctx.append(evaluator)
+    if replayer is not None:
+        app.cleanup_ctx.append(replaying)
     if shards is not None:
         app.cleanup_ctx.append(shards.context)
     return app
@@ -705,14 +783,20 @@ def run(args: argparse.Namespace) -> int:
             max_label_bytes=args.max_label_bytes,
             max_label_pending=args.max_label_pending,
             labels_s3_interval=args.labels_s3_interval,
+            recent_per_model=args.recent_per_model,
+            recent_max_body_bytes=args.recent_max_body_bytes,
+            recent_max_model_bytes=args.recent_max_model_bytes,
+            max_replay_rate=args.max_replay_rate,
+            max_replays=args.max_replays,
         )
         labels_token = read_labels_token(args.labels_token_file)
+        api_token = read_api_token(args.api_token_file)
         sharding = ShardSettings.from_args(args)
         tls = ssl_context(args.tls_cert_file, args.tls_key_file)
         if args.config:
             models = from_static_file(args.config)
         elif args.kubernetes:
-            models = ModelRegistry()
+            models = ModelRegistry(tuple(args.preview_domain) or DEFAULT_DOMAINS)
         else:
             raise ValueError("say where monitored models come from: --kubernetes (ModelDeployments) or --config FILE")
     except ValueError as exc:
@@ -741,8 +825,18 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"kanari drift monitor: {exc}", file=sys.stderr)
             return 2
-    serve(build_app(monitor, watchers, shards, drop), args.host, args.port, header_timeout=args.header_timeout,
-          tls=tls)
+    replayer = None
+    if not args.no_replay:
+        send, _close = aiohttp_sender()
+        def owned_previews() -> list[PreviewTarget]:
+            # Only the replica keeping a model's requests feeds its preview (and reports it in status).
+            return [t for t in models.previews() if shards is None or shards.owner_of(t.namespace, t.name) is None]
+
+        replayer = Replayer(owned_previews, monitor.recent, send,
+                            kubernetes_reporter(kubernetes_api) if args.kubernetes else None,
+                            max_rate=settings.max_replay_rate, max_feeds=settings.max_replays)
+    serve(build_app(monitor, watchers, shards, drop, api_token, replayer), args.host, args.port,
+          header_timeout=args.header_timeout, tls=tls)
     return 0
 
 

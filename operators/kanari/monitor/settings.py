@@ -14,6 +14,9 @@ MAX_BASELINE_FAILURES = 256
 MAX_LABEL_BYTES = 1024 * 1024
 MAX_LABEL_PENDING = 100_000
 
+# The bearer token of the monitor's read API (GET /v1/recent-requests): the monitor and the controller both read it.
+API_TOKEN_ENV = "KANARI_MONITOR_API_TOKEN"
+
 
 @dataclass(frozen=True)
 class MonitorSettings:
@@ -33,14 +36,23 @@ class MonitorSettings:
     max_label_bytes: int = MAX_LABEL_BYTES
     max_label_pending: int = MAX_LABEL_PENDING
     labels_s3_interval: float = 60.0
+    # Recently logged stable requests kept per model (memory only) for BlueGreen preview replay and the
+    # controller's GET /v1/recent-requests; and the replay's monitor-wide bounds.
+    recent_per_model: int = 200
+    recent_max_body_bytes: int = 64 * 1024
+    recent_max_model_bytes: int = 512 * 1024  # x max_models: 50 MiB at the defaults
+    max_replay_rate: float = 20.0
+    max_replays: int = 10
 
     def __post_init__(self) -> None:
         for name in ("window_size", "min_samples", "max_models", "max_event_bytes", "max_pending", "max_pending_bytes",
                      "max_rows_per_event", "max_baselines", "max_baseline_failures", "max_label_bytes",
-                     "max_label_pending"):
+                     "max_label_pending", "recent_per_model", "recent_max_body_bytes", "recent_max_model_bytes",
+                     "max_replays"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("evaluate_interval", "pending_ttl", "idle_timeout", "body_timeout", "labels_s3_interval"):
+        for name in ("evaluate_interval", "pending_ttl", "idle_timeout", "body_timeout", "labels_s3_interval",
+                     "max_replay_rate"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
 
@@ -80,6 +92,24 @@ def monitor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-baselines", type=int, default=d.max_baselines, help="parsed baselines cached (LRU)")
     parser.add_argument("--max-baseline-failures", type=int, default=d.max_baseline_failures,
                         help="failed baseline fetches remembered (LRU) so a broken baseline is not fetched per event")
+    parser.add_argument("--recent-per-model", type=int, default=d.recent_per_model,
+                        help="logged stable requests kept per model in memory (preview replay, /v1/recent-requests)")
+    parser.add_argument("--recent-max-body-bytes", type=int, default=d.recent_max_body_bytes,
+                        help="a logged request larger than this is not kept for replay")
+    parser.add_argument("--recent-max-model-bytes", type=int, default=d.recent_max_model_bytes,
+                        help="bytes of logged requests kept per model, at most")
+    parser.add_argument("--max-replay-rate", type=float, default=d.max_replay_rate,
+                        help="requests a second replayed to one BlueGreen preview, at most (whatever the spec asks)")
+    parser.add_argument("--max-replays", type=int, default=d.max_replays,
+                        help="BlueGreen previews fed at once, at most")
+    parser.add_argument("--preview-domain", action="append", default=[],
+                        help="Knative domain of preview tag URLs (repeat for several; default svc.cluster.local): "
+                             "replay goes only to latest-<name>-predictor.<namespace>.<domain>")
+    parser.add_argument("--no-replay", action="store_true",
+                        help="do not replay logged requests to BlueGreen previews")
+    parser.add_argument("--api-token-file",
+                        help="file holding the bearer token GET /v1/recent-requests requires (default: "
+                             "$KANARI_MONITOR_API_TOKEN; neither: that endpoint answers 403)")
     labels = parser.add_argument_group("delayed ground truth (ModelDeployments with spec.monitoring.groundTruth)")
     labels.add_argument("--labels-token-file",
                         help="bearer token for POST /v1/labels/<namespace>/<name> (a mounted Secret; or the "

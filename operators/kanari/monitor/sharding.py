@@ -157,12 +157,30 @@ class Shards:
         target = owner(key[0], key[1], self.settings.replicas)
         return None if target == self.settings.ordinal else target
 
-    def owner_of(self, namespace: str, model: str, headers: Mapping[str, str]) -> int | None:
-        """route_to for a request that names its model in the path (labels)."""
-        if any(k.lower() == FORWARDED_HEADER.lower() for k in headers):
+    def owner_of(self, namespace: str, model: str, headers: Mapping[str, str] | None = None) -> int | None:
+        """The ordinal keeping this model's state (its window, labels and recent requests), None when it is this
+        one or when the request was already forwarded once (never twice)."""
+        if any(k.lower() == FORWARDED_HEADER.lower() for k in headers or {}):
             return None
         target = owner(namespace, model, self.settings.replicas)
         return None if target == self.settings.ordinal else target
+
+    async def fetch(self, target: int, path: str, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """A GET of the owner's read API (its recent requests), once: the caller's Authorization goes along."""
+        import aiohttp
+
+        assert self._session is not None, "Shards.context must be in the app's cleanup_ctx"
+        out = {k: v for k, v in headers.items() if k.lower() in ("authorization", "accept")}
+        out[FORWARDED_HEADER] = str(self.settings.ordinal)
+        try:
+            async with self._session.get(self.settings.peers[target].rstrip("/") + path, headers=out) as resp:
+                try:
+                    answer = await resp.json(content_type=None)
+                except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                    answer = {}
+                return resp.status, answer if isinstance(answer, dict) else {}
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return 503, {"error": f"replica {target}: {type(exc).__name__}"}
 
     async def forward(
         self, target: int, headers: Mapping[str, str], body: bytes, path: str = ""
