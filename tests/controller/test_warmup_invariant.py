@@ -51,9 +51,13 @@ class WarmWorld(World):
         self.status = stored
         st_ = out.status
         w = st_.warmup
-        if w is not None and w.succeededAt and st_.canaryModel is not None and w.revision == st_.canaryModel.revision:
+        # The revision warmed is the canary's, or already the stable's when the same reconcile promoted it
+        # (AllAtOnce: all traffic once warm).
+        served = next((m for m in (st_.canaryModel, st_.stableModel) if w is not None and m is not None
+                       and m.revision == w.revision), None)
+        if w is not None and w.succeededAt and served is not None:
             assert w.pods and all(p.answered >= WARMUP["requests"] for p in w.pods), w
-            self.warmed.add(st_.canaryModel.storageUri)
+            self.warmed.add(served.storageUri)
         self.kserve.apply(out.isvc)
 
     def observe(self) -> None:
