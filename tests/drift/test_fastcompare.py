@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kanari.drift.compare import compare_frame, profile_current, schema_violations
+from kanari.drift.compare import SchemaViolation, compare_frame, profile_current, schema_violations
 from kanari.drift.fastcompare import compare_chunks, compare_file, compare_frame_fast
 from kanari.drift.model_monitor import baseline_documents, parse_baseline
 from scipy.stats import ks_2samp
@@ -96,7 +96,7 @@ def test_chunking_does_not_change_the_report(cuts: list[int], method: str | None
     assert chunked.to_dict() == whole.to_dict()
 
 
-def test_schema_violations_match_the_frame_check() -> None:
+def schema_case() -> tuple:  # type: ignore[type-arg]
     rng = np.random.default_rng(5)
     ref = pd.DataFrame(
         {"n": rng.normal(size=500), "i": rng.integers(0, 5, 500), "c": rng.choice(["x", "y"], 500), "gone": 1.0, "y": rng.integers(0, 2, 500)}
@@ -110,9 +110,34 @@ def test_schema_violations_match_the_frame_check() -> None:
             "extra": 1,
         }
     )
-    fast = compare_frame_fast(baseline, cur)
-    assert fast.violations == schema_violations(baseline, cur)
-    assert {v.kind for v in fast.violations} >= {"missing_column", "extra_column", "type_mismatch", "unseen_category", "completeness"}
+    return baseline, cur
+
+
+def test_schema_violations_name_what_is_wrong() -> None:
+    """One schema check (compare.SchemaCheck) serves the DataFrame check and the fast path: what a user reads."""
+    baseline, cur = schema_case()
+    expected = [
+        SchemaViolation("missing_column", "gone", "in the baseline, not in the data"),
+        SchemaViolation("extra_column", "extra", "in the data, not in the baseline"),
+        SchemaViolation("type_mismatch", "n", "80 non-numeric values in a Fractional feature: 'oops', 'bad'"),
+        SchemaViolation("completeness", "n", "0.8000 of values present, the baseline requires 1.0000"),
+        SchemaViolation("type_mismatch", "i", "fractional values in an Integral feature"),
+        SchemaViolation("completeness", "i", "0.8000 of values present, the baseline requires 1.0000"),
+        SchemaViolation("unseen_category", "c", "80 values outside the baseline's domain: 'z', 'w'"),
+        SchemaViolation("completeness", "c", "0.8000 of values present, the baseline requires 1.0000"),
+    ]
+    assert schema_violations(baseline, cur) == expected
+    assert compare_frame_fast(baseline, cur).violations == expected
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.integers(0, 200), max_size=6))
+def test_schema_violations_do_not_depend_on_the_chunking(cuts: list[int]) -> None:
+    """Counts add up and examples keep their first-seen order however the stream is cut."""
+    baseline, cur = schema_case()
+    bounds = sorted({0, len(cur), *cuts})
+    chunks = (cur.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    assert compare_chunks(baseline, list(cur.columns), chunks).violations == schema_violations(baseline, cur)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".tsv"])

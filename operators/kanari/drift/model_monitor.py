@@ -13,14 +13,16 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from kanari.drift.methods import CATEGORICAL_METHODS, DEFAULT_THRESHOLDS, NUMERIC_METHODS
 from kanari.drift.profile import Feature, Profile, infer_type, profile_frame
 from kanari.drift.sketch import OTHER
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATISTICS = "statistics.json"
 CONSTRAINTS = "constraints.json"
@@ -45,6 +47,8 @@ def baseline_documents(df: pd.DataFrame, *, target: str | None = None) -> tuple[
     `target` names the label column: it is profiled like any feature (prediction drift compares the
     served predictions with it) but is not expected in inference requests.
     """
+    import pandas as pd
+
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
     if df.empty or not len(df.columns):
@@ -71,17 +75,37 @@ def profile_documents(profile: Profile, *, target: str | None = None) -> tuple[d
 
 def _refuse_infinities(df: pd.DataFrame) -> None:
     """±inf is no measurement a model can be trained on, and JSON cannot store it: name the columns."""
-    bad = []
+    import pandas as pd
+
+    found = Infinities()
     for name in df.columns:
         col = df[name]
         if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-            values = col.to_numpy(dtype=np.float64, na_value=np.nan)
-            inf = np.isinf(values)
-            if inf.any():
-                rows = ", ".join(str(r) for r in np.flatnonzero(inf)[:3])
-                bad.append(f"{name!r}: {int(inf.sum())} infinite values (rows {rows}{', ...' if inf.sum() > 3 else ''})")
-    if bad:
-        raise ValueError(f"df: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}")
+            found.check(str(name), col.to_numpy(dtype=np.float64, na_value=np.nan), 0)
+    found.refuse("df")
+
+
+@dataclass
+class Infinities:
+    """Infinite values per column, found chunk by chunk: their count and first rows, for the error."""
+
+    count: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, list[int]] = field(default_factory=dict)
+
+    def check(self, name: str, values: np.ndarray, offset: int) -> None:
+        inf = np.isinf(values)
+        if inf.any():
+            self.count[name] = self.count.get(name, 0) + int(inf.sum())
+            first = self.rows.setdefault(name, [])
+            first.extend(int(r) + offset for r in np.flatnonzero(inf)[: 3 - len(first)])
+
+    def refuse(self, what: str) -> None:
+        bad = [
+            f"{name!r}: {n} infinite values (rows {', '.join(map(str, self.rows[name]))}{', ...' if n > 3 else ''})"
+            for name, n in self.count.items()
+        ]
+        if bad:
+            raise ValueError(f"{what}: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}")
 
 
 def constraints_for(profile: Profile) -> dict[str, Any]:
