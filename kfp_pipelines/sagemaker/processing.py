@@ -101,6 +101,11 @@ class BaselineJobConfig(BaseModel):
         return self
 
 
+# The config's fields as the pipeline's parameters are named (the rest are named alike).
+PIPELINE_PARAMETERS = {"image_uri": "baseline_image_uri", "instance_type": "baseline_instance_type",
+                       "instance_count": "baseline_instance_count"}
+
+
 def parse_config(**params: Any) -> BaselineJobConfig:
     try:
         return BaselineJobConfig(**params)
@@ -110,7 +115,8 @@ def parse_config(**params: Any) -> BaselineJobConfig:
         m = re.match(r"^([a-z_][a-z0-9_.]*): (.*)$", msg, re.S)
         if m and err["type"] == "value_error":
             raise InputError(m.group(1), m.group(2)) from None
-        raise InputError(".".join(str(p) for p in err["loc"]) or "parameters", msg) from None
+        loc = ".".join(str(p) for p in err["loc"]) or "parameters"
+        raise InputError(PIPELINE_PARAMETERS.get(loc, loc), msg) from None
 
 
 def build_request(cfg: BaselineJobConfig) -> dict[str, Any]:

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from botocore.stub import ANY, Stubber
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kfp_pipelines import aws as aws_mod
 from kfp_pipelines import steps
@@ -157,7 +159,7 @@ def test_an_isolated_job_gets_its_data_as_an_input_on_one_instance(aws: Any) -> 
     ({"instance_type": "ml.trn1.2xlarge"}, "baseline_instance_type"),
     ({"role_arn": "kanari"}, "role_arn"),
     ({"subnets": ["subnet-1"]}, "security_group_ids"),
-    ({"instance_count": 0}, "instance_count"),
+    ({"instance_count": 0}, "baseline_instance_count"),
 ])
 def test_bad_parameters_are_refused_before_anything_starts(aws: Any, params: dict[str, Any], parameter: str) -> None:
     train_uri, model_uri, _ = put_train_split(aws, rows=50)
@@ -228,3 +230,46 @@ def test_a_local_run_keeps_the_local_engine(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         local.run_local(bucket="b", model_package_group="g", workdir=tmp_path, parameters={"baseline_engine": "spark"})
     assert err.value.parameter == "baseline_engine"
+
+
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    instance_type=st.one_of(st.sampled_from(processing.instance_types()), text),
+    instance_count=st.integers(-2, 120),
+    subnets=st.lists(st.sampled_from(["subnet-0a1b2c3d", "subnet-9f8e7d6c"]), max_size=3, unique=True),
+    groups=st.lists(st.just("sg-0a1b2c3d"), max_size=1),
+    isolation=st.booleans(),
+    kms=st.sampled_from(["", SECURITY["volume_kms_key_id"], "alias/kanari"]),
+    image=st.sampled_from(["", IMAGE]),
+    target=st.sampled_from(["label", "is fraud", "ÿ"]),
+)
+def test_any_accepted_configuration_is_a_request_sagemaker_accepts(
+    instance_type: str, instance_count: int, subnets: list[str], groups: list[str], isolation: bool, kms: str,
+    image: str, target: str,
+) -> None:
+    """Hostile parameters end in an InputError naming one, never a traceback; whatever is accepted builds a
+    CreateProcessingJob request botocore's validator and SageMaker's limits (conftest's strict check) accept."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    from tests.pipelines.conftest import _strict_errors
+
+    try:
+        cfg = processing.parse_config(
+            train_uri="s3://b/t/", output_uri="s3://b/m/baseline", target=target, role_arn=ROLE, image_uri=image,
+            instance_type=instance_type, instance_count=instance_count, subnets=subnets, security_group_ids=groups,
+            volume_kms_key_id=kms, output_kms_key_id=kms, enable_network_isolation=isolation,
+        )
+    except InputError as exc:
+        assert exc.parameter and exc.message
+        return
+    request = {"ProcessingJobName": config.job_name("fraud-baseline", "run", "task", "0" * 64),
+               **processing.build_request(cfg), "Tags": config.tags("run", "task", "0" * 64, "sagemaker-processing")}
+    shape = botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateProcessingJob").input_shape
+    report = ParamValidator().validate(request, shape)
+    assert not report.has_errors(), report.generate_report()
+    assert _strict_errors(shape, request, "CreateProcessingJob") == []
+    assert not (isolation and instance_count > 1)
