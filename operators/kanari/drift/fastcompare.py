@@ -245,13 +245,17 @@ def private_cache_dir() -> str | None:
 
 
 def _load_kernel(edges: NumericEdges) -> None:
-    """Load (or compile) the kernel for the types `CurrentBins._bin` passes, on scratch arrays: no row is
-    binned and nothing shared is written, so it can run while the main thread reads the input."""
-    _kernel()(
+    """Load (or compile) the kernel for the types `CurrentBins._bin` passes, without launching it: safe to run
+    while the main thread reads the input (or bins a chunk)."""
+    import numba
+
+    kernel = _kernel()
+    args = (
         np.empty((len(edges.names), 0)), edges.packed, edges.e_off, edges.m, edges.lo, edges.inv, edges.table,
-        edges.t_off, edges.size, edges.steps, edges.c_off, np.zeros(1, dtype=np.int64),
-        np.zeros(1), np.zeros(len(edges.names), dtype=np.bool_), np.zeros(len(edges.names), dtype=np.int64),
+        edges.t_off, edges.size, edges.steps, edges.c_off, np.zeros(1, dtype=np.int64), np.zeros(1),
+        np.zeros(len(edges.names), dtype=np.bool_), np.zeros(len(edges.names), dtype=np.int64),
     )
+    kernel.compile(tuple(numba.typeof(a) for a in args))
 
 
 def warm_up(edges: NumericEdges, p_values: bool) -> threading.Thread:
