@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kanari.drift.compare import SchemaViolation, compare_frame, profile_current, schema_violations
-from kanari.drift.fastcompare import compare_chunks, compare_file, compare_frame_fast
+from kanari.drift.fastcompare import CurrentBins, compare_chunks, compare_file, compare_frame_fast
 from kanari.drift.model_monitor import baseline_documents, parse_baseline
 from scipy.stats import ks_2samp
 
@@ -203,3 +203,31 @@ def test_a_file_larger_than_the_memory_it_is_compared_in(tmp_path: Path) -> None
     assert result["rows"] == 400_000
     assert sorted(int(f[1:]) for f in result["drifted"]) == shifted_features(features)
     assert result["peak_over_start"] < raw / 2, result
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.lists(base_value, min_size=0, max_size=1500),
+    cur=st.lists(st.one_of(value, st.sampled_from([1.0, 2.0, -0.0])), min_size=0, max_size=2500),
+    cuts=st.lists(st.integers(0, 2500), max_size=4),
+)
+def test_sorting_bins_exactly_as_the_kernel(base: list[float], cur: list[float], cuts: list[int]) -> None:
+    """compare_file bins small files by sorting (no numba to load): the same cell counts and missing counts as the
+    kernel whatever the values (ties with the edges, NaN, ±inf, a baseline without values, compacted or not),
+    per-cell sums of finite values to rounding."""
+    rng = np.random.default_rng(len(base) * 7919 + len(cur))
+    ref = pd.DataFrame({"x": np.array(base, dtype=float), "y": rng.normal(size=len(base))})
+    baseline = baseline_of(ref) if len(ref) else baseline_of(pd.DataFrame({"x": [np.nan], "y": [0.0]}))
+    current = pd.DataFrame({"x": np.array(cur, dtype=float), "y": rng.standard_t(2, size=len(cur))})
+    bounds = sorted({0, len(current), *(c for c in cuts if c < len(current))})
+    bins = {}
+    for sorting in (False, True):
+        b = CurrentBins(baseline, ["x", "y"], "wasserstein", by_sorting=sorting)
+        for a, z in zip(bounds[:-1], bounds[1:], strict=True):
+            b.add_frame(current.iloc[a:z])
+        bins[sorting] = b
+    kernel, sorted_ = bins[False], bins[True]
+    np.testing.assert_array_equal(sorted_.counts, kernel.counts)
+    np.testing.assert_array_equal(sorted_.nans, kernel.nans)
+    np.testing.assert_allclose(sorted_.sums, kernel.sums, rtol=1e-9, atol=1e-6)
+    assert sorted_.schema.present == kernel.schema.present
