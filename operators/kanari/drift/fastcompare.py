@@ -10,7 +10,8 @@ by the baseline sketch's rank error alone (see sketch.RANK_ERROR_C), half the bo
 
 The binning is a small numba kernel (numpy's searchsorted costs ~80 ns a value on unsorted input, the
 kernel a few): a uniform lookup table over each feature's edges puts a value within a step or two of its
-cell, the remaining steps are branch-free, and features are spread over both cores. Input is accumulated
+cell, the remaining steps are branch-free, and features are spread over both cores (a small file is binned by
+sorting instead, which needs no numba: see SORT_BELOW_VALUES). Input is accumulated
 chunk by chunk (`CurrentBins.add_frame`), so memory is bounded by the chunk, not the file.
 Categorical values are counted by integer codes (pandas.factorize) and only the distinct values are
 turned into strings.
