@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kfp_pipelines import aws
 from kfp_pipelines.errors import InputError, StepFailed
-from kfp_pipelines.sagemaker.config import MAX_RUNTIME_LIMIT, ROLE_ARN, inputs_hash, job_name, tags
+from kfp_pipelines.sagemaker.config import MAX_RUNTIME_LIMIT, ROLE_ARN, RUN_TAG, inputs_hash, job_name, tags
 from kfp_pipelines.sagemaker.waiter import Backoff, wait
 
 log = logging.getLogger("kanari.pipeline")
@@ -194,6 +194,20 @@ def stop_job(sm: Any, name: str) -> None:
             log.info("asked SageMaker to stop processing job %s", name)
     except aws.ClientError as exc:
         log.warning("cannot stop processing job %s: %s: %s", name, aws.error_code(exc), aws.error_message(exc))
+
+
+def stop_run_jobs(sm: Any, run_id: str) -> list[str]:
+    """Stop the run's baseline jobs still running (the exit handler's work, with the training jobs). SageMaker
+    Search does not index processing jobs, so the running ones are listed and matched by the run's tag."""
+    stopped = []
+    for page in sm.get_paginator("list_processing_jobs").paginate(StatusEquals="InProgress"):
+        for job in page.get("ProcessingJobSummaries") or []:
+            found = sm.list_tags(ResourceArn=job["ProcessingJobArn"]).get("Tags") or []
+            # Checked on the tag's value: a run must never stop another run's jobs.
+            if {"Key": RUN_TAG, "Value": run_id[:256]} in found:
+                stop_job(sm, job["ProcessingJobName"])
+                stopped.append(job["ProcessingJobName"])
+    return stopped
 
 
 @dataclass(frozen=True)

@@ -273,3 +273,24 @@ def test_any_accepted_configuration_is_a_request_sagemaker_accepts(
     assert not report.has_errors(), report.generate_report()
     assert _strict_errors(shape, request, "CreateProcessingJob") == []
     assert not (isolation and instance_count > 1)
+
+
+def test_the_exit_handler_stops_this_runs_baseline_jobs_only(aws: Any) -> None:
+    """A run terminated from the KFP UI: its running baseline job is stopped, another run's is left alone."""
+    sm = aws_mod.client("sagemaker")
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:processing-job/"
+    summary = {"CreationTime": "2026-11-30T00:00:00Z", "ProcessingJobStatus": "InProgress"}
+    with Stubber(sm) as stub:
+        stub.add_response("list_processing_jobs", {"ProcessingJobSummaries": [
+            {"ProcessingJobName": "fraud-baseline-mine", "ProcessingJobArn": arn + "fraud-baseline-mine", **summary},
+            {"ProcessingJobName": "fraud-baseline-theirs", "ProcessingJobArn": arn + "fraud-baseline-theirs", **summary},
+        ]}, {"StatusEquals": "InProgress"})
+        stub.add_response("list_tags", {"Tags": config.tags("run-7", "t", "0" * 64, "sagemaker-processing")},
+                          {"ResourceArn": arn + "fraud-baseline-mine"})
+        stub.add_response("describe_processing_job", describe("fraud-baseline-mine", "InProgress"),
+                          {"ProcessingJobName": "fraud-baseline-mine"})
+        stub.add_response("stop_processing_job", {}, {"ProcessingJobName": "fraud-baseline-mine"})
+        stub.add_response("list_tags", {"Tags": config.tags("run-77", "t", "0" * 64, "sagemaker-processing")},
+                          {"ResourceArn": arn + "fraud-baseline-theirs"})
+        assert processing.stop_run_jobs(sm, "run-7") == ["fraud-baseline-mine"]
+        stub.assert_no_pending_responses()

@@ -92,7 +92,7 @@ def test_the_scan_finds_what_the_pipeline_really_calls() -> None:
             ("logs", "FilterLogEvents"), ("sagemaker", "AddAssociation")} <= calls
     # The drift baseline's Spark job (baseline_engine spark).
     assert {("sagemaker", "CreateProcessingJob"), ("sagemaker", "DescribeProcessingJob"),
-            ("sagemaker", "StopProcessingJob")} <= calls
+            ("sagemaker", "StopProcessingJob"), ("sagemaker", "ListProcessingJobs"), ("sagemaker", "ListTags")} <= calls
     assert ("sagemaker", "UpdateModelPackage") not in calls  # approval is a person's act, not the pipeline's
     assert {("sagemaker", "DescribeModelPackage"), ("aps", "QueryMetrics")} <= scan("controller")
 

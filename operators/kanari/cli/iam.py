@@ -83,9 +83,11 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         Grant("TrainingJobs", ("sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob",
                                "sagemaker:StopTrainingJob", "sagemaker:AddTags"), (f"{SM}:training-job/*",)),
         Grant("BaselineProcessingJobs", ("sagemaker:CreateProcessingJob", "sagemaker:DescribeProcessingJob",
-                                         "sagemaker:StopProcessingJob", "sagemaker:AddTags"), (f"{SM}:processing-job/*",)),
-        # Search and ListModelPackages/ListArtifacts support no resource-level permissions.
-        Grant("FindJobsAndVersions", ("sagemaker:Search", "sagemaker:ListModelPackages", "sagemaker:ListArtifacts"),
+                                         "sagemaker:StopProcessingJob", "sagemaker:AddTags", "sagemaker:ListTags"),
+              (f"{SM}:processing-job/*",)),
+        # Search and ListModelPackages/ListArtifacts/ListProcessingJobs support no resource-level permissions.
+        Grant("FindJobsAndVersions", ("sagemaker:Search", "sagemaker:ListModelPackages", "sagemaker:ListArtifacts",
+                                      "sagemaker:ListProcessingJobs"),
               ("*",)),
         Grant("Registry", ("sagemaker:DescribeModelPackageGroup", "sagemaker:CreateModelPackage",
                            "sagemaker:DescribeModelPackage"),
