@@ -8,6 +8,8 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 # in SageMaker's PyTorch Neuron image. From PyTorch's CPU wheel index: the PyPI wheel bundles CUDA (~2 GB).
 ARG TORCH_VERSION=2.8.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The drift baseline's Spark job image is built on SageMaker's PySpark processing container (see that stage).
+ARG SPARK_PROCESSING_IMAGE=173754725891.dkr.ecr.us-east-1.amazonaws.com/sagemaker-spark-processing:3.5-cpu-py312-v1.0
 
 # ------------------------------------------------------------------ pipeline components (KFP v2 steps)
 # Every step of kfp_pipelines runs on this image (`kanari pipeline compile --image <this image>`): kfp,
@@ -36,8 +38,26 @@ COPY --from=pipeline-build /opt/kanari /opt/kanari
 ENV PATH=/opt/kanari/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp
+    HOME=/tmp \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 USER 65532:65532
+
+# --------------------------------------------------------------- the drift baseline's Spark job image
+# `--target spark-baseline`: the pipeline's baseline step with baseline_engine=spark runs this image as a
+# SageMaker Processing job (kfp_pipelines/sagemaker/processing.py). It is SageMaker's own PySpark processing
+# container (Spark 3.5, Python 3.12, Amazon Linux 2023; the account is per region, see
+# github.com/aws/sagemaker-spark-container available_images.md) with Kanari installed into its Python, whose
+# Spark (EMR's, with EMRFS for s3://) the job uses: pyspark is not installed from PyPI. smspark-submit runs
+# /opt/kanari/spark_job.py = `kanari drift baseline --engine spark` with the job's arguments.
+FROM ${SPARK_PROCESSING_IMAGE} AS spark-baseline
+COPY pyproject.toml README.md /tmp/kanari-src/
+COPY operators /tmp/kanari-src/operators
+RUN /usr/local/bin/python3 -m pip install --no-cache-dir /tmp/kanari-src \
+ && mkdir -p /opt/kanari && cp /tmp/kanari-src/operators/kanari/drift/spark_job.py /opt/kanari/spark_job.py \
+ && rm -rf /tmp/kanari-src \
+ && /usr/local/bin/python3 -c "import kanari.drift.spark_baseline, numba, pyarrow"
+ENV NUMBA_CACHE_DIR=/tmp/numba-cache
+ENTRYPOINT ["smspark-submit"]
 
 # ------------------------------------------------------------------------------- operator (default)
 
@@ -62,7 +82,8 @@ ENV PATH=/opt/kanari/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 # A numeric user, so that Kubernetes can verify runAsNonRoot without a passwd entry.
 USER 65532:65532
 EXPOSE 8080 9090

@@ -199,6 +199,10 @@ def run_local(
         "apply_manifest": apply_manifest,
         **dict(parameters or {}),
     }
+    if arguments.get("baseline_engine", "local") != "local":
+        # The Spark baseline is a SageMaker Processing job: nothing here could run it.
+        raise InputError("baseline_engine", "a local run profiles the baseline in its own process; spark and auto "
+                                            "need SageMaker Processing (run the pipeline on a cluster)")
     t0 = time.monotonic()
     with _run_lock:
         log_path = logs / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**6:06d}.log"

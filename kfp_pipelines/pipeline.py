@@ -107,6 +107,10 @@ def _training_pipeline(
     neuron_compile_instance_type: str = "ml.trn1.2xlarge",
     neuron_compile_image: str = "",
     neuron_batch_size: int = 1,
+    baseline_engine: str = "local",
+    baseline_image_uri: str = "",
+    baseline_instance_type: str = "ml.m5.4xlarge",
+    baseline_instance_count: int = 2,
 ):
     """Train, gate, register and deploy a binary classifier.
 
@@ -158,6 +162,11 @@ def _training_pipeline(
         neuron_compile_image: Compile image; default the PyTorch Neuron training DLC of the serving runtime's
             Neuron SDK (its tag must name the SDK, which the registry records).
         neuron_batch_size: Batch size the model is compiled for (Neuron graphs have fixed input shapes).
+        baseline_engine: Drift baseline engine: local (the step's pod), spark (a SageMaker Processing job on
+            Spark, for training sets beyond one pod) or auto (spark past 512 MiB of training data).
+        baseline_image_uri: The Spark baseline image (the Dockerfile's spark-baseline target) for spark/auto.
+        baseline_instance_type: Processing instance type of the Spark baseline job.
+        baseline_instance_count: Processing instances of the Spark baseline job (1 with network isolation).
     """
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     stop = stop_training_jobs(run_id=run_id, training_backend=training_backend, ack_namespace=ack_namespace)
@@ -205,7 +214,15 @@ def _training_pipeline(
 
         with dsl.If(gate.outputs["passed"] == True, name="model-passed"):  # noqa: E712 (a KFP condition)
             baseline = _step(write_drift_baseline(
-                model=trained.outputs["model"], train_data=validated.outputs["train_data"], target=target
+                model=trained.outputs["model"], train_data=validated.outputs["train_data"], target=target,
+                baseline_engine=baseline_engine, role_arn=role_arn, run_id=run_id,
+                task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER, base_job_name=model_name,
+                baseline_image_uri=baseline_image_uri, baseline_instance_type=baseline_instance_type,
+                baseline_instance_count=baseline_instance_count, subnets=subnets, security_group_ids=security_group_ids,
+                volume_kms_key_id=volume_kms_key_id, output_kms_key_id=output_kms_key_id,
+                enable_network_isolation=enable_network_isolation,
+                enable_inter_container_traffic_encryption=enable_inter_container_traffic_encryption,
+                poll_initial_seconds=poll_initial_seconds,
             ), "drift baseline")
             # What is registered: the trained model, or (neuron_target set) the one compiled from it.
             release = _step(neuron_compile(

@@ -153,16 +153,31 @@ def judge(*, model_package_group: str, scores: dict[str, float], gate_metric: st
     return verdict
 
 
-def write_baseline(*, train_uri: str, target: str, model_uri: str) -> str:
-    """The drift baseline (SageMaker Model Monitor statistics.json/constraints.json) beside the model."""
+def write_baseline(
+    *, train_uri: str, target: str, model_uri: str, engine: str = "local", spark: dict[str, Any] | None = None,
+    run_id: str = "", task: str = "", base_job_name: str = "kanari", poll_initial_seconds: float = 10.0,
+) -> str:
+    """The drift baseline (SageMaker Model Monitor statistics.json/constraints.json) beside the model.
+
+    engine: local (profiled in this pod), spark (a SageMaker Processing job on the Spark baseline image; `spark`
+    holds its parameters, see sagemaker.processing.BaselineJobConfig) or auto (spark past a size)."""
     from kanari.drift.model_monitor import CONSTRAINTS, SAMPLES, STATISTICS, baseline_documents, samples_jsonl
 
+    from kfp_pipelines.sagemaker import processing
+    from kfp_pipelines.sagemaker.waiter import Backoff
+
     s3 = aws.client("s3")
+    where = evaluation.model_dir(model_uri).join("baseline")
+    if processing.choose_engine(engine, s3, train_uri) == "spark":
+        cfg = processing.parse_config(train_uri=train_uri, output_uri=str(where), target=target, **(spark or {}))
+        job = processing.run_baseline_job(cfg, run_id=run_id, task=task, base_job_name=base_job_name,
+                                          backoff=Backoff(initial=poll_initial_seconds))
+        log.info("drift baseline written to %s by processing job %s", job.baseline_uri, job.job_name)
+        return job.baseline_uri
     frame = evaluation.read_csv_prefix(s3, train_uri, "train_data")
     if target not in frame.columns:
         raise InputError("target", f"no column {target!r} in the train split")
     statistics, constraints = baseline_documents(frame, target=target)
-    where = evaluation.model_dir(model_uri).join("baseline")
     aws.put_json(s3, where.join(STATISTICS), statistics)
     aws.put_json(s3, where.join(CONSTRAINTS), constraints)
     # Request bodies for the canary's warm-up gate (kanari.controller.warmup reads them from here).

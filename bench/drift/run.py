@@ -38,6 +38,9 @@ RESULTS = ROOT / "bench" / "results"
 SHIFTED_SHARE = 0.1
 SEED = 20261127
 TOOLS = ("kanari", "alibi-detect", "evidently")
+# The peers run in their own environment (bench/drift_env.sh): alibi-detect pins numba<0.60 and numpy<2, which
+# Kanari's environment cannot share; Kanari runs in the project's.
+PEER_PYTHON = os.environ.get("KANARI_BENCH_PEER_PYTHON", sys.executable)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -258,9 +261,9 @@ def processes(rows: int, n_features: int, work: Path, timeout: float, peers: boo
     kanari = [sys.executable, "-m", "kanari.cli.main", "drift"]
     base = work / f"baseline-{rows}x{n_features}"
     try:
-        b_wall, b_peak, _, _, b_cpu = timed_process([*kanari, "baseline", "--data", str(ref), "-o", str(base)], timeout)
+        b_wall, b_peak, _, _, b_cpu = timed_process([*kanari, "baseline", "--data", str(ref), "--out", str(base)], timeout)
         c_wall, c_peak, _, text, c_cpu = timed_process(
-            [*kanari, "compare", "--baseline", str(base), "--data", str(cur), "--format", "json"], timeout
+            [*kanari, "compare", "--baseline", str(base), "--data", str(cur), "-o", "json"], timeout
         )
         drifted = sorted(int(f[1:]) for f in json.loads(text)["drifted_features"])
         out["kanari-cli"] = {
@@ -273,7 +276,7 @@ def processes(rows: int, n_features: int, work: Path, timeout: float, peers: boo
         out["kanari-cli"] = {"status": f"failed: {exc}"[:300]}
     if peers and installed("alibi-detect"):
         try:
-            wall, peak, _, text, cpu = timed_process([sys.executable, "-c", ALIBI_PROCESS, str(ref), str(cur)], timeout)
+            wall, peak, _, text, cpu = timed_process([PEER_PYTHON, "-c", ALIBI_PROCESS, str(ref), str(cur)], timeout)
             found = [int(j) for j in text.strip().split(",") if j]
             out["alibi-detect-process"] = {"status": "ok", "wall_seconds": round(wall, 3), "rows_per_second": round(rows / wall),
                                            "peak_memory_mb": round(peak, 1), "drifted": found, "cpu_seconds": round(cpu, 2)}
@@ -283,12 +286,16 @@ def processes(rows: int, n_features: int, work: Path, timeout: float, peers: boo
 
 
 def installed(tool: str) -> str | None:
+    """The tool's version in the interpreter that runs it (the peers' own environment for the peers)."""
     module = {"kanari": "kanari", "evidently": "evidently", "alibi-detect": "alibi_detect"}[tool]
+    python = sys.executable if tool == "kanari" else PEER_PYTHON
+    probe = f"import {module} as m; print(getattr(m, '__version__', 'installed'))"
     try:
-        mod = __import__(module)
-    except Exception:  # not installed, or installed broken: either way it cannot be measured
+        proc = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
         return None
-    return str(getattr(mod, "__version__", "installed"))
+    # Not installed, or installed broken: either way it cannot be measured.
+    return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
 
 
 def score(result: dict[str, Any], truth: list[int]) -> None:
@@ -314,7 +321,7 @@ def grid(configs: list[tuple[int, int, tuple[str, ...]]], timeout: float, work: 
             print(f"grid: {tool} {rows}x{n_features}", file=sys.stderr, flush=True)
             try:
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--one", tool, str(rows), str(n_features)],
+                    [sys.executable if tool == "kanari" else PEER_PYTHON, __file__, "--one", tool, str(rows), str(n_features)],
                     capture_output=True, text=True, timeout=timeout,
                 )
             except subprocess.TimeoutExpired:
@@ -355,8 +362,8 @@ def large(rows: int, n_features: int, work: Path, timeout: float) -> dict[str, A
     base = work / f"large-baseline-{n_features}"
     write_parquet(work / "large-ref.parquet", 200_000, n_features, SEED + 8, shift=False, row_group=50_000)
     kanari = [sys.executable, "-m", "kanari.cli.main", "drift"]
-    timed_process([*kanari, "baseline", "--data", str(work / "large-ref.parquet"), "-o", str(base)], timeout)
-    wall, peak, _, text, cpu = timed_process([*kanari, "compare", "--baseline", str(base), "--data", str(path), "--format", "json"], timeout)
+    timed_process([*kanari, "baseline", "--data", str(work / "large-ref.parquet"), "--out", str(base)], timeout)
+    wall, peak, _, text, cpu = timed_process([*kanari, "compare", "--baseline", str(base), "--data", str(path), "-o", "json"], timeout)
     result = {"cpu_seconds": round(cpu, 1), "rows": rows, "features": n_features, "raw_values_mb": round(rows * n_features * 8 / 2**20), "file_mb": round(path.stat().st_size / 2**20),
               "wall_seconds": round(wall, 2), "rows_per_second": round(rows / wall), "peak_rss_mb": round(peak, 1),
               "drifted": sorted(int(f[1:]) for f in json.loads(text)["drifted_features"]), "note": "CLI process; baseline from 200k rows"}
@@ -374,7 +381,7 @@ def spark(rows: int, n_features: int, work: Path, timeout: float) -> dict[str, A
     for engine, extra in (("local", []), ("spark", ["--engine", "spark", "--spark-master", "local[2]"])):
         print(f"spark: {engine}", file=sys.stderr, flush=True)
         try:
-            wall, peak, _, _, cpu = timed_process([*kanari, "-o", str(work / f"spark-base-{engine}"), *extra], timeout)
+            wall, peak, _, _, cpu = timed_process([*kanari, "--out", str(work / f"spark-base-{engine}"), *extra], timeout)
             out[engine] = {"wall_seconds": round(wall, 1), "rows_per_second": round(rows / wall), "driver_peak_rss_mb": round(peak, 1),
                            "driver_cpu_seconds": round(cpu, 1)}
         except (subprocess.TimeoutExpired, RuntimeError) as exc:
@@ -595,8 +602,8 @@ def main() -> int:
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    # This environment's own compiled-kernel cache (its numpy differs from the project's .venv); the warm-up of
-    # each in-process case fills it before the CLI processes are timed.
+    # The benchmark's own compiled-kernel cache: the in-process case's warm-up fills it before the CLI processes
+    # are timed, so they load a cached kernel as every run after a user's first does (the first compiles, ~3 s).
     os.environ.setdefault("NUMBA_CACHE_DIR", str(work / "numba-cache"))
     tools = tuple(t for t in TOOLS if t in args.tools.split(","))
     configs = [(100_000, 100, tools), (1_000_000, 20, tools)]

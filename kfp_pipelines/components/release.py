@@ -4,6 +4,9 @@ The baseline is written before registering, so the package can point at it (Drif
 and a failure leaves nothing registered. The rejection branch records why nothing was released.
 """
 
+# Parameter defaults are KFP declarations (never mutated); kfp.local cannot run None defaults.
+# ruff: noqa: B006
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
@@ -11,14 +14,48 @@ from kfp_pipelines.components import COMPONENT_IMAGE
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
-def write_drift_baseline(model: Input[Model], train_data: Input[Dataset], target: str) -> str:
-    """statistics.json and constraints.json (SageMaker Model Monitor format) beside model.tar.gz."""
+def write_drift_baseline(
+    model: Input[Model],
+    train_data: Input[Dataset],
+    target: str,
+    baseline_engine: str = "local",
+    role_arn: str = "",
+    run_id: str = "",
+    task_name: str = "",
+    base_job_name: str = "kanari",
+    baseline_image_uri: str = "",
+    baseline_instance_type: str = "ml.m5.4xlarge",
+    baseline_instance_count: int = 2,
+    subnets: list = [],
+    security_group_ids: list = [],
+    volume_kms_key_id: str = "",
+    output_kms_key_id: str = "",
+    enable_network_isolation: bool = False,
+    enable_inter_container_traffic_encryption: bool = False,
+    poll_initial_seconds: float = 10.0,
+) -> str:
+    """statistics.json and constraints.json (SageMaker Model Monitor format) beside model.tar.gz.
+
+    baseline_engine: local (profiled in this pod), spark (a SageMaker Processing job running the Spark baseline
+    image, baseline_image_uri, as the training role, in its VPC, with its KMS keys and isolation) or auto (spark
+    when the train split is large).
+    """
     from kfp_pipelines import artifacts, steps
     from kfp_pipelines.errors import step
 
     with step("write-drift-baseline"):
-        return steps.write_baseline(train_uri=artifacts.s3_uri(train_data), target=target,
-                                    model_uri=artifacts.s3_uri(model))
+        return steps.write_baseline(
+            train_uri=artifacts.s3_uri(train_data), target=target, model_uri=artifacts.s3_uri(model),
+            engine=baseline_engine, run_id=run_id, task=task_name, base_job_name=base_job_name,
+            poll_initial_seconds=poll_initial_seconds,
+            spark={
+                "role_arn": role_arn, "image_uri": baseline_image_uri, "instance_type": baseline_instance_type,
+                "instance_count": baseline_instance_count, "subnets": list(subnets),
+                "security_group_ids": list(security_group_ids), "volume_kms_key_id": volume_kms_key_id,
+                "output_kms_key_id": output_kms_key_id, "enable_network_isolation": enable_network_isolation,
+                "enable_inter_container_traffic_encryption": enable_inter_container_traffic_encryption,
+            },
+        )
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

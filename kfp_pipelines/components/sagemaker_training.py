@@ -129,3 +129,8 @@ def stop_training_jobs(
             stopped = stop_run_jobs(aws.client("sagemaker"), run_id)
         print(f"[kanari] stopped {len(stopped)} training job(s): {', '.join(stopped) or 'none was running'}",
               flush=True)
+        from kfp_pipelines.sagemaker import processing
+
+        baselines = processing.stop_run_jobs(aws.client("sagemaker"), run_id)
+        print(f"[kanari] stopped {len(baselines)} baseline processing job(s): {', '.join(baselines) or 'none was running'}",
+              flush=True)

@@ -132,25 +132,28 @@ def find_job(sm: Any, name: str) -> dict[str, Any] | None:
         raise
 
 
-def choose_attempt(lookup: Callable[[str], dict[str, Any] | None], names: Callable[[int], str]) -> tuple[str, bool]:
+def choose_attempt(
+    lookup: Callable[[str], dict[str, Any] | None], names: Callable[[int], str], *,
+    status_field: str = "TrainingJobStatus", kind: str = "training job", attempts: int = MAX_ATTEMPTS,
+) -> tuple[str, bool]:
     """The job name this step works on, and whether that job already exists (a restarted step).
 
     The first attempt whose job does not exist or has not ended Failed/Stopped: a restarted step
-    re-attaches to a job that is running or Completed, and retries one that ended without a model.
+    re-attaches to a job that is running or Completed, and retries one that ended without a result.
     """
-    for attempt in range(MAX_ATTEMPTS):
+    for attempt in range(attempts):
         name = names(attempt)
         desc = lookup(name)
         if desc is None:
             return name, False
-        status = str(desc.get("TrainingJobStatus", ""))
+        status = str(desc.get(status_field, ""))
         if status not in ENDED_UNSUCCESSFULLY:
-            log.info("re-attached to training job %s (%s)", name, status)
+            log.info("re-attached to %s %s (%s)", kind, name, status)
             return name, True
-        log.info("training job %s ended %s (%s); starting attempt %d", name, status,
+        log.info("%s %s ended %s (%s); starting attempt %d", kind, name, status,
                  desc.get("FailureReason", "no reason given"), attempt + 1)
-    raise StepFailed(f"{MAX_ATTEMPTS} training jobs of this step ended Failed or Stopped; not starting another "
-                     f"(the last: {names(MAX_ATTEMPTS - 1)})")
+    raise StepFailed(f"{attempts} {kind}s of this step ended Failed or Stopped; not starting another "
+                     f"(the last: {names(attempts - 1)})")
 
 
 def create_or_attach(sm: Any, request: dict[str, Any], exists: bool = False) -> bool:

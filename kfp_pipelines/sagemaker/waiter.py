@@ -17,8 +17,8 @@ from kfp_pipelines.errors import StepFailed
 log = logging.getLogger("kanari.pipeline")
 
 class TrainingJobFailed(StepFailed):
-    def __init__(self, job_name: str, status: str, reason: str):
-        super().__init__(f"training job {job_name} ended {status}: {reason}")
+    def __init__(self, job_name: str, status: str, reason: str, kind: str = "training job"):
+        super().__init__(f"{kind} {job_name} ended {status}: {reason}")
         self.job_name = job_name
         self.status = status
         self.reason = reason
@@ -44,19 +44,21 @@ class WaitRecord:
     statuses: list[str] = field(default_factory=list)
 
 
-def status_key(desc: dict[str, Any]) -> str:
-    return f"{desc.get('TrainingJobStatus', '?')}/{desc.get('SecondaryStatus', '?')}"
+def status_key(desc: dict[str, Any], status_field: str = "TrainingJobStatus") -> str:
+    return f"{desc.get(status_field, '?')}/{desc.get('SecondaryStatus', '?')}"
 
 
 def new_transitions(desc: dict[str, Any], seen: int) -> list[dict[str, Any]]:
     return list(desc.get("SecondaryStatusTransitions") or [])[seen:]
 
 
-def failure_reason(desc: dict[str, Any]) -> str:
+def failure_reason(desc: dict[str, Any], status_field: str = "TrainingJobStatus") -> str:
     reason = desc.get("FailureReason")
     if reason:
         return str(reason)
-    if desc.get("TrainingJobStatus") == "Stopped":
+    if desc.get(status_field) == "Stopped" and status_field != "TrainingJobStatus":
+        return "the job was stopped (the pipeline run was cancelled or failed, someone stopped it, or MaxRuntime was reached)"
+    if desc.get(status_field) == "Stopped":
         return ("StopTrainingJob was called (the pipeline run was cancelled or failed, or someone stopped it), "
                 "or MaxRuntime/MaxWaitTime was reached; no model was produced")
     return "no FailureReason given"
@@ -70,6 +72,8 @@ def wait(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     on_poll: Callable[[], Any] | None = None,
+    kind: str = "training job",
+    status_field: str = "TrainingJobStatus",
 ) -> tuple[dict[str, Any], WaitRecord]:
     """Poll until the job is terminal. Completed returns; Failed/Stopped raise with FailureReason.
 
@@ -84,24 +88,24 @@ def wait(
     while True:
         desc = describe()
         record.polls += 1
-        key = status_key(desc)
+        key = status_key(desc, status_field)
         changed = key != last_key
         if changed:
-            log.info("training job %s: %s", job_name, key)
+            log.info("%s %s: %s", kind, job_name, key)
             record.statuses.append(key)
             last_key = key
         for t in new_transitions(desc, seen_transitions):
-            log.info("training job %s: %s %s", job_name, t.get("Status", ""), t.get("StatusMessage", ""))
+            log.info("%s %s: %s %s", kind, job_name, t.get("Status", ""), t.get("StatusMessage", ""))
             seen_transitions += 1
         if on_poll is not None:
             on_poll()
-        status = desc.get("TrainingJobStatus")
+        status = desc.get(status_field)
         if status == "Completed":
             return desc, record
         if status in ("Failed", "Stopped"):
-            raise TrainingJobFailed(job_name, str(status), failure_reason(desc))
+            raise TrainingJobFailed(job_name, str(status), failure_reason(desc, status_field), kind)
         delay = backoff.next_delay(delay, changed)
         if deadline is not None and clock() + delay > deadline:
-            raise StepFailed(f"training job {job_name} still {key} after {timeout:.0f}s of waiting")
+            raise StepFailed(f"{kind} {job_name} still {key} after {timeout:.0f}s of waiting")
         record.delays.append(delay)
         sleep(delay)

@@ -10,14 +10,14 @@ limit. Hence the loop here.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the CLI imports this module for its flags; aiohttp and numpy load only when serving
+if TYPE_CHECKING:  # the CLI imports this module for its flags; aiohttp, asyncio and ssl load only when serving
+    import ssl
+
     from aiohttp import web
 
 HEADER_TIMEOUT = 10.0
@@ -41,6 +41,8 @@ class BodyRejected(Exception):
 
 async def read_body(request: web.Request, limit: int, timeout: float = BODY_TIMEOUT) -> bytes:
     """The whole body, streamed, up to `limit` bytes; BodyRejected beyond that or past `timeout`."""
+    import asyncio
+
     from aiohttp.http_exceptions import HttpProcessingError
 
     declared = request.content_length
@@ -102,6 +104,8 @@ def ssl_context(cert_file: str | None, key_file: str | None) -> ssl.SSLContext |
         return None
     if not (cert_file and key_file):
         raise ValueError("--tls-cert-file and --tls-key-file go together")
+    import ssl
+
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

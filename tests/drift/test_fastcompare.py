@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kanari.drift.compare import compare_frame, profile_current, schema_violations
-from kanari.drift.fastcompare import compare_chunks, compare_file, compare_frame_fast
+from kanari.drift.compare import SchemaViolation, compare_frame, profile_current, schema_violations
+from kanari.drift.fastcompare import CurrentBins, compare_chunks, compare_file, compare_frame_fast
 from kanari.drift.model_monitor import baseline_documents, parse_baseline
 from scipy.stats import ks_2samp
 
@@ -96,7 +96,7 @@ def test_chunking_does_not_change_the_report(cuts: list[int], method: str | None
     assert chunked.to_dict() == whole.to_dict()
 
 
-def test_schema_violations_match_the_frame_check() -> None:
+def schema_case() -> tuple:  # type: ignore[type-arg]
     rng = np.random.default_rng(5)
     ref = pd.DataFrame(
         {"n": rng.normal(size=500), "i": rng.integers(0, 5, 500), "c": rng.choice(["x", "y"], 500), "gone": 1.0, "y": rng.integers(0, 2, 500)}
@@ -110,9 +110,34 @@ def test_schema_violations_match_the_frame_check() -> None:
             "extra": 1,
         }
     )
-    fast = compare_frame_fast(baseline, cur)
-    assert fast.violations == schema_violations(baseline, cur)
-    assert {v.kind for v in fast.violations} >= {"missing_column", "extra_column", "type_mismatch", "unseen_category", "completeness"}
+    return baseline, cur
+
+
+def test_schema_violations_name_what_is_wrong() -> None:
+    """One schema check (compare.SchemaCheck) serves the DataFrame check and the fast path: what a user reads."""
+    baseline, cur = schema_case()
+    expected = [
+        SchemaViolation("missing_column", "gone", "in the baseline, not in the data"),
+        SchemaViolation("extra_column", "extra", "in the data, not in the baseline"),
+        SchemaViolation("type_mismatch", "n", "80 non-numeric values in a Fractional feature: 'oops', 'bad'"),
+        SchemaViolation("completeness", "n", "0.8000 of values present, the baseline requires 1.0000"),
+        SchemaViolation("type_mismatch", "i", "fractional values in an Integral feature"),
+        SchemaViolation("completeness", "i", "0.8000 of values present, the baseline requires 1.0000"),
+        SchemaViolation("unseen_category", "c", "80 values outside the baseline's domain: 'z', 'w'"),
+        SchemaViolation("completeness", "c", "0.8000 of values present, the baseline requires 1.0000"),
+    ]
+    assert schema_violations(baseline, cur) == expected
+    assert compare_frame_fast(baseline, cur).violations == expected
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.integers(0, 200), max_size=6))
+def test_schema_violations_do_not_depend_on_the_chunking(cuts: list[int]) -> None:
+    """Counts add up and examples keep their first-seen order however the stream is cut."""
+    baseline, cur = schema_case()
+    bounds = sorted({0, len(cur), *cuts})
+    chunks = (cur.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    assert compare_chunks(baseline, list(cur.columns), chunks).violations == schema_violations(baseline, cur)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".tsv"])
@@ -178,3 +203,31 @@ def test_a_file_larger_than_the_memory_it_is_compared_in(tmp_path: Path) -> None
     assert result["rows"] == 400_000
     assert sorted(int(f[1:]) for f in result["drifted"]) == shifted_features(features)
     assert result["peak_over_start"] < raw / 2, result
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.lists(base_value, min_size=0, max_size=1500),
+    cur=st.lists(st.one_of(value, st.sampled_from([1.0, 2.0, -0.0])), min_size=0, max_size=2500),
+    cuts=st.lists(st.integers(0, 2500), max_size=4),
+)
+def test_sorting_bins_exactly_as_the_kernel(base: list[float], cur: list[float], cuts: list[int]) -> None:
+    """compare_file bins small files by sorting (no numba to load): the same cell counts and missing counts as the
+    kernel whatever the values (ties with the edges, NaN, ±inf, a baseline without values, compacted or not),
+    per-cell sums of finite values to rounding."""
+    rng = np.random.default_rng(len(base) * 7919 + len(cur))
+    ref = pd.DataFrame({"x": np.array(base, dtype=float), "y": rng.normal(size=len(base))})
+    baseline = baseline_of(ref) if len(ref) else baseline_of(pd.DataFrame({"x": [np.nan], "y": [0.0]}))
+    current = pd.DataFrame({"x": np.array(cur, dtype=float), "y": rng.standard_t(2, size=len(cur))})
+    bounds = sorted({0, len(current), *(c for c in cuts if c < len(current))})
+    bins = {}
+    for sorting in (False, True):
+        b = CurrentBins(baseline, ["x", "y"], "wasserstein", by_sorting=sorting)
+        for a, z in zip(bounds[:-1], bounds[1:], strict=True):
+            b.add_frame(current.iloc[a:z])
+        bins[sorting] = b
+    kernel, sorted_ = bins[False], bins[True]
+    np.testing.assert_array_equal(sorted_.counts, kernel.counts)
+    np.testing.assert_array_equal(sorted_.nans, kernel.nans)
+    np.testing.assert_allclose(sorted_.sums, kernel.sums, rtol=1e-9, atol=1e-6)
+    assert sorted_.schema.present == kernel.schema.present

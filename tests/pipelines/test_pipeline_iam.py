@@ -106,6 +106,9 @@ def test_the_scan_finds_what_the_pipeline_really_calls() -> None:
     assert {("sagemaker", "CreateTrainingJob"), ("sagemaker", "StopTrainingJob"), ("sagemaker", "Search"),
             ("sagemaker", "CreateModelPackage"), ("s3", "PutObject"), ("s3", "ListObjectsV2"),
             ("logs", "FilterLogEvents"), ("sagemaker", "AddAssociation")} <= calls
+    # The drift baseline's Spark job (baseline_engine spark).
+    assert {("sagemaker", "CreateProcessingJob"), ("sagemaker", "DescribeProcessingJob"),
+            ("sagemaker", "StopProcessingJob"), ("sagemaker", "ListProcessingJobs"), ("sagemaker", "ListTags")} <= calls
     assert ("sagemaker", "UpdateModelPackage") not in calls  # approval is a person's act, not the pipeline's
     assert {("sagemaker", "DescribeModelPackage"), ("aps", "QueryMetrics")} <= scan("controller")
 

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="spark: profile partitions on Spark and merge them (data beyond one machine; local or s3:// paths)",
     )
     p.add_argument("--spark-master", help="Spark master URL (default: spark-submit's, else local[*])")
+    p.add_argument("--format", choices=("parquet", "csv", "tsv"), dest="data_format",
+                   help="spark: the data's format when the path does not say (a directory of part files is Parquet)")
     p.set_defaults(func=_baseline)
 
     p = sub.add_parser(
@@ -116,17 +118,27 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _baseline(args: argparse.Namespace) -> int:
     if args.engine == "spark":
         return _spark_baseline(args)
-    from kanari.cli.tables import read_table
-    from kanari.drift.model_monitor import CONSTRAINTS, SAMPLES, STATISTICS, write_baseline
+    from kanari.drift.file_baseline import is_parquet
+    from kanari.drift.model_monitor import CONSTRAINTS, SAMPLES, STATISTICS
 
     try:
-        df = read_table(args.data)
-        write_baseline(df, args.out, target=args.target)
+        if is_parquet(args.data):
+            # Streamed from Arrow, numeric columns without pandas: the file is never loaded whole.
+            from kanari.drift.file_baseline import write_parquet_baseline
+
+            rows, columns = write_parquet_baseline(args.data, args.out, target=args.target)
+        else:
+            from kanari.cli.tables import read_table
+            from kanari.drift.model_monitor import write_baseline
+
+            df = read_table(args.data)
+            write_baseline(df, args.out, target=args.target)
+            rows, columns = df.shape
     except (ValueError, OSError) as exc:
         print(f"kanari drift baseline: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"wrote {args.out}/{STATISTICS}, {args.out}/{CONSTRAINTS} and {args.out}/{SAMPLES} "
-          f"({len(df)} rows, {len(df.columns)} columns)")
+          f"({rows} rows, {columns} columns)")
     return EXIT_OK
 
 
@@ -140,7 +152,7 @@ def _spark_baseline(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     spark = session(args.spark_master)
     try:
-        statistics, _ = spark_baseline(spark, args.data, args.out, target=args.target)
+        statistics, _ = spark_baseline(spark, args.data, args.out, target=args.target, fmt=args.data_format)
     except (ValueError, OSError, PySparkException) as exc:
         print(f"kanari drift baseline: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -20,6 +20,7 @@ from typing import Any
 
 ROLES = ("controller", "pipeline", "training", "receiver", "monitor")
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+PROCESSING_LOG_GROUP = "/aws/sagemaker/ProcessingJobs"  # the drift baseline's Spark job (baseline_engine spark)
 
 # Where each role's AWS calls are made (paths relative to the repository / installed packages).
 SOURCES = {
@@ -83,8 +84,12 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         Grant("DataBucket", ("s3:ListBucket",), (f"arn:{P}:s3:::{{bucket}}",)),
         Grant("TrainingJobs", ("sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob",
                                "sagemaker:StopTrainingJob", "sagemaker:AddTags"), (f"{SM}:training-job/*",)),
-        # Search and ListModelPackages/ListArtifacts support no resource-level permissions.
-        Grant("FindJobsAndVersions", ("sagemaker:Search", "sagemaker:ListModelPackages", "sagemaker:ListArtifacts"),
+        Grant("BaselineProcessingJobs", ("sagemaker:CreateProcessingJob", "sagemaker:DescribeProcessingJob",
+                                         "sagemaker:StopProcessingJob", "sagemaker:AddTags", "sagemaker:ListTags"),
+              (f"{SM}:processing-job/*",)),
+        # Search and ListModelPackages/ListArtifacts/ListProcessingJobs support no resource-level permissions.
+        Grant("FindJobsAndVersions", ("sagemaker:Search", "sagemaker:ListModelPackages", "sagemaker:ListArtifacts",
+                                      "sagemaker:ListProcessingJobs"),
               ("*",)),
         Grant("Registry", ("sagemaker:DescribeModelPackageGroup", "sagemaker:CreateModelPackage",
                            "sagemaker:DescribeModelPackage"),
@@ -97,16 +102,18 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         Grant("PassExecutionRole", ("iam:PassRole",), ("{execution_role}",),
               {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}),
     ),
-    # The SageMaker execution role: what SageMaker does on the job's behalf (no Kanari code runs as it
-    # except train.py, which makes no AWS calls).
+    # The SageMaker execution role: what SageMaker does on the job's behalf (Kanari code running as it: train.py,
+    # which makes no AWS calls, and the Spark baseline job, which reads the train split and, through SageMaker's
+    # output upload, writes the baseline: the S3 grants below).
     "training": (
         Grant("ReadChannelsAndCode", ("s3:GetObject",), (f"arn:{P}:s3:::{{bucket}}/*",)),
         Grant("ListChannels", ("s3:ListBucket",), (f"arn:{P}:s3:::{{bucket}}",)),
         Grant("WriteModelAndCheckpoints", ("s3:PutObject",), (f"arn:{P}:s3:::{{bucket}}/*",)),
         Grant("JobLogs", ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"),
-              (f"arn:{P}:logs:{R}:{A}:log-group:{TRAINING_LOG_GROUP}:*",)),
+              (f"arn:{P}:logs:{R}:{A}:log-group:{TRAINING_LOG_GROUP}:*",
+               f"arn:{P}:logs:{R}:{A}:log-group:{PROCESSING_LOG_GROUP}:*")),
         Grant("JobMetrics", ("cloudwatch:PutMetricData",), ("*",),
-              {"StringEquals": {"cloudwatch:namespace": "/aws/sagemaker/TrainingJobs"}}),
+              {"StringEquals": {"cloudwatch:namespace": ["/aws/sagemaker/TrainingJobs", "/aws/sagemaker/ProcessingJobs"]}}),
         Grant("PullImages", ("ecr:GetAuthorizationToken",), ("*",)),
         Grant("PullImageLayers", ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"),
               (f"arn:{P}:ecr:{R}:*:repository/*",)),
@@ -125,8 +132,8 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
 # Granted though no boto3 call in the role's code names them.
 IMPLIED: dict[str, dict[str, str]] = {
     "pipeline": {
-        "iam:PassRole": "CreateTrainingJob passes the execution role to SageMaker",
-        "sagemaker:AddTags": "CreateTrainingJob and CreateModelPackage with Tags need it",
+        "iam:PassRole": "CreateTrainingJob and CreateProcessingJob pass the execution role to SageMaker",
+        "sagemaker:AddTags": "CreateTrainingJob, CreateProcessingJob and CreateModelPackage with Tags need it",
     },
     "training": {a: "SageMaker acts as this role for the job" for g in GRANTS["training"] for a in g.actions},
 }

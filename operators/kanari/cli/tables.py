@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
@@ -52,6 +54,8 @@ def table_columns(path: str | os.PathLike[str]) -> list[str]:
 
 
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    import pandas as pd
+
     p = Path(path)
     name = p.name.lower()
     if not p.is_file():

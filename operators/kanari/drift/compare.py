@@ -6,11 +6,11 @@ Pure: a parsed Baseline and a DataFrame or Profile in, a DriftReport out.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from kanari.drift.methods import (
     CATEGORICAL_METHODS,
@@ -21,8 +21,11 @@ from kanari.drift.methods import (
     numeric_drift,
 )
 from kanari.drift.model_monitor import Baseline
-from kanari.drift.profile import Feature, Profile, categorical_strings, infer_type, profile_frame
+from kanari.drift.profile import Feature, Profile, categorical_strings, profile_frame
 from kanari.drift.thresholds import Significance, holm, significance
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_EXAMPLES = 5
 
@@ -149,60 +152,149 @@ def drift_values(baseline: Baseline, current: Profile, features: list[Feature]) 
 
 
 def schema_violations(baseline: Baseline, df: pd.DataFrame) -> list[SchemaViolation]:
-    out: list[SchemaViolation] = []
-    known = {f.name for f in baseline.profile.features}
-    for f in baseline.input_features:
-        if f.name not in df.columns:
-            out.append(SchemaViolation("missing_column", f.name, "in the baseline, not in the data"))
-    for col in df.columns:
-        if col not in known:
-            out.append(SchemaViolation("extra_column", str(col), "in the data, not in the baseline"))
-    rows = len(df)
-    for f in baseline.profile.features:
-        if f.name not in df.columns:
-            continue
-        series = df[f.name]
-        current_type = infer_type(series)
+    """The schema violations of a DataFrame against a baseline (SchemaCheck on one chunk)."""
+    check = SchemaCheck.of(baseline, df.columns)
+    for f in check.compared:
         if f.numeric:
-            coerced = pd.to_numeric(series, errors="coerce")
-            bad = series.notna() & coerced.isna()
-            if bad.any():
-                examples = ", ".join(repr(v) for v in series[bad].astype(str).unique()[:MAX_EXAMPLES])
-                out.append(
-                    SchemaViolation(
-                        "type_mismatch", f.name, f"{int(bad.sum())} non-numeric values in a {f.inferred_type} feature: {examples}"
-                    )
-                )
-            elif f.inferred_type == "Integral" and current_type == "Fractional":
-                out.append(SchemaViolation("type_mismatch", f.name, "fractional values in an Integral feature"))
+            values = check.numeric(f, df[f.name])
+            check.count_present(f.name, int(np.count_nonzero(~np.isnan(values))))
         else:
-            domain = baseline.domain(f.name)
-            if domain is not None:
-                values = pd.Series(categorical_strings(series)).dropna()
-                unseen = values[~values.isin(domain)]
-                if len(unseen):
-                    examples = ", ".join(repr(v) for v in unseen.unique()[:MAX_EXAMPLES])
-                    out.append(
-                        SchemaViolation(
-                            "unseen_category", f.name, f"{len(unseen)} values outside the baseline's domain: {examples}"
-                        )
-                    )
-        present = int(series.notna().sum())
-        if baseline.profile.present(f.name) == 0 and present:
-            out.append(
-                SchemaViolation(
-                    "baseline_empty", f.name, f"the baseline has no values for this feature, the data has {present}"
-                )
-            )
-        required = float(baseline.constraint(f.name).get("completeness", 0.0))
-        completeness = float(series.notna().sum()) / rows if rows else 1.0
-        if completeness < required:
-            out.append(
-                SchemaViolation(
+            check.categorical(f, df[f.name])
+    check.add_rows(len(df))
+    return check.violations()
+
+
+@dataclass
+class SchemaCheck:
+    """Schema checks of current data against a baseline, accumulated chunk by chunk: the one implementation
+    behind both comparison paths (schema_violations on a DataFrame, fastcompare's stream of chunks), so the
+    violations do not depend on the path or the chunking.
+
+    Callers hand it each compared column of a chunk: `numeric` (a pandas Series: coerced, non-numeric values
+    and fractional values in an Integral feature recorded) or `whole` (float values read without pandas),
+    `categorical` (a Series) or `categories` (distinct values and counts); `count_present` with the values
+    present, and `add_rows` once per chunk.
+    """
+
+    baseline: Baseline
+    columns: list[str]
+    compared: list[Feature]
+    non_numeric: dict[str, int] = field(default_factory=dict)
+    non_numeric_examples: dict[str, list[str]] = field(default_factory=dict)
+    fractional: set[str] = field(default_factory=set)
+    unseen: dict[str, int] = field(default_factory=dict)
+    unseen_examples: dict[str, list[str]] = field(default_factory=dict)
+    present: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+
+    @classmethod
+    def of(cls, baseline: Baseline, columns: Iterable[Any]) -> SchemaCheck:
+        names = [str(c) for c in columns]
+        here = set(names)
+        compared = [f for f in baseline.profile.features if f.name in here]
+        return cls(baseline, names, compared, present={f.name: 0 for f in compared})
+
+    def add_rows(self, n: int) -> None:
+        self.rows += n
+
+    def count_present(self, name: str, n: int) -> None:
+        """Values of a numeric feature that are numbers (non-numeric ones are counted by `numeric`)."""
+        self.present[name] += n
+
+    def numeric(self, feature: Feature, series: pd.Series) -> np.ndarray:
+        """A numeric feature's chunk as float64 (NaN: missing, or not a number, which is recorded)."""
+        import pandas as pd
+
+        name = feature.name
+        if pd.api.types.is_float_dtype(series.dtype):
+            values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+            if feature.inferred_type == "Integral":
+                self.whole(name, values)
+            return values
+        if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_integer_dtype(series.dtype):
+            return series.to_numpy(dtype=np.float64, na_value=np.nan)
+        coerced = pd.to_numeric(series, errors="coerce")
+        bad = series.notna() & coerced.isna()
+        if bad.any():
+            self.non_numeric[name] = self.non_numeric.get(name, 0) + int(bad.sum())
+            seen = self.non_numeric_examples.setdefault(name, [])
+            for v in series[bad].astype(str).unique():
+                if len(seen) >= MAX_EXAMPLES:
+                    break
+                if v not in seen:
+                    seen.append(v)
+        elif feature.inferred_type == "Integral" and pd.api.types.is_float_dtype(coerced.dtype):
+            self.whole(name, coerced.to_numpy(dtype=np.float64, na_value=np.nan))
+        return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
+
+    def whole(self, name: str, values: np.ndarray) -> None:
+        """Float values of an Integral feature: one with a fractional part is a type mismatch."""
+        if name not in self.fractional:
+            finite = values[np.isfinite(values)]
+            if len(finite) and not np.array_equal(finite, np.round(finite)):
+                self.fractional.add(name)
+
+    def categorical(self, feature: Feature, series: pd.Series) -> tuple[list[str], np.ndarray]:
+        """A categorical feature's chunk counted by integer codes: (distinct values as strings, counts)."""
+        import pandas as pd
+
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        if not len(uniques):
+            return [], np.zeros(0, dtype=np.int64)
+        counts = np.bincount(codes[codes >= 0], minlength=len(uniques))
+        names = [str(n) for n in categorical_strings(pd.Series(uniques))]
+        self.categories(feature.name, names, counts)
+        return names, counts
+
+    def categories(self, name: str, names: Sequence[str], counts: Sequence[int] | np.ndarray) -> None:
+        self.present[name] += int(sum(counts))
+        domain = self.baseline.domain(name)
+        if domain is None:
+            return
+        for value, n in zip(names, counts, strict=True):
+            if value not in domain:
+                self.unseen[name] = self.unseen.get(name, 0) + int(n)
+                seen = self.unseen_examples.setdefault(name, [])
+                if len(seen) < MAX_EXAMPLES and value not in seen:
+                    seen.append(value)
+
+    def violations(self) -> list[SchemaViolation]:
+        out: list[SchemaViolation] = []
+        known = {f.name for f in self.baseline.profile.features}
+        here = set(self.columns)
+        for f in self.baseline.input_features:
+            if f.name not in here:
+                out.append(SchemaViolation("missing_column", f.name, "in the baseline, not in the data"))
+        for col in self.columns:
+            if col not in known:
+                out.append(SchemaViolation("extra_column", col, "in the data, not in the baseline"))
+        for f in self.compared:
+            if f.name in self.non_numeric:
+                examples = ", ".join(repr(v) for v in self.non_numeric_examples[f.name])
+                out.append(SchemaViolation(
+                    "type_mismatch", f.name,
+                    f"{self.non_numeric[f.name]} non-numeric values in a {f.inferred_type} feature: {examples}",
+                ))
+            elif f.name in self.fractional:
+                out.append(SchemaViolation("type_mismatch", f.name, "fractional values in an Integral feature"))
+            if f.name in self.unseen:
+                examples = ", ".join(repr(v) for v in self.unseen_examples[f.name])
+                out.append(SchemaViolation(
+                    "unseen_category", f.name, f"{self.unseen[f.name]} values outside the baseline's domain: {examples}"
+                ))
+            # A non-numeric value in a numeric feature is present (and a type mismatch).
+            filled = self.present[f.name] + self.non_numeric.get(f.name, 0)
+            if self.baseline.profile.present(f.name) == 0 and filled:
+                out.append(SchemaViolation(
+                    "baseline_empty", f.name, f"the baseline has no values for this feature, the data has {filled}"
+                ))
+            required = float(self.baseline.constraint(f.name).get("completeness", 0.0))
+            completeness = filled / self.rows if self.rows else 1.0
+            if completeness < required:
+                out.append(SchemaViolation(
                     "completeness", f.name, f"{completeness:.4f} of values present, the baseline requires {required:.4f}"
-                )
-            )
-    return out
+                ))
+        return out
 
 
 def profile_current(baseline: Baseline, df: pd.DataFrame) -> Profile:

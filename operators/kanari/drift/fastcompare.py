@@ -10,7 +10,8 @@ by the baseline sketch's rank error alone (see sketch.RANK_ERROR_C), half the bo
 
 The binning is a small numba kernel (numpy's searchsorted costs ~80 ns a value on unsorted input, the
 kernel a few): a uniform lookup table over each feature's edges puts a value within a step or two of its
-cell, the remaining steps are branch-free, and features are spread over both cores. Input is accumulated
+cell, the remaining steps are branch-free, and features are spread over both cores (a small file is binned by
+sorting instead, which needs no numba: see SORT_BELOW_VALUES). Input is accumulated
 chunk by chunk (`CurrentBins.add_frame`), so memory is bounded by the chunk, not the file.
 Categorical values are counted by integer codes (pandas.factorize) and only the distinct values are
 turned into strings.
@@ -19,28 +20,32 @@ turned into strings.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from kanari.drift.compare import (
     DEFAULT_MIN_SAMPLES,
-    MAX_EXAMPLES,
     DriftReport,
+    SchemaCheck,
     SchemaViolation,
     finish_report,
     method_for,
 )
 from kanari.drift.methods import DECILES, categorical_drift, js_of, psi_of
 from kanari.drift.model_monitor import Baseline
-from kanari.drift.profile import Feature, Profile, categorical_strings
+from kanari.drift.profile import Feature, Profile
 from kanari.drift.sketch import CategoryCounter, KllSketch
 
-CHUNK_VALUES = 8_000_000  # values per chunk read from a file: 64 MB of float64, whatever the width
+if TYPE_CHECKING:
+    import pandas as pd
+
+CHUNK_VALUES = 1_000_000  # values per chunk read from a file: 8 MB of float64, whatever the width (bigger chunks cost
+# more in fresh pages than they save in calls: a one-shot process pays a page fault for every new page)
 WORKERS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
@@ -181,7 +186,40 @@ def _bin_kernel(data, packed, e_off, m, lo, inv, table, t_off, size, steps, c_of
         nans[j] += nan
 
 
+# A file with fewer numeric values than this is binned by sorting each column (numpy's sort, both cores) instead of
+# the kernel: loading numba and the cached kernel costs ~0.4 s of CPU, sorting 10M values ~0.15 s. Past it the
+# kernel's one pass wins (sorting costs ~13 ns a value, the kernel a few). Same counts either way (tested).
+SORT_BELOW_VALUES = 30_000_000
+
+
+def sorted_bins(
+    data: np.ndarray, edges: NumericEdges, counts: np.ndarray, sums: np.ndarray, want_sums: np.ndarray, nans: np.ndarray
+) -> None:
+    """The kernel's cell counts (and per-cell sums of finite values), from a sorted copy of each column: the cells
+    "below e0, equal to e0, between e0 and e1, ..., above the last edge" are the gaps between the positions where
+    the edges fall (searchsorted left and right), so a value lands where the kernel puts it, ±inf and ties included."""
+    from kanari.drift.sketch import sort_rows
+
+    ordered = np.array(data, dtype=np.float64, order="C", copy=True)
+    sort_rows(ordered)  # NaNs last
+    missing = np.isnan(ordered).sum(axis=1)
+    for j in range(ordered.shape[0]):
+        values = ordered[j, : ordered.shape[1] - int(missing[j])]
+        m, lo = int(edges.m[j]), int(edges.c_off[j])
+        e = edges.packed[edges.e_off[j] : edges.e_off[j] + m]
+        bounds = np.empty(2 * m + 2, dtype=np.int64)
+        bounds[0], bounds[-1] = 0, len(values)
+        bounds[1:-1:2] = np.searchsorted(values, e, side="left")
+        bounds[2:-1:2] = np.searchsorted(values, e, side="right")
+        counts[lo : lo + 2 * m + 1] += np.diff(bounds)
+        if len(sums) and want_sums[j]:
+            running = np.concatenate([[0.0], np.cumsum(np.where(np.isfinite(values), values, 0.0))])
+            sums[lo : lo + 2 * m + 1] += running[bounds[1:]] - running[bounds[:-1]]
+        nans[j] += int(missing[j])
+
+
 _KERNEL = None
+_KERNEL_LOCK = threading.Lock()
 # numba (and its ~0.3 s import) is loaded on first use, so `kanari` commands that never compare do not pay for
 # it; the kernel reads `prange` as a global at compile time, numba's parallel range once numba is loaded.
 prange = range
@@ -189,36 +227,100 @@ prange = range
 
 def _kernel():  # type: ignore[no-untyped-def]
     global _KERNEL, prange
-    if _KERNEL is None:
-        import numba
+    with _KERNEL_LOCK:
+        if _KERNEL is None:
+            import numba
 
-        prange = numba.prange
-        numba.set_num_threads(WORKERS)
-        _KERNEL = numba.njit(parallel=True, cache=True, nogil=True)(_bin_kernel)
+            prange = numba.prange
+            numba.set_num_threads(WORKERS)
+            _KERNEL = _compile(numba)
     return _KERNEL
 
 
-@dataclass
-class _Schema:
-    """Schema checks accumulated over chunks (the same violations compare.schema_violations reports)."""
+def _compile(numba: Any) -> Any:
+    """The kernel, cached on disk so that a process loads it instead of compiling it (~3 s of CPU).
 
-    non_numeric: dict[str, int] = field(default_factory=dict)
-    non_numeric_examples: dict[str, list[str]] = field(default_factory=dict)
-    fractional: set[str] = field(default_factory=set)
-    unseen: dict[str, int] = field(default_factory=dict)
-    unseen_examples: dict[str, list[str]] = field(default_factory=dict)
-    present: dict[str, int] = field(default_factory=dict)
+    numba keeps the cache in the first writable place of: NUMBA_CACHE_DIR (the images set it to /tmp, an
+    emptyDir in the cluster), the __pycache__ beside this file, the user's cache directory. Where none is
+    writable (a read-only root filesystem, HOME unwritable) numba refuses to decorate at all; then a private
+    directory in the temp dir is used, and failing that the kernel is compiled per process: slower, never broken.
+    """
+    options = {"parallel": True, "nogil": True}
+    try:
+        return numba.njit(cache=True, **options)(_bin_kernel)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        pass
+    private = private_cache_dir()
+    if private is not None:
+        numba.config.CACHE_DIR = private
+        try:
+            return numba.njit(cache=True, **options)(_bin_kernel)
+        except RuntimeError:
+            pass
+    return numba.njit(**options)(_bin_kernel)
+
+
+def private_cache_dir() -> str | None:
+    """<temp dir>/kanari-numba-<uid>, used only if it is a real directory this user owns and nobody else can
+    write to: a cache is machine code that gets loaded, so a directory someone else prepared is refused."""
+    import stat
+    import tempfile
+
+    try:
+        path = os.path.join(tempfile.gettempdir(), f"kanari-numba-{os.getuid()}")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        return None
+    return path
+
+
+def _load_kernel(edges: NumericEdges) -> None:
+    """Load (or compile) the kernel for the types `CurrentBins._bin` passes, without launching it: safe to run
+    while the main thread reads the input (or bins a chunk)."""
+    import numba
+
+    kernel = _kernel()
+    args = (
+        np.empty((len(edges.names), 0)), edges.packed, edges.e_off, edges.m, edges.lo, edges.inv, edges.table,
+        edges.t_off, edges.size, edges.steps, edges.c_off, np.zeros(1, dtype=np.int64), np.zeros(1),
+        np.zeros(len(edges.names), dtype=np.bool_), np.zeros(len(edges.names), dtype=np.int64),
+    )
+    kernel.compile(tuple(numba.typeof(a) for a in args))
+
+
+def warm_up(edges: NumericEdges, p_values: bool, kernel: bool = True) -> threading.Thread:
+    """Load numba and the kernel (and scipy.stats, for the KS p-values) on another thread while the caller
+    reads its input: imports are most of a short comparison's time, and Arrow reads the file without the GIL,
+    so the two overlap on two cores. Errors are left to the main thread, which does the same work again."""
+
+    def run() -> None:
+        try:
+            if edges.names and kernel:
+                _load_kernel(edges)
+            if p_values:
+                import scipy.stats  # noqa: F401
+        except Exception:  # noqa: BLE001 - the main thread's own call reports it
+            pass
+
+    thread = threading.Thread(target=run, name="kanari-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 class CurrentBins:
     """Current data binned against a baseline, chunk by chunk; `report` gives the DriftReport."""
 
-    def __init__(self, baseline: Baseline, columns: Sequence[str], method: str | None = None):
+    def __init__(self, baseline: Baseline, columns: Sequence[str], method: str | None = None, *, by_sorting: bool = False):
         self.baseline = baseline
         self.method = method
-        self.columns = [str(c) for c in columns]
-        present = set(self.columns)
-        self.compared = [f for f in baseline.profile.features if f.name in present]
+        # See SORT_BELOW_VALUES: the same counts as the kernel's, by numpy's sort, without loading numba.
+        self.by_sorting = by_sorting
+        self.schema = SchemaCheck.of(baseline, columns)
+        self.columns = self.schema.columns
+        self.compared = self.schema.compared
         self.methods = {f.name: method_for(baseline, f, method) for f in self.compared}
         numeric = [f.name for f in self.compared if f.numeric]
         self.edges = NumericEdges.of(baseline, numeric)
@@ -229,7 +331,6 @@ class CurrentBins:
         self.nans = np.zeros(len(numeric), dtype=np.int64)
         # Bounded as a profile's are (past 1000 distinct values the rest pool under OTHER): the same values, bounded memory.
         self.categories = {f.name: CategoryCounter() for f in self.compared if not f.numeric}
-        self.schema = _Schema(present={f.name: 0 for f in self.compared})
         self._kind = {f.name: f.inferred_type for f in self.compared}
         self.rows = 0
 
@@ -246,13 +347,15 @@ class CurrentBins:
         for f in self.compared:
             if not f.numeric:
                 self._categorical(f, df[f.name])
-        self.rows += len(df)
+        self._add_rows(len(df))
 
     def add_batch(self, batch: Any) -> None:
         """Add an Arrow RecordBatch: numeric columns go to the kernel straight from Arrow's buffers (one copy
         into the kernel's matrix, no DataFrame); a batch whose numeric features Arrow did not type as numbers
         goes through pandas (and the schema checks) instead."""
         import pyarrow as pa
+
+        from kanari.drift.arrow_columns import float_values
 
         names = self.edges.names
         types = {n: batch.schema.field(n).type for n in names}
@@ -262,16 +365,20 @@ class CurrentBins:
         if names:
             data = np.empty((len(names), batch.num_rows))
             for j, n in enumerate(names):
-                data[j] = batch.column(n).to_numpy(zero_copy_only=False)  # nulls become NaN
+                data[j] = float_values(batch.column(n))  # nulls become NaN
                 if pa.types.is_floating(types[n]) and self._kind[n] == "Integral":
-                    self._check_whole(n, data[j])
+                    self.schema.whole(n, data[j])
             self._bin(data)
         categorical = [f for f in self.compared if not f.numeric]
         if categorical:
             frame = batch.select([f.name for f in categorical]).to_pandas()
             for f in categorical:
                 self._categorical(f, frame[f.name])
-        self.rows += batch.num_rows
+        self._add_rows(batch.num_rows)
+
+    def _add_rows(self, n: int) -> None:
+        self.rows += n
+        self.schema.add_rows(n)
 
     def _matrix(self, df: pd.DataFrame, names: list[str]) -> np.ndarray:
         """The numeric columns as one (features, rows) C-ordered float64 array: pandas' own block, uncopied,
@@ -288,65 +395,29 @@ class CurrentBins:
     def _integral_checks(self, df: pd.DataFrame, names: list[str]) -> None:
         for name in names:
             if self._kind[name] == "Integral":
-                self._check_whole(name, df[name].to_numpy(dtype=np.float64, na_value=np.nan))
+                self.schema.whole(name, df[name].to_numpy(dtype=np.float64, na_value=np.nan))
 
     def _bin(self, data: np.ndarray) -> None:
         e = self.edges
         before = self.nans.copy()
-        _kernel()(
-            data, e.packed, e.e_off, e.m, e.lo, e.inv, e.table, e.t_off, e.size, e.steps, e.c_off,
-            self.counts, self.sums if len(self.sums) else np.zeros(1), self.want_sums, self.nans,
-        )
+        if self.by_sorting:
+            sorted_bins(data, e, self.counts, self.sums, self.want_sums, self.nans)
+        else:
+            _kernel()(
+                data, e.packed, e.e_off, e.m, e.lo, e.inv, e.table, e.t_off, e.size, e.steps, e.c_off,
+                self.counts, self.sums if len(self.sums) else np.zeros(1), self.want_sums, self.nans,
+            )
         for j, name in enumerate(e.names):
-            self.schema.present[name] += data.shape[1] - int(self.nans[j] - before[j])
+            self.schema.count_present(name, data.shape[1] - int(self.nans[j] - before[j]))
 
     def _numeric(self, series: pd.Series) -> np.ndarray:
         name = str(series.name)
-        feature = next(f for f in self.compared if f.name == name)
-        if pd.api.types.is_float_dtype(series.dtype):
-            values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-            if feature.inferred_type == "Integral":
-                self._check_whole(name, values)
-            return values
-        if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_integer_dtype(series.dtype):
-            return series.to_numpy(dtype=np.float64, na_value=np.nan)
-        coerced = pd.to_numeric(series, errors="coerce")
-        bad = series.notna() & coerced.isna()
-        if bad.any():
-            self.schema.non_numeric[name] = self.schema.non_numeric.get(name, 0) + int(bad.sum())
-            seen = self.schema.non_numeric_examples.setdefault(name, [])
-            for v in series[bad].astype(str).unique():
-                if len(seen) >= MAX_EXAMPLES:
-                    break
-                if v not in seen:
-                    seen.append(v)
-        elif feature.inferred_type == "Integral" and pd.api.types.is_float_dtype(coerced.dtype):
-            self._check_whole(name, coerced.to_numpy(dtype=np.float64, na_value=np.nan))
-        return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
-
-    def _check_whole(self, name: str, values: np.ndarray) -> None:
-        """An Integral feature with fractional values is a type mismatch."""
-        if name not in self.schema.fractional:
-            finite = values[np.isfinite(values)]
-            if len(finite) and not np.array_equal(finite, np.round(finite)):
-                self.schema.fractional.add(name)
+        return self.schema.numeric(next(f for f in self.compared if f.name == name), series)
 
     def _categorical(self, feature: Feature, series: pd.Series) -> None:
-        codes, uniques = pd.factorize(series, use_na_sentinel=True)
-        if not len(uniques):
-            return
-        counts = np.bincount(codes[codes >= 0], minlength=len(uniques))
-        names = categorical_strings(pd.Series(uniques))
-        self.categories[feature.name].add((str(n) for n in names), (int(c) for c in counts))
-        self.schema.present[feature.name] += int(counts.sum())
-        domain = self.baseline.domain(feature.name)
-        if domain is not None:
-            for n, c in zip(names, counts, strict=True):
-                if str(n) not in domain:
-                    self.schema.unseen[feature.name] = self.schema.unseen.get(feature.name, 0) + int(c)
-                    seen = self.schema.unseen_examples.setdefault(feature.name, [])
-                    if len(seen) < MAX_EXAMPLES and str(n) not in seen:
-                        seen.append(str(n))
+        names, counts = self.schema.categorical(feature, series)
+        if names:
+            self.categories[feature.name].add(names, (int(c) for c in counts))
 
     # ------------------------------------------------------------------------------------------ output
     def numeric_value(self, j: int) -> float:
@@ -389,51 +460,7 @@ class CurrentBins:
         return float(w1 / (std if std > 0 else 1.0))
 
     def violations(self) -> list[SchemaViolation]:
-        out: list[SchemaViolation] = []
-        known = {f.name for f in self.baseline.profile.features}
-        present = set(self.columns)
-        for f in self.baseline.input_features:
-            if f.name not in present:
-                out.append(SchemaViolation("missing_column", f.name, "in the baseline, not in the data"))
-        for col in self.columns:
-            if col not in known:
-                out.append(SchemaViolation("extra_column", col, "in the data, not in the baseline"))
-        s = self.schema
-        for f in self.compared:
-            if f.name in s.non_numeric:
-                examples = ", ".join(repr(v) for v in s.non_numeric_examples[f.name])
-                out.append(
-                    SchemaViolation(
-                        "type_mismatch",
-                        f.name,
-                        f"{s.non_numeric[f.name]} non-numeric values in a {f.inferred_type} feature: {examples}",
-                    )
-                )
-            elif f.name in s.fractional:
-                out.append(SchemaViolation("type_mismatch", f.name, "fractional values in an Integral feature"))
-            if f.name in s.unseen:
-                examples = ", ".join(repr(v) for v in s.unseen_examples[f.name])
-                out.append(
-                    SchemaViolation(
-                        "unseen_category", f.name, f"{s.unseen[f.name]} values outside the baseline's domain: {examples}"
-                    )
-                )
-            if self.baseline.profile.present(f.name) == 0 and s.present[f.name]:
-                out.append(SchemaViolation("baseline_empty", f.name,
-                                           f"the baseline has no values for this feature, the data has {s.present[f.name]}"))
-            required = float(self.baseline.constraint(f.name).get("completeness", 0.0))
-            # A non-numeric value in a numeric feature is present (and a type mismatch), as the frame check counts it.
-            filled = s.present[f.name] + s.non_numeric.get(f.name, 0)
-            completeness = filled / self.rows if self.rows else 1.0
-            if completeness < required:
-                out.append(
-                    SchemaViolation(
-                        "completeness",
-                        f.name,
-                        f"{completeness:.4f} of values present, the baseline requires {required:.4f}",
-                    )
-                )
-        return out
+        return self.schema.violations()
 
     def current_profile(self) -> Profile:
         """The current data as a Profile, exactly: each cell's count is written in binary across the
@@ -524,24 +551,43 @@ def compare_file(
 ) -> DriftReport:
     """Compare a CSV/TSV/Parquet file, reading only the columns the baseline has, in chunks of about
     `chunk_values` values: memory is bounded by the chunk (and a Parquet file's row group), not the file."""
+    import pyarrow
+
     from kanari.cli.tables import DataError, table_columns
 
     columns = table_columns(path)
     wanted = [f.name for f in baseline.profile.features if f.name in set(columns)]
-    bins = CurrentBins(baseline, columns, method)
+    numeric = sum(1 for f in baseline.profile.numeric_features if f.name in set(columns))
+    by_sorting = numeric * _rows_at_most(path) < SORT_BELOW_VALUES
+    bins = CurrentBins(baseline, columns, method, by_sorting=by_sorting)
+    rate = judging.get("false_alarm_rate", "baseline")
+    warming = warm_up(bins.edges, (baseline.false_alarm_rate if rate == "baseline" else rate) is not None,
+                      kernel=not by_sorting)
     try:
         for chunk in iter_table(path, wanted, baseline, chunk_values):
-            if isinstance(chunk, pd.DataFrame):
-                bins.add_frame(chunk)
-            else:
+            if isinstance(chunk, pyarrow.RecordBatch):  # else a DataFrame, where pandas read on
                 bins.add_batch(chunk)
+            else:
+                bins.add_frame(chunk)
     except DataError:
         raise
     except (OSError, ValueError) as exc:
         raise DataError(f"{Path(path)}: cannot read: {exc}") from None
+    finally:
+        warming.join()
     if bins.rows == 0:
         raise DataError(f"{Path(path)}: no rows")
     return bins.report(**judging)
+
+
+def _rows_at_most(path: str | os.PathLike[str]) -> int:
+    """A Parquet file's rows (its footer says); for text, a bound from its size (a row takes 2 bytes or more)."""
+    p = Path(path)
+    if p.name.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(p).metadata.num_rows)
+    return p.stat().st_size // 2
 
 
 def iter_table(
@@ -555,10 +601,9 @@ def iter_table(
     name = p.name.lower()
     rows = max(1000, chunk_values // max(1, len(columns)))
     if name.endswith((".parquet", ".pq")):
-        import pyarrow.parquet as pq
+        from kanari.drift.arrow_columns import parquet_batches
 
-        # pre_buffer off: with it Arrow keeps every column chunk it read ahead (the whole file, in effect).
-        yield from pq.ParquetFile(p, pre_buffer=False).iter_batches(batch_size=rows, columns=list(columns))
+        yield from parquet_batches(p, columns, rows)
         return
     import pyarrow.csv as pacsv
 
@@ -598,6 +643,8 @@ def iter_table(
 
 
 def _pandas_chunks(p: Path, columns: Sequence[str], rows: int, skip: int = 0) -> Iterator[pd.DataFrame]:
+    import pandas as pd
+
     sep = "\t" if p.name.lower().endswith(".tsv") else ","
     skiprows = range(1, skip + 1) if skip else None
     yield from pd.read_csv(p, sep=sep, usecols=list(columns), chunksize=rows, skiprows=skiprows)

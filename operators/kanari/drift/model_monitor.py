@@ -13,14 +13,16 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from kanari.drift.methods import CATEGORICAL_METHODS, DEFAULT_THRESHOLDS, NUMERIC_METHODS
 from kanari.drift.profile import Feature, Profile, infer_type, profile_frame
 from kanari.drift.sketch import OTHER
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATISTICS = "statistics.json"
 CONSTRAINTS = "constraints.json"
@@ -49,6 +51,8 @@ def baseline_documents(df: pd.DataFrame, *, target: str | None = None) -> tuple[
     `target` names the label column: it is profiled like any feature (prediction drift compares the
     served predictions with it) but is not expected in inference requests.
     """
+    import pandas as pd
+
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
     if df.empty or not len(df.columns):
@@ -75,17 +79,37 @@ def profile_documents(profile: Profile, *, target: str | None = None) -> tuple[d
 
 def _refuse_infinities(df: pd.DataFrame) -> None:
     """±inf is no measurement a model can be trained on, and JSON cannot store it: name the columns."""
-    bad = []
+    import pandas as pd
+
+    found = Infinities()
     for name in df.columns:
         col = df[name]
         if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-            values = col.to_numpy(dtype=np.float64, na_value=np.nan)
-            inf = np.isinf(values)
-            if inf.any():
-                rows = ", ".join(str(r) for r in np.flatnonzero(inf)[:3])
-                bad.append(f"{name!r}: {int(inf.sum())} infinite values (rows {rows}{', ...' if inf.sum() > 3 else ''})")
-    if bad:
-        raise ValueError(f"df: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}")
+            found.check(str(name), col.to_numpy(dtype=np.float64, na_value=np.nan), 0)
+    found.refuse("df")
+
+
+@dataclass
+class Infinities:
+    """Infinite values per column, found chunk by chunk: their count and first rows, for the error."""
+
+    count: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, list[int]] = field(default_factory=dict)
+
+    def check(self, name: str, values: np.ndarray, offset: int) -> None:
+        inf = np.isinf(values)
+        if inf.any():
+            self.count[name] = self.count.get(name, 0) + int(inf.sum())
+            first = self.rows.setdefault(name, [])
+            first.extend(int(r) + offset for r in np.flatnonzero(inf)[: 3 - len(first)])
+
+    def refuse(self, what: str) -> None:
+        bad = [
+            f"{name!r}: {n} infinite values (rows {', '.join(map(str, self.rows[name]))}{', ...' if n > 3 else ''})"
+            for name, n in self.count.items()
+        ]
+        if bad:
+            raise ValueError(f"{what}: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}")
 
 
 def constraints_for(profile: Profile) -> dict[str, Any]:
@@ -160,7 +184,24 @@ def sample_requests(df: pd.DataFrame, *, target: str | None = None, limit: int =
 
 
 def samples_jsonl(df: pd.DataFrame, *, target: str | None = None, limit: int = SAMPLE_LIMIT) -> str:
-    return "".join(json.dumps(r, allow_nan=False, default=str) + "\n" for r in sample_requests(df, target=target, limit=limit))
+    return _jsonl(sample_requests(df, target=target, limit=limit))
+
+
+def _jsonl(requests: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, allow_nan=False, default=str) + "\n" for r in requests)
+
+
+def write_sample_records(records: list[dict[str, Any]], out_dir: str | os.PathLike[str], *,
+                         target: str | None = None, limit: int = SAMPLE_LIMIT) -> None:
+    """samples.jsonl from rows already read as Python values (the streamed Parquet baseline), chosen as
+    sample_requests chooses them: complete rows first, spread evenly."""
+    rows = [{str(k): None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items() if str(k) != target}
+            for r in records]
+    rows = [r for r in rows if r]
+    complete = [r for r in rows if all(v is not None for v in r.values())]
+    pool = complete or rows
+    step = max(1, len(pool) // max(1, limit))
+    _atomic_write(Path(out_dir) / SAMPLES, _jsonl([{"instances": [r]} for r in pool[::step][:limit]]))
 
 
 def write_documents(statistics: dict, constraints: dict, out_dir: str | os.PathLike[str]) -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from kanari.drift.sketch import DEFAULT_K, OTHER, CategoryCounter, KllSketch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 InferredType = Literal["Integral", "Fractional", "String"]
 NUMERIC_TYPES = ("Integral", "Fractional")
@@ -36,6 +38,8 @@ class Feature:
 
 def infer_type(series: pd.Series) -> InferredType:
     """SageMaker's inferred_type for a column: Integral, Fractional or String."""
+    import pandas as pd  # imported on use: paths reading Arrow columns (the CLI, fastcompare) never need it
+
     if pd.api.types.is_bool_dtype(series.dtype):
         return "String"
     if pd.api.types.is_integer_dtype(series.dtype):
@@ -61,6 +65,8 @@ def categorical_strings(series: pd.Series) -> np.ndarray:
 
 
 def _is_boolean(series: pd.Series, missing: np.ndarray) -> bool:
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(series.dtype):
         return True
     if series.dtype != object or missing.all():
@@ -94,6 +100,23 @@ class Moments:
         m2 = (dev * dev).sum(axis=0)
         minimum = np.where(count > 0, np.min(np.where(present, rows, np.inf), axis=0), np.inf)
         maximum = np.where(count > 0, np.max(np.where(present, rows, -np.inf), axis=0), -np.inf)
+        return cls(count, mean, m2, minimum, maximum, total)
+
+    @classmethod
+    def of_columns(cls, columns: np.ndarray) -> Moments:
+        """As `of`, for a chunk given column by column (shape (columns, n)); a chunk without missing values
+        (the usual case) skips the masked copies."""
+        nan = np.isnan(columns)
+        if nan.any():
+            return cls.of(columns.T)
+        n = columns.shape[1]
+        count = np.full(columns.shape[0], float(n))
+        total = columns.sum(axis=1)
+        mean = total / n if n else np.zeros(columns.shape[0])
+        dev = columns - mean[:, None]
+        m2 = np.einsum("ij,ij->i", dev, dev)
+        minimum = columns.min(axis=1) if n else np.full(columns.shape[0], np.inf)
+        maximum = columns.max(axis=1) if n else np.full(columns.shape[0], -np.inf)
         return cls(count, mean, m2, minimum, maximum, total)
 
     def merge(self, other: Moments) -> Moments:
@@ -160,14 +183,33 @@ class Profile:
             missing = np.isnan(numeric).sum(axis=0)
             for f, m in zip(self.numeric_features, missing, strict=True):
                 self.missing[f.name] += int(m)
+        self._add_categorical(categorical, rows)
+        self.rows += rows
+
+    def _add_categorical(self, categorical: Mapping[str, np.ndarray], rows: int) -> None:
         for f in self.categorical_features:
             values = categorical.get(f.name)
             if values is None:
                 self.missing[f.name] += rows
                 continue
+            import pandas as pd
+
             present = values[~pd.isna(values)]
             self.categories[f.name].add_array(present)
             self.missing[f.name] += rows - len(present)
+
+    def add_columns(self, numeric: np.ndarray, categorical: Mapping[str, np.ndarray], rows: int) -> None:
+        """As add_rows, with the numeric features given column by column (shape (numeric features, rows)),
+        as Arrow and Parquet hold them: the sketch sorts contiguous rows and nothing is transposed."""
+        if rows <= 0:
+            return
+        if numeric.shape[0]:
+            self.sketch.update_columns(numeric)
+            chunk = Moments.of_columns(numeric)
+            self.moments.merge(chunk)
+            for f, present in zip(self.numeric_features, chunk.count, strict=True):
+                self.missing[f.name] += rows - int(present)
+        self._add_categorical(categorical, rows)
         self.rows += rows
 
     def add_frame(self, df: pd.DataFrame) -> None:
@@ -349,6 +391,8 @@ def _bucket_edges(minimum: np.ndarray, maximum: np.ndarray) -> np.ndarray:
 def frame_arrays(df: pd.DataFrame, features: Sequence[Feature]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A DataFrame as the arrays a Profile takes; absent columns count as missing everywhere."""
     numeric = [f for f in features if f.numeric]
+    import pandas as pd
+
     out = np.full((len(df), len(numeric)), np.nan)
     for j, f in enumerate(numeric):
         if f.name in df.columns:

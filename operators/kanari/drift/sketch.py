@@ -11,6 +11,7 @@ column, so the levels of all columns fill and compact together and each step is 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,18 @@ class KllSketch:
         if self._pending_rows + self.levels[0].shape[1] > self._capacity(0):
             self._flush()
 
+    def update_columns(self, columns: np.ndarray) -> None:
+        """Add a chunk given column by column (shape (n_columns, n), NaN = missing), as Arrow and Parquet
+        hold it: no transposed copy. The chunk joins level 0 and is compacted as `update` would."""
+        columns = np.asarray(columns, dtype=np.float64)
+        if columns.ndim != 2 or columns.shape[0] != self.n_columns:
+            raise ValueError(f"columns have shape {columns.shape}, the sketch has {self.n_columns} columns")
+        if not columns.shape[1]:
+            return
+        self._flush()
+        self.levels[0] = np.concatenate([self.levels[0], columns], axis=1)
+        self._compress()
+
     def merge(self, other: KllSketch) -> KllSketch:
         """Add everything `other` has seen into this sketch (in place) and return it."""
         if other.n_columns != self.n_columns:
@@ -141,7 +154,7 @@ class KllSketch:
                 odd = level.shape[1] % 2
                 held = level[:, :odd].copy()
                 part = level[:, odd:]
-                part.sort(axis=1)  # in place: this level is replaced below
+                sort_rows(part)  # in place: this level is replaced below
                 # A random offset per column keeps each column's rank error unbiased.
                 offset = self._rng.integers(0, 2, size=self.n_columns).astype(bool)
                 promoted = np.where(offset[:, None], part[:, 1::2], part[:, 0::2])
@@ -245,6 +258,30 @@ class KllSketch:
             levels.append(arr)
         sk.levels = levels
         return sk
+
+
+# A level holding more values than this is sorted on both cores (a big chunk landing on level 0).
+PARALLEL_SORT_VALUES = 200_000
+_SORT_POOL: Any = None
+_SORT_POOL_LOCK = threading.Lock()
+
+
+def sort_rows(a: np.ndarray) -> None:
+    """Sort each row of a C-ordered 2-D array in place; large arrays split by rows over two threads
+    (numpy's sort releases the GIL), the result identical to a.sort(axis=1)."""
+    global _SORT_POOL
+    if a.shape[0] < 2 or a.size < PARALLEL_SORT_VALUES:
+        a.sort(axis=1)
+        return
+    with _SORT_POOL_LOCK:
+        if _SORT_POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _SORT_POOL = ThreadPoolExecutor(1, thread_name_prefix="kanari-sort")
+    half = a.shape[0] // 2
+    other = _SORT_POOL.submit(a[half:].sort, axis=1)
+    a[:half].sort(axis=1)
+    other.result()
 
 
 def rank_error_bound(k: int) -> float:

@@ -28,6 +28,7 @@ evaluation on the handful of numbers the comparison produced.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -111,7 +112,15 @@ def ks_significance(d: float, n_eff: float, alpha_bonferroni: float) -> Signific
     from scipy.stats import kstwo  # scipy's import is slow; the CLI imports this module
 
     n = max(1, int(round(n_eff)))
-    return Significance(float(kstwo.sf(d, n)), float(kstwo.isf(alpha_bonferroni, n)))
+    return Significance(float(kstwo.sf(d, n)), _ks_critical(alpha_bonferroni, n))
+
+
+@functools.lru_cache(maxsize=1024)
+def _ks_critical(alpha: float, n: int) -> float:
+    """kstwo's inverse (a root search): features with the same counts share it, as most of a dataset's do."""
+    from scipy.stats import kstwo
+
+    return float(kstwo.isf(alpha, n))
 
 
 def _statistic(method: str, pb: np.ndarray, pc: np.ndarray) -> np.ndarray:

@@ -1,0 +1,235 @@
+"""`kanari drift baseline` on a Parquet file streams Arrow batches into the profile (kanari.drift.file_baseline):
+the same baseline as the DataFrame path (types, counts, categories and constraints exact, moments to rounding,
+CDFs within the sketch's stated bound), without pandas for numeric data; the compare CLI's start-up is cut the
+same way, and its compiled kernel is cached wherever the filesystem allows, never failing where it does not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kanari.drift.file_baseline import profile_parquet
+from kanari.drift.model_monitor import baseline_documents, parse_baseline, read_baseline
+from kanari.drift.profile import Profile
+from kanari.drift.sketch import KllSketch, sort_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def training_frame(rows: int = 40_000, seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, rows),
+            "income": rng.lognormal(10, 1, rows),
+            "score": np.round(rng.normal(50, 10, rows)),  # whole floats: Integral
+            "visits": pd.array(rng.integers(0, 9, rows), dtype="Int64"),  # integers with gaps: Integral
+            "empty": np.full(rows, np.nan),  # no values at all: Fractional, as pandas' rule says
+            "delta": rng.normal(0, 1, rows).astype(np.float32),
+            "city": rng.choice(["lisbon", "porto", "faro"], rows),
+            "member": rng.random(rows) < 0.3,
+            "label": rng.integers(0, 2, rows),
+        }
+    )
+    df.loc[rng.random(rows) < 0.05, "income"] = np.nan
+    df.loc[rng.random(rows) < 0.05, "visits"] = pd.NA
+    df.loc[rng.random(rows) < 0.02, "city"] = None
+    return df
+
+
+def kanari(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kanari.cli.main", *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=env)
+
+
+def test_parquet_baseline_is_the_dataframe_baseline(tmp_path: Path) -> None:
+    df = training_frame()
+    path = tmp_path / "train.parquet"
+    df.set_axis(pd.Index([f"r{i}" for i in range(len(df))], name="row")).to_parquet(path, row_group_size=7_000)
+    proc = kanari("drift", "baseline", "--data", str(path), "--out", str(tmp_path / "b"), "--target", "label")
+    assert proc.returncode == 0, proc.stderr
+    assert "(40000 rows, 9 columns)" in proc.stdout
+    stats = json.loads((tmp_path / "b" / "statistics.json").read_text())
+    cons = json.loads((tmp_path / "b" / "constraints.json").read_text())
+    # The DataFrame path as the pipeline step runs it (pandas' reading of the same file: the index is no feature).
+    local_stats, local_cons = baseline_documents(pd.read_parquet(path), target="label")
+    assert cons == local_cons
+    assert stats["dataset"] == local_stats["dataset"] and stats["kanari"] == {"target": "label"}
+    assert [(f["name"], f["inferred_type"]) for f in stats["features"]] == [
+        ("age", "Integral"), ("income", "Fractional"), ("score", "Integral"), ("visits", "Integral"),
+        ("empty", "Fractional"), ("delta", "Fractional"), ("city", "String"), ("member", "String"), ("label", "Integral"),
+    ]
+    for new, old in zip(stats["features"], local_stats["features"], strict=True):
+        if "string_statistics" in old:
+            assert new["string_statistics"] == old["string_statistics"]
+            continue
+        a, b = new["numerical_statistics"], old["numerical_statistics"]
+        assert a["common"] == b["common"]
+        for key in ("mean", "sum", "std_dev", "min", "max"):
+            assert a[key] == (None if b[key] is None else pytest.approx(b[key], rel=1e-9, abs=1e-9))
+    new_p = parse_baseline(stats, cons).profile
+    old_p = parse_baseline(local_stats, local_cons).profile
+    values = df[[f.name for f in old_p.numeric_features]].to_numpy(dtype=float, na_value=np.nan)
+    probes = np.nanquantile(np.where(np.isnan(values).all(axis=0), 0.0, values), np.linspace(0, 1, 101), axis=0)
+    gap = np.abs(new_p.sketch.cdf(probes) - old_p.sketch.cdf(probes))
+    assert np.nanmax(gap) <= new_p.sketch.rank_error + old_p.sketch.rank_error
+
+
+def test_infinities_are_refused_naming_columns_and_rows_across_chunks(tmp_path: Path) -> None:
+    df = pd.DataFrame({"a": np.arange(50_000, dtype=float), "b": np.ones(50_000)})
+    df.loc[[3, 45_000, 45_001, 49_999], "a"] = np.inf
+    df.to_parquet(tmp_path / "t.parquet", row_group_size=10_000)
+    proc = kanari("drift", "baseline", "--data", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "'a': 4 infinite values (rows 3, 45000, 45001, ...)" in proc.stderr
+    assert not (tmp_path / "o" / "statistics.json").exists()
+
+
+def test_bad_parquet_input_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
+    proc = kanari("drift", "baseline", "--data", str(tmp_path / "broken.parquet"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "broken.parquet: cannot read" in proc.stderr and "Traceback" not in proc.stderr
+    pd.DataFrame({"a": [1.0]}).iloc[:0].to_parquet(tmp_path / "empty.parquet")
+    proc = kanari("drift", "baseline", "--data", str(tmp_path / "empty.parquet"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "empty.parquet: no rows" in proc.stderr
+    pd.DataFrame({"a": [1.0]}).to_parquet(tmp_path / "one.parquet")
+    with pytest.raises(ValueError, match="target: column 'label' is not in the data"):
+        profile_parquet(tmp_path / "one.parquet", target="label")
+
+
+NO_PANDAS = """
+import sys
+from kanari.cli.main import main
+code = main(sys.argv[1:])
+print("pandas" in sys.modules, "numba" in sys.modules, code)
+"""
+
+
+def test_numeric_parquet_baseline_and_compare_never_import_pandas(tmp_path: Path) -> None:
+    """pandas' import (~0.4 s of CPU) and numba's with its kernel (~0.4 s) were most of a short CLI run; Arrow's
+    buffers go to numpy directly, and a small file is binned by sorting."""
+    rng = np.random.default_rng(1)
+    pd.DataFrame(rng.normal(size=(5_000, 4)), columns=list("abcd")).to_parquet(tmp_path / "ref.parquet")
+    pd.DataFrame(rng.normal(0.5, 1, size=(5_000, 4)), columns=list("abcd")).to_parquet(tmp_path / "cur.parquet")
+    base = subprocess.run([sys.executable, "-c", NO_PANDAS, "drift", "baseline", "--data", str(tmp_path / "ref.parquet"),
+                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert base.stdout.strip().splitlines()[-1] == "False False 0", base.stderr
+    comp = subprocess.run([sys.executable, "-c", NO_PANDAS, "drift", "compare", "--baseline", str(tmp_path / "b"),
+                           "--data", str(tmp_path / "cur.parquet"), "-o", "json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    last = comp.stdout.strip().splitlines()[-1]
+    # Drift found (exit 1); neither pandas nor numba loaded (a file this small is binned by sorting).
+    assert last == "False False 1", comp.stderr
+    report = json.loads(comp.stdout[: comp.stdout.rindex("}") + 1])
+    assert report["drifted_features"] == ["a", "b", "c", "d"]
+
+
+KERNEL_COMPARE = """
+import json, sys
+import pandas as pd
+from kanari.drift.fastcompare import compare_frame_fast
+from kanari.drift.model_monitor import read_baseline
+report = compare_frame_fast(read_baseline(sys.argv[1]), pd.read_parquet(sys.argv[2]))  # always the kernel
+print(json.dumps(report.to_dict()))
+"""
+
+
+def test_compare_works_where_no_cache_directory_is_writable(tmp_path: Path) -> None:
+    """A read-only root filesystem (site-packages' __pycache__) and an unwritable HOME: numba refused to decorate
+    a cached kernel ("no locator available") and `kanari drift compare` failed. Now the kernel is cached in a
+    private temp directory, and with no writable temp directory either it is compiled per process."""
+    rng = np.random.default_rng(2)
+    pd.DataFrame({"x": rng.normal(size=2_000)}).to_parquet(tmp_path / "ref.parquet")
+    assert kanari("drift", "baseline", "--data", str(tmp_path / "ref.parquet"), "--out", str(tmp_path / "b")).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    # No in-tree __pycache__ (a read-only site-packages), the user-wide cache in a directory nobody can create.
+    env.update(NUMBA_CACHE_LOCATOR_CLASSES="UserProvidedCacheLocator,UserWideCacheLocator",
+               XDG_CACHE_HOME="/proc/kanari-unwritable", TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    args = [sys.executable, "-c", KERNEL_COMPARE, str(tmp_path / "b"), str(tmp_path / "ref.parquet")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    cache = tmp_path / "tmp" / f"kanari-numba-{os.getuid()}"
+    assert any(p.suffix == ".nbi" for p in cache.rglob("*")), "the compiled kernel was not cached"
+    assert oct(cache.stat().st_mode & 0o777) == "0o700"
+    env["TMPDIR"] = "/proc/kanari-unwritable"
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["verdict"] == "no drift", proc.stderr
+
+
+def test_a_cache_directory_someone_else_can_write_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kanari.drift import fastcompare
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    planted = tmp_path / f"kanari-numba-{os.getuid()}"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)
+    assert fastcompare.private_cache_dir() is None
+    planted.rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    planted.symlink_to(tmp_path / "elsewhere")
+    assert fastcompare.private_cache_dir() is None
+    planted.unlink()
+    assert fastcompare.private_cache_dir() == str(planted)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(0, 40), cols=st.integers(0, 30000), seed=st.integers(0, 2**31))
+def test_sort_rows_is_numpys_sort(rows: int, cols: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(rows, cols % 3000 if rows > 8 else cols))
+    a[rng.random(a.shape) < 0.05] = np.nan
+    expected = np.sort(a, axis=1)
+    sort_rows(a)
+    np.testing.assert_array_equal(a, expected)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(st.integers(1, 60_000), min_size=1, max_size=12), seed=st.integers(0, 2**31))
+def test_column_chunks_keep_the_stated_bound(sizes: list[int], seed: int) -> None:
+    """Chunks of any size given column by column (the Parquet path) stay within RANK_ERROR_C / k of the exact CDF."""
+    rng = np.random.default_rng(seed)
+    data = np.concatenate([rng.standard_t(3, size=(2, n)) for n in sizes], axis=1)
+    sketch = KllSketch(2, seed=seed)
+    start = 0
+    for n in sizes:
+        sketch.update_columns(data[:, start : start + n])
+        start += n
+    assert sketch.n == data.shape[1]
+    probes = np.quantile(data, np.linspace(0, 1, 201), axis=1).T.T
+    exact = np.stack([(np.sort(data[j])[None, :] <= probes[:, j][:, None]).mean(axis=1) for j in range(2)], axis=1)
+    assert np.max(np.abs(sketch.cdf(probes) - exact)) <= sketch.rank_error + 1e-12
+
+
+def test_profile_columns_equal_profile_rows() -> None:
+    """add_columns (Arrow's layout) and add_rows (a DataFrame's) keep the same counts and moments."""
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=(3_000, 3))
+    data[rng.random(data.shape) < 0.1] = np.nan
+    clean = rng.normal(size=(3_000, 3))
+    from kanari.drift.profile import Feature
+
+    features = [Feature(n, "Fractional") for n in "abc"]
+    by_rows, by_cols = Profile.empty(features, seed=0), Profile.empty(features, seed=0)
+    for chunk in (data, clean):
+        by_rows.add_rows(chunk, {}, len(chunk))
+        by_cols.add_columns(np.ascontiguousarray(chunk.T), {}, len(chunk))
+    assert by_cols.missing == by_rows.missing and by_cols.rows == by_rows.rows
+    for a, b in zip(vars(by_cols.moments).values(), vars(by_rows.moments).values(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_read_baseline_reads_what_the_parquet_path_writes(tmp_path: Path) -> None:
+    training_frame(3_000).to_parquet(tmp_path / "t.parquet")
+    assert kanari("drift", "baseline", "--data", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "b")).returncode == 0
+    assert read_baseline(tmp_path / "b").profile.rows == 3_000
