@@ -169,6 +169,8 @@ def write_samples(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, target: 
 def sample_requests(df: pd.DataFrame, *, target: str | None = None, limit: int = SAMPLE_LIMIT) -> list[dict[str, Any]]:
     """Up to `limit` KServe v1 request bodies of one training row each (the label left out): the warm-up
     gate's inputs (kanari.controller.warmup). Rows without missing values, spread evenly over the data."""
+    import pandas as pd
+
     features = [c for c in df.columns if str(c) != target]
     if not features or df.empty:
         return []
