@@ -71,17 +71,26 @@ def profile_documents(profile: Profile, *, target: str | None = None) -> tuple[d
 
 def _refuse_infinities(df: pd.DataFrame) -> None:
     """±inf is no measurement a model can be trained on, and JSON cannot store it: name the columns."""
-    bad = []
+    found = []
     for name in df.columns:
         col = df[name]
         if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
             values = col.to_numpy(dtype=np.float64, na_value=np.nan)
             inf = np.isinf(values)
             if inf.any():
-                rows = ", ".join(str(r) for r in np.flatnonzero(inf)[:3])
-                bad.append(f"{name!r}: {int(inf.sum())} infinite values (rows {rows}{', ...' if inf.sum() > 3 else ''})")
-    if bad:
-        raise ValueError(f"df: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}")
+                found.append((str(name), int(inf.sum()), [int(r) for r in np.flatnonzero(inf)[:INFINITE_ROWS_SHOWN]]))
+    if found:
+        raise ValueError(infinite_values_message("df", found))
+
+
+INFINITE_ROWS_SHOWN = 3
+
+
+def infinite_values_message(what: str, found: list[tuple[str, int, list[int]]]) -> str:
+    """The refusal of ±inf, the same from every engine: (column, count, first rows, 0-based) per column."""
+    bad = [f"{name!r}: {count} infinite values (rows {', '.join(map(str, rows))}{', ...' if count > len(rows) else ''})"
+           for name, count, rows in found]
+    return f"{what}: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}"
 
 
 def constraints_for(profile: Profile) -> dict[str, Any]:
