@@ -87,10 +87,13 @@ def _trial(
 
 
 def drift_section(
-    trials: int, sizes: list[int], log: Callable[[str], None], methods: tuple[str, ...] = METHODS
+    trials: int, sizes: list[int], log: Callable[[str], None], methods: tuple[str, ...] = METHODS,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Figures per size and method. Methods may run as separate processes (Wasserstein's bootstrap costs
-    ten times the others'): each method's figures carry their own trial count and run time."""
+    ten times the others'): each method's figures carry their own trial count and run time. Every 100
+    trials the figures so far go to `checkpoint` (marked complete: false): a long run stopped early
+    still leaves what it measured."""
     out: dict[str, Any] = {"features": FEATURES, "false_alarm_rate": BUDGET, "by_rows": {}}
     for n in sizes:
         # The same seeds whichever methods run: every method sees the same data.
@@ -98,6 +101,7 @@ def drift_section(
         budget = dict.fromkeys(methods, 0)
         fixed = dict.fromkeys(methods, 0)
         started = time.monotonic()
+
         for i in range(trials):
             result = _trial(_baseline(frame(rng, n)), frame(rng, n), methods)
             for m, (b, f, _) in result.items():
@@ -105,6 +109,9 @@ def drift_section(
                 fixed[m] += f
             if (i + 1) % 100 == 0:
                 log(f"drift n={n}: {i + 1}/{trials} trials, budget alarms {budget}")
+                if checkpoint is not None and i + 1 < trials:
+                    out["by_rows"][str(n)] = _figures(methods, i + 1, budget, fixed, started, None, 0)
+                    checkpoint(out)
         power_rng = np.random.default_rng(2000 + n)
         power_trials = max(20, trials // 20)
         power = dict.fromkeys(methods, 0)
@@ -112,18 +119,29 @@ def drift_section(
             result = _trial(_baseline(frame(power_rng, n)), frame(power_rng, n, shift=0.1), methods)
             for m, (b, _, _) in result.items():
                 power[m] += b
-        seconds = round(time.monotonic() - started, 1)
-        out["by_rows"][str(n)] = {
-            "trials": dict.fromkeys(methods, trials),
-            "budget_alarms": {m: budget[m] for m in methods},
-            "budget_alarm_rate": {m: budget[m] / trials for m in methods},
-            "budget_alarm_upper_95": {m: _upper(budget[m], trials) for m in methods},
-            "fixed_threshold_alarm_rate": {m: fixed[m] / trials for m in methods},
-            "power_at_shift_0.1": {m: power[m] / power_trials for m in methods},
-            "power_trials": dict.fromkeys(methods, power_trials),
-            "seconds": dict.fromkeys(methods, seconds),
-        }
+        out["by_rows"][str(n)] = _figures(methods, trials, budget, fixed, started, power, power_trials)
+        if checkpoint is not None:
+            checkpoint(out)
     return out
+
+
+def _figures(
+    methods: tuple[str, ...], done: int, budget: dict[str, int], fixed: dict[str, int], started: float,
+    power: dict[str, int] | None, power_trials: int,
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "trials": dict.fromkeys(methods, done),
+        "budget_alarms": dict(budget),
+        "budget_alarm_rate": {m: budget[m] / done for m in methods},
+        "budget_alarm_upper_95": {m: _upper(budget[m], done) for m in methods},
+        "fixed_threshold_alarm_rate": {m: fixed[m] / done for m in methods},
+        "seconds": dict.fromkeys(methods, round(time.monotonic() - started, 1)),
+        "complete": dict.fromkeys(methods, power is not None),
+    }
+    if power is not None:
+        figures["power_at_shift_0.1"] = {m: power[m] / power_trials for m in methods}
+        figures["power_trials"] = dict.fromkeys(methods, power_trials)
+    return figures
 
 
 def _merge_drift(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -207,21 +225,35 @@ def main() -> None:
             unknown = set(methods) - set(METHODS)
             if unknown:
                 parser.error(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
-            value = drift_section(args.trials, [int(s) for s in args.sizes.split(",")], log, methods)
+            drift_section(args.trials, [int(s) for s in args.sizes.split(",")], log, methods,
+                          checkpoint=lambda value: _write("drift", value))
         elif section == "sketch":
-            value = sketch_section(log)
+            _write(section, sketch_section(log))
         else:
-            value = judge_section(args.rollouts, log)
-        # Re-read before writing: sections may run as separate processes.
-        results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
-        if section == "drift" and isinstance(results.get("drift"), dict):
-            # Sizes and methods may run separately (with their own trial counts): keep the others' figures.
-            value = _merge_drift(results["drift"], value)
-        results[section] = value
-        results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
-        results["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=1) + "\n")
+            _write(section, judge_section(args.rollouts, log))
+
+
+def _write(section: str, value: dict[str, Any]) -> None:
+    import fcntl
+
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    # Sections, sizes and methods may run as separate processes: re-read and write under a lock.
+    with open(OUT.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_write(section, value)
+
+
+def _merge_write(section: str, value: dict[str, Any]) -> None:
+    results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if section == "drift" and isinstance(results.get("drift"), dict):
+        # Keep the other sizes' and methods' figures (with their own trial counts).
+        value = _merge_drift(results["drift"], value)
+    results[section] = value
+    results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    results["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+    tmp = OUT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(OUT)  # whole or not at all: another process may read it at any time
 
 
 if __name__ == "__main__":
