@@ -144,15 +144,28 @@ def _figures(
     return figures
 
 
+def _per_method(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry written before methods could run apart (one trial count, time and power-trial count for
+    all methods), in today's shape: every figure per method."""
+    if isinstance(entry.get("trials"), dict):
+        return entry
+    methods = list(entry.get("budget_alarm_rate", {}))
+    out = {k: v for k, v in entry.items() if isinstance(v, dict)}
+    for key in ("trials", "power_trials", "seconds"):
+        if key in entry:
+            out[key] = dict.fromkeys(methods, entry[key])
+    out["complete"] = dict.fromkeys(methods, True)
+    if "trials" in entry:
+        out["budget_alarms"] = {m: round(entry["budget_alarm_rate"][m] * entry["trials"]) for m in methods}
+    return out
+
+
 def _merge_drift(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Keep the figures of sizes and methods this run did not measure (older runs' per-size scalars are
-    dropped rather than mixed with per-method figures)."""
+    """Keep the figures of sizes and methods this run did not measure."""
     by_rows = {}
     for n in {*old.get("by_rows", {}), *new["by_rows"]}:
-        before = old.get("by_rows", {}).get(n, {})
-        if not isinstance(before.get("trials"), dict):
-            before = {}
-        after = new["by_rows"].get(n, {})
+        before = _per_method(old.get("by_rows", {}).get(n, {}))
+        after = _per_method(new["by_rows"].get(n, {}))
         by_rows[n] = {k: {**before.get(k, {}), **after.get(k, {})} for k in {*before, *after}}
     return {**new, "by_rows": by_rows}
 
