@@ -106,7 +106,7 @@ def read_calibration(metadata: Mapping[str, str], fetch: Callable[[str], bytes] 
         raise CalibrationError(f"{CALIBRATION_URI} {uri}: not a JSON object")
     try:
         return Calibration.from_dict(doc)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: an integer too large for a float
         raise CalibrationError(f"{CALIBRATION_URI} {uri}: {exc}") from None
 
 

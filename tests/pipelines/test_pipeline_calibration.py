@@ -152,7 +152,7 @@ def test_an_unreadable_calibration_is_reported_not_taken_for_none() -> None:
 
 
 @given(st.one_of(st.binary(max_size=200), st.recursive(
-    st.none() | st.booleans() | st.floats(allow_nan=True) | st.text(max_size=5),
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers(-(10**400), 10**400) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["x", "y", "method"]), inner,
                                                                 max_size=3),
     max_leaves=12,
