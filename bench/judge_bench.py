@@ -7,9 +7,11 @@ Sections (each rewrites only its own key of bench/results/judge.json):
            plus the power at a small shift.
   sketch   the KLL sketch's CDF error per point against the 1/k the thresholds charge for it.
   judge    500 simulated rollouts x 10 looks of the statistical canary judge (kanari.judging): the
-           false-rollback rate at no degradation and the power at the tolerated degradation.
+           false-rollback rate at no degradation and the power at the tolerated degradation (latency: three
+           log-normal shapes, maxDegradation 0.1 = 10% slower); and the latency re-split's interpolation
+           error over 780 log-normal shapes per maxDegradation, which the judge's slack must cover.
 
-Run: .venv/bin/python bench/judge_bench.py [--section drift] [--trials 1000]  ->  bench/results/judge.json
+Run: .venv/bin/python bench/judge_bench.py [--section drift] [--trials 1000] [--sizes 1000,10000] [--methods psi]  ->  bench/results/judge.json
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ def _baseline(df: pd.DataFrame) -> Baseline:
     return parse_baseline(json.loads(json.dumps(stats)), constraints)  # through JSON, as read from S3
 
 
-def _trial(baseline: Baseline, current_df: pd.DataFrame) -> dict[str, tuple[bool, bool, int]]:
+def _trial(
+    baseline: Baseline, current_df: pd.DataFrame, methods: tuple[str, ...] = METHODS
+) -> dict[str, tuple[bool, bool, int]]:
     """{method: (budget alarm, fixed-threshold alarm, features flagged by the budget)}."""
     current = profile_current(baseline, current_df)
     features = baseline.profile.features
     values = drift_values(baseline, current, features)
     out = {}
-    for method in METHODS:
+    for method in methods:
         chosen = [
             (f, method if method in (NUMERIC_METHODS if f.numeric else CATEGORICAL_METHODS)
              else (baseline.numeric_method if f.numeric else baseline.categorical_method))
@@ -82,37 +86,88 @@ def _trial(baseline: Baseline, current_df: pd.DataFrame) -> dict[str, tuple[bool
     return out
 
 
-def drift_section(trials: int, sizes: list[int], log: Callable[[str], None]) -> dict[str, Any]:
+def drift_section(
+    trials: int, sizes: list[int], log: Callable[[str], None], methods: tuple[str, ...] = METHODS,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Figures per size and method. Methods may run as separate processes (Wasserstein's bootstrap costs
+    ten times the others'): each method's figures carry their own trial count and run time. Every 100
+    trials the figures so far go to `checkpoint` (marked complete: false): a long run stopped early
+    still leaves what it measured."""
     out: dict[str, Any] = {"features": FEATURES, "false_alarm_rate": BUDGET, "by_rows": {}}
     for n in sizes:
+        # The same seeds whichever methods run: every method sees the same data.
         rng = np.random.default_rng(1000 + n)
-        budget = dict.fromkeys(METHODS, 0)
-        fixed = dict.fromkeys(METHODS, 0)
+        budget = dict.fromkeys(methods, 0)
+        fixed = dict.fromkeys(methods, 0)
         started = time.monotonic()
+
         for i in range(trials):
-            result = _trial(_baseline(frame(rng, n)), frame(rng, n))
+            result = _trial(_baseline(frame(rng, n)), frame(rng, n), methods)
             for m, (b, f, _) in result.items():
                 budget[m] += b
                 fixed[m] += f
             if (i + 1) % 100 == 0:
                 log(f"drift n={n}: {i + 1}/{trials} trials, budget alarms {budget}")
+                if checkpoint is not None and i + 1 < trials:
+                    out["by_rows"][str(n)] = _figures(methods, i + 1, budget, fixed, started, None, 0)
+                    checkpoint(out)
         power_rng = np.random.default_rng(2000 + n)
         power_trials = max(20, trials // 20)
-        power = dict.fromkeys(METHODS, 0)
+        power = dict.fromkeys(methods, 0)
         for _ in range(power_trials):
-            result = _trial(_baseline(frame(power_rng, n)), frame(power_rng, n, shift=0.1))
+            result = _trial(_baseline(frame(power_rng, n)), frame(power_rng, n, shift=0.1), methods)
             for m, (b, _, _) in result.items():
                 power[m] += b
-        out["by_rows"][str(n)] = {
-            "trials": trials,
-            "budget_alarm_rate": {m: budget[m] / trials for m in METHODS},
-            "budget_alarm_upper_95": {m: _upper(budget[m], trials) for m in METHODS},
-            "fixed_threshold_alarm_rate": {m: fixed[m] / trials for m in METHODS},
-            "power_at_shift_0.1": {m: power[m] / power_trials for m in METHODS},
-            "power_trials": power_trials,
-            "seconds": round(time.monotonic() - started, 1),
-        }
+        out["by_rows"][str(n)] = _figures(methods, trials, budget, fixed, started, power, power_trials)
+        if checkpoint is not None:
+            checkpoint(out)
     return out
+
+
+def _figures(
+    methods: tuple[str, ...], done: int, budget: dict[str, int], fixed: dict[str, int], started: float,
+    power: dict[str, int] | None, power_trials: int,
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "trials": dict.fromkeys(methods, done),
+        "budget_alarms": dict(budget),
+        "budget_alarm_rate": {m: budget[m] / done for m in methods},
+        "budget_alarm_upper_95": {m: _upper(budget[m], done) for m in methods},
+        "fixed_threshold_alarm_rate": {m: fixed[m] / done for m in methods},
+        "seconds": dict.fromkeys(methods, round(time.monotonic() - started, 1)),
+        "complete": dict.fromkeys(methods, power is not None),
+    }
+    if power is not None:
+        figures["power_at_shift_0.1"] = {m: power[m] / power_trials for m in methods}
+        figures["power_trials"] = dict.fromkeys(methods, power_trials)
+    return figures
+
+
+def _per_method(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry written before methods could run apart (one trial count, time and power-trial count for
+    all methods), in today's shape: every figure per method."""
+    if isinstance(entry.get("trials"), dict):
+        return entry
+    methods = list(entry.get("budget_alarm_rate", {}))
+    out = {k: v for k, v in entry.items() if isinstance(v, dict)}
+    for key in ("trials", "power_trials", "seconds"):
+        if key in entry:
+            out[key] = dict.fromkeys(methods, entry[key])
+    out["complete"] = dict.fromkeys(methods, True)
+    if "trials" in entry:
+        out["budget_alarms"] = {m: round(entry["budget_alarm_rate"][m] * entry["trials"]) for m in methods}
+    return out
+
+
+def _merge_drift(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Keep the figures of sizes and methods this run did not measure."""
+    by_rows = {}
+    for n in {*old.get("by_rows", {}), *new["by_rows"]}:
+        before = _per_method(old.get("by_rows", {}).get(n, {}))
+        after = _per_method(new["by_rows"].get(n, {}))
+        by_rows[n] = {k: {**before.get(k, {}), **after.get(k, {})} for k in {*before, *after}}
+    return {**new, "by_rows": by_rows}
 
 
 def _upper(k: int, n: int) -> float:
@@ -144,14 +199,24 @@ def sketch_section(log: Callable[[str], None]) -> dict[str, Any]:
 
 
 def judge_section(rollouts: int, log: Callable[[str], None]) -> dict[str, Any]:
-    from kanari.judging.simulate import simulate_error_rate, simulate_latency
+    from functools import partial
+
+    from kanari.judging.simulate import interpolation_bias, simulate_error_rate, simulate_latency
 
     out: dict[str, Any] = {"rollouts": rollouts}
-    for name, sim in (("errorRate", simulate_error_rate), ("latency", simulate_latency)):
+    sims: tuple[tuple[str, Callable[..., dict[str, Any]]], ...] = (
+        ("errorRate", simulate_error_rate),
+        ("latency", simulate_latency),  # log-normal, median 80 ms, spread 0.6; maxDegradation 0.1 (10% slower)
+        ("latency_wide", partial(simulate_latency, median=0.03, sigma=1.2)),
+        ("latency_narrow", partial(simulate_latency, median=0.3, sigma=0.25)),
+    )
+    for name, sim in sims:
         started = time.monotonic()
         out[name] = sim(rollouts=rollouts, seed=16)
         out[name]["seconds"] = round(time.monotonic() - started, 1)
         log(f"judge {name}: {out[name]}")
+    out["latency_interpolation"] = [interpolation_bias(max_degradation=r) for r in (0.02, 0.05, 0.1, 0.2, 0.5, 0.9)]
+    log(f"judge latency interpolation: {out['latency_interpolation']}")
     return out
 
 
@@ -161,6 +226,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1000, help="no-drift trials per size")
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--rollouts", type=int, default=500)
+    parser.add_argument("--methods", default=",".join(METHODS), help="drift methods, comma-separated")
     args = parser.parse_args()
 
     def log(msg: str) -> None:
@@ -168,21 +234,39 @@ def main() -> None:
 
     for section in args.section or ["sketch", "judge", "drift"]:
         if section == "drift":
-            value = drift_section(args.trials, [int(s) for s in args.sizes.split(",")], log)
+            methods = tuple(m for m in args.methods.split(",") if m)
+            unknown = set(methods) - set(METHODS)
+            if unknown:
+                parser.error(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
+            drift_section(args.trials, [int(s) for s in args.sizes.split(",")], log, methods,
+                          checkpoint=lambda value: _write("drift", value))
         elif section == "sketch":
-            value = sketch_section(log)
+            _write(section, sketch_section(log))
         else:
-            value = judge_section(args.rollouts, log)
-        # Re-read before writing: sections may run as separate processes.
-        results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
-        if section == "drift" and isinstance(results.get("drift"), dict):
-            # Sizes may run separately (with their own trial counts): keep the other sizes' figures.
-            value["by_rows"] = {**results["drift"].get("by_rows", {}), **value["by_rows"]}
-        results[section] = value
-        results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
-        results["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=1) + "\n")
+            _write(section, judge_section(args.rollouts, log))
+
+
+def _write(section: str, value: dict[str, Any]) -> None:
+    import fcntl
+
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    # Sections, sizes and methods may run as separate processes: re-read and write under a lock.
+    with open(OUT.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_write(section, value)
+
+
+def _merge_write(section: str, value: dict[str, Any]) -> None:
+    results: dict[str, Any] = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if section == "drift" and isinstance(results.get("drift"), dict):
+        # Keep the other sizes' and methods' figures (with their own trial counts).
+        value = _merge_drift(results["drift"], value)
+    results[section] = value
+    results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    results["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+    tmp = OUT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(OUT)  # whole or not at all: another process may read it at any time
 
 
 if __name__ == "__main__":

@@ -15,13 +15,16 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from kfp_pipelines import aws
 from kfp_pipelines.errors import InputError, StepFailed
+
+if TYPE_CHECKING:
+    from kanari.judging.cbpe import Calibration
 
 log = logging.getLogger("kanari.pipeline")
 
@@ -132,7 +135,16 @@ def read_csv_prefix(s3: Any, uri: str, parameter: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def evaluate(s3: Any, model_uri: str, test_uri: str) -> tuple[Evaluation, dict[str, Any]]:
+@dataclass(frozen=True)
+class Holdout:
+    """The model's scores on the held-out test split, with the labels."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    info: dict[str, Any]
+
+
+def score_holdout(s3: Any, model_uri: str, test_uri: str) -> Holdout:
     from kfp_pipelines.training import mlp
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +159,37 @@ def evaluate(s3: Any, model_uri: str, test_uri: str) -> tuple[Evaluation, dict[s
     if missing:
         raise InputError("test_data", f"columns the model was trained on are missing: {', '.join(missing)}")
     proba = mlp.predict_proba(model, test[features].to_numpy(dtype=np.float32))
-    ev = score(test[target].to_numpy(), proba, float(info["threshold"]))
+    return Holdout(test[target].to_numpy(), np.asarray(proba, dtype=np.float64), info)
+
+
+def evaluate(s3: Any, model_uri: str, test_uri: str) -> tuple[Evaluation, dict[str, Any]]:
+    holdout = score_holdout(s3, model_uri, test_uri)
+    ev = score(holdout.labels, holdout.scores, float(holdout.info["threshold"]))
     log.info("evaluated on %d test rows (%d positive): %s", ev.rows, ev.positives,
              ", ".join(f"{k}={ev.scores[k]:.4f}" for k in METRICS))
-    return ev, info
+    return ev, holdout.info
+
+
+def calibration_for(labels: np.ndarray, scores: np.ndarray) -> Calibration | None:
+    """The isotonic calibration of a binary classifier's scores on the holdout (kanari.judging.cbpe), or
+    None when the task is not binary classification (labels other than 0/1, or scores that are not
+    probabilities): CBPE's estimates are defined for calibrated binary scores only."""
+    from kanari.judging.cbpe import fit_calibration
+
+    y = np.asarray(labels)
+    s = np.asarray(scores)
+    numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
+    if (not numeric or y.ndim != 1 or s.ndim != 1 or not np.isin(y, (0, 1)).all()
+            or not (np.isfinite(s).all() and ((s >= 0) & (s <= 1)).all())):
+        return None
+    if y.min() == y.max():
+        raise InputError("test_data", "the test split has a single class; the scores cannot be calibrated")
+    return fit_calibration(s, y.astype(int))
+
+
+def calibration_document(calibration: Calibration, threshold: float, holdout_uri: str, rows: int,
+                         positives: int) -> dict[str, Any]:
+    """calibration.json: the map (read back by kanari.registry_metadata.read_calibration) and what it was
+    fitted on; the model's decision threshold travels with it, since CBPE estimates the model's own decisions."""
+    return {**calibration.to_dict(), "threshold": float(threshold), "fitted_on": holdout_uri, "rows": int(rows),
+            "positives": int(positives)}

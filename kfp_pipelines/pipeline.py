@@ -1,8 +1,8 @@
 """The Kanari training pipeline (KFP v2).
 
 validate data -> train (SageMaker, Trainium) -> evaluate -> quality gate (dsl.If) ->
-  passed:   drift baseline -> Neuron compile (optional: neuron_target) -> register (Model Registry, lineage,
-            Neuron build record) -> ModelDeployment (GitOps path / apply)
+  passed:   drift baseline, score calibration on the holdout -> Neuron compile (optional: neuron_target) ->
+            register (Model Registry, lineage, calibration, Neuron build record) -> ModelDeployment (GitOps path / apply)
   rejected: record why
 wrapped in an exit handler that stops the run's training jobs when the run fails or is terminated.
 The pipeline's output is the release record (JSON) of whichever branch ran.
@@ -25,7 +25,7 @@ from kfp import compiler, dsl, kubernetes
 
 from kfp_pipelines.components import COMPONENT_IMAGE
 from kfp_pipelines.components.data import validate_data
-from kfp_pipelines.components.evaluation import evaluate_model, quality_gate
+from kfp_pipelines.components.evaluation import calibrate_model, evaluate_model, quality_gate
 from kfp_pipelines.components.neuron import neuron_compile
 from kfp_pipelines.components.release import (
     emit_model_deployment,
@@ -232,13 +232,18 @@ def _training_pipeline(
                 batch_size=neuron_batch_size, max_runtime_seconds=max_runtime_seconds, ack_namespace=ack_namespace,
                 poll_initial_seconds=poll_initial_seconds,
             ), "Neuron compile (SageMaker)", retry=TRAINING_RETRY)
+            # CBPE (the monitor's label-free estimates) needs calibrated scores: fitted on the holdout,
+            # registered with the package.
+            calibrated = _step(calibrate_model(
+                model=trained.outputs["model"], test_data=validated.outputs["test_data"]
+            ), "calibrate scores", EVALUATION_RESOURCES)
             registered = _step(register_model(
                 model=release.outputs["compiled"], model_package_group=model_package_group,
                 scores=evaluated.outputs["scores"], evaluation_uri=evaluated.outputs["evaluation_uri"],
                 baseline_uri=baseline.output, dataset_uri=dataset_uri,
                 dataset_version=validated.outputs["dataset_version"], git_sha=git_sha, run_id=run_id,
                 auto_approve=auto_approve, reason=reason, model_name=model_name, serving_image=serving_image,
-                gate_reason=gate.outputs["reason"], drift_alert=drift_alert,
+                gate_reason=gate.outputs["reason"], drift_alert=drift_alert, calibration_uri=calibrated.output,
             ), "register")
             _step(emit_model_deployment(
                 model=release.outputs["compiled"], model_package_arn=registered.output, baseline_uri=baseline.output,

@@ -153,6 +153,50 @@ def judge(*, model_package_group: str, scores: dict[str, float], gate_metric: st
     return verdict
 
 
+def calibrate(*, model_uri: str, test_uri: str) -> str:
+    """Fit the score calibration on the holdout (the test split the model was evaluated on) and write
+    calibration.json beside the model; its URI, or "" when the task is not binary classification (nothing
+    is written, nothing will be registered). The evaluation's scores stay the raw model's: calibration is
+    monotone, so ranking metrics do not change, and the decision threshold applies to raw scores."""
+    from kanari.judging.cbpe import CALIBRATION
+
+    s3 = aws.client("s3")
+    holdout = evaluation.score_holdout(s3, model_uri, test_uri)
+    calibration = evaluation.calibration_for(holdout.labels, holdout.scores)
+    if calibration is None:
+        log.info("no calibration: the holdout's labels are not binary 0/1 (calibration is for binary classifiers)")
+        return ""
+    where = evaluation.model_dir(model_uri).join(CALIBRATION)
+    aws.put_json(s3, where, evaluation.calibration_document(
+        calibration, float(holdout.info["threshold"]), test_uri, len(holdout.labels), int(holdout.labels.sum())))
+    log.info("score calibration (isotonic, %d points) fitted on %d holdout rows, written to %s",
+             len(calibration.x), len(holdout.labels), where)
+    return str(where)
+
+
+def calibration_properties(s3: Any, calibration_uri: str) -> dict[str, str]:
+    """The package's reference to its calibration: the URI and the SHA-256 of the bytes registered,
+    checked with the same reader the monitor uses (a malformed document is never registered)."""
+    import hashlib
+
+    from kanari import registry_metadata as keys
+
+    if not calibration_uri:
+        return {}
+    loc = aws.S3Uri.parse(calibration_uri, "calibration_uri")
+    if not aws.exists(s3, loc):
+        raise StepFailed(f"{calibration_uri} does not exist; nothing was registered")
+    body = aws.get_bytes(s3, loc)
+    props = {keys.CALIBRATION_URI: str(loc), keys.CALIBRATION_SHA256: hashlib.sha256(body).hexdigest()}
+    try:
+        keys.read_calibration(props, lambda _uri: body)
+    except keys.CalibrationError as exc:
+        raise StepFailed(f"{exc}; nothing was registered") from None
+    for parameter, value in props.items():
+        registry.check_metadata_value(parameter, value)
+    return props
+
+
 def write_baseline(
     *, train_uri: str, target: str, model_uri: str, engine: str = "local", spark: dict[str, Any] | None = None,
     run_id: str = "", task: str = "", base_job_name: str = "kanari", poll_initial_seconds: float = 10.0,
@@ -190,7 +234,7 @@ def register(
     *, model_uri: str, model_metadata: dict[str, Any], model_package_group: str, scores: dict[str, float],
     evaluation_uri: str, baseline_uri: str, dataset_uri: str, dataset_version: str, git_sha: str, run_id: str,
     auto_approve: bool, reason: str, model_name: str, serving_image: str, gate_reason: str,
-    drift_alert: dict[str, Any] | None = None, serving_accelerator: str = "cpu",
+    drift_alert: dict[str, Any] | None = None, serving_accelerator: str = "cpu", calibration_uri: str = "",
 ) -> tuple[str, str]:
     alert = drift_alert_of(drift_alert)
     build = neuron.build_of(model_metadata)
@@ -218,6 +262,7 @@ def register(
         raise StepFailed("the model artifact carries no training_job_arn; its lineage would be incomplete")
     metadata = registry.customer_metadata(lineage, {k: v for k, v in scores.items() if k in evaluation.METRICS},
                                           model_name, reason, gate_reason, baseline_uri, alert)
+    metadata.update(calibration_properties(s3, calibration_uri))
     if build is not None:
         # How the artifact was built (or that it was not compiled): the controller checks it before traffic moves.
         metadata.update(build.properties())

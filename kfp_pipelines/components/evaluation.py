@@ -59,3 +59,14 @@ def quality_gate(
         verdict = steps.judge(model_package_group=model_package_group, scores=scores, gate_metric=gate_metric,
                               gate_tolerance=gate_tolerance, test_uri=artifacts.s3_uri(test_data))
     return namedtuple("GateOutputs", ["passed", "reason"])(verdict.passed, verdict.reason)
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def calibrate_model(model: Input[Model], test_data: Input[Dataset]) -> str:
+    """Isotonic calibration of the classifier's scores on the holdout (the test split), written as
+    calibration.json beside the model for the register step; "" when the task is not binary."""
+    from kfp_pipelines import artifacts, steps
+    from kfp_pipelines.errors import step
+
+    with step("calibrate-model"):
+        return steps.calibrate(model_uri=artifacts.s3_uri(model), test_uri=artifacts.s3_uri(test_data))

@@ -75,8 +75,10 @@ def register_model(
     serving_image: str,
     gate_reason: str,
     drift_alert: dict,
+    calibration_uri: str,
 ) -> str:
-    """A new version in the SageMaker Model Registry group: PendingManualApproval unless auto_approve."""
+    """A new version in the SageMaker Model Registry group: PendingManualApproval unless auto_approve;
+    the score calibration (calibration_uri, "" for none) is referenced from its metadata."""
     from kfp_pipelines import artifacts, steps
     from kfp_pipelines.errors import step
 
@@ -87,6 +89,7 @@ def register_model(
             scores=scores, evaluation_uri=evaluation_uri, baseline_uri=baseline_uri, dataset_uri=dataset_uri,
             dataset_version=dataset_version, git_sha=git_sha, run_id=run_id, auto_approve=auto_approve,
             reason=reason, model_name=model_name, serving_image=serving_image, gate_reason=gate_reason,
+            calibration_uri=calibration_uri,
         )
         return arn
 

@@ -1,10 +1,20 @@
 """The keys of a model package's CustomerMetadataProperties in the SageMaker Model Registry, spelled once.
 
 The pipeline's register step writes them, the controller reads the lineage and the baseline back into
-status, `kanari models list` and the demo show them.
+status, `kanari models list` and the demo show them. `read_calibration` is the one reader of the score
+calibration the pipeline registers with a binary classifier (for CBPE's label-free estimates).
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy stays out of the CLI's import path until a calibration is read
+    from kanari.judging.cbpe import Calibration
 
 PREFIX = "kanari:"
 GIT_SHA = "kanari:git-sha"
@@ -25,9 +35,12 @@ DRIFT_ALERT = "kanari:drift-alert"
 DRIFT_ALERT_FINGERPRINT = "kanari:drift-alert-fingerprint"
 DRIFT_ALERT_STARTS_AT = "kanari:drift-alert-starts-at"
 METRIC_PREFIX = "kanari:metric."
-# Where the isotonic calibration fitted on the holdout lives (calibration.json, kanari.judging.cbpe): CBPE
-# estimates need it and report "unavailable" without it.
+# The holdout calibration (kanari.judging.cbpe's calibration.json beside the model) and the SHA-256 of its
+# bytes. A reference, not the document: CustomerMetadataProperties values are at most 256 characters of
+# [letters digits spaces _.:/=+-@] (botocore's CustomerMetadataMap), so no JSON fits; the digest ties the
+# package to the exact file it was registered with.
 CALIBRATION_URI = "kanari:calibration-uri"
+CALIBRATION_SHA256 = "kanari:calibration-sha256"
 # The demo's fault-injection model says so in its registry metadata (devstack only).
 FAULT_INJECTION = "kanari:fault-injection"
 
@@ -44,3 +57,63 @@ LINEAGE = {
     "driftAlertStartsAt": (DRIFT_ALERT_STARTS_AT, "DriftAlertStartsAt"),
 }
 BASELINE = (BASELINE_URI, "BaselineUri")
+
+
+class CalibrationError(ValueError):
+    """A package's calibration reference or document is malformed: the message names the key or field."""
+
+
+class CalibrationUnavailable(RuntimeError):
+    """The calibration document could not be fetched (retry later; never read as 'no calibration')."""
+
+
+def read_calibration(metadata: Mapping[str, str], fetch: Callable[[str], bytes] | None = None) -> Calibration | None:
+    """The calibration registered with a model package, from its CustomerMetadataProperties.
+
+    None when the package records none (not a binary classifier, or registered before calibration was
+    added): CBPE then has nothing to estimate from. `fetch(uri) -> bytes` reads the document (default:
+    S3 through kanari.awsclient). Raises CalibrationError when the reference, the digest or the
+    document is malformed, CalibrationUnavailable when the document cannot be fetched.
+    """
+    from kanari.judging.cbpe import Calibration
+
+    uri = metadata.get(CALIBRATION_URI)
+    digest = metadata.get(CALIBRATION_SHA256)
+    if uri is None and digest is None:
+        return None
+    if not uri or not digest:
+        missing = CALIBRATION_URI if not uri else CALIBRATION_SHA256
+        raise CalibrationError(f"{missing}: missing or empty (a calibration needs both {CALIBRATION_URI} and "
+                               f"{CALIBRATION_SHA256})")
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
+        raise CalibrationError(f"{CALIBRATION_URI}: {uri!r} is not an s3://bucket/key URI")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise CalibrationError(f"{CALIBRATION_SHA256}: {digest!r} is not a lowercase hex SHA-256")
+    try:
+        body = (fetch or _fetch_s3)(uri)
+    except CalibrationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (any client failure is "not available now", reported, not None)
+        raise CalibrationUnavailable(f"{CALIBRATION_URI} {uri}: cannot be read ({type(exc).__name__})") from exc
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise CalibrationError(f"{CALIBRATION_URI} {uri}: its content does not match {CALIBRATION_SHA256} "
+                               "(changed after registration)")
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"{CALIBRATION_URI} {uri}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise CalibrationError(f"{CALIBRATION_URI} {uri}: not a JSON object")
+    try:
+        return Calibration.from_dict(doc)
+    except (ValueError, OverflowError) as exc:  # OverflowError: an integer too large for a float
+        raise CalibrationError(f"{CALIBRATION_URI} {uri}: {exc}") from None
+
+
+def _fetch_s3(uri: str) -> bytes:
+    from kanari import awsclient
+
+    parsed = urllib.parse.urlparse(uri)
+    body = awsclient.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
+    return bytes(body)

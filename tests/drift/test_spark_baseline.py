@@ -139,3 +139,24 @@ def test_cli_engine_spark_writes_a_baseline_compare_accepts(tmp_path: Path) -> N
     )
     assert compare.returncode == 0, compare.stdout + compare.stderr
     assert "verdict: no drift" in compare.stdout
+
+
+def test_infinities_are_refused_naming_the_column_count_and_rows(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the Spark engine profiled ±inf (the local engine refuses them, naming the column) and
+    failed later writing statistics.json with "Out of range float values are not JSON compliant"."""
+    df = training_frame(200)
+    df.loc[[3, 7, 150, 151], "income"] = [np.inf, -np.inf, np.inf, np.inf]
+    df.loc[[0], "delta"] = -np.inf
+    path = tmp_path / "inf.parquet"
+    df.to_parquet(path)
+    with pytest.raises(ValueError) as spark_err:
+        spark_baseline(spark, str(path), tmp_path / "o")
+    assert str(spark_err.value) == (
+        "data: infinite values cannot be profiled; replace or drop them: "
+        "'income': 4 infinite values (rows 3, 7, 150, ...); 'delta': 1 infinite values (rows 0)"
+    )
+    assert not (tmp_path / "o").exists()  # nothing written
+    # The local engine's refusal says the same of the same rows.
+    with pytest.raises(ValueError) as local_err:
+        baseline_documents(df)
+    assert str(local_err.value).split(": ", 1)[1] == str(spark_err.value).split(": ", 1)[1]

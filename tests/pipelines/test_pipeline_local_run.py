@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from kanari import registry_metadata as keys
 from kanari.api import v1alpha1
 from kanari.cli.main import main
 from pipelines_testlib import MODELDEPLOYMENT_CRD, strict_validator
+from sklearn.isotonic import IsotonicRegression
 
-from kfp_pipelines import data
+from kfp_pipelines import data, steps
+from kfp_pipelines import evaluation as evaluation_mod
 from kfp_pipelines.local import PipelineRunError, run_local
 
 GIT_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -30,9 +34,9 @@ def test_release_then_a_worse_model_is_refused(aws, tmp_path: Path, capsys: pyte
     # Progress named each step as it ran.
     started = [p[2:] for p in progress if p.startswith("> ")]
     assert started[:4] == ["validate-data", "sagemaker-training-job", "evaluate-model", "quality-gate"]
-    # The baseline and the (here: pass-through) compile step both follow the gate, in either order.
-    assert sorted(started[4:6]) == ["neuron-compile", "write-drift-baseline"]
-    assert started[6:] == ["register-model", "emit-model-deployment", "stop-training-jobs"]
+    # The baseline, the calibration and the (here: pass-through) compile step all follow the gate, in any order.
+    assert sorted(started[4:7]) == ["calibrate-model", "neuron-compile", "write-drift-baseline"]
+    assert started[7:] == ["register-model", "emit-model-deployment", "stop-training-jobs"]
     # Metrics for imbalanced data, and no accuracy.
     assert first.gate_passed and "first model passes" in first.gate_reason
     assert {"pr_auc", "recall", "precision", "f1"} <= set(first.metrics) and "accuracy" not in first.metrics
@@ -73,6 +77,15 @@ def test_release_then_a_worse_model_is_refused(aws, tmp_path: Path, capsys: pyte
     assert md.spec.model.modelPackageArn == first.model_package_arn
     assert md.spec.monitoring and md.spec.monitoring.baselineUri == first.baseline_uri
     assert obj["metadata"]["annotations"]["kanari.dev/lineage-training-job"] == first.training_job_arn
+    # The score calibration, fitted on the holdout and registered with the package, reproduces the holdout's
+    # isotonic-calibrated scores (tests/pipelines/test_pipeline_calibration.py has the details).
+    calibration = keys.read_calibration(meta, lambda uri: aws.s3.get_object(
+        Bucket=aws.bucket, Key=uri.split(f"s3://{aws.bucket}/", 1)[1])["Body"].read())
+    assert calibration is not None and meta[keys.CALIBRATION_URI] == first.model_uri.rsplit("/", 1)[0] + "/calibration.json"
+    test_split = steps.run_prefix(aws.bucket, "kanari", aws.group).join("runs", first.pipeline_run_id, "data", "test")
+    holdout = evaluation_mod.score_holdout(aws.s3, first.model_uri, f"{test_split}/")
+    expected = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(holdout.scores, holdout.labels)
+    np.testing.assert_allclose(calibration.apply(holdout.scores), expected.predict(holdout.scores), atol=1e-9)
     assert first.api_calls["sagemaker.CreateTrainingJob"] == 1
     assert first.api_calls["sagemaker.CreateModelPackage"] == 1
 

@@ -365,19 +365,13 @@ class JudgeSpec(_Model):
     )
     maxDegradation: float = Field(
         gt=0, lt=1,
-        description="Tolerated degradation: errorRate, added error rate (0.01 = one point); latency, how far "
-        "P(canary request slower than a stable one) may exceed 1/2 (below 0.5). Smaller needs more traffic.",
+        description="Tolerated degradation: errorRate, added error rate (0.01 = one point); latency, relative "
+        "slowdown of the latency distribution (0.1 = every quantile up to 10% slower). Smaller needs more traffic.",
     )
     alpha: float = Field(
         default=0.05, gt=0, le=0.2,
         description="Probability of rolling back a canary that is no worse, over all looks of the analysis step.",
     )
-
-    @model_validator(mode="after")
-    def _range(self) -> JudgeSpec:
-        if self.kind == "latency" and self.maxDegradation >= 0.5:
-            raise ValueError(f"maxDegradation: {self.maxDegradation} must be below 0.5 for latency")
-        return self
 
 
 class MetricSpec(_Model):

@@ -89,6 +89,9 @@ def _refuse_infinities(df: pd.DataFrame) -> None:
     found.refuse("df")
 
 
+INFINITE_ROWS_SHOWN = 3
+
+
 @dataclass
 class Infinities:
     """Infinite values per column, found chunk by chunk: their count and first rows, for the error."""
@@ -101,15 +104,18 @@ class Infinities:
         if inf.any():
             self.count[name] = self.count.get(name, 0) + int(inf.sum())
             first = self.rows.setdefault(name, [])
-            first.extend(int(r) + offset for r in np.flatnonzero(inf)[: 3 - len(first)])
+            first.extend(int(r) + offset for r in np.flatnonzero(inf)[: INFINITE_ROWS_SHOWN - len(first)])
 
     def refuse(self, what: str) -> None:
-        bad = [
-            f"{name!r}: {n} infinite values (rows {', '.join(map(str, self.rows[name]))}{', ...' if n > 3 else ''})"
-            for name, n in self.count.items()
-        ]
-        if bad:
-            raise ValueError(f"{what}: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}")
+        if self.count:
+            raise ValueError(infinite_values_message(what, [(n, c, self.rows[n]) for n, c in self.count.items()]))
+
+
+def infinite_values_message(what: str, found: list[tuple[str, int, list[int]]]) -> str:
+    """The refusal of ±inf, the same from every engine: (column, count, first rows, 0-based) per column."""
+    bad = [f"{name!r}: {count} infinite values (rows {', '.join(map(str, rows))}{', ...' if count > len(rows) else ''})"
+           for name, count, rows in found]
+    return f"{what}: infinite values cannot be profiled; replace or drop them: {'; '.join(bad)}"
 
 
 def constraints_for(profile: Profile) -> dict[str, Any]:

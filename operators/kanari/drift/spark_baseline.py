@@ -82,15 +82,19 @@ def spark_profile(df: DataFrame, seed: int = 0) -> Profile:
     floating = [n for n, t in schema if t in ("float", "double") or (t.startswith("decimal(") and not t.endswith(",0)"))]
     whole: dict[str, bool] = {}
     if floating:
-        # One pass: a floating column is Integral if no finite value has a fractional part.
-        checks = [
-            F.max(
-                F.when(~F.isnan(F.col(n)) & (F.abs(F.col(n)) != F.lit(float("inf"))) & (F.col(n) != F.floor(F.col(n))), 1).otherwise(0)
-            ).alias(n)
-            for n in floating
-        ]
-        row = df.select([F.col(n).cast("double").alias(n) for n in floating]).agg(*checks).first()
-        whole = {n: not (row[n] or 0) for n in floating} if row is not None else {}
+        # One pass: a floating column is Integral if no finite value has a fractional part; and how many
+        # ±inf it holds (refused, as the local engine refuses them).
+        inf = F.lit(float("inf"))
+        checks = []
+        for i, n in enumerate(floating):
+            c = _double(n)
+            checks.append(F.max(F.when(~F.isnan(c) & (F.abs(c) != inf) & (c != F.floor(c)), 1).otherwise(0)).alias(f"w{i}"))
+            checks.append(F.sum(F.when(F.abs(c) == inf, 1).otherwise(0)).alias(f"i{i}"))
+        row = df.agg(*checks).first()
+        whole = {n: not (row[f"w{i}"] or 0) for i, n in enumerate(floating)} if row is not None else {}
+        infinite = {n: int(row[f"i{i}"] or 0) for i, n in enumerate(floating)} if row is not None else {}
+        if any(infinite.values()):
+            raise ValueError(_infinities(df, {n: k for n, k in infinite.items() if k}))
     features = spark_feature_types(schema, whole)
     blob = pickle.dumps((features, seed))
 
@@ -113,6 +117,32 @@ def spark_profile(df: DataFrame, seed: int = 0) -> Profile:
     if merged.rows == 0:
         raise ValueError("data: no rows")
     return merged
+
+
+def _infinities(df: DataFrame, counts: dict[str, int]) -> str:
+    """The local engine's refusal, with each column's first rows (0-based, in the order Spark reads the data:
+    a file's own order; part files in Spark's listing order). Runs only when there is something to refuse."""
+    import math
+
+    from kanari.drift.model_monitor import INFINITE_ROWS_SHOWN, infinite_values_message
+
+    found = []
+    for name, count in counts.items():
+        rows = (
+            df.select(_double(name)).rdd.zipWithIndex()
+            .filter(lambda t: t[0][0] is not None and math.isinf(t[0][0]))
+            .map(lambda t: t[1])
+            .take(INFINITE_ROWS_SHOWN)
+        )
+        found.append((name, count, [int(r) for r in rows]))
+    return infinite_values_message("data", found)
+
+
+def _double(name: str) -> Any:
+    """The column as a double, its name quoted (a name may hold dots or spaces, which F.col would parse)."""
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`").cast("double")
 
 
 def session(master: str | None = None) -> SparkSession:

@@ -58,6 +58,8 @@ def judge_variables(status: ModelDeploymentStatus) -> dict[str, str]:
 
 
 def threshold_text(judge: JudgeSpec) -> str:
+    if judge.kind == "latency":
+        return f"latency slowdown < {judge.maxDegradation:.4g} (x{1 + judge.maxDegradation:.4g}, alpha {judge.alpha:g})"
     return f"{judge.kind} degradation < {judge.maxDegradation:g} (alpha {judge.alpha:g})"
 
 
@@ -143,7 +145,7 @@ def read_verdict(judge: JudgeSpec, samples: list[Sample], look: Look) -> Verdict
         if set(canary) != set(stable):
             raise ValueError("canary and stable latency histograms have different buckets (le); compare like with like")
         les = sorted(canary)
-        return judge_latency([canary[x] for x in les], [stable[x] for x in les],
+        return judge_latency([canary[x] for x in les], [stable[x] for x in les], bounds=les,
                              max_degradation=judge.maxDegradation, alpha=judge.alpha, look=look)
     values = {k: _one(parts, k) for k in ("canary_total", "canary_errors", "stable_total", "stable_errors")}
     for who in ("canary", "stable"):

@@ -80,32 +80,17 @@ def _bucket_probs(mu: float, sigma: float) -> np.ndarray:
     return np.diff(np.concatenate([[0.0], cdf]))
 
 
-def bucketed_theta(pc: np.ndarray, ps: np.ndarray) -> float:
-    below = np.cumsum(ps) - ps
-    return float(np.sum(pc * (below + ps / 2.0)))
-
-
-def shift_for(theta: float, mu: float, sigma: float) -> float:
-    """The log-latency shift that makes the bucketed P(canary slower) equal theta."""
-    ps = _bucket_probs(mu, sigma)
-    lo, hi = 0.0, 5.0 * sigma
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if bucketed_theta(_bucket_probs(mu + mid, sigma), ps) < theta:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
 def simulate_latency(
-    *, rollouts: int = 500, looks: int = 10, alpha: float = 0.05, max_degradation: float = 0.05,
+    *, rollouts: int = 500, looks: int = 10, alpha: float = 0.05, max_degradation: float = 0.1,
     median: float = 0.08, sigma: float = 0.6, canary_per_look: int = 300, stable_per_look: int = 2700, seed: int = 0,
 ) -> dict[str, Any]:
+    """Log-normal latencies on Prometheus' default buckets; the degraded canary's latencies are the
+    stable's multiplied by 1 + maxDegradation (every quantile maxDegradation slower), the judge's own
+    definition of the tolerated slowdown."""
     rng = np.random.default_rng(seed)
     mu = math.log(median)
     ps = _bucket_probs(mu, sigma)
-    shift = shift_for(0.5 + max_degradation, mu, sigma)
+    shift = math.log1p(max_degradation)
     outcomes: dict[str, list[tuple[bool, bool, int | None]]] = {}
     for truth, pc in (("no_degradation", ps), ("at_max_degradation", _bucket_probs(mu + shift, sigma))):
         runs = []
@@ -117,8 +102,8 @@ def simulate_latency(
             for k in range(1, looks + 1):
                 a += rng.multinomial(canary_per_look, pc)
                 b += rng.multinomial(stable_per_look, ps)
-                v = judge_latency(np.cumsum(a).tolist(), np.cumsum(b).tolist(), max_degradation=max_degradation, alpha=alpha,
-                                  look=Look(k, looks))
+                v = judge_latency(np.cumsum(a).tolist(), np.cumsum(b).tolist(), bounds=BUCKETS,
+                                  max_degradation=max_degradation, alpha=alpha, look=Look(k, looks))
                 failed |= v.phase == "Failed"
                 passed |= v.phase == "Successful"
                 if first is None and v.phase != "Inconclusive":
@@ -130,3 +115,38 @@ def simulate_latency(
                        "sigma": sigma, "canary_per_look": canary_per_look, "stable_per_look": stable_per_look,
                        "latency_shift_at_max_degradation": f"x{math.exp(shift):.3f}"}
     return out
+
+
+def interpolation_bias(
+    *, max_degradation: float = 0.1, medians: int = 60, sigmas: tuple[float, ...] = (
+        0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5),
+) -> dict[str, Any]:
+    """How far the latency judge's re-split histogram misplaces a true slowdown of exactly maxDegradation.
+
+    For log-normal latencies (medians 4 ms to 3 s, the spreads given) on Prometheus' default buckets, with
+    exact bucket probabilities (no sampling noise): the pass test's statistic (canary against the stable
+    histogram slowed by 1 + maxDegradation) for a canary truly slowed by 1 + maxDegradation, minus its true
+    value 1/2. Negative is the direction that would pass a canary at the tolerance: INTERPOLATION_SLACK_PER_UNIT x
+    maxDegradation must
+    cover it wherever the judge may pass (no bucket above MAX_BUCKET_SHARE of the stable traffic).
+    """
+    from kanari.judging.canary import MAX_BUCKET_SHARE, SlowedHistogram, mann_whitney
+
+    bounds = np.array(BUCKETS)
+    worst_allowed, worst_any, allowed, cases = 0.0, 0.0, 0, 0
+    worst_case: dict[str, float] = {}
+    for median in np.exp(np.linspace(math.log(0.004), math.log(3.0), medians)):
+        for sigma in sigmas:
+            ps = _bucket_probs(math.log(median), sigma) * 1e6
+            pc = _bucket_probs(math.log(median) + math.log1p(max_degradation), sigma) * 1e6
+            bias = mann_whitney(pc, SlowedHistogram(ps, bounds).slowed(1.0 + max_degradation))[0] - 0.5
+            cases += 1
+            worst_any = min(worst_any, bias)
+            if ps.max() / ps.sum() <= MAX_BUCKET_SHARE:
+                allowed += 1
+                if bias < worst_allowed:
+                    worst_allowed = bias
+                    worst_case = {"median_s": float(median), "sigma": sigma}
+    return {"maxDegradation": max_degradation, "shapes": cases, "shapes_the_judge_may_pass": allowed,
+            "worst_bias_where_it_may_pass": float(worst_allowed), "worst_shape": worst_case,
+            "worst_bias_any_shape": float(worst_any)}
