@@ -62,6 +62,13 @@ def error_message(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
 
 
+def is_not_found(exc: ClientError) -> bool:
+    """SageMaker's answer to a Describe of a job that does not exist (ValidationException on some APIs)."""
+    msg = error_message(exc).lower()
+    return error_code(exc) in ("ResourceNotFound", "ValidationException") and (
+        "not found" in msg or "could not find" in msg or "does not exist" in msg)
+
+
 # ------------------------------------------------------------------------------------------------ S3
 @dataclass(frozen=True)
 class S3Uri:

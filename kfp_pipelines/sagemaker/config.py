@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -196,9 +196,18 @@ def check(cfg: TrainingJobConfig) -> None:
             raise ValueError(f"hyperparameters.target: {given!r} contradicts the pipeline's target {cfg.target!r}")
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def parse_config(**params: Any) -> TrainingJobConfig:
+    return parse_parameters(TrainingJobConfig, params)
+
+
+def parse_parameters(model: type[M], params: dict[str, Any], names: dict[str, str] | None = None) -> M:
+    """The job's settings, or an InputError naming the pipeline parameter (`names`: field -> parameter where
+    they differ) and what is wrong with it."""
     try:
-        return TrainingJobConfig(**params)
+        return model(**params)
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = str(err["msg"]).removeprefix("Value error, ")
@@ -206,7 +215,7 @@ def parse_config(**params: Any) -> TrainingJobConfig:
         if m and err["type"] == "value_error":
             raise InputError(m.group(1), m.group(2)) from None
         loc = ".".join(str(p) for p in err["loc"]) or "parameters"
-        raise InputError(loc, msg) from None
+        raise InputError((names or {}).get(loc, loc), msg) from None
 
 
 # --------------------------------------------------------------------------------------- requests

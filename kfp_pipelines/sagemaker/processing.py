@@ -24,11 +24,19 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kfp_pipelines import aws
 from kfp_pipelines.errors import InputError, StepFailed
-from kfp_pipelines.sagemaker.config import MAX_RUNTIME_LIMIT, ROLE_ARN, RUN_TAG, inputs_hash, job_name, tags
+from kfp_pipelines.sagemaker.config import (
+    MAX_RUNTIME_LIMIT,
+    ROLE_ARN,
+    RUN_TAG,
+    inputs_hash,
+    job_name,
+    parse_parameters,
+    tags,
+)
 from kfp_pipelines.sagemaker.waiter import Backoff, wait
 
 log = logging.getLogger("kanari.pipeline")
@@ -107,16 +115,7 @@ PIPELINE_PARAMETERS = {"image_uri": "baseline_image_uri", "instance_type": "base
 
 
 def parse_config(**params: Any) -> BaselineJobConfig:
-    try:
-        return BaselineJobConfig(**params)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        m = re.match(r"^([a-z_][a-z0-9_.]*): (.*)$", msg, re.S)
-        if m and err["type"] == "value_error":
-            raise InputError(m.group(1), m.group(2)) from None
-        loc = ".".join(str(p) for p in err["loc"]) or "parameters"
-        raise InputError(PIPELINE_PARAMETERS.get(loc, loc), msg) from None
+    return parse_parameters(BaselineJobConfig, params, PIPELINE_PARAMETERS)
 
 
 def build_request(cfg: BaselineJobConfig) -> dict[str, Any]:
@@ -179,10 +178,7 @@ def find_job(sm: Any, name: str) -> dict[str, Any] | None:
     try:
         return dict(sm.describe_processing_job(ProcessingJobName=name))
     except aws.ClientError as exc:
-        msg = aws.error_message(exc).lower()
-        if aws.error_code(exc) in ("ResourceNotFound", "ValidationException") and (
-            "not found" in msg or "could not find" in msg or "does not exist" in msg
-        ):
+        if aws.is_not_found(exc):
             return None
         raise
 

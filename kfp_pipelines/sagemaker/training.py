@@ -124,10 +124,7 @@ def find_job(sm: Any, name: str) -> dict[str, Any] | None:
     try:
         return dict(sm.describe_training_job(TrainingJobName=name))
     except aws.ClientError as exc:
-        msg = aws.error_message(exc).lower()
-        if aws.error_code(exc) in ("ResourceNotFound", "ValidationException") and (
-            "not found" in msg or "could not find" in msg or "does not exist" in msg
-        ):
+        if aws.is_not_found(exc):
             return None
         raise
 
