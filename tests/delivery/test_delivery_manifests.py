@@ -250,7 +250,10 @@ def test_dockerfile_is_pinned_multistage_and_non_root() -> None:
     for image in froms:
         image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
         name, _, tag = image.partition(":")
-        assert "@sha256:" in image or re.fullmatch(r"\d+\.\d+\.\d+-[a-z0-9-]+", tag), f"unpinned base image {image}"
+        # A digest, a full semver tag, or a SageMaker framework container's full release tag (`...-v1.0`: the
+        # `-v1` alone moves with each patch release).
+        pinned = re.fullmatch(r"\d+\.\d+\.\d+-[a-z0-9-]+", tag) or re.fullmatch(r"\d+\.\d+-[a-z0-9-]+-v\d+\.\d+", tag)
+        assert "@sha256:" in image or pinned, f"unpinned base image {image}"
     last_stage = lines[max(i for i, ln in enumerate(lines) if ln.startswith("FROM ")):]
     [user] = [ln.split()[1] for ln in last_stage if ln.startswith("USER ")]
     uid = user.split(":")[0]
