@@ -223,7 +223,7 @@ class Cancelled(Exception):
 
 
 @contextlib.contextmanager
-def stop_on_sigterm(stop: Callable[[], None]) -> Iterator[None]:
+def stop_on_sigterm(stop: Callable[[], object]) -> Iterator[None]:
     """KFP deletes a terminated run's pods: SIGTERM first, then SIGKILL after the grace period.
 
     Within the grace period, stop the training job this step started; the pipeline's exit handler
