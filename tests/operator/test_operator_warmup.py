@@ -96,7 +96,8 @@ def test_the_canary_takes_no_traffic_until_its_pods_answer_the_warm_up(env: Any,
     assert md["status"]["warmup"]["answered"] == 0 and "HTTP 503" in md["status"]["message"], md["status"]
 
     kube.wait_isvc(name, lambda i: i["spec"]["predictor"]["canaryTrafficPercent"] == 50, "50% once warm")
-    md = kube.md(name)
+    # The InferenceService is written before the status patch of the same reconcile: wait for the latter.
+    md = kube.wait_md(name, lambda m: (m["status"].get("warmup") or {}).get("succeededAt"), "the warm-up recorded")
     w = md["status"]["warmup"]
     assert w["succeededAt"] and w["answered"] >= 2 and predictor.answered >= 2 and w["source"].startswith("spec.")
     assert w["servingRevision"] == "fraud-predictor-00002" or w["servingRevision"].endswith("-00002")
@@ -142,7 +143,8 @@ def test_kill_9_mid_warm_up_keeps_the_budget_and_the_canary_at_zero(env: Any) ->
             time.sleep(0.3)
         kube.wait_isvc(name, lambda i: i["spec"]["predictor"]["canaryTrafficPercent"] == 50, "50% once warm",
                        timeout=30)
-    w = kube.md(name)["status"]["warmup"]
+    w = kube.wait_md(name, lambda m: (m["status"].get("warmup") or {}).get("succeededAt"), "the warm-up recorded")[
+        "status"]["warmup"]
     assert w["startedAt"] == started and w["succeededAt"], w  # the budget ran from the canary's creation
     reasons = kube.reasons(uid)
     assert reasons.count("WarmingUp") == 1 and reasons.count("WarmedUp") == 1, reasons
