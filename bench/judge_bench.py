@@ -8,7 +8,8 @@ Sections (each rewrites only its own key of bench/results/judge.json):
   sketch   the KLL sketch's CDF error per point against the 1/k the thresholds charge for it.
   judge    500 simulated rollouts x 10 looks of the statistical canary judge (kanari.judging): the
            false-rollback rate at no degradation and the power at the tolerated degradation (latency: three
-           log-normal shapes, maxDegradation 0.1 = 10% slower); and the latency re-split's interpolation
+           log-normal shapes, maxDegradation 0.1 = 10% slower); the latency failure rule alone over
+           1,000,000 rollouts per shape and traffic split (the rate to within +-0.05%); and the latency re-split's interpolation
            error over 780 log-normal shapes per maxDegradation, which the judge's slack must cover.
 
 Run: .venv/bin/python bench/judge_bench.py [--section drift] [--trials 1000] [--sizes 1000,10000] [--methods psi]  ->  bench/results/judge.json
@@ -201,7 +202,12 @@ def sketch_section(log: Callable[[str], None]) -> dict[str, Any]:
 def judge_section(rollouts: int, log: Callable[[str], None]) -> dict[str, Any]:
     from functools import partial
 
-    from kanari.judging.simulate import interpolation_bias, simulate_error_rate, simulate_latency
+    from kanari.judging.simulate import (
+        interpolation_bias,
+        latency_false_rollbacks,
+        simulate_error_rate,
+        simulate_latency,
+    )
 
     out: dict[str, Any] = {"rollouts": rollouts}
     sims: tuple[tuple[str, Callable[..., dict[str, Any]]], ...] = (
@@ -215,6 +221,18 @@ def judge_section(rollouts: int, log: Callable[[str], None]) -> dict[str, Any]:
         out[name] = sim(rollouts=rollouts, seed=16)
         out[name]["seconds"] = round(time.monotonic() - started, 1)
         log(f"judge {name}: {out[name]}")
+    # The failure rule alone, precisely: the full judge above allows hundreds of rollouts, where a rate
+    # exactly at alpha reads anywhere from 3% to 7%.
+    out["latency_failure_rule"] = []
+    for median, sigma in ((0.08, 0.6), (0.03, 1.2), (0.3, 0.25)):
+        for canary, stable in ((300, 2700), (30, 270), (100, 100), (3000, 27000)):
+            started = time.monotonic()
+            res = latency_false_rollbacks(rollouts=1_000_000, median=median, sigma=sigma, canary_per_look=canary,
+                                          stable_per_look=stable, seed=16)
+            res["seconds"] = round(time.monotonic() - started, 1)
+            out["latency_failure_rule"].append(res)
+            log(f"judge latency failure rule {median} {sigma} {canary}/{stable}: {res['rollback_rate']:.5f} "
+                f"[{res['rollback_lower_95']:.5f}, {res['rollback_upper_95']:.5f}]")
     out["latency_interpolation"] = [interpolation_bias(max_degradation=r) for r in (0.02, 0.05, 0.1, 0.2, 0.5, 0.9)]
     log(f"judge latency interpolation: {out['latency_interpolation']}")
     return out

@@ -18,8 +18,14 @@ from kanari.judging.canary import (
     mann_whitney,
     scale_histogram,
 )
-from kanari.judging.sequential import Look, critical_z, spent
-from kanari.judging.simulate import BUCKETS, interpolation_bias, simulate_error_rate, simulate_latency
+from kanari.judging.sequential import Look, boundaries_for, critical_z, spent
+from kanari.judging.simulate import (
+    BUCKETS,
+    interpolation_bias,
+    latency_false_rollbacks,
+    simulate_error_rate,
+    simulate_latency,
+)
 from scipy.stats import binom, mannwhitneyu, norm
 
 ROLLOUTS = 150
@@ -81,6 +87,41 @@ def test_spending_and_boundaries() -> None:
     assert critical_z(Look(6, 5), ALPHA) == math.inf  # no alpha left past the planned looks
     many = [critical_z(Look(k, 200), ALPHA) for k in (1, 100, 200)]  # union-bound fallback
     assert all(b > norm.isf(ALPHA) for b in many)
+
+
+def test_boundaries_equal_the_published_lan_demets_values() -> None:
+    # R's ldbounds (ld98) for O'Brien-Fleming-type spending, 4 equally spaced looks, one-sided 0.025:
+    # 4.3326, 2.9631, 2.3590, 2.0141 (its documented example).
+    t = np.arange(1, 5) / 4
+    spent_obf = 2 - 2 * norm.cdf(norm.isf(0.025 / 2) / np.sqrt(t))
+    assert boundaries_for(tuple(np.diff([0.0, *spent_obf]))) == pytest.approx((4.3326, 2.9631, 2.3590, 2.0141), abs=2e-4)
+
+
+@pytest.mark.parametrize("looks", [3, 10])
+def test_each_look_rejects_with_exactly_the_alpha_allotted_to_it(looks: int) -> None:
+    """Under no effect, the share of Brownian paths first crossing at look k is the spending function's
+    increment for k (1,000,000 paths: a few hundredths of a percent)."""
+    paths = 1_000_000
+    rng = np.random.default_rng(5)
+    z = np.cumsum(rng.normal(size=(paths, looks)), axis=1) / np.sqrt(np.arange(1, looks + 1))
+    crossed = z >= np.array([critical_z(Look(k, looks), ALPHA) for k in range(1, looks + 1)])
+    first = (crossed & (np.cumsum(crossed, axis=1) == 1)).mean(axis=0)
+    allotted = np.diff([0.0, *(spent(ALPHA, k / looks) for k in range(1, looks + 1))])
+    assert np.all(np.abs(first - allotted) <= 4 * np.sqrt(allotted / paths)), (first, allotted)
+
+
+@pytest.mark.parametrize(("median", "sigma", "canary", "stable"), [
+    (0.08, 0.6, 300, 2700), (0.03, 1.2, 300, 2700), (0.3, 0.25, 300, 2700), (0.03, 1.2, 100, 100),
+])
+def test_the_latency_failure_rule_rolls_back_a_healthy_canary_at_most_alpha(
+    median: float, sigma: float, canary: int, stable: int
+) -> None:
+    """The judge's own failure rule over 40,000 rollouts of 10 looks (1,000,000 in the bench): the rate is
+    not above alpha beyond Monte Carlo error, on wide, narrow (ties everywhere) and small-sample shapes."""
+    result = latency_false_rollbacks(rollouts=40_000, median=median, sigma=sigma, canary_per_look=canary,
+                                     stable_per_look=stable, seed=21)
+    assert result["rollback_lower_95"] <= ALPHA, result
+    assert result["rollback_rate"] >= 0.8 * ALPHA, result  # not bought by never rolling back
 
 
 @given(

@@ -79,7 +79,7 @@ def _check(name: str, value: float) -> float:
 
 def _decide(
     *, degradation: float, upper: float, p_value: float, z_fail: float, power: float, max_degradation: float,
-    nc: float, ns: float, unit: str, detail: str, unresolved: str = "",
+    nc: float, ns: float, unit: str, detail: str, unresolved: str = "", failed: bool | None = None,
 ) -> Verdict:
     common = {
         "degradation": degradation, "upper_bound": upper, "p_value": p_value, "critical_z": z_fail, "power": power,
@@ -91,7 +91,7 @@ def _decide(
     )
     if upper < max_degradation and power >= MIN_POWER and not unresolved:
         return Verdict("Successful", message=f"within tolerance: {facts}", **common)
-    if _z_of_p(p_value) >= z_fail:
+    if failed if failed is not None else _z_of_p(p_value) >= z_fail:
         return Verdict("Failed", message=f"canary worse than stable: {facts}", **common)
     why = ("too few samples to detect maxDegradation" if power < MIN_POWER
            else unresolved or "not yet shown within tolerance")
@@ -160,28 +160,50 @@ def bucket_counts(cumulative: Sequence[float]) -> np.ndarray:
     return np.clip(np.diff(np.concatenate([[0.0], cum])), 0.0, None)
 
 
+def _u_statistic(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """U of "canary slower" (ties count half) and its tie-corrected permutation variance, over the last
+    axis (leading axes are a batch, so simulations run the judge's own arithmetic)."""
+    na, nb = a.sum(axis=-1), b.sum(axis=-1)
+    below_b = np.cumsum(b, axis=-1) - b  # stable observations in lower buckets
+    u = np.sum(a * (below_b + b / 2.0), axis=-1)
+    n = na + nb
+    ties = a + b  # every request in one bucket is a tie
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var_u = na * nb / 12.0 * ((n + 1) - np.sum(ties**3 - ties, axis=-1) / (n * (n - 1)))
+    return u, np.nan_to_num(var_u)
+
+
+def null_z(canary: np.ndarray, stable: np.ndarray) -> np.ndarray:
+    """The failure test's statistic: the Mann-Whitney z of "canary slower" for histograms over the same
+    buckets (batched over leading axes); 0 where the histograms cannot say (no requests, or all tied)."""
+    a, b = np.asarray(canary, dtype=np.float64), np.asarray(stable, dtype=np.float64)
+    u, var_u = _u_statistic(a, b)
+    centred = u - a.sum(axis=-1) * b.sum(axis=-1) / 2.0
+    return np.where(var_u > 0, centred / np.sqrt(np.where(var_u > 0, var_u, 1.0)), 0.0)
+
+
+def fails(z: np.ndarray | float, look: Look, alpha: float) -> np.ndarray:
+    """The latency failure rule at this look: z at or past the sequential boundary."""
+    return np.asarray(z) >= critical_z(look, alpha)
+
+
 def mann_whitney(canary: np.ndarray, stable: np.ndarray) -> tuple[float, float, float, float]:
     """(theta, null z, DeLong standard error, null standard deviation of theta) for two histograms over
     the same buckets.
 
-    theta = P(canary slower) + P(same bucket)/2. The null z uses the tie-corrected permutation variance
-    of U; DeLong's variance uses each observation's placement among the other sample's buckets.
+    theta = P(canary slower) + P(same bucket)/2. The null z is null_z's; DeLong's variance uses each
+    observation's placement among the other sample's buckets.
     """
     a, b = canary.astype(np.float64), stable.astype(np.float64)
     na, nb = a.sum(), b.sum()
-    below_b = np.cumsum(b) - b  # stable observations in lower buckets
-    above_a = a.sum() - np.cumsum(a)  # canary observations in higher buckets
-    u = float(np.sum(a * (below_b + b / 2.0)))
+    u, var_u = (float(x) for x in _u_statistic(a, b))
     theta = u / (na * nb)
-    n = na + nb
-    ties = a + b
-    var_u = na * nb / 12.0 * ((n + 1) - np.sum(ties**3 - ties) / (n * (n - 1)))
-    z = (u - na * nb / 2.0) / math.sqrt(var_u) if var_u > 0 else 0.0
-    va = (below_b + b / 2.0) / nb  # placement of each canary bucket among stable observations
+    above_a = na - np.cumsum(a)  # canary observations in higher buckets
+    va = (np.cumsum(b) - b / 2.0) / nb  # placement of each canary bucket among stable observations
     vb = (above_a + a / 2.0) / na
     sa = float(np.sum(a * (va - theta) ** 2) / max(na - 1, 1))
     sb = float(np.sum(b * (vb - theta) ** 2) / max(nb - 1, 1))
-    return theta, z, math.sqrt(sa / na + sb / nb), math.sqrt(max(var_u, 0.0)) / (na * nb)
+    return theta, float(null_z(a, b)), math.sqrt(sa / na + sb / nb), math.sqrt(max(var_u, 0.0)) / (na * nb)
 
 
 LOG_SCALE_LIMIT = math.log(100.0)  # slowdowns searched from 1/100x to 100x
@@ -317,5 +339,5 @@ def judge_latency(
     return _decide(
         degradation=estimate, upper=upper, p_value=p_value, z_fail=z_fail, power=power,
         max_degradation=max_degradation, nc=na, ns=nb, unit=" (relative slowdown)", detail=detail,
-        unresolved=unresolved,
+        unresolved=unresolved, failed=bool(fails(z, look, alpha)),
     )

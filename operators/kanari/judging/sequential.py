@@ -6,9 +6,12 @@ true null about 19% of the time on accumulating data). Instead, alpha is spent o
 with the Lan-DeMets Pocock-type spending function alpha(t) = alpha ln(1 + (e - 1) t), t = k/K, which
 spends fairly evenly so a gross regression is still caught early. The critical z at each look is
 set so that P(first crossing at look k | no effect) = alpha(t_k) - alpha(t_{k-1}) for the canonical joint
-distribution of cumulative z-statistics (Brownian motion observed at t_1..t_K); that distribution has
-no closed form, so the boundaries are computed once per (K, alpha) by a seeded simulation of 200,000
-paths. Past 50 looks the boundaries fall back to the union bound (each look at its own spent increment),
+distribution of cumulative z-statistics (Brownian motion observed at t_1..t_K). That distribution has no
+closed form: the boundaries come from the recursive numerical integration of Armitage, McPherson and Rowe
+(1969), the method of the ld98 program behind R's ldbounds, computed once per (K, alpha). Hand-written
+because no maintained Python library computes group-sequential boundaries; the earlier seeded simulation
+of 200,000 paths put the second look's boundary 0.015 low, worth about 0.1% of false rollbacks.
+Past 50 looks the boundaries fall back to the union bound (each look at its own spent increment),
 which is valid under any dependence. Looks beyond K have no alpha left: they can never reject.
 """
 
@@ -20,9 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-PATHS = 200_000
-MAX_SIMULATED_LOOKS = 50
-SEED = 16
+MAX_INTEGRATED_LOOKS = 50
 
 
 @dataclass(frozen=True)
@@ -56,21 +57,53 @@ def _boundaries(planned: int, alpha: float) -> tuple[float, ...]:
 
     t = np.arange(1, planned + 1) / planned
     increments = np.diff([0.0, *(spent(alpha, x) for x in t)])
-    if planned > MAX_SIMULATED_LOOKS:
+    if planned > MAX_INTEGRATED_LOOKS:
         return tuple(float(norm.isf(a)) if a > 0 else math.inf for a in increments)
-    rng = np.random.default_rng(SEED)
-    walk = np.cumsum(rng.normal(0.0, math.sqrt(1.0 / planned), size=(PATHS, planned)), axis=1)
-    z = walk / np.sqrt(t)[None, :]
-    alive = np.ones(PATHS, dtype=bool)
-    out: list[float] = []
-    for k in range(planned):
-        allowed = int(math.floor(increments[k] * PATHS))
-        candidates = np.sort(z[alive, k])
-        if allowed < 1 or not len(candidates):
-            c = math.inf
-        else:
-            # The smallest c with at most `allowed` live paths at or above it.
-            c = float(np.nextafter(candidates[-allowed - 1], np.inf)) if allowed < len(candidates) else -math.inf
+    return boundaries_for(tuple(float(a) for a in increments))
+
+
+def boundaries_for(increments: tuple[float, ...]) -> tuple[float, ...]:
+    """One-sided critical z at K equally spaced looks, the k-th spending increments[k] of alpha.
+
+    On the score scale S_k = Z_k sqrt(k) (independent N(0, 1) increments), the density of S_k on the
+    paths that have not crossed is carried from look to look on a grid (Simpson's rule; the mass below
+    TAIL_SD standard deviations is neglected), and each boundary is the root of
+    P(not crossed before, crossed now) = increment.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    out = [float(norm.isf(increments[0])) if increments[0] > 0 else math.inf]
+    grid = _grid(-TAIL_SD, out[0])
+    density = norm.pdf(grid)
+    for k in range(2, len(increments) + 1):
+        if not math.isfinite(out[-1]) or increments[k - 1] <= 0:
+            out.append(math.inf)
+            continue
+        weighted = _simpson(grid) * density
+        root = math.sqrt(k)
+
+        def excess(c: float, weighted: np.ndarray = weighted, grid: np.ndarray = grid, root: float = root,
+                   target: float = increments[k - 1]) -> float:
+            return float(weighted @ norm.sf(c * root - grid)) - target
+
+        c = float(brentq(excess, -10.0, 40.0, xtol=1e-10))
         out.append(c)
-        alive &= z[:, k] < c
+        nxt = _grid(-TAIL_SD * root, c * root)
+        density = norm.pdf(nxt[:, None] - grid[None, :]) @ weighted
+        grid = nxt
     return tuple(out)
+
+
+TAIL_SD = 8.0
+GRID_STEP = 0.05  # boundaries within 3e-8 of a 0.02 grid's
+
+
+def _grid(lo: float, hi: float) -> np.ndarray:
+    return np.linspace(lo, hi, int((hi - lo) / GRID_STEP) | 1)  # odd: Simpson's rule
+
+
+def _simpson(x: np.ndarray) -> np.ndarray:
+    w = np.ones(len(x))
+    w[1:-1:2], w[2:-1:2] = 4.0, 2.0
+    return w * (x[-1] - x[0]) / (len(x) - 1) / 3.0

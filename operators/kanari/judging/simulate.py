@@ -25,6 +25,12 @@ def _rate_upper(k: int, n: int) -> float:
     return 1.0 if k >= n else float(beta.ppf(0.975, k + 1, n - k))
 
 
+def _rate_lower(k: int, n: int) -> float:
+    from scipy.stats import beta
+
+    return 0.0 if k <= 0 else float(beta.ppf(0.025, k, n - k + 1))
+
+
 def _summary(outcomes: dict[str, list[tuple[bool, bool, int | None]]], rollouts: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for truth, runs in outcomes.items():
@@ -115,6 +121,49 @@ def simulate_latency(
                        "sigma": sigma, "canary_per_look": canary_per_look, "stable_per_look": stable_per_look,
                        "latency_shift_at_max_degradation": f"x{math.exp(shift):.3f}"}
     return out
+
+
+def latency_false_rollbacks(
+    *, rollouts: int = 100_000, looks: int = 10, alpha: float = 0.05, median: float = 0.08, sigma: float = 0.6,
+    canary_per_look: int = 300, stable_per_look: int = 2700, seed: int = 0, batch: int = 50_000,
+) -> dict[str, Any]:
+    """The latency judge's false-rollback rate at no degradation, precisely: many rollouts of its failure
+    rule alone (canary_judge.null_z and canary_judge.fails, the judge's own code, run on a batch).
+
+    Only the failure rule can roll back, and at no degradation it is what alpha bounds; the full judge
+    (simulate_latency) also bisects for the pass test's bounds, which limits it to hundreds of rollouts,
+    where a rate exactly at alpha reads anywhere from 3% to 7%. Every look is judged (no stop on a pass).
+    Reported beside the rate: its 95% interval and, per look, the share of rollouts first rolled back
+    there against the alpha the spending function allots to that look.
+    """
+    from kanari.judging.canary import fails, null_z
+    from kanari.judging.sequential import spent
+
+    rng = np.random.default_rng(seed)
+    ps = _bucket_probs(math.log(median), sigma)
+    first = np.zeros(looks)
+    for start in range(0, rollouts, batch):
+        size = min(batch, rollouts - start)
+        a = np.zeros((size, len(ps)))
+        b = np.zeros((size, len(ps)))
+        rolled_back = np.zeros(size, dtype=bool)
+        for k in range(looks):
+            a += rng.multinomial(canary_per_look, ps, size=size)
+            b += rng.multinomial(stable_per_look, ps, size=size)
+            now = fails(null_z(a, b), Look(k + 1, looks), alpha) & ~rolled_back
+            first[k] += now.sum()
+            rolled_back |= now
+    failed = int(first.sum())
+    allotted = np.diff([0.0, *(spent(alpha, (k + 1) / looks) for k in range(looks))])
+    return {
+        "rollouts": rollouts, "rollback_rate": failed / rollouts, "rollback_upper_95": _rate_upper(failed, rollouts),
+        "rollback_lower_95": _rate_lower(failed, rollouts),
+        "first_rollback_by_look": [round(float(x) / rollouts, 5) for x in first],
+        "alpha_spent_by_look": [round(float(x), 5) for x in allotted],
+        "settings": {"looks": looks, "alpha": alpha, "median_s": median, "sigma": sigma,
+                     "canary_per_look": canary_per_look, "stable_per_look": stable_per_look,
+                     "largest_bucket_share": round(float(ps.max()), 3)},
+    }
 
 
 def interpolation_bias(
