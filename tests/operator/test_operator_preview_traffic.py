@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.operator.harness import MD
+from tests.operator.harness import MD, Call
 
 V1 = "s3://models/fraud/v1/model.tar.gz"
 V2 = "s3://models/fraud/v2/model.tar.gz"
@@ -39,3 +39,11 @@ def test_the_operator_leaves_the_monitors_preview_traffic_alone(env: Any) -> Non
                       "the operator's status for the scaling edit")
     assert md["status"]["previewTraffic"] == report
     assert md["status"]["canaryModel"]["storageUri"] == V2
+    # Not even rewritten with the value read: a copy read before the monitor's next patch and written after it
+    # would put the older report back. The operator's status writes never carry the monitor's (or the alert
+    # receiver's) field.
+    writes: list[Call] = [c for c in env.cluster.calls() if c.by_operator and c.on(MD, name, "status")
+                          and c.verb == "patch"]
+    assert writes, "the operator wrote no status"
+    carried = [c.data["status"] for c in writes if {"previewTraffic", "retraining"} & set(c.data.get("status") or {})]
+    assert not carried, carried
