@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kanari.api.v1alpha1 import ACTION_ANNOTATION, MetricResult, ModelDeploymentStatus, SpecError, parse_spec
 from kanari.controller.config import OperatorConfig
-from kanari.controller.reconcile import ClusterObservation, reconcile
+from kanari.controller.reconcile import ClusterObservation, ReconcileResult, reconcile
 from kanari.rollout import engine
 
 from tests.controller.kserve_sim import KServeSim
@@ -124,8 +124,14 @@ class World:
         return [MetricResult(name=n, verdict=verdict, value=value, sampleCount=500,  # type: ignore[arg-type]
                              message=f"{n}: {verdict}") for n in due]
 
+    def observation(self, measurement: list[MetricResult] | None) -> ClusterObservation:
+        return ClusterObservation(now=self.now, isvc=self.kserve.isvc, measurement=measurement)
+
+    def recorded(self, out: ReconcileResult) -> None:
+        """What a subclass learns from each reconcile's output (after the invariants here are checked)."""
+
     def reconcile(self, measurement: list[MetricResult] | None = None) -> None:
-        obs = ClusterObservation(now=self.now, isvc=self.kserve.isvc, measurement=measurement)
+        obs = self.observation(measurement)
         out = reconcile(self.body(), obs, CONFIG)
         stored = out.status.model_dump(mode="json", exclude={"retraining"})
         again = reconcile({**self.body(), "status": stored}, obs, CONFIG)
@@ -134,6 +140,8 @@ class World:
         assert again.isvc == out.isvc
         stable_before = self.status.get("stableModel")
         before = stable_before.get("storageUri") if isinstance(stable_before, dict) else None
+        if before is None:  # a status that lost its stable model: the engine adopts what the InferenceService serves
+            before = next((m for m, pct in self.kserve.traffic().items() if pct == 100), None)
         self.status = stored
         model = f"s3://models/fraud/{self.version}"
         # Only a promotion a person asked for and the engine honoured is excepted: a promote-full it acted on, or
@@ -145,13 +153,14 @@ class World:
         after = (stored.get("stableModel") or {}).get("storageUri")
         if stored.get("canaryModel") and stored.get("canaryWeight") == 100:
             after = stored["canaryModel"]["storageUri"]  # all traffic to the canary (AllAtOnce, BlueGreen bake)
-        if before and after != before and after not in self.partial:
+        if before and after and after != before and after not in self.partial and after not in self.full:
             # How the promotion was decided, whatever the spec says by the time KServe applies it.
             steps = parse_spec({**self.spec(), "serving": {"accelerator": "cpu"}}).rollout.effective_steps()
             if not any(s.setWeight is not None and 0 < s.setWeight < 100 for s in steps):
                 if ROLLOUTS[self.rollout].get("strategy") == "BlueGreen":
                     assert after in self.previewed, f"BlueGreen switched to {after} without a Ready preview"
                 self.exempt.add(after)
+        self.recorded(out)
         self.kserve.apply(out.isvc)
         self.check_desired(out.isvc)
 
@@ -183,6 +192,48 @@ class World:
                                  f"(ever full: {sorted(self.full)}, partial: {sorted(self.partial)})")
                 self.full.add(model)
 
+    def step(self, o: tuple[Any, ...]) -> None:
+        """One operation of a sequence, then a reconcile and a look at the traffic."""
+        measurement = None
+        kind = o[0]
+        if kind == "model":
+            self.edit(version=o[1], invalid=self.invalid and not o[2])
+        elif kind == "invalid":
+            self.edit(invalid=o[1])
+        elif kind == "suspend":
+            self.edit(suspend=o[1])
+        elif kind == "scale":
+            self.edit(min_replicas=o[1])
+        elif kind == "strategy":
+            self.edit(rollout=o[1])
+        elif kind == "action":
+            self.nonce += 1
+            self.annotations[ACTION_ANNOTATION] = f"{o[1]}/{self.nonce}"
+        elif kind == "tick":
+            self.now += timedelta(seconds=o[1])
+        elif kind == "measure":
+            measurement = self.measurement(o[1])
+        elif kind == "wipe":
+            self.status = {} if not o[1] else {**self.status, **o[1]}
+        elif kind == "advance":
+            self.kserve.settle(ready=True)
+            self.observe_traffic()
+            self.reconcile()
+            self.now += timedelta(seconds=31)
+            measurement = self.measurement("Successful")
+        if kind == "kserve":
+            self.kserve.settle(ready=o[1])
+            self.observe_traffic()
+        self.reconcile(measurement)
+        self.observe_traffic()
+
+    def play(self, ops: list[tuple[Any, ...]]) -> None:
+        self.reconcile()
+        self.kserve.settle(ready=True)
+        self.observe_traffic()
+        for o in ops:
+            self.step(o)
+
 
 @pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
 def test_no_model_takes_all_traffic_without_its_canary(mode: str) -> None:
@@ -190,43 +241,7 @@ def test_no_model_takes_all_traffic_without_its_canary(mode: str) -> None:
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(broken=st.sets(st.sampled_from(VERSIONS[1:]), max_size=2), ops=st.lists(op, min_size=30, max_size=150))
     def run(broken: set[str], ops: list[tuple[Any, ...]]) -> None:
-        w = World(mode, broken)
-        w.reconcile()
-        w.kserve.settle(ready=True)
-        w.observe_traffic()
-        for o in ops:
-            measurement = None
-            kind = o[0]
-            if kind == "model":
-                w.edit(version=o[1], invalid=w.invalid and not o[2])
-            elif kind == "invalid":
-                w.edit(invalid=o[1])
-            elif kind == "suspend":
-                w.edit(suspend=o[1])
-            elif kind == "scale":
-                w.edit(min_replicas=o[1])
-            elif kind == "strategy":
-                w.edit(rollout=o[1])
-            elif kind == "action":
-                w.nonce += 1
-                w.annotations[ACTION_ANNOTATION] = f"{o[1]}/{w.nonce}"
-            elif kind == "tick":
-                w.now += timedelta(seconds=o[1])
-            elif kind == "measure":
-                measurement = w.measurement(o[1])
-            elif kind == "wipe":
-                w.status = {} if not o[1] else {**w.status, **o[1]}
-            elif kind == "advance":
-                w.kserve.settle(ready=True)
-                w.observe_traffic()
-                w.reconcile()
-                w.now += timedelta(seconds=31)
-                measurement = w.measurement("Successful")
-            if kind == "kserve":
-                w.kserve.settle(ready=o[1])
-                w.observe_traffic()
-            w.reconcile(measurement)
-            w.observe_traffic()
+        World(mode, broken).play(ops)
 
     run()
 
@@ -278,6 +293,33 @@ def test_a_wiped_status_does_not_let_a_new_model_skip_its_canary(mode: str, wipe
         w.now += timedelta(seconds=31)
     assert w.kserve.traffic() == {"s3://models/fraud/v1": 80, "s3://models/fraud/v2": 20}
     assert w.status["stableModel"]["storageUri"] == "s3://models/fraud/v1"
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+@pytest.mark.parametrize("strategy", [0, 4])
+def test_a_lost_stable_model_does_not_lift_a_persons_pause(mode: str, strategy: int) -> None:
+    """Regression (found by the invariant's sequences): with status.stableModel unreadable while a person had
+    paused the canary, the engine adopted the served model as stable and started the canary's rollout afresh,
+    dropping the pause: under AllAtOnce the paused model took all traffic in the same reconcile."""
+    w = World(mode, set())
+    w.play([("advance",)] * 3)
+    w.nonce += 1
+    w.annotations[ACTION_ANNOTATION] = f"pause/{w.nonce}"  # given with the edit: it holds the new rollout
+    w.edit(rollout=strategy, version="v2")
+    w.reconcile()
+    assert [p["reason"] for p in w.status["pauseConditions"]] == ["PausedByUser"]
+    held = w.kserve.traffic()
+    w.status["stableModel"] = 5
+    for _ in range(3):
+        w.step(("advance",))
+    assert w.kserve.traffic() == held
+    if mode == "Serverless":  # the template is the paused canary, the stable an unnamed Knative revision
+        progressing = next(c for c in w.status["conditions"] if c["type"] == "Progressing")
+        assert w.status["stableModel"] is None and progressing["reason"] == "StableUnknown"
+        return
+    assert w.status["stableModel"]["storageUri"] == "s3://models/fraud/v1"
+    assert w.status["canaryModel"]["storageUri"] == "s3://models/fraud/v2"
+    assert "PausedByUser" in [p["reason"] for p in w.status["pauseConditions"]]
 
 
 @pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])

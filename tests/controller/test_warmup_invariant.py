@@ -4,23 +4,23 @@ test_rollout_invariants, plus warm-up observations that come, go, or fall short)
 
 - no model other than the very first receives any traffic before the warm-up gate recorded its revision warm;
 - a revision is recorded warm only after every pod observed answered `requests` warm-up requests;
-- reconcile is idempotent with the warm-up observation in it.
+- reconcile is idempotent with the warm-up observation in it;
+- and every invariant of test_rollout_invariants still holds (the same World, its checks inherited).
 """
 
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kanari.api.v1alpha1 import ACTION_ANNOTATION, MetricResult, ModelDeploymentStatus
-from kanari.controller.reconcile import ClusterObservation, reconcile
+from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus
+from kanari.controller.reconcile import ClusterObservation, ReconcileResult
 from kanari.rollout.warmup import PodObservation, WarmupObservation
 
-from tests.controller.test_rollout_invariants import CONFIG, VERSIONS, World, op
+from tests.controller.test_rollout_invariants import VERSIONS, World, op
 
 EXAMPLES = int(os.environ.get("KANARI_INVARIANT_EXAMPLES", "150"))
 WARMUP = {"requests": 2, "timeoutSeconds": 5, "budgetSeconds": 600}
@@ -41,14 +41,10 @@ class WarmWorld(World):
         s = super().spec()
         return {**s, "rollout": {**s["rollout"], "warmup": WARMUP}}
 
-    def reconcile(self, measurement: list[MetricResult] | None = None) -> None:
-        obs = ClusterObservation(now=self.now, isvc=self.kserve.isvc, measurement=measurement, warmup=self.warm)
-        out = reconcile(self.body(), obs, CONFIG)
-        stored = out.status.model_dump(mode="json", exclude={"retraining"})
-        again = reconcile({**self.body(), "status": stored}, obs, CONFIG)
-        assert again.status.model_dump(mode="json", exclude={"retraining"}) == stored, "reconcile is not idempotent"
-        assert again.events == [] and again.isvc == out.isvc
-        self.status = stored
+    def observation(self, measurement: list[MetricResult] | None) -> ClusterObservation:
+        return ClusterObservation(now=self.now, isvc=self.kserve.isvc, measurement=measurement, warmup=self.warm)
+
+    def recorded(self, out: ReconcileResult) -> None:
         st_ = out.status
         w = st_.warmup
         # The revision warmed is the canary's, or already the stable's when the same reconcile promoted it
@@ -58,9 +54,9 @@ class WarmWorld(World):
         if w is not None and w.succeededAt and served is not None:
             assert w.pods and all(p.answered >= WARMUP["requests"] for p in w.pods), w
             self.warmed.add(served.storageUri)
-        self.kserve.apply(out.isvc)
 
-    def observe(self) -> None:
+    def observe_traffic(self) -> None:
+        super().observe_traffic()
         for model, pct in self.kserve.traffic().items():
             if pct <= 0 or model in self.seen:
                 continue
@@ -70,6 +66,19 @@ class WarmWorld(World):
                 f"{model} took {pct}% before its warm-up succeeded (warmed: {sorted(self.warmed)})")
             self.seen.add(model)
 
+    def step(self, o: tuple[Any, ...]) -> None:
+        if o[0] == "warm":
+            canary = ModelDeploymentStatus.model_validate(self.status).canaryModel
+            self.warm = WarmupObservation(revision=canary.revision if canary else "none", pods=tuple(
+                PodObservation(name=f"p{i}", scheduled_at=self.now, answered=a) for i, a in enumerate(o[1])))
+        elif o[0] == "unwarm":
+            self.warm = None
+        else:
+            super().step(o)
+            return
+        self.reconcile()
+        self.observe_traffic()
+
 
 @pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
 def test_no_model_gets_traffic_before_its_warm_up(mode: str) -> None:
@@ -77,47 +86,6 @@ def test_no_model_gets_traffic_before_its_warm_up(mode: str) -> None:
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(broken=st.sets(st.sampled_from(VERSIONS[1:]), max_size=1), steps=st.lists(ops, min_size=20, max_size=80))
     def run(broken: set[str], steps: list[tuple[Any, ...]]) -> None:
-        w = WarmWorld(mode, broken)
-        w.reconcile()
-        w.kserve.settle(ready=True)
-        w.observe()
-        for o in steps:
-            measurement = None
-            kind = o[0]
-            if kind == "warm":
-                canary = ModelDeploymentStatus.model_validate(w.status).canaryModel
-                revision = canary.revision if canary else "none"
-                w.warm = WarmupObservation(revision=revision, pods=tuple(
-                    PodObservation(name=f"p{i}", scheduled_at=w.now, answered=a) for i, a in enumerate(o[1])))
-            elif kind == "unwarm":
-                w.warm = None
-            elif kind == "model":
-                w.edit(version=o[1], invalid=w.invalid and not o[2])
-            elif kind == "invalid":
-                w.edit(invalid=o[1])
-            elif kind == "suspend":
-                w.edit(suspend=o[1])
-            elif kind == "scale":
-                w.edit(min_replicas=o[1])
-            elif kind == "strategy":
-                w.edit(rollout=o[1])
-            elif kind == "action":
-                w.nonce += 1
-                w.annotations[ACTION_ANNOTATION] = f"{o[1]}/{w.nonce}"
-            elif kind == "tick":
-                w.now += timedelta(seconds=o[1])
-            elif kind == "measure":
-                measurement = w.measurement(o[1])
-            elif kind == "advance":
-                w.kserve.settle(ready=True)
-                w.observe()
-                w.reconcile()
-                w.now += timedelta(seconds=31)
-                measurement = w.measurement("Successful")
-            if kind == "kserve":
-                w.kserve.settle(ready=o[1])
-                w.observe()
-            w.reconcile(measurement)
-            w.observe()
+        WarmWorld(mode, broken).play(steps)
 
     run()

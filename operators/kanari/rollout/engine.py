@@ -103,6 +103,8 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.EMPTY, "deploy"): State.DEPLOYING,
     # A status that lost its stable model, beside an InferenceService that serves one: that one is the stable.
     (State.EMPTY, "adopt"): State.STABLE,
+    # ... while the status still names the spec's model as its canary: that rollout goes on where it was.
+    (State.EMPTY, "adopt-rolling"): State.ROLLING,
     (State.DEPLOYING, "replace"): State.DEPLOYING,
     (State.DEPLOYING, "ready"): State.STABLE,
     (State.DEPLOYING, "deadline"): State.DEPLOY_FAILED,
@@ -453,8 +455,12 @@ def _dispatch(run: _Pass, action: str | None, state: State) -> None:
         elif found is not None:
             # Adopted even when it is the spec's model: as a first deployment it could be "replaced" outright
             # by the next model edit until seen serving, and it has been serving all along.
-            _adopt(run, found)
-            if found.revision != d.revision:
+            resumed = (st.canaryModel is not None and st.canaryModel.revision == d.revision != found.revision
+                       and st.rollout.revision == d.revision and not st.rollout.bakeUntil)
+            _adopt(run, found, keep_rollout=resumed)
+            if resumed:
+                _rolling(run, action)  # its pauses (a person's included), step and analyses are still in status
+            elif found.revision != d.revision:
                 _start(run, "start")
                 _rolling(run, _for_new_rollout(run, action))
             else:
@@ -567,11 +573,19 @@ def _deploy(run: _Pass, move: str) -> None:
     run.event("Deploying", f"deploying {_name(d)} (revision {d.revision})")
 
 
-def _adopt(run: _Pass, found: ModelRef) -> None:
+def _adopt(run: _Pass, found: ModelRef, *, keep_rollout: bool = False) -> None:
     """The status has no stable model but an InferenceService serves one: it is the stable, so a different spec
-    model gets its canary like any new model (and the same one is simply stable, not a first deployment)."""
+    model gets its canary like any new model (and the same one is simply stable, not a first deployment).
+    `keep_rollout`: the rest of the status still describes the rollout of the spec's model, which goes on."""
     st = run.st
     st.stableModel = found
+    if keep_rollout:
+        assert st.canaryModel is not None
+        run.move("adopt-rolling")
+        run.event("StableAdopted", f"status names no stable model; the InferenceService serves {_name(found)} "
+                                   f"(revision {found.revision}): kept as the stable, the rollout of "
+                                   f"{_name(st.canaryModel)} goes on at step {st.currentStep}", True)
+        return
     st.canaryModel = None
     st.currentStep = 0
     st.pauseConditions = []
