@@ -222,7 +222,7 @@ def test_a_prediction_survives_kill_9_and_joins_its_label_after_the_restart(
     tmp_path: Path, cancer_baseline_dir: Path
 ) -> None:
     """The real process: a logged prediction, the monitor killed with SIGKILL, restarted on the same state
-    directory, the label posted: the joined pair is on /metrics."""
+    directory, the label posted: the joined pair is on /metrics; killed again, restarted: still there."""
     token = "joinstore-token"
     (tmp_path / "token").write_text(token)
     (tmp_path / "models.yaml").write_text(json.dumps({"baselines": {"ml-prod/fraud": {
@@ -238,19 +238,28 @@ def test_a_prediction_survives_kill_9_and_joins_its_label_after_the_restart(
         monitor.proc.kill()  # SIGKILL: no shutdown hook runs
         monitor.proc.wait(10)
     monitor = start_service("kanari.monitor.server", args, tmp_path / "run2")
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def joined() -> dict[str, float] | None:
+        text = httpx.get(f"{monitor.url}/metrics", timeout=5).text
+        quality = {lab["metric"]: v for lab, v in metric_samples(text, "kanari_realised_quality")
+                   if lab["model"] == "fraud" and lab["revision"] == "7"}
+        return quality or None
+
     try:
-        auth = {"Authorization": f"Bearer {token}"}
         r = httpx.post(f"{monitor.url}/v1/labels/ml-prod/fraud", headers=auth, timeout=10,
                        json={"labels": [{"id": "inf-1", "label": 1}]})
         assert r.status_code == 200 and r.json() == {"accepted": 1, "joined": 1}, r.text
-
-        def joined() -> dict[str, float] | None:
-            text = httpx.get(f"{monitor.url}/metrics", timeout=5).text
-            quality = {lab["metric"]: v for lab, v in metric_samples(text, "kanari_realised_quality")
-                       if lab["model"] == "fraud" and lab["revision"] == "7"}
-            return quality or None
-
         quality = wait_for(joined, "the joined pair's realised quality on /metrics")
         assert quality["recall"] == 1.0 and quality["precision"] == 1.0
+    finally:
+        monitor.proc.kill()  # killed again right after the 2xx: the acknowledged label is on disk
+        monitor.proc.wait(10)
+    monitor = start_service("kanari.monitor.server", args, tmp_path / "run3")
+    try:
+        assert wait_for(joined, "the realised quality, restored") == quality
+        again = httpx.post(f"{monitor.url}/v1/labels/ml-prod/fraud", headers=auth, timeout=10,
+                           json={"labels": [{"id": "inf-1", "label": 1}]})
+        assert again.json() == {"accepted": 1, "joined": 0}, "the joined id is remembered: a re-sent label is a duplicate"
     finally:
         monitor.stop()

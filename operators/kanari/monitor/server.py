@@ -725,6 +725,8 @@ def build_app(
             "models": len(monitor.models), "modelsSynced": monitor.models.synced,
             "watchErrors": sum(w.errors for w in watchers or []),
             "labelledModels": len(monitor.truth.stores),
+            # Failed writes of the --state-dir join state (kept in memory and retried by the next save).
+            **({"stateWriteFailures": monitor.truth.state.failures} if monitor.truth.state is not None else {}),
             **({"labelDrop": {"polls": label_drop.polls, "failures": label_drop.failures,
                               "refused": label_drop.errors}} if label_drop is not None else {}),
         })
