@@ -52,7 +52,8 @@ def snapshot(store: JoinStore) -> dict[str, Any]:
     }
 
 
-ids = st.integers(0, 25).map(str)
+# Hostile ids too: a lone surrogate (a JSON "\\ud800", or a header's undecodable byte), NUL, non-ASCII, 256 chars.
+ids = st.integers(0, 25).map(str) | st.sampled_from(["\ud800", "a\x00b", "é/0", "x" * 256])
 ops = st.lists(st.one_of(
     st.tuples(st.just("prediction"), ids, st.sampled_from(["7", "8"]), st.sampled_from([0.1, 0.4, 0.6, 0.9])),
     st.tuples(st.just("label"), ids, st.sampled_from([0.0, 1.0])),

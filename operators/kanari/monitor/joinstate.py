@@ -38,10 +38,10 @@ CREATE TABLE IF NOT EXISTS stores (
   expired INTEGER NOT NULL DEFAULT 0, evicted INTEGER NOT NULL DEFAULT 0, duplicate INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (namespace, model));
 CREATE TABLE IF NOT EXISTS pending (
-  namespace TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL,
+  namespace TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL, id BLOB NOT NULL,
   revision TEXT, value REAL NOT NULL, at REAL NOT NULL, UNIQUE (namespace, model, kind, id));
 CREATE TABLE IF NOT EXISTS joined (
-  namespace TEXT NOT NULL, model TEXT NOT NULL, id TEXT NOT NULL, UNIQUE (namespace, model, id));
+  namespace TEXT NOT NULL, model TEXT NOT NULL, id BLOB NOT NULL, UNIQUE (namespace, model, id));
 CREATE TABLE IF NOT EXISTS quality (
   namespace TEXT NOT NULL, model TEXT NOT NULL, revision TEXT NOT NULL, joined INTEGER NOT NULL,
   tp INTEGER NOT NULL, fp INTEGER NOT NULL, fn INTEGER NOT NULL, tn INTEGER NOT NULL,
@@ -51,6 +51,16 @@ CREATE TABLE IF NOT EXISTS reservoir (
   score REAL NOT NULL, label INTEGER NOT NULL, PRIMARY KEY (namespace, model, revision, slot));
 """
 _TABLES = ("stores", "pending", "joined", "quality", "reservoir")
+
+
+def _b(inference_id: object) -> bytes:
+    # Inference ids are the caller's: a lone surrogate (JSON's "\ud800", a header byte aiohttp decoded with
+    # surrogateescape) is a valid key in memory but not UTF-8, so ids are kept as bytes that round-trip exactly.
+    return str(inference_id).encode("utf-8", "surrogatepass")
+
+
+def _s(raw: bytes) -> str:
+    return bytes(raw).decode("utf-8", "surrogatepass")
 
 
 class StateError(RuntimeError):
@@ -105,9 +115,9 @@ class JoinState:
                 quality[revision] = Quality(task, threshold, joined, tp, fp, fn, tn, abs_error, sq_error,
                                             [(float(s), int(y)) for s, y in sample])
             store.restore(
-                [(i, r, v, at) for kind, i, r, v, at in rows if kind == "p"],
-                [(i, v, at) for kind, i, _r, v, at in rows if kind == "l"],
-                [i for (i,) in q("SELECT id FROM joined WHERE namespace=? AND model=? ORDER BY rowid", key)],
+                [(_s(i), r, v, at) for kind, i, r, v, at in rows if kind == "p"],
+                [(_s(i), v, at) for kind, i, _r, v, at in rows if kind == "l"],
+                [_s(i) for (i,) in q("SELECT id FROM joined WHERE namespace=? AND model=? ORDER BY rowid", key)],
                 quality, {"expired": expired, "evicted": evicted, "duplicate": duplicate},
             )
             out[key] = ((task, threshold, ttl), store)
@@ -182,10 +192,10 @@ class JoinState:
 
     def _write_all(self, key: tuple[str, str], store: JoinStore) -> None:
         self.db.executemany("INSERT INTO pending VALUES (?,?,?,?,?,?,?)",
-                            [(*key, "p", i, p.revision, p.value, p.at) for i, p in store.predictions.items()])
+                            [(*key, "p", _b(i), p.revision, p.value, p.at) for i, p in store.predictions.items()])
         self.db.executemany("INSERT INTO pending VALUES (?,?,?,?,?,?,?)",
-                            [(*key, "l", i, None, v, at) for i, (v, at) in store.labels.items()])
-        self.db.executemany("INSERT INTO joined VALUES (?,?,?)", [(*key, i) for i in store.joined_ids])
+                            [(*key, "l", _b(i), None, v, at) for i, (v, at) in store.labels.items()])
+        self.db.executemany("INSERT INTO joined VALUES (?,?,?)", [(*key, _b(i)) for i in store.joined_ids])
         for revision, q in store.quality.items():
             self._write_quality(key, revision, q, list(range(len(q.reservoir))))
 
@@ -197,17 +207,17 @@ class JoinState:
             op = change[0]
             if op == "prediction":
                 _, i, revision, value, at = change
-                x("INSERT OR REPLACE INTO pending VALUES (?,?,?,?,?,?,?)", (*key, "p", i, revision, value, at))
+                x("INSERT OR REPLACE INTO pending VALUES (?,?,?,?,?,?,?)", (*key, "p", _b(i), revision, value, at))
             elif op == "label":
                 _, i, value, at = change
-                x("INSERT OR REPLACE INTO pending VALUES (?,?,?,?,?,?,?)", (*key, "l", i, None, value, at))
+                x("INSERT OR REPLACE INTO pending VALUES (?,?,?,?,?,?,?)", (*key, "l", _b(i), None, value, at))
             elif op in ("-prediction", "-label"):
                 x("DELETE FROM pending WHERE namespace=? AND model=? AND kind=? AND id=?",
-                  (*key, "p" if op == "-prediction" else "l", change[1]))
+                  (*key, "p" if op == "-prediction" else "l", _b(change[1])))
             elif op == "joined":
-                x("INSERT OR REPLACE INTO joined VALUES (?,?,?)", (*key, change[1]))
+                x("INSERT OR REPLACE INTO joined VALUES (?,?,?)", (*key, _b(change[1])))
             elif op == "-joined":
-                x("DELETE FROM joined WHERE namespace=? AND model=? AND id=?", (*key, change[1]))
+                x("DELETE FROM joined WHERE namespace=? AND model=? AND id=?", (*key, _b(change[1])))
             elif op == "quality":
                 dirty.add(str(change[1]))
             elif op == "-quality":
