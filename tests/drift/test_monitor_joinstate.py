@@ -264,3 +264,30 @@ def test_a_prediction_survives_kill_9_and_joins_its_label_after_the_restart(
         assert again.json() == {"accepted": 1, "joined": 0}, "the joined id is remembered: a re-sent label is a duplicate"
     finally:
         monitor.stop()
+
+
+async def test_the_label_endpoint_answers_503_when_the_batch_is_not_on_disk(
+    tmp_path: Path, cancer_baseline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never a 2xx for a batch that is not saved: the sender retries, and the retry is acknowledged once written."""
+    from kanari.monitor.registry import from_static_file
+    from kanari.monitor.server import DriftMonitor
+    from kanari.monitor.settings import MonitorSettings
+
+    (tmp_path / "models.yaml").write_text(json.dumps({"baselines": {"ml-prod/fraud": {
+        "uri": f"file://{cancer_baseline_dir}", "version": "7", "groundTruth": {"task": "binary"}}}}))
+    state = JoinState(tmp_path / "state")
+    monitor = DriftMonitor(MonitorSettings(), from_static_file(tmp_path / "models.yaml"), labels_token="t", state=state)
+    headers = kserve_headers(ce_id="i1", ce_type=RESPONSE, model="fraud", namespace="ml-prod")
+    assert (await monitor.handle(headers, json.dumps({"predictions": [0.8]}).encode()))[0] == 200
+    good = state.db
+    broken = sqlite3.connect(":memory:")
+    broken.close()
+    monkeypatch.setattr(state, "db", broken)
+    batch = json.dumps({"labels": [{"id": "i1", "label": 1}]}).encode()
+    status, body = monitor.handle_labels("ml-prod", "fraud", batch)
+    assert status == 503 and "groundtruth" not in body["error"] and str(tmp_path) not in body["error"]
+    monkeypatch.setattr(state, "db", good)
+    assert monitor.handle_labels("ml-prod", "fraud", batch) == (200, {"accepted": 1, "joined": 0})
+    restored = JoinState(tmp_path / "state").load(10, lambda: 0.0)[("ml-prod", "fraud")][1]
+    assert restored.quality["7"].tp == 1 and "i1" in restored.joined_ids
