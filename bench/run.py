@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "capacity": [PY, "bench/capacity_bench.py"],
     "monitor": [PY, "bench/monitor_load.py"],
     "judge": [PY, "bench/judge_bench.py"],
+    "joinstate": [PY, "bench/joinstate_bench.py"],
     # Drift compares against Evidently and alibi-detect, installed only in its own environment.
     "drift": ["bash", "bench/drift_env.sh"],
 }

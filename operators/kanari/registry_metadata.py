@@ -2,7 +2,9 @@
 
 The pipeline's register step writes them, the controller reads the lineage and the baseline back into
 status, `kanari models list` and the demo show them. `read_calibration` is the one reader of the score
-calibration the pipeline registers with a binary classifier (for CBPE's label-free estimates).
+calibration the pipeline registers with a binary classifier (for CBPE's label-free estimates): the drift
+monitor reads it through here too, with the URI and digest the controller copies from the package into
+status (ModelRef.calibrationUri, ModelRef.calibrationSha256), so a file changed after registration is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ METRIC_PREFIX = "kanari:metric."
 # package to the exact file it was registered with.
 CALIBRATION_URI = "kanari:calibration-uri"
 CALIBRATION_SHA256 = "kanari:calibration-sha256"
+MAX_CALIBRATION_BYTES = 1 << 20  # an isotonic map of a few hundred points is a few kB
 # The demo's fault-injection model says so in its registry metadata (devstack only).
 FAULT_INJECTION = "kanari:fault-injection"
 
@@ -86,16 +89,20 @@ def read_calibration(metadata: Mapping[str, str], fetch: Callable[[str], bytes] 
         raise CalibrationError(f"{missing}: missing or empty (a calibration needs both {CALIBRATION_URI} and "
                                f"{CALIBRATION_SHA256})")
     parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
-        raise CalibrationError(f"{CALIBRATION_URI}: {uri!r} is not an s3://bucket/key URI")
+    if not ((parsed.scheme == "s3" and parsed.netloc and parsed.path.strip("/"))
+            or (parsed.scheme == "file" and parsed.path.strip("/"))):
+        raise CalibrationError(f"{CALIBRATION_URI}: {uri!r} is not an s3://bucket/key URI (or file:///path, for "
+                               "installs without S3)")
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise CalibrationError(f"{CALIBRATION_SHA256}: {digest!r} is not a lowercase hex SHA-256")
     try:
-        body = (fetch or _fetch_s3)(uri)
+        body = (fetch or _fetch)(uri)
     except CalibrationError:
         raise
     except Exception as exc:  # noqa: BLE001 (any client failure is "not available now", reported, not None)
         raise CalibrationUnavailable(f"{CALIBRATION_URI} {uri}: cannot be read ({type(exc).__name__})") from exc
+    if len(body) > MAX_CALIBRATION_BYTES:
+        raise CalibrationError(f"{CALIBRATION_URI} {uri}: larger than {MAX_CALIBRATION_BYTES} bytes")
     if hashlib.sha256(body).hexdigest() != digest:
         raise CalibrationError(f"{CALIBRATION_URI} {uri}: its content does not match {CALIBRATION_SHA256} "
                                "(changed after registration)")
@@ -111,9 +118,13 @@ def read_calibration(metadata: Mapping[str, str], fetch: Callable[[str], bytes] 
         raise CalibrationError(f"{CALIBRATION_URI} {uri}: {exc}") from None
 
 
-def _fetch_s3(uri: str) -> bytes:
+def _fetch(uri: str) -> bytes:
+    """The document's bytes, read no further than one byte past the bound (the bound is checked by the caller)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        with open(urllib.parse.unquote(parsed.path), "rb") as f:
+            return f.read(MAX_CALIBRATION_BYTES + 1)
     from kanari import awsclient
 
-    parsed = urllib.parse.urlparse(uri)
-    body = awsclient.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
-    return bytes(body)
+    body = awsclient.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+    return bytes(body.read(MAX_CALIBRATION_BYTES + 1))

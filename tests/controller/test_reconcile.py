@@ -237,18 +237,23 @@ def test_scaling_after_a_rollback_reaches_the_inference_service(mode: str) -> No
 
 
 def test_the_calibration_registered_with_the_package_reaches_status_for_the_monitor() -> None:
-    """CBPE's calibration: the registry's kanari:calibration-uri becomes status.stableModel.calibrationUri, which is
-    what the drift monitor binds (a package without one leaves it empty: the estimate is then unavailable)."""
+    """CBPE's calibration: the registry's kanari:calibration-uri and kanari:calibration-sha256 become
+    status.stableModel.calibrationUri and calibrationSha256, which is what the drift monitor binds and checks (a
+    package without one leaves them empty: the estimate is then unavailable)."""
     from kanari.monitor.registry import monitored
 
+    digest = "ab" * 32
     spec = {"model": {"modelPackageArn": ARN}, "monitoring": {"groundTruth": {"task": "binary"}}}
     pkg = PackageInfo(arn=ARN, storage_uri="s3://m/7/model.tar.gz", image="img:1", approval_status="Approved",
-                      metadata={"kanari:calibration-uri": "s3://m/7/calibration.json"})
+                      metadata={"kanari:calibration-uri": "s3://m/7/calibration.json",
+                                "kanari:calibration-sha256": digest})
     d = reconcile(body(spec), ClusterObservation(now=T0, package=pkg), CONFIG)
     assert d.status.stableModel is not None and d.status.stableModel.calibrationUri == "s3://m/7/calibration.json"
+    assert d.status.stableModel.calibrationSha256 == digest
     bound = monitored(body(spec, d.status.model_dump(mode="json")))
     assert bound is not None and bound.stable is not None
     assert bound.stable.calibration_uri == "s3://m/7/calibration.json" and bound.ground_truth is not None
+    assert bound.stable.calibration_sha256 == digest
     bare = PackageInfo(arn=ARN, storage_uri="s3://m/7/model.tar.gz", image="img:1", approval_status="Approved")
     d = reconcile(body(spec), ClusterObservation(now=T0, package=bare), CONFIG)
     assert d.status.stableModel is not None and d.status.stableModel.calibrationUri is None

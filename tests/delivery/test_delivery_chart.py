@@ -276,8 +276,43 @@ def test_the_label_service_is_wired_as_the_monitor_reads_it() -> None:
     assert not [o for o in default if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-labels")]
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_ground_truth_state_is_on_a_volume_per_replica_unless_disabled(replicas: int) -> None:
+    """Issue 16: with labels taken, each monitor replica keeps its join stores on its own PersistentVolumeClaim,
+    at the path the monitor is told (--state-dir), under the restricted pod security of every worker."""
+    from kanari.cli.main import build_parser
+
+    objs = tuple(render_chart("--set", "driftMonitor.labels.enabled=true", "--set",
+                              f"driftMonitor.replicas={replicas}", "--set", "driftMonitor.persistence.size=5Gi",
+                              "--set", "driftMonitor.persistence.storageClass=gp3", namespace=NAMESPACE))
+    for obj in objs:
+        validate(obj)
+    monitor = one(objs, "Deployment", "kanari-drift-monitor")
+    assert monitor["kind"] == "StatefulSet", "volumeClaimTemplates need a StatefulSet, one replica or many"
+    (claim,) = monitor["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["storageClassName"] == "gp3"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    pod = monitor["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = build_parser().parse_args(container["command"][1:])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert Path(args.state_dir).is_relative_to(mount["mountPath"]) and not mount.get("readOnly")
+    assert (args.peers is not None) == (replicas > 1)
+    assert pod["securityContext"]["fsGroup"] == 65532, "the volume is writable by the non-root user"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    one(objs, "Service", "kanari-drift-monitor-peers")  # the StatefulSet's serviceName exists
+    # Disabled, or no labels taken: no volume, no --state-dir (the chart README says what a restart then loses).
+    for flags in (("--set", "driftMonitor.labels.enabled=true", "--set", "driftMonitor.persistence.enabled=false"),
+                  ()):
+        plain = one(tuple(render_chart(*flags, "--set", f"driftMonitor.replicas={replicas}", namespace=NAMESPACE)),
+                    "Deployment", "kanari-drift-monitor")
+        assert "volumeClaimTemplates" not in plain["spec"]
+        assert "--state-dir" not in plain["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
 BAD_VALUES = [
     ("driftMonitor:\n  labels:\n    s3:\n      uri: https://bucket/labels\n", "at '/driftMonitor/labels/s3/uri'"),
+    ("driftMonitor:\n  persistence:\n    size: lots\n", "at '/driftMonitor/persistence/size'"),
     ("controller:\n  replicas: two\n", "at '/controller/replicas': got string, want integer"),
     ("controller:\n  replica: 2\n", "at '/controller': additional properties 'replica' not allowed"),
     ("networkPolicy:\n  enabled: true\n  egres: []\n", "at '/networkPolicy': additional properties 'egres' not allowed"),

@@ -4,6 +4,7 @@ the authenticated endpoint and the S3 label drop (moto), realised quality and CB
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,11 +30,11 @@ TOKEN = "label-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def md(name: str, baseline_dir: Path, *, ground_truth: dict[str, Any] | None, calibration: str | None = None,
-       version: str = "7") -> dict[str, Any]:
+def md(name: str, baseline_dir: Path, *, ground_truth: dict[str, Any] | None,
+       calibration: tuple[str, str] | None = None, version: str = "7") -> dict[str, Any]:
     ref = {"revision": f"rev-{version}", "version": version, "storageUri": f"s3://models/{name}/{version}/"}
-    if calibration:
-        ref["calibrationUri"] = calibration
+    if calibration:  # (URI, SHA-256) as the controller copies them from the registry into status
+        ref["calibrationUri"], ref["calibrationSha256"] = calibration
     monitoring: dict[str, Any] = {"baselineUri": f"file://{baseline_dir}"}
     if ground_truth is not None:
         monitoring["groundTruth"] = ground_truth
@@ -126,9 +127,11 @@ async def test_cbpe_is_unavailable_without_calibration_and_estimated_with_it(
     rng = np.random.default_rng(3)
     raw = rng.uniform(0, 1, 2000)
     truth = (rng.uniform(0, 1, 2000) < raw**2).astype(int)  # raw scores over-confident: P(y=1|s) = s^2
-    (tmp_path / "calibration.json").write_text(json.dumps(fit_calibration(raw[:1000], truth[:1000]).to_dict()))
+    body = json.dumps(fit_calibration(raw[:1000], truth[:1000]).to_dict()).encode()
+    (tmp_path / "calibration.json").write_bytes(body)
+    registered = (f"file://{tmp_path}/calibration.json", hashlib.sha256(body).hexdigest())
     monitor = monitor_for(
-        md("fraud", cancer_baseline_dir, ground_truth={"task": "binary"}, calibration=f"file://{tmp_path}"),
+        md("fraud", cancer_baseline_dir, ground_truth={"task": "binary"}, calibration=registered),
         md("raw", cancer_baseline_dir, ground_truth={"task": "binary"}))
     for i, s in enumerate(raw[1000:1500]):
         await respond(monitor, "fraud", f"f{i}", [float(s)])
@@ -143,7 +146,7 @@ async def test_cbpe_is_unavailable_without_calibration_and_estimated_with_it(
     assert estimated["precision"] == pytest.approx(realised_precision, abs=0.06)
     # A calibrated model that answers classes (0/1) has no scores: unavailable, not a number.
     classes = monitor_for(md("classes", cancer_baseline_dir, ground_truth={"task": "binary"},
-                             calibration=f"file://{tmp_path}"))
+                             calibration=registered))
     for i in range(50):
         await respond(classes, "classes", f"k{i}", [i % 2])
     classes.evaluate()
@@ -153,6 +156,41 @@ async def test_cbpe_is_unavailable_without_calibration_and_estimated_with_it(
     monitor.models.replace([md("raw", cancer_baseline_dir, ground_truth={"task": "binary"})])
     monitor.evaluate()
     assert gauges(monitor, "kanari_estimated_quality") == {}
+
+
+@pytest.mark.parametrize("digest", ["changed", "missing"])
+async def test_a_calibration_whose_bytes_are_not_the_registered_ones_is_refused(
+    cancer_baseline_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, digest: str
+) -> None:
+    """Issue 16: the monitor read the calibration by URI alone. A file changed after registration (or a status
+    without the digest) is refused through the one reader: no estimate, the reason logged and counted."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    raw = rng.uniform(0, 1, 400)
+    registered = json.dumps(fit_calibration(raw, (rng.uniform(0, 1, 400) < raw).astype(int)).to_dict()).encode()
+    path = tmp_path / "calibration.json"
+    # Someone rewrote the file after registration: still a valid calibration, not the one registered.
+    path.write_text(json.dumps({"method": "isotonic", "x": [0.0, 1.0], "y": [0.0, 1.0]}))
+    sha = hashlib.sha256(registered).hexdigest() if digest == "changed" else ""
+    monitor = monitor_for(md("fraud", cancer_baseline_dir, ground_truth={"task": "binary"},
+                             calibration=(f"file://{path}", sha)))
+    for i, s in enumerate(raw[:100]):
+        await respond(monitor, "fraud", f"f{i}", [float(s)])
+    monitor.evaluate()
+    assert gauges(monitor, "kanari_estimated_quality") == {}, "a refused calibration gives no estimate"
+    assert gauges(monitor, "kanari_estimated_quality_available") == {"7": 0.0}
+    refused = metric_samples(generate_latest(monitor.registry).decode(), "kanari_calibration_refused_total")
+    assert {lab["reason"]: v for lab, v in refused} == {"refused": 1.0}, "fetched once, then retried later"
+    why = "does not match kanari:calibration-sha256" if digest == "changed" else "kanari:calibration-sha256: missing"
+    assert any("ml-prod/fraud refused" in r.getMessage() and why in r.getMessage() for r in caplog.records)
+    # The registered bytes back in place: accepted once the retry interval has passed.
+    path.write_bytes(registered)
+    if digest == "changed":
+        monitor.truth.calibration_failed = {k: v - 3600 for k, v in monitor.truth.calibration_failed.items()}
+        await respond(monitor, "fraud", "again", [0.5])
+        monitor.evaluate()
+        assert gauges(monitor, "kanari_estimated_quality_available") == {"7": 1.0}
 
 
 # ---------------------------------------------------------------------------------------- S3 drop

@@ -2,8 +2,10 @@
 Deployment and Service of a `kanari drift ...` HTTP worker (drift monitor, alert receiver): one port for its
 API and /metrics. Call with (dict "ctx" $ "component" NAME "values" VALUES "command" LIST "env" YAML), plus "config" (the
 YAML of a ConfigMap mounted at /etc/kanari) and "kubeAPI" (mount the ServiceAccount token) when needed, and
-"peersService" (a name) to run it as a StatefulSet with that headless Service. With .Values.tls.enabled the
-worker serves HTTPS with the certificate Secret mounted at /var/run/kanari/tls.
+"peersService" (a name) to run it as a StatefulSet with that headless Service, and "persistence" (a dict with
+size, storageClass and mountPath; with a peersService only) to give each replica a PersistentVolumeClaim from
+volumeClaimTemplates mounted there. With .Values.tls.enabled the worker serves HTTPS with the certificate Secret
+mounted at /var/run/kanari/tls.
 */}}
 {{- define "kanari.worker" -}}
 {{- $ctx := .ctx }}
@@ -105,6 +107,10 @@ spec:
           mountPath: /var/run/kanari/tls
           readOnly: true
         {{- end }}
+        {{- with .persistence }}
+        - name: state
+          mountPath: {{ .mountPath }}
+        {{- end }}
         {{- with $values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -124,6 +130,22 @@ spec:
         {{- with $values.extraVolumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+  {{- with .persistence }}
+  # One volume per replica, kept across restarts and rescheduling (the pod's own share of the state).
+  volumeClaimTemplates:
+  - metadata:
+      name: state
+      labels:
+        {{- include "kanari.componentLabels" (dict "ctx" $ctx "component" $.component) | nindent 8 }}
+    spec:
+      accessModes: [ReadWriteOnce]
+      {{- with .storageClass }}
+      storageClassName: {{ . | quote }}
+      {{- end }}
+      resources:
+        requests:
+          storage: {{ .size | quote }}
+  {{- end }}
 {{- if .config }}
 ---
 apiVersion: v1

@@ -756,6 +756,9 @@ class ModelRef(BaseModel):
     format: str = ""
     # The isotonic calibration the pipeline registered with the package (kanari:calibration-uri): CBPE needs it.
     calibrationUri: str | None = None
+    # The SHA-256 of the calibration's bytes as registered (kanari:calibration-sha256): it travels with the URI
+    # so the drift monitor refuses a file changed after registration.
+    calibrationSha256: str | None = None
 
     @property
     def monitor_revision(self) -> str:

@@ -92,6 +92,7 @@ def model_ref(spec: ModelDeploymentSpec, package: PackageInfo | None) -> ModelRe
             image=package.image,
             format=spec.model.format,
             calibrationUri=package.metadata.get(keys.CALIBRATION_URI) or None,
+            calibrationSha256=package.metadata.get(keys.CALIBRATION_SHA256) or None,
         )
     assert spec.model.storageUri
     return ModelRef(

@@ -9,12 +9,15 @@ A label that finds no prediction waits for one the same way (labels may overtake
 Joined pairs feed realised quality per revision: a confusion matrix and, for PR-AUC, a bounded
 reservoir of (score, label) pairs (binary classification), or running error sums (regression: RMSE,
 MAE). Pure data structure: the HTTP endpoint (kanari.judging.labels) and the monitor feed it.
+
+Durability is the caller's (kanari.monitor.joinstate): with `journal=True` every mutation is appended to
+`changes` (what to write), and `restore` rebuilds a store from what was written. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +50,8 @@ class Quality:
     abs_error: float = 0.0
     sq_error: float = 0.0
     reservoir: list[tuple[float, int]] = field(default_factory=list)
-    _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
+    # Reservoir slots written since the caller last drained them (kanari.monitor.joinstate persists them).
+    written: list[int] | None = field(default=None, repr=False)
 
     def add(self, value: float, label: float) -> None:
         self.joined += 1
@@ -64,11 +68,15 @@ class Quality:
         self.tn += int(not predicted and y == 0)
         # Reservoir sampling (Vitter's algorithm R): a uniform sample of all pairs in bounded memory.
         if len(self.reservoir) < RESERVOIR:
+            j = len(self.reservoir)
             self.reservoir.append((value, y))
         else:
-            j = self._rng.randrange(self.joined)
-            if j < RESERVOIR:
-                self.reservoir[j] = (value, y)
+            j = _slot(self.joined)
+            if j >= RESERVOIR:
+                return
+            self.reservoir[j] = (value, y)
+        if self.written is not None:
+            self.written.append(j)
 
     def denominators(self) -> dict[str, int]:
         """The rows behind each figure of metrics(): what a confidence bound on it is taken over."""
@@ -97,12 +105,22 @@ class Quality:
         return out
 
 
+def _slot(n: int) -> int:
+    """Algorithm R's uniform draw from [0, n) for the n-th pair, a function of n alone: a store rebuilt after a
+    restart samples exactly as the one that was running (a seeded generator's state would have to be saved)."""
+    digest = hashlib.blake2b(n.to_bytes(8, "little"), digest_size=8, person=b"kanari-rsv").digest()
+    return int.from_bytes(digest, "little") % n
+
+
+Change = tuple[object, ...]
+
+
 class JoinStore:
     """Predictions and labels keyed by inference id, joined on arrival, bounded in time and size."""
 
     def __init__(
         self, *, task: Task, ttl: float, max_pending: int, threshold: float = 0.5,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] | None = None, journal: bool = False,
     ):
         if ttl <= 0 or max_pending < 1:
             raise ValueError(f"ttl ({ttl}) and max_pending ({max_pending}) must be positive")
@@ -120,29 +138,65 @@ class JoinStore:
         # Ids joined lately (bounded like the pending tables): a label delivered twice (an HTTP retry, a label
         # file read again) is a duplicate, never a second count nor a half waiting for a prediction.
         self.joined_ids: OrderedDict[str, None] = OrderedDict()
+        # The mutations since the journal was last drained, in order: ("prediction", id, revision, value, at),
+        # ("label", id, label, at), ("-prediction", id), ("-label", id), ("joined", id), ("-joined", id),
+        # ("quality", revision), ("-quality", revision). None: not journalled.
+        self.changes: list[Change] | None = [] if journal else None
+
+    def _log(self, *change: object) -> None:
+        if self.changes is not None:
+            self.changes.append(change)
 
     def _joined(self, inference_id: str) -> None:
         self.joined_ids[inference_id] = None
+        self._log("joined", inference_id)
         while len(self.joined_ids) > self.max_pending:
-            self.joined_ids.popitem(last=False)
+            self._log("-joined", self.joined_ids.popitem(last=False)[0])
 
     def _quality(self, revision: str) -> Quality:
         if revision not in self.quality:
-            self.quality[revision] = Quality(self.task, self.threshold)
+            self.quality[revision] = Quality(self.task, self.threshold,
+                                             written=[] if self.changes is not None else None)
+        self._log("quality", revision)
         return self.quality[revision]
+
+    def _pop_prediction(self, inference_id: str | None = None) -> _Pending | None:
+        if inference_id is None:
+            inference_id, pending = self.predictions.popitem(last=False)
+        else:
+            found = self.predictions.pop(inference_id, None)
+            if found is None:
+                return None
+            pending = found
+        self._log("-prediction", inference_id)
+        return pending
+
+    def _pop_label(self, inference_id: str | None = None) -> tuple[float, float] | None:
+        if inference_id is None:
+            inference_id, label = self.labels.popitem(last=False)
+        else:
+            found = self.labels.pop(inference_id, None)
+            if found is None:
+                return None
+            label = found
+        self._log("-label", inference_id)
+        return label
 
     def _expire(self, now: float) -> None:
         # Both tables are in arrival order: the oldest entry is first.
         while self.predictions and now - next(iter(self.predictions.values())).at > self.ttl:
-            self.predictions.popitem(last=False)
+            self._pop_prediction()
             self.dropped["expired"] += 1
         while self.labels and now - next(iter(self.labels.values()))[1] > self.ttl:
-            self.labels.popitem(last=False)
+            self._pop_label()
             self.dropped["expired"] += 1
 
-    def _bound(self, table: OrderedDict) -> None:  # type: ignore[type-arg]
-        while len(table) > self.max_pending:
-            table.popitem(last=False)
+    def _bound(self) -> None:
+        while len(self.predictions) > self.max_pending:
+            self._pop_prediction()
+            self.dropped["evicted"] += 1
+        while len(self.labels) > self.max_pending:
+            self._pop_label()
             self.dropped["evicted"] += 1
 
     def prediction(self, inference_id: str, revision: str, value: float) -> bool:
@@ -151,7 +205,7 @@ class JoinStore:
             raise ValueError("prediction: needs an inference id and a finite value")
         now = self.clock()
         self._expire(now)
-        label = self.labels.pop(inference_id, None)
+        label = self._pop_label(inference_id)
         if label is not None:
             self._quality(revision).add(value, label[0])
             self._joined(inference_id)
@@ -160,7 +214,8 @@ class JoinStore:
             self.dropped["duplicate"] += 1
             return False
         self.predictions[inference_id] = _Pending(revision, value, now)
-        self._bound(self.predictions)
+        self._log("prediction", inference_id, revision, value, now)
+        self._bound()
         return False
 
     def label(self, inference_id: str, label: float) -> str | None:
@@ -171,7 +226,7 @@ class JoinStore:
             raise ValueError(f"label: {label!r} is not 0 or 1")
         now = self.clock()
         self._expire(now)
-        pending = self.predictions.pop(inference_id, None)
+        pending = self._pop_prediction(inference_id)
         if pending is not None:
             self._quality(pending.revision).add(pending.value, label)
             self._joined(inference_id)
@@ -180,11 +235,37 @@ class JoinStore:
             self.dropped["duplicate"] += 1
             return None
         self.labels[inference_id] = (label, now)
-        self._bound(self.labels)
+        self._log("label", inference_id, label, now)
+        self._bound()
         return None
 
     def expire(self) -> None:
         self._expire(self.clock())
+
+    def drop_revision(self, revision: str) -> None:
+        """Forget a revision's figures (it is no longer served)."""
+        if self.quality.pop(revision, None) is not None:
+            self._log("-quality", revision)
+
+    def restore(
+        self, predictions: list[tuple[str, str, float, float]], labels: list[tuple[str, float, float]],
+        joined: list[str], quality: dict[str, Quality], dropped: dict[str, int],
+    ) -> None:
+        """Rebuild the store from what its journal wrote (each list in arrival order), then apply the bounds
+        of this run: a smaller --max-label-pending after a restart evicts (and counts) the oldest."""
+        for inference_id, revision, value, at in predictions:
+            self.predictions[inference_id] = _Pending(revision, value, at)
+        for inference_id, label, at in labels:
+            self.labels[inference_id] = (label, at)
+        for inference_id in joined:
+            self.joined_ids[inference_id] = None
+        for revision, q in quality.items():
+            q.written = [] if self.changes is not None else None
+            self.quality[revision] = q
+        self.dropped.update({k: v for k, v in dropped.items() if k in self.dropped})
+        self._bound()
+        while len(self.joined_ids) > self.max_pending:
+            self._log("-joined", self.joined_ids.popitem(last=False)[0])
 
     def pending(self) -> int:
         return len(self.predictions) + len(self.labels)

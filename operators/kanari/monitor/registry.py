@@ -47,6 +47,7 @@ class Binding:
     ref: BaselineRef
     window_size: int | None = None
     calibration_uri: str | None = None  # CBPE's calibration for this model version (kanari:calibration-uri)
+    calibration_sha256: str | None = None  # and the digest it was registered with (kanari:calibration-sha256)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _binding(md: ModelDeployment, ref: ModelRef | None) -> Binding | None:
         return None
     assert md.spec.monitoring is not None
     return Binding(ref.monitor_revision, BaselineRef(normalise_uri(uri), ref.version),
-                   md.spec.monitoring.drift.windowSize, ref.calibrationUri)
+                   md.spec.monitoring.drift.windowSize, ref.calibrationUri, ref.calibrationSha256)
 
 
 def monitored(obj: dict[str, Any], preview_domains: tuple[str, ...] | None = DEFAULT_DOMAINS) -> MonitoredModel | None:
@@ -113,7 +114,23 @@ class ModelRegistry:
         self.preview_domains = preview_domains
         self._models: dict[tuple[str, str], MonitoredModel] = {}
         self._lock = threading.Lock()
-        self.synced = False  # True once a full list has been read
+        # The namespaces (None: all) whose full list must be read before the registry is complete.
+        self._expected: set[str | None] = {None}
+        self._listed: set[str | None] = set()
+
+    def expect(self, namespaces: Iterable[str | None]) -> None:
+        """The namespaces the watchers list: `synced` waits for every one of them."""
+        self._expected = set(namespaces) or {None}
+
+    @property
+    def synced(self) -> bool:
+        """True once every watched namespace has been listed: until then a model missing here may exist (and its
+        ground-truth state, loaded from disk, must not be dropped as unmonitored)."""
+        return self._expected <= self._listed
+
+    @synced.setter
+    def synced(self, value: bool) -> None:
+        self._listed = set(self._expected) if value else set()
 
     def lookup(self, namespace: str, model: str) -> MonitoredModel | None:
         return self._models.get((namespace, model))
@@ -153,7 +170,7 @@ class ModelRegistry:
         with self._lock:
             kept = {k: v for k, v in self._models.items() if namespace is not None and k[0] != namespace}
             self._models = {**kept, **fresh}
-        self.synced = True
+            self._listed.add(namespace)
 
 
 def from_static_file(path: str | Path) -> ModelRegistry:
@@ -162,6 +179,10 @@ def from_static_file(path: str | Path) -> ModelRegistry:
         baselines:
           ml-prod/fraud-scorer: s3://bucket/fraud/baseline
           ml-prod/churn: {uri: file:///data/churn/baseline, version: "3"}
+          ml-prod/fraud: {uri: s3://bucket/fraud/baseline, version: "7", groundTruth: {task: binary, ttl: 24h}}
+
+    groundTruth takes the fields of a ModelDeployment's spec.monitoring.groundTruth (labels are then taken on
+    POST /v1/labels/<namespace>/<name> and from the S3 label drop).
     """
     try:
         doc = yaml.safe_load(Path(path).read_text()) or {}
@@ -174,19 +195,34 @@ def from_static_file(path: str | Path) -> ModelRegistry:
     for key, value in raw.items():
         if not isinstance(key, str) or key.count("/") != 1:
             raise ValueError(f"{path}: baselines.{key}: keys are namespace/model")
+        truth = None
         if isinstance(value, str):
             uri, version = value, ""
         elif isinstance(value, dict) and isinstance(value.get("uri"), str):
             uri, version = value["uri"], str(value.get("version", ""))
+            if value.get("groundTruth") is not None:
+                truth = _ground_truth(value["groundTruth"], f"{path}: baselines.{key}.groundTruth")
         else:
-            raise ValueError(f"{path}: baselines.{key}: expected a URI or {{uri, version}}")
+            raise ValueError(f"{path}: baselines.{key}: expected a URI or {{uri, version, groundTruth}}")
         if not uri.startswith(("s3://", "file://")):
             raise ValueError(f"{path}: baselines.{key}: {uri!r} is not an s3:// or file:// URI")
         binding = Binding(version or "unversioned", BaselineRef(normalise_uri(uri), version))
         namespace, name = key.split("/")
-        registry.put(namespace, name, MonitoredModel(binding, None, {}, raw_deployment=True))
+        registry.put(namespace, name, MonitoredModel(binding, None, {}, raw_deployment=True, ground_truth=truth))
     registry.synced = True
     return registry
+
+
+def _ground_truth(raw: Any, where: str) -> GroundTruthConfig:
+    from kanari.api.v1alpha1 import GroundTruthSpec
+
+    try:
+        spec = GroundTruthSpec.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{where}{'.' + field if field else ''}: {first['msg']}") from None
+    return GroundTruthConfig(spec.task, spec.threshold, parse_duration(spec.ttl))
 
 
 class KubernetesWatcher:

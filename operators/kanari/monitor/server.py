@@ -54,7 +54,8 @@ from kanari.drift.model_monitor import Baseline
 from kanari.drift.profile import Feature, Profile
 from kanari.drift.window import SlidingWindow
 from kanari.monitor.baseline_store import BaselineCache, BaselineRef, BaselineUnavailable
-from kanari.monitor.groundtruth import GroundTruth, load_calibration
+from kanari.monitor.groundtruth import CalibrationRef, GroundTruth, load_calibration
+from kanari.monitor.joinstate import JoinState, StateError
 from kanari.monitor.labeldrop import LabelDrop, LabelFile
 from kanari.monitor.payload import (
     REVISION_ANNOTATION,
@@ -85,6 +86,7 @@ from kanari.monitor.replay import (
 )
 from kanari.monitor.settings import API_TOKEN_ENV, MonitorSettings, monitor_arguments
 from kanari.monitor.sharding import FORWARDED_HEADER, Shards, ShardSettings
+from kanari.registry_metadata import CalibrationError, CalibrationUnavailable
 from kanari.webguard import BodyRejected, loads, read_body, ssl_context
 from kanari.webguard import run_app as serve
 
@@ -200,6 +202,7 @@ class DriftMonitor:
         cache: BaselineCache | None = None,
         clock: Callable[[], float] = time.monotonic,
         labels_token: str = "",
+        state: JoinState | None = None,
     ):
         self.settings = settings
         self.labels_token = labels_token.encode()
@@ -215,9 +218,9 @@ class DriftMonitor:
         self.recent = RecentRequests(settings.recent_per_model, settings.max_models, settings.recent_max_body_bytes,
                                      settings.recent_max_model_bytes)
         self._inflight: dict[BaselineRef, asyncio.Future[Baseline]] = {}
-        self._calibrating: dict[str, asyncio.Future[Any]] = {}
+        self._calibrating: dict[CalibrationRef, asyncio.Future[Any]] = {}
         self.truth = GroundTruth(self.registry, max_pending=settings.max_label_pending,
-                                 window_size=settings.window_size, min_samples=settings.min_samples, clock=clock)
+                                 window_size=settings.window_size, min_samples=settings.min_samples, state=state)
         self.label_batches = Counter("kanari_label_batches", "Label batches (HTTP posts and S3 files), by outcome.",
                                      ["source", "outcome"], registry=self.registry)
         self._samples_labels: set[tuple[str, str, str]] = set()
@@ -283,26 +286,31 @@ class DriftMonitor:
         self._expire_pending()
         model = self.models.lookup(event.namespace, event.model)
         if event.kind == "response" and model is not None and model.ground_truth is not None:
-            await self._calibration(binding.calibration_uri)
+            calibration = (CalibrationRef(binding.calibration_uri, binding.calibration_sha256)
+                           if binding.calibration_uri else None)
+            await self._calibration(calibration, f"{event.namespace}/{event.model}")
             self.truth.predictions(event.namespace, event.model, state.key.revision, event.id, event.data,
-                                   model.ground_truth, binding.calibration_uri, self.settings.max_rows_per_event)
+                                   model.ground_truth, calibration, self.settings.max_rows_per_event)
         return self.record("accepted", 200, id=event.id, paired=paired)
 
-    async def _calibration(self, uri: str | None) -> None:
-        """Fetch a model version's CBPE calibration once (off the loop); a failure is logged and retried later,
-        and meanwhile the estimate is reported unavailable."""
-        if uri is None or not self.truth.needs_calibration(uri):
+    async def _calibration(self, ref: CalibrationRef | None, model: str) -> None:
+        """Fetch a model version's CBPE calibration once (off the loop) through the one reader, which checks the
+        registered digest; a refusal or a failed read is logged, counted and retried later, and meanwhile the
+        estimate is reported unavailable (never computed from raw scores)."""
+        if ref is None or not self.truth.needs_calibration(ref):
             return
-        future = self._calibrating.get(uri)
+        future = self._calibrating.get(ref)
         if future is None:
-            future = asyncio.get_running_loop().run_in_executor(None, load_calibration, uri)
-            self._calibrating[uri] = future
-            future.add_done_callback(lambda _f: self._calibrating.pop(uri, None))
+            future = asyncio.get_running_loop().run_in_executor(None, load_calibration, ref)
+            self._calibrating[ref] = future
+            future.add_done_callback(lambda _f: self._calibrating.pop(ref, None))
         try:
-            self.truth.add_calibration(uri, await asyncio.shield(future))
-        except ValueError as exc:
-            log.warning("CBPE calibration unavailable: %s", exc)
-            self.truth.add_calibration(uri, None)
+            self.truth.add_calibration(ref, await asyncio.shield(future))
+        except (CalibrationError, CalibrationUnavailable) as exc:
+            reason = "refused" if isinstance(exc, CalibrationError) else "unavailable"
+            log.warning("CBPE calibration of %s %s: %s", model, reason, exc)
+            self.truth.calibration_refused.labels(reason).inc()
+            self.truth.add_calibration(ref, None)
 
     # ------------------------------------------------------------------------------------ labels
     def _labelled(self, namespace: str, model: str) -> str | None:
@@ -339,7 +347,14 @@ class DriftMonitor:
         except ValueError as exc:
             self.label_batches.labels("http", "refused").inc()
             return 400, {"error": str(exc)}
-        joined = self.truth.labels(namespace, model, found.ground_truth, pairs)
+        try:
+            joined = self.truth.labels(namespace, model, found.ground_truth, pairs)
+        except StateError as exc:
+            # Not on disk: not acknowledged. The batch is kept in memory and written by the next save; a re-sent
+            # batch counts nothing twice (its ids have joined) and is acknowledged once the write succeeds.
+            log.error("label batch for %s/%s not saved: %s", namespace, model, exc)
+            self.label_batches.labels("http", "unsaved").inc()
+            return 503, {"error": "the labels could not be saved; send the batch again later"}
         self.label_batches.labels("http", "accepted").inc()
         return 200, {"accepted": len(pairs), "joined": joined}
 
@@ -349,7 +364,13 @@ class DriftMonitor:
             if f.error is not None or found is None or found.ground_truth is None:
                 self.label_batches.labels("s3", "refused").inc()
                 continue
-            self.truth.labels(f.namespace, f.model, found.ground_truth, f.pairs)
+            try:
+                self.truth.labels(f.namespace, f.model, found.ground_truth, f.pairs)
+            except StateError as exc:
+                # The file stays read at its ETag; its labels are in memory and written by the next save.
+                log.error("label file %s not saved: %s", f.key, exc)
+                self.label_batches.labels("s3", "unsaved").inc()
+                continue
             self.label_batches.labels("s3", "accepted").inc()
 
     async def _baseline(self, ref: BaselineRef) -> Baseline:
@@ -515,7 +536,10 @@ class DriftMonitor:
             self._evaluate_predictions(state)
         self._evaluate_samples()
         self._evaluate_divergence()
-        self.truth.evaluate(self._served_revisions)
+        if self.models.synced:
+            # Before the first list of ModelDeployments every model looks unmonitored: evaluating then would
+            # drop, on disk too, every join store a restarted monitor has just loaded.
+            self.truth.evaluate(self._served_revisions)
 
     def _evaluate_features(self, state: ModelWindow) -> None:
         k = state.key
@@ -701,6 +725,8 @@ def build_app(
             "models": len(monitor.models), "modelsSynced": monitor.models.synced,
             "watchErrors": sum(w.errors for w in watchers or []),
             "labelledModels": len(monitor.truth.stores),
+            # Failed writes of the --state-dir join state (kept in memory and retried by the next save).
+            **({"stateWriteFailures": monitor.truth.state.failures} if monitor.truth.state is not None else {}),
             **({"labelDrop": {"polls": label_drop.polls, "failures": label_drop.failures,
                               "refused": label_drop.errors}} if label_drop is not None else {}),
         })
@@ -807,11 +833,19 @@ def run(args: argparse.Namespace) -> int:
     logs.configure()
     watchers = []
     if args.kubernetes:
+        models.expect(args.watch_namespace or [None])
         for namespace in args.watch_namespace or [None]:
             watcher = KubernetesWatcher(models, kubernetes_api, namespace=namespace)
             watcher.start()
             watchers.append(watcher)
-    monitor = DriftMonitor(settings, models, labels_token=labels_token)
+    state = None
+    if args.state_dir:
+        try:
+            state = JoinState(args.state_dir)
+        except StateError as exc:
+            print(f"kanari drift monitor: {exc}", file=sys.stderr)
+            return 2
+    monitor = DriftMonitor(settings, models, labels_token=labels_token, state=state)
     shards = Shards(sharding, monitor.registry, monitor.metrics.events) if sharding else None
     drop = None
     if args.labels_s3_uri:

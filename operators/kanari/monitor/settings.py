@@ -120,6 +120,10 @@ def monitor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between two polls of the S3 label drop")
     labels.add_argument("--max-label-bytes", type=int, default=d.max_label_bytes,
                         help="larger label batches (HTTP body or S3 file) are refused")
+    labels.add_argument("--state-dir",
+                        help="directory (a persistent volume) keeping the join stores: predictions waiting for "
+                             "their labels, joined ids, drop counters and realised-quality figures survive a restart "
+                             "(without it they are in memory only and a restart loses them)")
     labels.add_argument("--max-label-pending", type=int, default=d.max_label_pending,
                         help="predictions (and labels) waiting for their other half, per model, at most")
     add_arguments(parser)
