@@ -1,24 +1,17 @@
 """Delayed ground truth: the join store over random interleavings, the authenticated label endpoint, the
-realised-quality gauges and the quality-drop rule under the real promtool."""
+realised-quality and CBPE gauges (the quality-drop rule: tests/controller/test_quality_rules.py)."""
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kanari.judging.groundtruth import JoinStore
-from kanari.judging.labels import QualityMetrics, quality_rule
+from kanari.judging.labels import QualityMetrics
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import average_precision_score, f1_score, recall_score
-
-from devstack.stack import find_binary
 
 TOKEN = "s3cret-token"
 
@@ -87,35 +80,6 @@ def test_realised_quality_matches_sklearn_and_regression_errors() -> None:
     reg.prediction("b", "r", 1.0)
     reg.label("b", 2.0)
     assert reg.quality["r"].metrics() == {"rmse": pytest.approx(((4 + 1) / 2) ** 0.5), "mae": 1.5}
-
-
-@pytest.mark.timeout(60)
-def test_quality_rule_fires_on_a_drop_under_promtool(tmp_path: Path) -> None:
-    rule = quality_rule("ml-prod", "fraud", "recall", 0.8, for_="10m")
-    rules = tmp_path / "quality.rules.yml"
-    rules.write_text(yaml.safe_dump(rule["spec"]))
-    check = subprocess.run([find_binary("promtool"), "check", "rules", str(rules)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    series = 'kanari_realised_quality{namespace="ml-prod",model="fraud",revision="7",metric="recall"}'
-    tests: list[dict[str, Any]] = [{
-        "interval": "1m",
-        "input_series": [{"series": series, "values": "0.9x5 0.6x30"}],
-        "alert_rule_test": [
-            {"eval_time": "10m", "alertname": "KanariRealisedQualityDrop", "exp_alerts": []},
-            {"eval_time": "20m", "alertname": "KanariRealisedQualityDrop", "exp_alerts": [{
-                "exp_labels": {"severity": "critical", "namespace": "ml-prod", "model": "fraud", "revision": "7"},
-                "exp_annotations": {
-                    "summary": "Realised recall of ml-prod/fraud revision 7 is below 0.8",
-                    "description": "Computed from delayed ground-truth labels joined with logged predictions.",
-                },
-            }]},
-        ],
-    }]
-    spec = tmp_path / "tests.yml"
-    spec.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
-    result = subprocess.run([find_binary("promtool"), "test", "rules", str(spec)], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_cbpe_estimates_are_exported_and_withdrawn_when_undefined() -> None:

@@ -92,6 +92,7 @@ def model_ref(spec: ModelDeploymentSpec, package: PackageInfo | None) -> ModelRe
             image=package.image,
             format=spec.model.format,
             calibrationUri=package.metadata.get(keys.CALIBRATION_URI) or None,
+            registeredMetrics=keys.registered_metrics(package.metadata),
         )
     assert spec.model.storageUri
     return ModelRef(

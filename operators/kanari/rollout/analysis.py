@@ -19,7 +19,7 @@ from kanari.capacity.cost import runtime_tag
 from kanari.judging.analysis import judge_variables, measure_judge
 from kanari.rollout.judge import error, judge, query
 from kanari.rollout.prometheus import PrometheusClient, Sample
-from kanari.rollout.templates import PART_LABEL, MetricQuery, TemplateError, metric_query
+from kanari.rollout.templates import CBPE_TEMPLATES, PART_LABEL, MetricQuery, TemplateError, metric_query
 
 
 def variables(
@@ -39,6 +39,11 @@ def variables(
     out = {"namespace": namespace, "name": name, "canaryRevision": "", "stableRevision": ""}
     for key, ref in (("canaryTag", status.canaryModel), ("stableTag", status.stableModel)):
         out[key] = runtime_tag(namespace, name, ref.revision) if ref else ""
+    canary = status.canaryModel
+    out["canaryMonitorRevision"] = canary.monitor_revision if canary else ""
+    for metric, variable in CBPE_TEMPLATES.values():
+        registered = canary.registeredMetrics.get(metric) if canary else None
+        out[variable] = repr(registered) if registered is not None else ""
     if spec.rollout.analysis and any(m.judge for m in spec.rollout.analysis.metrics):
         out.update(judge_variables(status))
     if spec.serving.deploymentMode == "RawDeployment":

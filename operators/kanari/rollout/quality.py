@@ -29,12 +29,8 @@ def registered_metric(package: PackageInfo | None, arn: str | None, metric: str)
     """The figure the pipeline registered for this model version, when the package is the stable one's."""
     if package is None or not arn or package.arn != arn:
         return None
-    raw = package.metadata.get(keys.METRIC_PREFIX + metric)
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) and 0 <= value <= 1 else None
+    value = keys.registered_metrics(package.metadata).get(metric)
+    return value if value is not None and 0 <= value <= 1 else None
 
 
 async def observe_realised(
