@@ -10,10 +10,12 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, ModelRef, parse_spec
@@ -166,3 +168,18 @@ def test_the_registered_figure_reaches_the_query_exactly_or_not_at_all(
         assert f'revision="{version or "rev-8"}"' in promql and f'metric="{key}"' in promql
         assert set(builtin_parts(SPEC, spec_metric)) == {"value", "samples"}
 
+
+
+def test_the_readme_example_is_a_valid_cbpe_gate() -> None:
+    """The README's "CBPE as a canary gate" block, parsed as a rollout's analysis, builds the templates' queries."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**CBPE as a canary gate**"):]
+    block = section[section.index("```yaml\n") + len("```yaml\n"):section.index("```\n", section.index("```yaml\n") + 8)]
+    doc = yaml.safe_load(block)
+    spec = parse_spec({**SPEC.model_dump(mode="json", exclude_none=True),
+                       "rollout": {"steps": [{"setWeight": 20}, {"analysis": {}}], **doc}})
+    assert spec.rollout.analysis is not None
+    variables = analysis.variables(NS, "fraud", spec, status({"f1": 0.57, "roc_auc": 0.85}))
+    queries = [metric_query(spec, m, variables).promql for m in spec.rollout.analysis.metrics]
+    assert [m.template for m in spec.rollout.analysis.metrics] == ["estimated-f1-drop", "estimated-roc-auc-drop"]
+    assert "0.57 - max(kanari_estimated_quality" in queries[0] and "0.85 - max(" in queries[1]
