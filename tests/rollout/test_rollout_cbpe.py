@@ -22,7 +22,7 @@ from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus, ModelRef, p
 from kanari.judging.cbpe import estimate
 from kanari.judging.labels import QualityMetrics
 from kanari.rollout import analysis
-from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
+from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig, label_value
 from kanari.rollout.templates import TemplateError, builtin_parts, metric_query
 from prometheus_client import generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
@@ -146,8 +146,8 @@ def test_the_value_is_the_registered_figure_less_the_estimate(world: tuple[str, 
 # The variables are the only way the registered figure reaches PromQL: any finite figure round-trips exactly, and
 # a canary without one (or without a canary) gets no query at all, never one with a made-up number.
 @settings(max_examples=60, deadline=None)
-@given(f1=st.one_of(st.none(), st.floats(0, 1)), auc=st.one_of(st.none(), st.floats(0, 1)),
-       version=st.sampled_from(["", "8", "fraud/8"]), canary=st.booleans())
+@given(f1=st.one_of(st.none(), st.floats(-2, 2)), auc=st.one_of(st.none(), st.floats(-2, 2)),
+       version=st.sampled_from(["", "8", "fraud/8", 'v8"} or vector(0) or x{a="']), canary=st.booleans())
 def test_the_registered_figure_reaches_the_query_exactly_or_not_at_all(
     f1: float | None, auc: float | None, version: str, canary: bool,
 ) -> None:
@@ -158,14 +158,15 @@ def test_the_registered_figure_reaches_the_query_exactly_or_not_at_all(
     variables = analysis.variables(NS, "fraud", SPEC, st_)
     for metric, key, figure in ((METRICS[0], "f1", f1), (METRICS[1], "roc_auc", auc)):
         spec_metric = next(m for m in SPEC.rollout.analysis.metrics if m.name == metric["name"])  # type: ignore[union-attr]
-        if not canary or figure is None:
+        if not canary or figure is None or not 0 <= figure <= 1:  # out of range: not a registered proportion
             with pytest.raises(TemplateError):
                 metric_query(SPEC, spec_metric, variables)
             continue
         promql = metric_query(SPEC, spec_metric, variables).promql
         value_part = promql.split(" or ")[0]
         assert float(value_part.split("label_replace(", 1)[1].split(" - ", 1)[0]) == figure
-        assert f'revision="{version or "rev-8"}"' in promql and f'metric="{key}"' in promql
+        assert f'revision="{label_value(version or "rev-8")}"' in promql and f'metric="{key}"' in promql
+        assert "or vector(0)" not in promql.replace('\\"} or vector(0)', ""), "a version cannot inject PromQL"
         assert set(builtin_parts(SPEC, spec_metric)) == {"value", "samples"}
 
 

@@ -18,15 +18,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from kanari.api.v1alpha1 import ModelDeployment, ModelRef
+from kanari.rollout.prometheus import label_value
 
 ALERT = "KanariRealisedQualityDrop"
 # The bound already holds false alarms to alpha per evaluation; the hold only keeps one label batch that moves
 # the figure across the floor and back from paging anyone.
 HOLD = "10m"
 
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def z_score(alpha: float) -> float:
@@ -42,8 +40,8 @@ def drop_expr(namespace: str, model: str, metric: str, floors: dict[str, float],
     z2 = z * z
     parts = []
     for revision, floor in sorted(floors.items()):
-        sel = (f'namespace="{_quote(namespace)}", model="{_quote(model)}", revision="{_quote(revision)}", '
-               f'metric="{_quote(metric)}"')
+        sel = (f'namespace="{label_value(namespace)}", model="{label_value(model)}", '
+               f'revision="{label_value(revision)}", metric="{label_value(metric)}"')
         # max by: a sharded or restarted monitor may export the same series from more than one target.
         p = f"max by (namespace, model, revision, metric) (kanari_realised_quality{{{sel}}})"
         n = f"max by (namespace, model, revision, metric) (kanari_realised_quality_denominator{{{sel}}})"

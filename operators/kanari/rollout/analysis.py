@@ -18,7 +18,7 @@ from kanari.api.v1alpha1 import MetricResult, MetricSpec, ModelDeploymentSpec, M
 from kanari.capacity.cost import runtime_tag
 from kanari.judging.analysis import judge_variables, measure_judge
 from kanari.rollout.judge import error, judge, query
-from kanari.rollout.prometheus import PrometheusClient, Sample
+from kanari.rollout.prometheus import PrometheusClient, Sample, label_value
 from kanari.rollout.templates import CBPE_TEMPLATES, PART_LABEL, MetricQuery, TemplateError, metric_query
 
 
@@ -40,10 +40,13 @@ def variables(
     for key, ref in (("canaryTag", status.canaryModel), ("stableTag", status.stableModel)):
         out[key] = runtime_tag(namespace, name, ref.revision) if ref else ""
     canary = status.canaryModel
-    out["canaryMonitorRevision"] = canary.monitor_revision if canary else ""
+    # spec.model.version is free text: quoted, so it cannot reshape a query.
+    out["canaryMonitorRevision"] = label_value(canary.monitor_revision) if canary else ""
     for metric, variable in CBPE_TEMPLATES.values():
         registered = canary.registeredMetrics.get(metric) if canary else None
-        out[variable] = repr(registered) if registered is not None else ""
+        # The registry's figure is a proportion; anything else would move the gate (a negative one passes every
+        # canary), so it counts as not registered: the query is an Error, never a pass.
+        out[variable] = repr(registered) if registered is not None and 0 <= registered <= 1 else ""
     if spec.rollout.analysis and any(m.judge for m in spec.rollout.analysis.metrics):
         out.update(judge_variables(status))
     if spec.serving.deploymentMode == "RawDeployment":
