@@ -96,3 +96,24 @@ def test_cbpe_estimates_are_exported_and_withdrawn_when_undefined() -> None:
     assert exported()["precision"] == pytest.approx(0.85)
     metrics.set_estimate("ml-prod", "fraud", "rev-3", estimate([0.2, 0.1], None, 0.5))  # nothing predicted positive
     assert "precision" not in exported() and "roc_auc" in exported()
+
+
+def test_the_rows_behind_an_estimate_go_with_it() -> None:
+    """kanari_estimated_quality_rows is what a CBPE template checks against minSampleCount: it is exported with the
+    estimate and never left standing once the estimate is unavailable or the revision is gone."""
+    from kanari.judging.cbpe import estimate
+
+    metrics = QualityMetrics()
+
+    def rows() -> dict[str, float]:
+        text = generate_latest(metrics.registry).decode()
+        return {s.labels["revision"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                if s.name == "kanari_estimated_quality_rows"}
+
+    metrics.set_estimate("ml-prod", "fraud", "7", estimate([0.9, 0.8, 0.2, 0.1, 0.3], None, 0.5))
+    metrics.set_estimate("ml-prod", "fraud", "8", estimate([0.9, 0.1], None, 0.5))
+    assert rows() == {"7": 5, "8": 2}
+    metrics.set_estimate("ml-prod", "fraud", "7", None)  # calibration gone: no estimate, no rows
+    assert rows() == {"8": 2}
+    metrics.forget_revision("ml-prod", "fraud", "8")
+    assert rows() == {}
