@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kanari.api.v1alpha1 import ModelDeployment, ModelRef
+from kanari.judging.retro import one_sided_z
 from kanari.rollout.prometheus import label_value
 
 ALERT = "KanariRealisedQualityDrop"
@@ -26,17 +27,10 @@ ALERT = "KanariRealisedQualityDrop"
 HOLD = "10m"
 
 
-
-def z_score(alpha: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.isf(alpha))
-
-
 def drop_expr(namespace: str, model: str, metric: str, floors: dict[str, float], alpha: float, min_labels: int) -> str:
     """PromQL that returns, per revision in `floors` (monitor revision label -> registered - tolerance), the
     Wilson upper bound of its realised `metric` when that bound is below the floor over >= min_labels rows."""
-    z = z_score(alpha)
+    z = one_sided_z(alpha)
     z2 = z * z
     parts = []
     for revision, floor in sorted(floors.items()):
