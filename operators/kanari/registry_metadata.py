@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -60,6 +61,22 @@ LINEAGE = {
     "driftAlertStartsAt": (DRIFT_ALERT_STARTS_AT, "DriftAlertStartsAt"),
 }
 BASELINE = (BASELINE_URI, "BaselineUri")
+
+
+def registered_metrics(metadata: Mapping[str, str]) -> dict[str, float]:
+    """The test metrics registered with a package (kanari:metric.<name>), finite numbers only: a figure that
+    does not read as one is left out, so nothing is ever compared with a made-up number."""
+    out: dict[str, float] = {}
+    for key, raw in metadata.items():
+        if not key.startswith(METRIC_PREFIX) or not key[len(METRIC_PREFIX):]:
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            out[key[len(METRIC_PREFIX):]] = value
+    return out
 
 
 class CalibrationError(ValueError):

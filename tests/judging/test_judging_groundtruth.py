@@ -1,24 +1,17 @@
 """Delayed ground truth: the join store over random interleavings, the authenticated label endpoint, the
-realised-quality gauges and the quality-drop rule under the real promtool."""
+realised-quality and CBPE gauges (the quality-drop rule: tests/controller/test_quality_rules.py)."""
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kanari.judging.groundtruth import JoinStore
-from kanari.judging.labels import QualityMetrics, quality_rule
+from kanari.judging.labels import QualityMetrics
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.metrics import average_precision_score, f1_score, recall_score
-
-from devstack.stack import find_binary
 
 TOKEN = "s3cret-token"
 
@@ -89,35 +82,6 @@ def test_realised_quality_matches_sklearn_and_regression_errors() -> None:
     assert reg.quality["r"].metrics() == {"rmse": pytest.approx(((4 + 1) / 2) ** 0.5), "mae": 1.5}
 
 
-@pytest.mark.timeout(60)
-def test_quality_rule_fires_on_a_drop_under_promtool(tmp_path: Path) -> None:
-    rule = quality_rule("ml-prod", "fraud", "recall", 0.8, for_="10m")
-    rules = tmp_path / "quality.rules.yml"
-    rules.write_text(yaml.safe_dump(rule["spec"]))
-    check = subprocess.run([find_binary("promtool"), "check", "rules", str(rules)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    series = 'kanari_realised_quality{namespace="ml-prod",model="fraud",revision="7",metric="recall"}'
-    tests: list[dict[str, Any]] = [{
-        "interval": "1m",
-        "input_series": [{"series": series, "values": "0.9x5 0.6x30"}],
-        "alert_rule_test": [
-            {"eval_time": "10m", "alertname": "KanariRealisedQualityDrop", "exp_alerts": []},
-            {"eval_time": "20m", "alertname": "KanariRealisedQualityDrop", "exp_alerts": [{
-                "exp_labels": {"severity": "critical", "namespace": "ml-prod", "model": "fraud", "revision": "7"},
-                "exp_annotations": {
-                    "summary": "Realised recall of ml-prod/fraud revision 7 is below 0.8",
-                    "description": "Computed from delayed ground-truth labels joined with logged predictions.",
-                },
-            }]},
-        ],
-    }]
-    spec = tmp_path / "tests.yml"
-    spec.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
-    result = subprocess.run([find_binary("promtool"), "test", "rules", str(spec)], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_cbpe_estimates_are_exported_and_withdrawn_when_undefined() -> None:
     from kanari.judging.cbpe import estimate
 
@@ -132,3 +96,24 @@ def test_cbpe_estimates_are_exported_and_withdrawn_when_undefined() -> None:
     assert exported()["precision"] == pytest.approx(0.85)
     metrics.set_estimate("ml-prod", "fraud", "rev-3", estimate([0.2, 0.1], None, 0.5))  # nothing predicted positive
     assert "precision" not in exported() and "roc_auc" in exported()
+
+
+def test_the_rows_behind_an_estimate_go_with_it() -> None:
+    """kanari_estimated_quality_rows is what a CBPE template checks against minSampleCount: it is exported with the
+    estimate and never left standing once the estimate is unavailable or the revision is gone."""
+    from kanari.judging.cbpe import estimate
+
+    metrics = QualityMetrics()
+
+    def rows() -> dict[str, float]:
+        text = generate_latest(metrics.registry).decode()
+        return {s.labels["revision"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                if s.name == "kanari_estimated_quality_rows"}
+
+    metrics.set_estimate("ml-prod", "fraud", "7", estimate([0.9, 0.8, 0.2, 0.1, 0.3], None, 0.5))
+    metrics.set_estimate("ml-prod", "fraud", "8", estimate([0.9, 0.1], None, 0.5))
+    assert rows() == {"7": 5, "8": 2}
+    metrics.set_estimate("ml-prod", "fraud", "7", None)  # calibration gone: no estimate, no rows
+    assert rows() == {"8": 2}
+    metrics.forget_revision("ml-prod", "fraud", "8")
+    assert rows() == {}

@@ -72,7 +72,9 @@ def test_variables_come_from_the_inference_service_in_serverless_mode():
     raw = make_spec("v2", serving={"accelerator": "cpu", "deploymentMode": "RawDeployment"})
     assert variables("ml", "fraud", raw, status) == {"namespace": "ml", "name": "fraud", "canaryRevision": "b2",
                                                       "stableRevision": "a1", "canaryTag": "ml.fraud.b2",
-                                                      "stableTag": "ml.fraud.a1"}
+                                                      "stableTag": "ml.fraud.a1", "canaryMonitorRevision": "b2",
+                                                      # no figure registered: empty, so a CBPE query is an Error
+                                                      "canaryRegisteredF1": "", "canaryRegisteredRocAuc": ""}
 
 
 def test_controller_metrics_count_each_promotion_and_rollback_once():

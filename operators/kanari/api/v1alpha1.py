@@ -352,6 +352,8 @@ TemplateName = Literal[
     "cost-per-1k-inferences",  # USD per 1,000 inferences (Neuron: held NeuronCore-seconds x price / requests)
     "cost-per-1k-regression",  # percent the canary's cost per 1,000 is above the stable's
     "cold-start-seconds",  # pod scheduled -> first successful inference, worst pod of the revision
+    "estimated-f1-drop",  # the canary package's registered F1 less the canary's CBPE estimate of it
+    "estimated-roc-auc-drop",  # the same for ROC-AUC
 ]
 BUILTIN_TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 
@@ -759,6 +761,10 @@ class ModelRef(BaseModel):
     # The SHA-256 of the calibration's bytes as registered (kanari:calibration-sha256): it travels with the URI
     # so the drift monitor refuses a file changed after registration.
     calibrationSha256: str | None = None
+    # The test metrics the pipeline registered with the package (kanari:metric.<name>): what the realised-quality
+    # alert and the CBPE templates compare this version with, kept with the version (a canary's stable has no
+    # package fetched).
+    registeredMetrics: dict[str, float] = Field(default_factory=dict)
 
     @property
     def monitor_revision(self) -> str:
@@ -1013,6 +1019,9 @@ class ModelDeploymentStatus(BaseModel):
     lineage: Lineage | None = None
     retraining: list[RetrainRecord] = Field(default_factory=list, max_length=20)
     driftRule: str | None = Field(default=None, description="The PrometheusRule the controller owns for drift alerts.")
+    qualityRule: str | None = Field(
+        default=None, description="The PrometheusRule the controller owns for realised-quality alerts."
+    )
     capacity: CapacityStatus | None = None
     cost: list[RevisionCost] = Field(default_factory=list, max_length=2)
     warmup: WarmupStatus | None = None

@@ -168,7 +168,7 @@ def render_objects(doc: dict[str, Any], config: Any, resolve: Any = None) -> lis
     approval = next((c for c in desired.status.conditions if c.type == "ModelApproved" and c.status == "False"), None)
     if approval:
         raise SpecError("spec.model.modelPackageArn", approval.message.split(":", 1)[-1].strip())
-    objects = [o for o in (desired.isvc, desired.prometheus_rule) if o is not None]
+    objects = [o for o in (desired.isvc, *desired.rules.values()) if o is not None]
     for obj in objects:
         # Owner UIDs exist only in a cluster; a rendered manifest must not carry an empty one.
         obj["metadata"].pop("ownerReferences", None)

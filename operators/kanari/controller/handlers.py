@@ -341,19 +341,19 @@ async def reconcile_once(
         if outcome != "unchanged":
             rt.children.pop(key, None)  # the watch brings the written object; until then, read it fresh
             logger.info("InferenceService %s %s", name, outcome)
-    if desired.prometheus_rule is not None:
-        await _converge_rule(rt, namespace, desired.prometheus_rule)
-    elif desired.delete_prometheus_rule and snapshot["status"].get("driftRule"):
-        await rt.kube.delete(kube.PROMETHEUS_RULE, namespace, snapshot["status"]["driftRule"])
-        rt.rules.pop((namespace, snapshot["status"]["driftRule"]), None)
+    for owned, rule in desired.rules.items():
+        if rule is not None:
+            await _converge_rule(rt, namespace, rule)
+        elif snapshot["status"].get(owned):
+            await rt.kube.delete(kube.PROMETHEUS_RULE, namespace, snapshot["status"][owned])
+            rt.rules.pop((namespace, snapshot["status"][owned]), None)
 
     # status.retraining belongs to the alert receiver and status.previewTraffic to the drift monitor's replayer;
     # each patches its own: never written back here.
     new_status = desired.status.model_dump(mode="json", exclude={"retraining", "previewTraffic"})
-    if desired.prometheus_rule is not None:
-        new_status["driftRule"] = desired.prometheus_rule["metadata"]["name"]
-    elif desired.delete_prometheus_rule:
-        new_status["driftRule"] = None  # deleted: not to be deleted again at every resync
+    for owned, rule in desired.rules.items():
+        # None once deleted: not to be deleted again at every resync.
+        new_status[owned] = rule["metadata"]["name"] if rule is not None else None
     version = meta.get("resourceVersion")
     # Compared without nulls on both sides: a merge patch deletes null fields, and an API server may keep or prune
     # the nulls inside lists (a measurement with no value): either way they are not a change.

@@ -93,6 +93,7 @@ def model_ref(spec: ModelDeploymentSpec, package: PackageInfo | None) -> ModelRe
             format=spec.model.format,
             calibrationUri=package.metadata.get(keys.CALIBRATION_URI) or None,
             calibrationSha256=package.metadata.get(keys.CALIBRATION_SHA256) or None,
+            registeredMetrics=keys.registered_metrics(package.metadata),
         )
     assert spec.model.storageUri
     return ModelRef(

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kanari import registry_metadata as keys
 from kanari.api.conditions import Event, get_condition, set_condition
 from kanari.api.v1alpha1 import (
     ACTION_ANNOTATION,
@@ -29,7 +30,7 @@ from kanari.capacity import isvc as capacity_isvc
 from kanari.capacity import provenance
 from kanari.capacity.gate import CapacityView
 from kanari.capacity.spec import check_fits_instance
-from kanari.controller import inferenceservice, isvc_health
+from kanari.controller import drift_rules, inferenceservice, isvc_health, quality_rules
 from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo, baseline_uri, model_ref
 from kanari.controller.serving_runtime import choose_runtime
@@ -59,8 +60,9 @@ class ClusterObservation:
 class ReconcileResult:
     status: ModelDeploymentStatus
     isvc: dict[str, Any] | None = None  # None: leave the InferenceService as it is
-    prometheus_rule: dict[str, Any] | None = None
-    delete_prometheus_rule: bool = False
+    # The PrometheusRules it owns, by the status field that records each one's name (driftRule, qualityRule): a
+    # rule to converge, or None to delete the recorded one. A field left out: leave that rule as it is.
+    rules: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
 
@@ -226,24 +228,21 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
         update["lineage"] = package.lineage
     new_status = new_status.model_copy(update=update)
 
-    prometheus_rule = None
-    delete_rule = False
-    if spec.monitoring and spec.monitoring.enabled:
-        from kanari.controller.drift_rules import build_prometheus_rule
-
-        prometheus_rule = build_prometheus_rule(md)
-        if prometheus_rule is not None:
-            prometheus_rule.setdefault("metadata", {})["ownerReferences"] = [inferenceservice.owner_reference(md)]
-    else:
-        delete_rule = True
+    # Built from the status just decided: the quality alerts follow the revisions served from now on.
+    decided = md.model_copy(update={"status": new_status})
+    rules = {"driftRule": drift_rules.build_prometheus_rule(decided),
+             "qualityRule": quality_rules.build_prometheus_rule(
+                 decided, {package.arn: keys.registered_metrics(package.metadata)} if package is not None else None)}
+    for rule in rules.values():
+        if rule is not None:
+            rule["metadata"]["ownerReferences"] = [inferenceservice.owner_reference(md)]
     requeue = decision.requeue_after
     if not ready:
         requeue = min(requeue or config.resync_seconds, 5.0)
     return ReconcileResult(
         status=new_status,
         isvc=isvc,
-        prometheus_rule=prometheus_rule,
-        delete_prometheus_rule=delete_rule,
+        rules=rules,
         events=events,
         requeue_after=requeue,
     )

@@ -1,5 +1,6 @@
 """Delayed ground truth as the drift monitor serves it: what a label batch or a label file may contain,
-the realised-quality and CBPE gauges, and the PrometheusRule for a realised-quality drop.
+the realised-quality and CBPE gauges. The alert on a realised-quality drop is the controller's
+(kanari.controller.quality_rules), the CBPE analysis templates the rollout's (kanari.rollout.templates).
 
 The monitor (kanari.monitor.server) owns the HTTP endpoint and the S3 label drop (kanari.monitor.labeldrop);
 both parse through `parse_labels`, so a bad item is refused the same way from either (its index or file
@@ -12,6 +13,7 @@ Gauges (one family each, every model's series beside the others):
   kanari_realised_quality_denominator{namespace,model,revision,metric}  the rows behind each figure
   kanari_estimated_quality{namespace,model,revision,metric}             CBPE, only with a calibration
   kanari_estimated_quality_available{namespace,model,revision}          0 when there is no calibration
+  kanari_estimated_quality_rows{namespace,model,revision}               the scored rows behind the estimate
   kanari_groundtruth_joined / _pending / _dropped
 """
 
@@ -84,6 +86,10 @@ class QualityMetrics:
                                "1: kanari_estimated_quality is exported; 0: it is not (no calibration registered "
                                "with the model package, or too few scores)",
                                ["namespace", "model", "revision"], registry=self.registry)
+        self.estimated_rows = Gauge("kanari_estimated_quality_rows",
+                                    "Scored predictions behind kanari_estimated_quality (what a CBPE analysis "
+                                    "template checks against minSampleCount)",
+                                    ["namespace", "model", "revision"], registry=self.registry)
         self._dropped_seen: dict[tuple[str, str, str], int] = {}
         self._series: dict[tuple[str, str], set[tuple[Any, tuple[str, ...]]]] = {}
 
@@ -101,6 +107,10 @@ class QualityMetrics:
         """Export a CBPE estimate beside the realised figures (same metric names, so one panel shows both);
         None: unavailable, and no number is left standing."""
         self._set(self.available, (namespace, model, revision), 1.0 if estimate is not None else 0.0)
+        if estimate is not None:
+            self._set(self.estimated_rows, (namespace, model, revision), estimate.rows)
+        else:
+            self._remove(self.estimated_rows, (namespace, model, revision))
         for metric in ESTIMATED:
             value = getattr(estimate, metric) if estimate is not None else None
             key = (namespace, model, revision, metric)
@@ -126,7 +136,7 @@ class QualityMetrics:
             self._dropped_seen[key] = total
 
     def forget_revision(self, namespace: str, model: str, revision: str) -> None:
-        per_revision = (self.joined, self.quality, self.denominator, self.estimated, self.available)
+        per_revision = (self.joined, self.quality, self.denominator, self.estimated, self.available, self.estimated_rows)
         series = self._series.get((namespace, model), set())
         for gauge, key in [(g, k) for g, k in series if any(g is p for p in per_revision) and k[2] == revision]:
             gauge.remove(*key)
@@ -138,28 +148,3 @@ class QualityMetrics:
             gauge.remove(*key)
         self._dropped_seen = {k: v for k, v in self._dropped_seen.items() if k[:2] != (namespace, model)}
 
-
-def quality_rule(namespace: str, model: str, metric: str, minimum: float, for_: str = "15m") -> dict[str, Any]:
-    """A PrometheusRule alerting when a revision's realised quality falls below `minimum`."""
-    expr = (f'min by (revision) (kanari_realised_quality{{namespace="{namespace}", model="{model}", '
-            f'metric="{metric}"}}) < {minimum:g}')
-    return {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
-        "metadata": {"name": f"{model}-realised-quality", "namespace": namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "kanari"}},
-        "spec": {"groups": [{
-            "name": f"kanari-realised-quality-{model}",
-            "rules": [{
-                "alert": "KanariRealisedQualityDrop",
-                "expr": expr,
-                "for": for_,
-                "labels": {"severity": "critical", "namespace": namespace, "model": model},
-                "annotations": {
-                    "summary": f"Realised {metric} of {namespace}/{model} revision {{{{ $labels.revision }}}} "
-                               f"is below {minimum:g}",
-                    "description": "Computed from delayed ground-truth labels joined with logged predictions.",
-                },
-            }],
-        }]},
-    }

@@ -31,10 +31,15 @@ class RetroVerdict:
     upper_bound: float | None = None
 
 
-def wilson_upper(successes: float, n: float, alpha: float) -> float:
+def one_sided_z(alpha: float) -> float:
+    """The standard normal quantile the one-sided (1 - alpha) bound uses (also written into the alert's PromQL)."""
     from scipy.stats import norm
 
-    z = float(norm.isf(alpha))
+    return float(norm.isf(alpha))
+
+
+def wilson_upper(successes: float, n: float, alpha: float) -> float:
+    z = one_sided_z(alpha)
     p = successes / n
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))

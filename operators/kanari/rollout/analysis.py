@@ -18,8 +18,8 @@ from kanari.api.v1alpha1 import MetricResult, MetricSpec, ModelDeploymentSpec, M
 from kanari.capacity.cost import runtime_tag
 from kanari.judging.analysis import judge_variables, measure_judge
 from kanari.rollout.judge import error, judge, query
-from kanari.rollout.prometheus import PrometheusClient, Sample
-from kanari.rollout.templates import PART_LABEL, MetricQuery, TemplateError, metric_query
+from kanari.rollout.prometheus import PrometheusClient, Sample, label_value
+from kanari.rollout.templates import CBPE_TEMPLATES, PART_LABEL, MetricQuery, TemplateError, metric_query
 
 
 def variables(
@@ -39,6 +39,14 @@ def variables(
     out = {"namespace": namespace, "name": name, "canaryRevision": "", "stableRevision": ""}
     for key, ref in (("canaryTag", status.canaryModel), ("stableTag", status.stableModel)):
         out[key] = runtime_tag(namespace, name, ref.revision) if ref else ""
+    canary = status.canaryModel
+    # spec.model.version is free text: quoted, so it cannot reshape a query.
+    out["canaryMonitorRevision"] = label_value(canary.monitor_revision) if canary else ""
+    for metric, variable in CBPE_TEMPLATES.values():
+        registered = canary.registeredMetrics.get(metric) if canary else None
+        # The registry's figure is a proportion; anything else would move the gate (a negative one passes every
+        # canary), so it counts as not registered: the query is an Error, never a pass.
+        out[variable] = repr(registered) if registered is not None and 0 <= registered <= 1 else ""
     if spec.rollout.analysis and any(m.judge for m in spec.rollout.analysis.metrics):
         out.update(judge_variables(status))
     if spec.serving.deploymentMode == "RawDeployment":

@@ -35,6 +35,11 @@ ENV_TOKEN_FILE = "KANARI_PROMETHEUS_BEARER_TOKEN_FILE"
 ENV_SIGV4_REGION = "KANARI_PROMETHEUS_SIGV4_REGION"
 
 
+def label_value(value: str) -> str:
+    """`value` inside a PromQL double-quoted label matcher: a quote in a name cannot end the string early."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class PrometheusError(Exception):
     pass
 

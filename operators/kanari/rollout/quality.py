@@ -11,16 +11,17 @@ from kanari import registry_metadata as keys
 from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus
 from kanari.controller.model_source import PackageInfo
 from kanari.rollout import engine
-from kanari.rollout.prometheus import PrometheusClient, PrometheusQueryError, PrometheusUnavailable
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+from kanari.rollout.prometheus import (
+    PrometheusClient,
+    PrometheusQueryError,
+    PrometheusUnavailable,
+    label_value,
+)
 
 
 def queries(namespace: str, name: str, revision: str, metric: str) -> tuple[str, str]:
-    sel = (f'namespace="{_quote(namespace)}", model="{_quote(name)}", revision="{_quote(revision)}", '
-           f'metric="{_quote(metric)}"')
+    sel = (f'namespace="{label_value(namespace)}", model="{label_value(name)}", '
+           f'revision="{label_value(revision)}", metric="{label_value(metric)}"')
     # max(): with a sharded monitor only the owner exports a model, and a restarted one starts again from 0.
     return f"max(kanari_realised_quality{{{sel}}})", f"max(kanari_realised_quality_denominator{{{sel}}})"
 
@@ -29,12 +30,8 @@ def registered_metric(package: PackageInfo | None, arn: str | None, metric: str)
     """The figure the pipeline registered for this model version, when the package is the stable one's."""
     if package is None or not arn or package.arn != arn:
         return None
-    raw = package.metadata.get(keys.METRIC_PREFIX + metric)
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) and 0 <= value <= 1 else None
+    value = keys.registered_metrics(package.metadata).get(metric)
+    return value if value is not None and 0 <= value <= 1 else None
 
 
 async def observe_realised(

@@ -19,6 +19,13 @@ Where the numbers come from:
   `kanari.dev/revision`, which Prometheus' Kubernetes discovery (labelmap) exposes as
   `kanari_dev_revision`; `{{canaryRevision}}`/`{{stableRevision}}` are its values. Latency is predict
   time as the model server measures it, in seconds.
+- CBPE (`estimated-f1-drop`, `estimated-roc-auc-drop`): the drift monitor's label-free estimate of the canary's
+  quality, `kanari_estimated_quality{namespace,model,revision,metric}` with the rows behind it
+  (`kanari_estimated_quality_rows`), subtracted from the figure the canary's model package registered on the
+  test split (status.canaryModel.registeredMetrics, from kanari:metric.<name>). The value is the drop (positive:
+  worse than registered), judged with `thresholdRange: {max: <tolerated drop>}`. `revision` is the monitor's
+  label for the canary (its registry version, else its rollout revision). No calibration, no estimate: no
+  value (Inconclusive); no registered figure: an Error naming the variable. Never a pass on either.
 - Drift: the drift monitor's gauges `kanari_canary_divergence{namespace,model,method}`,
   `kanari_prediction_drift{namespace,model,endpoint,revision,method}` and
   `kanari_drift_window_samples{namespace,model,endpoint}`; `endpoint` is KServe's logger endpoint,
@@ -39,7 +46,12 @@ from kanari.capacity import cost
 PART_LABEL = "kanari_part"
 RAW_REVISION_LABEL = "kanari_dev_revision"
 # canaryTag/stableTag: the revisions' Neuron runtime tags (kanari.capacity.cost.runtime_tag).
-VARIABLES = ("namespace", "name", "canaryRevision", "stableRevision", "interval", "canaryTag", "stableTag")
+# canaryMonitorRevision: the drift monitor's `revision` label for the canary; canaryRegistered<Metric>: the
+# test metric its model package registered (empty when it registered none).
+CBPE_TEMPLATES = {"estimated-f1-drop": ("f1", "canaryRegisteredF1"),
+                  "estimated-roc-auc-drop": ("roc_auc", "canaryRegisteredRocAuc")}
+VARIABLES = ("namespace", "name", "canaryRevision", "stableRevision", "interval", "canaryTag", "stableTag",
+             "canaryMonitorRevision", *(variable for _, variable in CBPE_TEMPLATES.values()))
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -132,12 +144,24 @@ def _drift(template: str, spec: ModelDeploymentSpec, endpoint: str) -> tuple[str
     )
 
 
+def _cbpe(template: str) -> dict[str, str]:
+    metric, registered = CBPE_TEMPLATES[template]
+    who = 'namespace="{{namespace}}", model="{{name}}", revision="{{canaryMonitorRevision}}"'
+    # max(): with a sharded monitor only the owner exports a model, and a restarted one starts again.
+    return {
+        "value": f'{{{{{registered}}}}} - max(kanari_estimated_quality{{{who}, metric="{metric}"}})',
+        "samples": f"max(kanari_estimated_quality_rows{{{who}}})",
+    }
+
+
 def builtin_parts(spec: ModelDeploymentSpec, metric: MetricSpec) -> dict[str, str]:
     """value/samples/stable PromQL (with {{variables}} still in) for a built-in template."""
     template = metric.template or ""
     window = "{{interval}}"
     if template in cost.TEMPLATES:
         return cost.parts(template, spec.serving.deploymentMode, metric_interval(spec, metric))
+    if template in CBPE_TEMPLATES:
+        return _cbpe(template)
     if template in ("canary-vs-stable-psi", "prediction-drift"):
         value, samples = _drift(template, spec, "canary")
         parts = {"value": value, "samples": samples}

@@ -1,0 +1,210 @@
+"""The realised-quality PrometheusRule (kanari.controller.quality_rules): emitted by the controller for a
+ModelDeployment with spec.rollout.rollbackWindow, owner-referenced and idempotent, deleted with the window; valid
+under the Prometheus Operator's CRD; and under the real `promtool test rules`, its alert fires for exactly the
+revisions the retro-verdict (kanari.judging.retro) would roll back, for any realised figures."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from kanari.api.v1alpha1 import ModelDeployment, parse_model_deployment
+from kanari.controller import quality_rules
+from kanari.controller.config import OperatorConfig
+from kanari.controller.model_source import PackageInfo
+from kanari.controller.reconcile import ClusterObservation, reconcile
+from kanari.judging.retro import retro_verdict, wilson_upper
+
+from devstack.stack import find_binary
+from tests.support.schemas import validate_custom
+
+NS, NAME = "ml-prod", "fraud"
+ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/fraud/{}"
+WINDOW = {"duration": "2h", "metric": "recall", "tolerance": 0.05, "alpha": 0.01, "minLabels": 50}
+T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+CONFIG = OperatorConfig(drift_monitor_url="http://drift.kanari:8080")
+
+
+def ref(version: str, recall: float | None) -> dict[str, Any]:
+    return {"revision": f"rev-{version}", "version": version, "storageUri": f"s3://models/fraud/{version}/",
+            "modelPackageArn": ARN.format(version),
+            "registeredMetrics": {"recall": recall, "f1": 0.8} if recall is not None else {}}
+
+
+def md(window: dict[str, Any] | None = WINDOW, stable: float | None = 0.9, canary: float | None = None) -> ModelDeployment:
+    status: dict[str, Any] = {"stableModel": ref("7", stable)}
+    if canary is not None:
+        status["canaryModel"] = ref("8", canary)
+    rollout: dict[str, Any] = {"strategy": "AllAtOnce"}
+    if window is not None:
+        rollout["rollbackWindow"] = window
+    return parse_model_deployment({
+        "apiVersion": "kanari.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {"model": {"modelPackageArn": ARN.format("7"), "format": "sklearn"}, "serving": {"accelerator": "cpu"},
+                 "rollout": rollout},
+        "status": status,
+    })
+
+
+def test_the_rule_fits_the_prometheus_operator_crd_and_only_exists_with_a_registered_figure() -> None:
+    rule = quality_rules.build_prometheus_rule(md(canary=0.92))
+    assert rule is not None
+    validate_custom(rule)
+    assert rule["metadata"]["name"] == "fraud-realised-quality"
+    broken = copy.deepcopy(rule)
+    broken["spec"]["groups"][0]["rules"][0]["for"] = "10 minutes"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom(broken)
+    assert quality_rules.build_prometheus_rule(md(window=None)) is None, "no rollbackWindow: nothing to alert on"
+    assert quality_rules.build_prometheus_rule(md(stable=None)) is None, "never a floor without a registered figure"
+    # A status written before registered metrics were kept: the package (when it is that version's) supplies them.
+    legacy = quality_rules.build_prometheus_rule(md(stable=None), {ARN.format("7"): {"recall": 0.9}})
+    assert legacy is not None and 'revision="7"' in legacy["spec"]["groups"][0]["rules"][0]["expr"]
+    assert quality_rules.floors(md(canary=0.92)) == pytest.approx({"7": 0.85, "8": 0.87})
+
+
+def promtool_test(tmp_path: Path, rule: dict[str, Any], tests: list[dict[str, Any]]) -> None:
+    rules = tmp_path / "quality.rules.yml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    promtool = find_binary("promtool")
+    check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    spec = tmp_path / "tests.yml"
+    spec.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
+    result = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def series(name: str, revision: str, values: str, metric: str = "recall", **extra: str) -> dict[str, str]:
+    labels = {"namespace": NS, "model": NAME, "revision": revision, "metric": metric, **extra}
+    text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{text}}}", "values": values}
+
+
+@pytest.mark.timeout(60)
+def test_a_realised_drop_fires_after_the_hold_and_nothing_else_does(tmp_path: Path) -> None:
+    rule = quality_rules.build_prometheus_rule(md(canary=0.92))
+    assert rule is not None
+    upper = wilson_upper(0.6 * 200, 200, 0.01)
+    inputs = [
+        # Stable "7" (registered 0.90): realised recall 0.90, then 0.60 over 200 labels from minute 5;
+        # two monitor replicas export it (a sharded or restarted monitor), which must not double anything.
+        series("kanari_realised_quality", "7", "0.9x4 0.6x30", pod="a"),
+        series("kanari_realised_quality", "7", "0.9x4 0.6x30", pod="b"),
+        series("kanari_realised_quality_denominator", "7", "200x35", pod="a"),
+        # Canary "8" (registered 0.92): 0.60 but over 40 labels, fewer than minLabels 50: no verdict.
+        series("kanari_realised_quality", "8", "0.6x35"),
+        series("kanari_realised_quality_denominator", "8", "40x35"),
+        # Another metric of the same revision, and another model: not this rule's business.
+        series("kanari_realised_quality", "7", "0.1x35", metric="precision"),
+        series("kanari_realised_quality_denominator", "7", "900x35", metric="precision"),
+        series("kanari_realised_quality", "7", "0.1x35", model="other"),
+        series("kanari_realised_quality_denominator", "7", "900x35", model="other"),
+    ]
+    alert = {
+        "exp_labels": {"severity": "critical", "namespace": NS, "model": NAME, "revision": "7", "metric": "recall"},
+        "exp_annotations": {
+            "summary": "Realised recall of ml-prod/fraud revision 7 is below its registered recall less 0.05",
+            "description": f"From delayed ground-truth labels: the 0.99 upper bound of the realised recall is "
+                           f"{upper:.4f}, below the floor (registered less 0.05; 7: 0.85, 8: 0.87) over at least 50 "
+                           "labels.",
+        },
+    }
+    promtool_test(tmp_path, rule, [{
+        "interval": "1m",
+        "input_series": inputs,
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": quality_rules.ALERT, "exp_alerts": []},
+            {"eval_time": "12m", "alertname": quality_rules.ALERT, "exp_alerts": []},  # held, not yet for 10m
+            {"eval_time": "16m", "alertname": quality_rules.ALERT, "exp_alerts": [alert]},
+        ],
+    }])
+
+
+def realised(n: int, k: int) -> float:
+    return k / n
+
+
+cases = st.lists(
+    st.tuples(st.integers(1, 400), st.floats(0, 1), st.floats(0.3, 1.0)).map(
+        lambda t: (t[0], round(t[1] * t[0]), round(t[2], 3))),  # (denominator, successes, registered)
+    min_size=1, max_size=12,
+)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cases=cases, tolerance=st.sampled_from([0.0, 0.02, 0.05, 0.1]), alpha=st.sampled_from([0.01, 0.05, 0.2]),
+       min_labels=st.sampled_from([1, 30, 100]))
+# One that rolls back (0.60 over 200 vs 0.90 - 0.05), one within tolerance, one with too few labels.
+@example(cases=[(200, 120, 0.9), (200, 176, 0.9), (20, 2, 0.9)], tolerance=0.05, alpha=0.01, min_labels=30)
+def test_the_alert_fires_for_exactly_the_revisions_the_retro_verdict_rolls_back(
+    tmp_path: Path, cases: list[tuple[int, int, float]], tolerance: float, alpha: float, min_labels: int,
+) -> None:
+    floors, inputs, expected = {}, [], []
+    for i, (n, k, registered) in enumerate(cases):
+        revision, value = f"r{i}", realised(n, k)
+        floor = registered - tolerance
+        # A bound within rounding of the floor is a coin toss between two float implementations: not a property.
+        if n >= min_labels and abs(wilson_upper(k, n, alpha) - floor) < 1e-9:
+            continue
+        floors[revision] = floor
+        inputs += [series("kanari_realised_quality", revision, f"{value!r}x3"),
+                   series("kanari_realised_quality_denominator", revision, f"{n}x3")]
+        verdict = retro_verdict(metric="recall", realised=value, denominator=n, registered=registered,
+                                tolerance=tolerance, promoted_at=T0, now=T0, rollback_window=timedelta(hours=1),
+                                alpha=alpha, min_labels=min_labels)
+        if verdict.rollback:
+            expected.append(revision)
+    if not floors:
+        return
+    if cases == [(200, 120, 0.9), (200, 176, 0.9), (20, 2, 0.9)]:
+        assert expected == ["r0"]  # the explicit example: the property is not vacuously "nothing fires"
+    rule = {"spec": {"groups": [{"name": "t", "rules": [{
+        "alert": "Drop", "expr": quality_rules.drop_expr(NS, NAME, "recall", floors, alpha, min_labels),
+    }]}]}}
+    exp_alerts = [{"exp_labels": {"namespace": NS, "model": NAME, "revision": r, "metric": "recall"}}
+                  for r in sorted(expected)]
+    promtool_test(tmp_path, rule, [{
+        "interval": "1m", "input_series": inputs,
+        "alert_rule_test": [{"eval_time": "1m", "alertname": "Drop", "exp_alerts": exp_alerts}],
+    }])
+
+
+def body(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "kanari.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": NAME, "namespace": NS, "uid": "uid-1", "generation": 1},
+            "spec": spec, "status": status or {}}
+
+
+def test_the_controller_owns_the_rule_while_the_window_is_set() -> None:
+    spec = {"model": {"modelPackageArn": ARN.format("7"), "format": "sklearn"}, "serving": {"accelerator": "cpu"},
+            "rollout": {"strategy": "AllAtOnce", "rollbackWindow": WINDOW}}
+    package = PackageInfo(ARN.format("7"), "s3://models/fraud/7/", None, "Approved",
+                          {"kanari:metric.recall": "0.900000", "kanari:metric.f1": "0.810000"})
+    first = reconcile(body(spec), ClusterObservation(now=T0, package=package), CONFIG)
+    assert first.status.stableModel is not None
+    assert first.status.stableModel.registeredMetrics == {"recall": 0.9, "f1": 0.81}
+    rule = first.rules["qualityRule"]
+    assert rule is not None and first.rules["driftRule"] is None
+    assert rule["metadata"]["ownerReferences"] == [{
+        "apiVersion": "kanari.dev/v1alpha1", "kind": "ModelDeployment", "name": NAME, "uid": "uid-1",
+        "controller": True, "blockOwnerDeletion": True,
+    }]
+    assert 'revision="fraud/7"' in rule["spec"]["groups"][0]["rules"][0]["expr"]
+    again = reconcile(body(spec, first.status.model_dump(mode="json")), ClusterObservation(now=T0, package=package),
+                      CONFIG)
+    assert again.rules == first.rules, "the same facts must give the same rule"
+    # The window removed: the rule is to be deleted (None), not left behind.
+    gone = {**spec, "rollout": {"strategy": "AllAtOnce"}}
+    assert reconcile(body(gone, again.status.model_dump(mode="json")), ClusterObservation(now=T0, package=package),
+                     CONFIG).rules["qualityRule"] is None
