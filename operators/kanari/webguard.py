@@ -27,6 +27,27 @@ MAX_JSON_DEPTH = 64
 # downstream can use them, and float conversion of 10**400 raises OverflowError deep in numpy.
 MAX_INT_DIGITS = 300
 
+def bearer_token(flag: str, path: str | None, env: str, *, required: str = "") -> str:
+    """A bearer token from a file (a mounted Secret) named by `flag`, else the variable `env`; "" when neither
+    holds one, unless `required` says why that is refused. An unreadable or empty file is an error naming the
+    flag, never a fallback to the variable (a mounted Secret that did not arrive must not go unnoticed)."""
+    import os
+    from pathlib import Path
+
+    if path:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"{flag}: unreadable ({exc.strerror or type(exc).__name__})") from None
+        if not token:
+            raise ValueError(f"{flag}: the file is empty")
+        return token
+    token = os.environ.get(env, "").strip()
+    if not token and required:
+        raise ValueError(f"no bearer token: pass {flag} or set {env}; {required}")
+    return token
+
+
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 
 

@@ -673,3 +673,24 @@ def test_alert_names_and_fingerprints_that_would_bloat_the_status_are_refused() 
     with pytest.raises(ValueError, match=r"alerts\[0\]\.fingerprint: longer than 64"):
         parse_payload({"version": "4", "alerts": [{**base, "fingerprint": "f" * 65}]})
 
+
+
+def test_every_service_reads_its_bearer_token_the_same_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One reader (kanari.webguard.bearer_token) for the receiver, the monitor's label and read APIs and the
+    label CLI: a Secret file that did not arrive is an error naming the flag (not its path), never a fallback."""
+    from kanari.webguard import bearer_token
+
+    monkeypatch.setenv("KANARI_TEST_TOKEN", " from-env ")
+    assert bearer_token("--token-file", None, "KANARI_TEST_TOKEN") == "from-env"
+    (tmp_path / "t").write_text("from-file\n")
+    assert bearer_token("--token-file", str(tmp_path / "t"), "KANARI_TEST_TOKEN") == "from-file"
+    for path, said in ((tmp_path / "missing", "unreadable"), (tmp_path / "empty", "empty")):
+        if said == "empty":
+            path.write_text("  \n")
+        with pytest.raises(ValueError, match=f"^--token-file: .*{said}") as err:
+            bearer_token("--token-file", str(path), "KANARI_TEST_TOKEN")
+        assert str(tmp_path) not in str(err.value)
+    monkeypatch.delenv("KANARI_TEST_TOKEN")
+    assert bearer_token("--api-token-file", None, "KANARI_TEST_TOKEN") == ""
+    with pytest.raises(ValueError, match="pass --token-file or set KANARI_TEST_TOKEN; never open"):
+        bearer_token("--token-file", None, "KANARI_TEST_TOKEN", required="never open")

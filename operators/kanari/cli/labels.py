@@ -9,11 +9,11 @@ to `POST <monitor>/v1/labels/<namespace>/<name>` with the bearer token. A batch 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from kanari.cli.common import CliError
+from kanari.webguard import bearer_token
 
 BATCH = 2000
 TOKEN_ENV = "KANARI_LABELS_TOKEN"
@@ -35,19 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
-def _token(path: str | None) -> str:
-    if path:
-        try:
-            token = Path(path).read_text().strip()
-        except OSError as exc:
-            raise CliError(f"--token-file {path}: unreadable ({exc.strerror})") from None
-    else:
-        token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise CliError(f"no bearer token: pass --token-file or set {TOKEN_ENV}")
-    return token
-
-
 def cmd_push(args: argparse.Namespace) -> int:
     import httpx
 
@@ -65,7 +52,11 @@ def cmd_push(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     url = f"{args.monitor.rstrip('/')}/v1/labels/{args.namespace}/{args.name}"
-    headers = {"Authorization": f"Bearer {_token(args.token_file)}"}
+    try:
+        token = bearer_token("--token-file", args.token_file, TOKEN_ENV, required="the monitor takes no label unsigned")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    headers = {"Authorization": f"Bearer {token}"}
     accepted = joined = 0
     with httpx.Client(timeout=30, verify=args.ca_file or True) as client:
         for i in range(0, len(pairs), BATCH):

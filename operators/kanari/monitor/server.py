@@ -24,13 +24,11 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,7 +85,7 @@ from kanari.monitor.replay import (
 from kanari.monitor.settings import API_TOKEN_ENV, MonitorSettings, monitor_arguments
 from kanari.monitor.sharding import FORWARDED_HEADER, Shards, ShardSettings
 from kanari.registry_metadata import CalibrationError, CalibrationUnavailable
-from kanari.webguard import BodyRejected, loads, read_body, ssl_context
+from kanari.webguard import BodyRejected, bearer_token, loads, read_body, ssl_context
 from kanari.webguard import run_app as serve
 
 log = logging.getLogger("kanari.monitor.server")
@@ -639,19 +637,6 @@ def _profile_drift(base: Profile, cur: Profile) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
-def read_api_token(path: str | None) -> str | None:
-    """The bearer token of the monitor's read API: a file (a mounted Secret) or KANARI_MONITOR_API_TOKEN."""
-    if path:
-        try:
-            token = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"--api-token-file: unreadable ({type(exc).__name__})") from None
-        if not token:
-            raise ValueError("--api-token-file: the file is empty")
-        return token
-    return os.environ.get(API_TOKEN_ENV, "").strip() or None
-
-
 def build_app(
     monitor: DriftMonitor, watchers: list[KubernetesWatcher] | None = None, shards: Shards | None = None,
     label_drop: LabelDrop | None = None, api_token: str | None = None, replayer: Replayer | None = None,
@@ -815,8 +800,8 @@ def run(args: argparse.Namespace) -> int:
             max_replay_rate=args.max_replay_rate,
             max_replays=args.max_replays,
         )
-        labels_token = read_labels_token(args.labels_token_file)
-        api_token = read_api_token(args.api_token_file)
+        labels_token = bearer_token("--labels-token-file", args.labels_token_file, LABELS_TOKEN_ENV)
+        api_token = bearer_token("--api-token-file", args.api_token_file, API_TOKEN_ENV) or None
         sharding = ShardSettings.from_args(args)
         tls = ssl_context(args.tls_cert_file, args.tls_key_file)
         if args.config:
@@ -875,22 +860,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 LABELS_TOKEN_ENV = "KANARI_LABELS_TOKEN"
-
-
-def read_labels_token(token_file: str | None) -> str:
-    """The label endpoint's bearer token (a mounted Secret, or KANARI_LABELS_TOKEN); "" leaves it off."""
-    import os
-    from pathlib import Path
-
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"--labels-token-file {token_file}: unreadable: {exc.strerror}") from None
-        if not token:
-            raise ValueError(f"--labels-token-file {token_file}: empty; the label endpoint never runs open")
-        return token
-    return os.environ.get(LABELS_TOKEN_ENV, "").strip()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ from kanari.retrain.policy import (
     policy_for,
 )
 from kanari.retrain.settings import MAX_BODY, TOKEN_ENV, receiver_arguments
-from kanari.webguard import BodyRejected, loads, read_body, ssl_context
+from kanari.webguard import BodyRejected, bearer_token, loads, read_body, ssl_context
 from kanari.webguard import run_app as serve
 
 log = logging.getLogger("kanari.retrain.receiver")
@@ -189,20 +189,6 @@ def pod_event(reason: str, message: str) -> None:
         }, _request_timeout=(5, 10))
     except Exception as exc:  # noqa: BLE001 - the metric and /healthz carry it too
         log.warning("could not emit Event %s: %s", reason, type(exc).__name__)
-
-
-def read_token(token_file: str | None) -> str:
-    """The bearer token from a file (a mounted Secret) or the KANARI_RECEIVER_TOKEN variable."""
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"--token-file {token_file}: unreadable: {exc.strerror}") from None
-    else:
-        token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise ValueError(f"no bearer token: pass --token-file or set {TOKEN_ENV}; the receiver never runs open")
-    return token
 
 
 # ----------------------------------------------------------------------------------------------- logic
@@ -451,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
     early: list[str] = []
     try:
         config = ReceiverConfig.from_file(args.config)
-        token = read_token(args.token_file)
+        token = bearer_token("--token-file", args.token_file, TOKEN_ENV, required="the receiver never runs open")
         tls = ssl_context(args.tls_cert_file, args.tls_key_file)
         store = build_store(config.store, on_corrupt)
         launcher = build_launcher(config.launcher)
