@@ -183,6 +183,10 @@ class EmbeddedStack:
             token.touch(mode=0o600)
             token.write_text(secrets.token_urlsafe(32))
         argv += ["--labels-token-file", str(token)]
+        # As the chart's driftMonitor.persistence: predictions waiting for their labels survive a monitor restart.
+        joins = self.state / "drift-monitor"
+        joins.mkdir(mode=0o700, exist_ok=True)
+        argv += ["--state-dir", str(joins)]
         self.endpoints.labels_token_file = token
         env = self.child_env(KUBECONFIG=str(self.state / "cluster" / "kubeconfig"))
         self.supervisor.start("drift-monitor", argv, env=env, url=url, ready=http_ok(f"{url}/metrics"), ports=[port])
