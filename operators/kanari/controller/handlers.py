@@ -251,15 +251,17 @@ async def _sleep(stopped: Any, wake: asyncio.Event, delay: float) -> None:
             w.cancel()
 
 
-async def _converge_rule(rt: OperatorContext, namespace: str, rule: dict[str, Any]) -> None:
+async def _converge_rule(rt: OperatorContext, namespace: str, rule: dict[str, Any]) -> str:
+    """"created", "updated" or "unchanged"."""
     key = (namespace, rule["metadata"]["name"])
     content = json.dumps(rule, sort_keys=True)
     seen = rt.rules.get(key)
     if seen is not None and seen[1] == content and time.monotonic() - seen[0] < RULE_RECHECK:
-        return
+        return "unchanged"
     current = await rt.kube.get(kube.PROMETHEUS_RULE, namespace, key[1])
-    await rt.kube.apply(kube.PROMETHEUS_RULE, rule, current)
+    outcome = await rt.kube.apply(kube.PROMETHEUS_RULE, rule, current)
     rt.rules[key] = (time.monotonic(), content)
+    return outcome
 
 
 async def reconcile_once(
@@ -341,12 +343,17 @@ async def reconcile_once(
         if outcome != "unchanged":
             rt.children.pop(key, None)  # the watch brings the written object; until then, read it fresh
             logger.info("InferenceService %s %s", name, outcome)
+    rule_events: list[tuple[str, str]] = []
     for owned, rule in desired.rules.items():
         if rule is not None:
-            await _converge_rule(rt, namespace, rule)
+            outcome = await _converge_rule(rt, namespace, rule)
+            if outcome != "unchanged":
+                rule_events.append((f"AlertRule{outcome.capitalize()}",
+                                    f"PrometheusRule {rule['metadata']['name']} ({owned}) {outcome}"))
         elif snapshot["status"].get(owned):
             await rt.kube.delete(kube.PROMETHEUS_RULE, namespace, snapshot["status"][owned])
             rt.rules.pop((namespace, snapshot["status"][owned]), None)
+            rule_events.append(("AlertRuleDeleted", f"PrometheusRule {snapshot['status'][owned]} ({owned}) deleted"))
 
     # status.retraining belongs to the alert receiver and status.previewTraffic to the drift monitor's replayer;
     # each patches its own: never written back here.
@@ -362,6 +369,8 @@ async def reconcile_once(
         version = (written.get("metadata") or {}).get("resourceVersion")
     for ev in desired.events:
         kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+    for reason, message in rule_events:
+        kopf.event(body, type="Normal", reason=reason, message=message)
     notify.publish(namespace, name, desired.status, desired.events)  # queued, never waited for
     observability.observe(namespace, name, desired.status)
     delay = desired.requeue_after if desired.requeue_after is not None else rt.config.resync_seconds
