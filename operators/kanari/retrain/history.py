@@ -175,6 +175,21 @@ class FileTriggerStore:
 
 
 # ------------------------------------------------------------------------------------------ kubernetes
+def _get_model_deployment(custom: CustomObjectsApi, namespace: str, name: str) -> dict[str, Any] | None:
+    """The ModelDeployment, None when it does not exist; any other failure is StoreUnavailable, never None."""
+    try:
+        obj: dict[str, Any] = custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=API_TIMEOUT
+        )
+        return obj
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise StoreUnavailable(f"reading {KIND} {namespace}/{name}: {exc.status} {exc.reason}") from None
+    except (OSError, HTTPError) as exc:
+        raise StoreUnavailable(f"reading {KIND} {namespace}/{name}: {type(exc).__name__}") from None
+
+
 class KubernetesTriggerStore:
     """History in the ModelDeployment's status.retraining, written with the object's resourceVersion
     (a concurrent writer makes the patch fail with 409 and the claim is decided again), plus an Event
@@ -186,16 +201,7 @@ class KubernetesTriggerStore:
         self.component = component
 
     def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=API_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise StoreUnavailable(f"reading {KIND} {namespace}/{name}: {exc.status} {exc.reason}") from None
-        except (OSError, HTTPError) as exc:
-            raise StoreUnavailable(f"reading {KIND} {namespace}/{name}: {type(exc).__name__}") from None
+        return _get_model_deployment(self.custom, namespace, name)
 
     @staticmethod
     def _records(obj: dict[str, Any]) -> list[RetrainRecord]:
@@ -298,14 +304,5 @@ class ModelDeploymentPolicies:
                 self._custom = self._factory()
         except Exception as exc:  # noqa: BLE001 - config loading raises several unrelated types
             raise StoreUnavailable(f"no Kubernetes client: {type(exc).__name__}") from None
-        try:
-            obj = self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=API_TIMEOUT
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise StoreUnavailable(f"reading {KIND} {namespace}/{name}: {exc.status} {exc.reason}") from None
-        except (OSError, HTTPError) as exc:
-            raise StoreUnavailable(f"reading {KIND} {namespace}/{name}: {type(exc).__name__}") from None
-        return policy_from_model_deployment(obj)
+        obj = _get_model_deployment(self._custom, namespace, name)
+        return None if obj is None else policy_from_model_deployment(obj)
