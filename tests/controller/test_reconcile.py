@@ -257,3 +257,29 @@ def test_the_calibration_registered_with_the_package_reaches_status_for_the_moni
     bare = PackageInfo(arn=ARN, storage_uri="s3://m/7/model.tar.gz", image="img:1", approval_status="Approved")
     d = reconcile(body(spec), ClusterObservation(now=T0, package=bare), CONFIG)
     assert d.status.stableModel is not None and d.status.stableModel.calibrationUri is None
+
+
+def test_a_version_recorded_without_registry_facts_gets_them_from_its_package_once() -> None:
+    """Upgrade path: a stable version recorded by a controller that did not copy the calibration digest or the
+    registered metrics (CBPE refused it, the quality alert and templates had no figure) gets them from its own
+    package on the next reconcile, with an Event; a recorded value is never replaced by a later registry edit."""
+    digest = "cd" * 32
+    spec = {"model": {"modelPackageArn": ARN}, "monitoring": {"groundTruth": {"task": "binary"}}}
+    pkg = PackageInfo(arn=ARN, storage_uri="s3://m/7/model.tar.gz", image="img:1", approval_status="Approved",
+                      metadata={"kanari:calibration-uri": "s3://m/7/calibration.json",
+                                "kanari:calibration-sha256": digest, "kanari:metric.f1": "0.81"})
+    first = reconcile(body(spec), ClusterObservation(now=T0, package=pkg), CONFIG)
+    old = first.status.model_dump(mode="json")
+    for field in ("calibrationSha256", "registeredMetrics"):
+        old["stableModel"].pop(field)  # as an earlier controller wrote it
+    filled = reconcile(body(spec, old), ClusterObservation(now=T0, package=pkg), CONFIG)
+    assert filled.status.stableModel is not None
+    assert filled.status.stableModel.calibrationSha256 == digest
+    assert filled.status.stableModel.registeredMetrics == {"f1": 0.81}
+    assert [e.reason for e in filled.events] == ["RegistryFactsFilled"]
+    again = reconcile(body(spec, filled.status.model_dump(mode="json")), ClusterObservation(now=T0, package=pkg), CONFIG)
+    assert again.events == [] and again.status.stableModel == filled.status.stableModel
+    edited = PackageInfo(arn=ARN, storage_uri="s3://m/7/model.tar.gz", image="img:1", approval_status="Approved",
+                         metadata={**pkg.metadata, "kanari:calibration-sha256": "ef" * 32})
+    kept = reconcile(body(spec, filled.status.model_dump(mode="json")), ClusterObservation(now=T0, package=edited), CONFIG)
+    assert kept.status.stableModel is not None and kept.status.stableModel.calibrationSha256 == digest

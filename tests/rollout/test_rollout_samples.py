@@ -14,8 +14,10 @@ import yaml
 from kanari import observability
 from kanari.api.v1alpha1 import AnalysisSpec, ModelDeploymentSpec, parse_model_deployment
 from kanari.capacity.cost import COST_TEMPLATES, runtime_tag
+from kanari.judging.labels import QualityMetrics
 from kanari.rollout import analysis
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
+from kanari.rollout.templates import CBPE_TEMPLATES
 from prometheus_client import start_http_server
 from rollout_promlib import RawPod, ServerlessExporter, Traffic
 
@@ -75,7 +77,16 @@ def world(tmp_path_factory):
         server, _ = start_http_server(port, addr="127.0.0.1", registry=observability.REGISTRY)
         targets.append(ScrapeTarget(job="kanari-controller", targets=[f"127.0.0.1:{port}"], labels={}))
         servers.append(server)
+    quality = QualityMetrics()
+    if any(m.template in CBPE_TEMPLATES for p in SAMPLES for m in (sample(p)[1].rollout.analysis or
+                                                                   AnalysisSpec()).metrics):
+        # The drift monitor's CBPE gauges (kanari.judging.labels.QualityMetrics), on a registry of their own.
+        port = free_port()
+        server, _ = start_http_server(port, addr="127.0.0.1", registry=quality.registry)
+        targets.append(ScrapeTarget(job="kanari-drift-monitor-quality", targets=[f"127.0.0.1:{port}"], labels={}))
+        servers.append(server)
     prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=targets)
+    sinks["quality"] = quality
     yield prom, sinks
     prom.stop()
     for c in closers:
@@ -107,9 +118,19 @@ def test_sample_analysis_against_real_prometheus(world, path: Path, health: str)
         # As the operator exports a revision's cold start once its warm-up succeeded (kanari.observability).
         for revision, seconds in ((STABLE, 60.0), (CANARY, 1500.0 if health == "broken" else 45.0)):
             observability.COLD_START.labels(namespace, name, revision).set(seconds)
+    registered = {"f1": 0.81, "roc_auc": 0.93}  # what the canary's model package registered on its test split
+    if any(m.template in CBPE_TEMPLATES for m in spec.rollout.analysis.metrics):
+        # The canary's label-free estimate, as the monitor exports it: a few points under the registered
+        # figures when healthy, far under them when the canary is worse.
+        quality: QualityMetrics = sinks["quality"]
+        for metric, figure in registered.items():
+            quality.estimated.labels(namespace, name, CANARY, metric).set(figure - (0.25 if health == "broken" else 0.01))
+        quality.estimated_rows.labels(namespace, name, CANARY).set(800)
     traffic.start()
     variables = {"namespace": namespace, "name": name, "stableRevision": STABLE, "canaryRevision": CANARY,
-                 "stableTag": runtime_tag(namespace, name, STABLE), "canaryTag": runtime_tag(namespace, name, CANARY)}
+                 "stableTag": runtime_tag(namespace, name, STABLE), "canaryTag": runtime_tag(namespace, name, CANARY),
+                 "canaryMonitorRevision": CANARY, "canaryRegisteredF1": str(registered["f1"]),
+                 "canaryRegisteredRocAuc": str(registered["roc_auc"])}
 
     # A cost ratio divides two revisions' request counts, each extrapolated by increase() from its own target's
     # scrapes (Prometheus staggers targets' scrape offsets): with a few seconds of history one scrape more or

@@ -428,6 +428,7 @@ def decide(
     before_state = state_of(st)
     before_weight = st.canaryWeight if st.canaryModel is not None else 0
     action = _take_action(run)
+    _fill_registry_facts(run)
     _dispatch(run, action, before_state)
     _finish(run, before_weight)
     _check_moves(before_state, run)
@@ -444,6 +445,25 @@ def decide(
         requeue_after=_requeue(run),
         moves=tuple(run.moves),
     )
+
+
+# What a ModelRef records from its model package's registry entry beside its identity: a version recorded by a
+# controller that did not read these yet gets them from the same package, once; a value recorded is never
+# replaced (the registry entry may be edited later; the version was judged by what it said then).
+REGISTRY_FACTS = ("calibrationUri", "calibrationSha256", "registeredMetrics")
+
+
+def _fill_registry_facts(run: _Pass) -> None:
+    d = run.obs.desired
+    for role in ("stableModel", "canaryModel"):
+        ref: ModelRef | None = getattr(run.st, role)
+        if ref is None or ref.revision != d.revision or ref.modelPackageArn != d.modelPackageArn:
+            continue
+        missing = {f: getattr(d, f) for f in REGISTRY_FACTS if not getattr(ref, f) and getattr(d, f)}
+        if missing:
+            setattr(run.st, role, ref.model_copy(update=missing))
+            run.event("RegistryFactsFilled", f"{_name(ref)}: {', '.join(sorted(missing))} read from its model "
+                                             f"package (recorded by an earlier controller without them)")
 
 
 def _dispatch(run: _Pass, action: str | None, state: State) -> None:
