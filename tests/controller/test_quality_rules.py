@@ -39,7 +39,8 @@ def ref(version: str, recall: float | None) -> dict[str, Any]:
             "registeredMetrics": {"recall": recall, "f1": 0.8} if recall is not None else {}}
 
 
-def md(window: dict[str, Any] | None = WINDOW, stable: float | None = 0.9, canary: float | None = None) -> ModelDeployment:
+def md(window: dict[str, Any] | None = WINDOW, stable: float | None = 0.9, canary: float | None = None,
+       monitoring: dict[str, Any] | None = None) -> ModelDeployment:
     status: dict[str, Any] = {"stableModel": ref("7", stable)}
     if canary is not None:
         status["canaryModel"] = ref("8", canary)
@@ -50,7 +51,7 @@ def md(window: dict[str, Any] | None = WINDOW, stable: float | None = 0.9, canar
         "apiVersion": "kanari.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": NAME, "namespace": NS},
         "spec": {"model": {"modelPackageArn": ARN.format("7"), "format": "sklearn"}, "serving": {"accelerator": "cpu"},
-                 "rollout": rollout},
+                 "rollout": rollout, **({"monitoring": monitoring} if monitoring else {})},
         "status": status,
     })
 
@@ -70,6 +71,28 @@ def test_the_rule_fits_the_prometheus_operator_crd_and_only_exists_with_a_regist
     legacy = quality_rules.build_prometheus_rule(md(stable=None), {ARN.format("7"): {"recall": 0.9}})
     assert legacy is not None and 'revision="7"' in legacy["spec"]["groups"][0]["rules"][0]["expr"]
     assert quality_rules.floors(md(canary=0.92)) == pytest.approx({"7": 0.85, "8": 0.87})
+
+
+def test_a_quality_drop_reaches_the_retraining_receiver_only_when_the_model_asks_for_retraining() -> None:
+    """The alert carries kanari_retrain="true" (the drift alerts' route to the receiver) exactly when
+    spec.monitoring.retrain is set; the receiver then applies that ModelDeployment's own policy."""
+    from kanari.retrain.policy import decide, parse_payload, policy_from_model_deployment
+
+    retrain = {"retrain": {"pipeline": "fraud-training", "cooldown": "24h", "maxPerDay": 1}}
+    routed = quality_rules.build_prometheus_rule(md(monitoring=retrain))
+    assert routed is not None
+    labels = routed["spec"]["groups"][0]["rules"][0]["labels"]
+    assert labels["kanari_retrain"] == "true"
+    for quiet in (md(), md(monitoring={**retrain, "enabled": False}), md(monitoring={"drift": {"method": "psi"}})):
+        rule = quality_rules.build_prometheus_rule(quiet)
+        assert rule is not None and "kanari_retrain" not in rule["spec"]["groups"][0]["rules"][0]["labels"]
+    # As Alertmanager would send it once firing, with the rule's labels and a revision from the expression.
+    [alert] = parse_payload({"version": "4", "alerts": [{
+        "status": "firing", "labels": {**labels, "alertname": quality_rules.ALERT, "revision": "7"},
+        "startsAt": "2026-11-30T08:00:00Z", "fingerprint": "q1"}]})
+    spec = {"spec": {"monitoring": retrain}}
+    decision = decide(alert, policy_from_model_deployment(spec), [], T0)
+    assert decision.trigger, decision
 
 
 def promtool_test(tmp_path: Path, rule: dict[str, Any], tests: list[dict[str, Any]]) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kanari.api.v1alpha1 import ModelDeployment, ModelRef
+from kanari.controller.drift_rules import RETRAIN_LABEL
 from kanari.judging.retro import one_sided_z
 from kanari.rollout.prometheus import label_value
 
@@ -65,6 +66,16 @@ def floors(md: ModelDeployment, by_package: Mapping[str, Mapping[str, float]] | 
     return out
 
 
+def _labels(md: ModelDeployment) -> dict[str, str]:
+    """A realised-quality drop is the surest sign a model needs retraining: with spec.monitoring.retrain the alert
+    carries the drift alerts' routing label, and the receiver applies the ModelDeployment's own policy to it."""
+    labels = {"severity": "critical", "namespace": md.metadata.namespace, "model": md.metadata.name}
+    mon = md.spec.monitoring
+    if mon is not None and mon.enabled and mon.retrain is not None:
+        labels[RETRAIN_LABEL] = "true"
+    return labels
+
+
 def build_prometheus_rule(
     md: ModelDeployment, by_package: Mapping[str, Mapping[str, float]] | None = None
 ) -> dict[str, Any] | None:
@@ -80,7 +91,7 @@ def build_prometheus_rule(
         "alert": ALERT,
         "expr": drop_expr(ns, name, rw.metric, limits, rw.alpha, rw.minLabels),
         "for": HOLD,
-        "labels": {"severity": "critical", "namespace": ns, "model": name},
+        "labels": _labels(md),
         "annotations": {
             "summary": f"Realised {rw.metric} of {ns}/{name} revision {{{{ $labels.revision }}}} is below its "
                        f"registered {rw.metric} less {rw.tolerance:g}",
