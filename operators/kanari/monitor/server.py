@@ -827,10 +827,12 @@ def run(args: argparse.Namespace) -> int:
     if args.state_dir:
         try:
             state = JoinState(args.state_dir)
+            monitor = DriftMonitor(settings, models, labels_token=labels_token, state=state)  # loads the state
         except StateError as exc:
             print(f"kanari drift monitor: {exc}", file=sys.stderr)
             return 2
-    monitor = DriftMonitor(settings, models, labels_token=labels_token, state=state)
+    else:
+        monitor = DriftMonitor(settings, models, labels_token=labels_token, state=state)
     shards = Shards(sharding, monitor.registry, monitor.metrics.events) if sharding else None
     drop = None
     if args.labels_s3_uri:
