@@ -56,3 +56,25 @@ def test_a_lost_stable_model_beside_a_contradictory_rollout_does_not_fail_reconc
     assert w.status["stableModel"]["storageUri"] == "s3://models/fraud/v1"
     assert w.status["canaryModel"]["storageUri"] == "s3://models/fraud/v2"
     assert 0 < w.kserve.traffic()["s3://models/fraud/v2"] < 100
+
+
+def test_a_spent_retry_is_not_taken_again_when_the_status_lost_its_last_action() -> None:
+    """Review 4: a rolled-back revision whose status then lost its stable model and its rollout record (where the
+    last action taken is kept) read the annotation's old, spent `retry` as new and rolled the revision out again.
+    A retry given afresh still works."""
+    w = World("RawDeployment", {"v2"})  # v2 never becomes Ready: its rollouts fail
+    w.play([("advance",)] * 3)
+    w.edit(version="v2")
+    w.play([("advance",)] * 6)
+    _action(w, "retry")
+    w.play([("advance",)] * 6)
+    aborted = w.status["abortedRevision"]
+    assert aborted and w.status["rollout"]["lastAction"].startswith("retry/")
+    w.status["stableModel"] = 5
+    w.status["rollout"] = 5
+    w.play([("kserve", True)] * 2)
+    assert w.status["abortedRevision"] == aborted and w.status["canaryModel"] is None
+    assert w.kserve.traffic() == {"s3://models/fraud/v1": 100}
+    _action(w, "retry")
+    w.step(("kserve", True))
+    assert w.status["canaryModel"]["storageUri"] == "s3://models/fraud/v2"

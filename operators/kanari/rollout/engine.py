@@ -467,6 +467,12 @@ def _dispatch(run: _Pass, action: str | None, state: State) -> None:
             if resumed:
                 _rolling(run, action)  # its pauses (a person's included), step and analyses are still in status
             elif rolled_back:
+                if action == "retry":
+                    # The status that lost its stable model may have lost the last action taken too: a retry
+                    # annotation seen now may be the one already spent on this revision. Given again, it retries.
+                    run.event("ActionIgnored", f"retry: the status was just adopted; give the action again to "
+                                               f"retry revision {d.revision}")
+                    action = None
                 _dispatch(run, action, State.ROLLED_BACK)
             elif found.revision != d.revision:
                 _start(run, "start")
