@@ -39,12 +39,22 @@ def bearer_token(flag: str, path: str | None, env: str, *, required: str = "") -
             token = Path(path).read_text().strip()
         except OSError as exc:
             raise ValueError(f"{flag}: unreadable ({exc.strerror or type(exc).__name__})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{flag}: the file is not UTF-8 text") from None
         if not token:
             raise ValueError(f"{flag}: the file is empty")
-        return token
-    token = os.environ.get(env, "").strip()
-    if not token and required:
-        raise ValueError(f"no bearer token: pass {flag} or set {env}; {required}")
+        where = flag
+    else:
+        token = os.environ.get(env, "").strip()
+        if not token and required:
+            raise ValueError(f"no bearer token: pass {flag} or set {env}; {required}")
+        where = env
+    # A bearer token travels in a header as visible ASCII (RFC 6750): one with a line break, a space or a
+    # non-ASCII letter inside cannot be sent, so a server holding it would refuse every caller, and a client
+    # would fail in the HTTP library. Said at start, by name.
+    if any(not "!" <= c <= "~" for c in token):
+        raise ValueError(f"{where}: the token holds whitespace, a control or a non-ASCII character (a bearer token "
+                         "is visible ASCII, one line)")
     return token
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import kopf
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
-from pydantic import ValidationError
 
 from kanari import notify, observability
 from kanari.api import v1alpha1 as api
@@ -291,10 +290,9 @@ async def reconcile_once(
         isvc = await rt.kube.get(kube.ISVC, namespace, name)
         if isvc is not None:
             rt.children[key] = isvc
-    try:
-        status = ModelDeploymentStatus.model_validate(snapshot["status"] or {})
-    except ValidationError:
-        status = ModelDeploymentStatus()  # reconcile() rebuilds an unreadable status too
+    # Read as reconcile() reads it (only unreadable fields dropped): an empty status here would hide the rollout
+    # from everything observed for it below (measurements, the realised-quality reading, capacity, warm-up).
+    status = ModelDeploymentStatus.lenient(snapshot["status"] or {})
     # Neuron deployments: the ServingRuntime's SDK for the compiled-model check, the cluster's NeuronCore room
     # for the capacity gate, and the revisions' cost per 1,000 inferences (kanari.capacity).
     if spec is not None and package is not None and needs_runtime_sdk(spec, package.metadata):

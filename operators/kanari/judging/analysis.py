@@ -18,6 +18,7 @@ Series:
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import datetime
 
@@ -190,7 +191,9 @@ async def measure_judge(
     if isinstance(samples, str):
         return result("Error", samples)
     try:
-        verdict = read_verdict(judge, samples, look)
+        # Off the event loop: a (looks, alpha) seen for the first time computes its sequential boundaries, up to
+        # a second or two at 50 looks, and the operator's loop serves every other ModelDeployment meanwhile.
+        verdict = await asyncio.to_thread(read_verdict, judge, samples, look)
     except ValueError as exc:
         return result("Error", str(exc))
     if verdict.canary_samples < min_samples and verdict.phase == "Successful":

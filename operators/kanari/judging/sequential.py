@@ -90,13 +90,22 @@ def boundaries_for(increments: tuple[float, ...]) -> tuple[float, ...]:
         c = float(brentq(excess, -10.0, 40.0, xtol=1e-10))
         out.append(c)
         nxt = _grid(-TAIL_SD * root, c * root)
-        density = norm.pdf(nxt[:, None] - grid[None, :]) @ weighted
+        density = _std_normal_pdf(nxt[:, None] - grid[None, :]) @ weighted
         grid = nxt
     return tuple(out)
 
 
 TAIL_SD = 8.0
 GRID_STEP = 0.05  # boundaries within 3e-8 of a 0.02 grid's
+
+
+def _std_normal_pdf(x: np.ndarray) -> np.ndarray:
+    # The same density as scipy's norm.pdf, without its argument checking and broadcasting machinery, which took
+    # four fifths of a first 50-look computation (2.2 s of 2.8 s), run inside the operator's event loop.
+    return np.exp(-0.5 * x * x) * _INV_SQRT_2PI
+
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _grid(lo: float, hi: float) -> np.ndarray:

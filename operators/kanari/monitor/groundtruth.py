@@ -143,6 +143,10 @@ class GroundTruth:
             self.forget(namespace, model)
         store = JoinStore(task=config.task, ttl=config.ttl, max_pending=self.max_pending,  # type: ignore[arg-type]
                           threshold=config.threshold, clock=self.clock, journal=self.state is not None)
+        if store.changes is not None:
+            # Written whole at its first save: rows a failed forget left on disk (the old task or threshold's
+            # pending halves and figures) must not come back at the next restart merged into this store.
+            store.changes.append(("rewrite",))
         self.stores[key] = (config, store)
         return store
 

@@ -97,7 +97,15 @@ class JoinState:
     # -------------------------------------------------------------------------------------------- read
     def load(self, max_pending: int, clock: Callable[[], float]) -> dict[tuple[str, str], tuple[Settings, JoinStore]]:
         """Every saved store, rebuilt (journalled) under this run's max_pending; what the bound evicts is
-        journalled, to be written by the next save."""
+        journalled, to be written by the next save. StateError naming the file when it does not read (a damaged
+        page, another program's tables, a row no monitor wrote): opening checks only its first page."""
+        try:
+            return self._load(max_pending, clock)
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise StateError(f"--state-dir: {self.path.name} cannot be read ({type(exc).__name__}: {exc}); move "
+                             "the file away to start empty") from None
+
+    def _load(self, max_pending: int, clock: Callable[[], float]) -> dict[tuple[str, str], tuple[Settings, JoinStore]]:
         out: dict[tuple[str, str], tuple[Settings, JoinStore]] = {}
         q = self.db.execute
         for ns, model, task, threshold, ttl, expired, evicted, duplicate in q("SELECT * FROM stores").fetchall():

@@ -217,6 +217,10 @@ class DriftMonitor:
                                      settings.recent_max_model_bytes)
         self._inflight: dict[BaselineRef, asyncio.Future[Baseline]] = {}
         self._calibrating: dict[CalibrationRef, asyncio.Future[Any]] = {}
+        # Whether this replica owns a model (sharding; run() sets it from --peers). A model another replica owns
+        # is not kept here: reloaded from --state-dir after a scale change, its frozen figures exported beside the
+        # owner's would hide a drop from max() over replicas (the retro-verdict, the realised-quality alert).
+        self.owns: Callable[[str, str], bool] = lambda namespace, model: True
         self.truth = GroundTruth(self.registry, max_pending=settings.max_label_pending,
                                  window_size=settings.window_size, min_samples=settings.min_samples, state=state)
         self.label_batches = Counter("kanari_label_batches", "Label batches (HTTP posts and S3 files), by outcome.",
@@ -317,7 +321,7 @@ class DriftMonitor:
 
     def _served_revisions(self, namespace: str, model: str) -> set[str] | None:
         found = self.models.lookup(namespace, model)
-        if found is None or found.ground_truth is None:
+        if found is None or found.ground_truth is None or not self.owns(namespace, model):
             return None
         return {b.version for b in (found.stable, found.canary, *found.by_revision.values()) if b is not None}
 
@@ -827,11 +831,15 @@ def run(args: argparse.Namespace) -> int:
     if args.state_dir:
         try:
             state = JoinState(args.state_dir)
+            monitor = DriftMonitor(settings, models, labels_token=labels_token, state=state)  # loads the state
         except StateError as exc:
             print(f"kanari drift monitor: {exc}", file=sys.stderr)
             return 2
-    monitor = DriftMonitor(settings, models, labels_token=labels_token, state=state)
+    else:
+        monitor = DriftMonitor(settings, models, labels_token=labels_token, state=state)
     shards = Shards(sharding, monitor.registry, monitor.metrics.events) if sharding else None
+    if shards is not None:
+        monitor.owns = lambda namespace, name: shards.owner_of(namespace, name, {}) is None
     drop = None
     if args.labels_s3_uri:
         def task_of(namespace: str, name: str) -> str | None:

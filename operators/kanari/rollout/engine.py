@@ -105,6 +105,8 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.EMPTY, "adopt"): State.STABLE,
     # ... while the status still names the spec's model as its canary: that rollout goes on where it was.
     (State.EMPTY, "adopt-rolling"): State.ROLLING,
+    # ... while the status still says the spec's model was rolled back: it stays rolled back until a retry.
+    (State.EMPTY, "adopt-rolled-back"): State.ROLLED_BACK,
     (State.DEPLOYING, "replace"): State.DEPLOYING,
     (State.DEPLOYING, "ready"): State.STABLE,
     (State.DEPLOYING, "deadline"): State.DEPLOY_FAILED,
@@ -475,11 +477,23 @@ def _dispatch(run: _Pass, action: str | None, state: State) -> None:
         elif found is not None:
             # Adopted even when it is the spec's model: as a first deployment it could be "replaced" outright
             # by the next model edit until seen serving, and it has been serving all along.
-            resumed = (st.canaryModel is not None and st.canaryModel.revision == d.revision != found.revision
-                       and st.rollout.revision == d.revision and not st.rollout.bakeUntil)
-            _adopt(run, found, keep_rollout=resumed)
+            # A rollback the status still records outlives its lost stable model: only a person's retry lifts it.
+            rolled_back = st.abortedRevision == d.revision != found.revision
+            resumed = (not rolled_back and st.canaryModel is not None
+                       and st.canaryModel.revision == d.revision != found.revision
+                       and st.rollout.revision == d.revision and not st.rollout.bakeUntil
+                       and not st.rollout.deploying)
+            _adopt(run, found, keep_rollout=resumed, keep_rollback=rolled_back)
             if resumed:
                 _rolling(run, action)  # its pauses (a person's included), step and analyses are still in status
+            elif rolled_back:
+                if action == "retry":
+                    # The status that lost its stable model may have lost the last action taken too: a retry
+                    # annotation seen now may be the one already spent on this revision. Given again, it retries.
+                    run.event("ActionIgnored", f"retry: the status was just adopted; give the action again to "
+                                               f"retry revision {d.revision}")
+                    action = None
+                _dispatch(run, action, State.ROLLED_BACK)
             elif found.revision != d.revision:
                 _start(run, "start")
                 _rolling(run, _for_new_rollout(run, action))
@@ -593,10 +607,11 @@ def _deploy(run: _Pass, move: str) -> None:
     run.event("Deploying", f"deploying {_name(d)} (revision {d.revision})")
 
 
-def _adopt(run: _Pass, found: ModelRef, *, keep_rollout: bool = False) -> None:
+def _adopt(run: _Pass, found: ModelRef, *, keep_rollout: bool = False, keep_rollback: bool = False) -> None:
     """The status has no stable model but an InferenceService serves one: it is the stable, so a different spec
     model gets its canary like any new model (and the same one is simply stable, not a first deployment).
-    `keep_rollout`: the rest of the status still describes the rollout of the spec's model, which goes on."""
+    `keep_rollout`: the rest of the status still describes the rollout of the spec's model, which goes on.
+    `keep_rollback`: the status says the spec's model was rolled back, which it still is."""
     st = run.st
     st.stableModel = found
     if keep_rollout:
@@ -610,12 +625,14 @@ def _adopt(run: _Pass, found: ModelRef, *, keep_rollout: bool = False) -> None:
     st.currentStep = 0
     st.pauseConditions = []
     st.analysisRuns = []
-    st.abortedRevision = None
+    if not keep_rollback:
+        st.abortedRevision = None
     st.rollout = RolloutState(revision=found.revision, lastAction=st.rollout.lastAction,
                               stableReadyAt=run.at if run.obs.stable_ready else None)
-    run.move("adopt")
+    run.move("adopt-rolled-back" if keep_rollback else "adopt")
+    kept = f"; revision {st.abortedRevision} stays rolled back (retry to roll it out again)" if keep_rollback else ""
     run.event("StableAdopted", f"status names no stable model; the InferenceService serves {_name(found)} "
-                               f"(revision {found.revision}): kept as the stable", True)
+                               f"(revision {found.revision}): kept as the stable{kept}", True)
 
 
 def _stable_unknown(run: _Pass) -> None:
