@@ -121,27 +121,30 @@ try:
     code = main(sys.argv[1:])
 finally:
     loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
-print(json.dumps({{"heavy": loaded, "code": code, "reused_freed_memory": bool(reused)}}))
+from threadpoolctl import threadpool_info
+blas = sorted({{pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}})
+print(json.dumps({{"heavy": loaded, "code": code, "reused_freed_memory": bool(reused), "blas_threads": blas}}))
 """
 
 
 def test_numeric_parquet_baseline_and_compare_import_no_heavy_module(tmp_path: Path) -> None:
     """Imports were most of a short CLI run (scipy.stats for the KS p-values, pandas, numba): Arrow's buffers go
     to numpy directly, a small file is binned by sorting, the KS p-value is a closed form. Checked in the process
-    itself at exit, so a new import anywhere on the path (a module the CLI imports at start included) fails here."""
+    itself at exit, so a new import anywhere on the path (a module the CLI imports at start included) fails here.
+    Also checked there: OpenBLAS started no worker thread (it spun for ~10% of a short compare's CPU)."""
     rng = np.random.default_rng(1)
     pd.DataFrame(rng.normal(size=(5_000, 4)), columns=list("abcd")).to_parquet(tmp_path / "ref.parquet")
     pd.DataFrame(rng.normal(0.5, 1, size=(5_000, 4)), columns=list("abcd")).to_parquet(tmp_path / "cur.parquet")
     base = subprocess.run([sys.executable, "-c", HEAVY_AT_EXIT, "drift", "baseline", "--data", str(tmp_path / "ref.parquet"),
                            "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert json.loads(base.stdout.strip().splitlines()[-1]) == {"heavy": [], "code": 0, "reused_freed_memory": True}, base.stderr
+    assert json.loads(base.stdout.strip().splitlines()[-1]) == {"heavy": [], "code": 0, "reused_freed_memory": True, "blas_threads": [1]}, base.stderr
     for output in ("json", None):
         comp = subprocess.run([sys.executable, "-c", HEAVY_AT_EXIT, "drift", "compare", "--baseline", str(tmp_path / "b"),
                                "--data", str(tmp_path / "cur.parquet"), *(["-o", output] if output else [])],
                               capture_output=True, text=True, timeout=300, cwd=ROOT)
         *printed, last = comp.stdout.strip().splitlines()
         # Drift found (exit 1), with the p-values of the default budget; nothing heavy loaded.
-        assert json.loads(last) == {"heavy": [], "code": 1, "reused_freed_memory": True}, comp.stderr
+        assert json.loads(last) == {"heavy": [], "code": 1, "reused_freed_memory": True, "blas_threads": [1]}, comp.stderr
         if output == "json":
             report = json.loads("\n".join(printed))
             assert report["drifted_features"] == ["a", "b", "c", "d"]
