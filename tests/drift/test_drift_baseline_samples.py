@@ -40,3 +40,27 @@ def test_baseline_writes_bounded_warm_up_samples_the_prober_reads(tmp_path: Path
     assert parse_samples_jsonl((out / SAMPLES).read_text()) == bodies
     assert read_baseline_samples(f"file://{out}") == bodies
     assert read_baseline_samples(str(out)) == bodies
+
+
+def test_parquet_samples_leave_a_named_index_out(tmp_path: Path) -> None:
+    """The Parquet baseline picks its samples from the profile's own pass (one read of the file, the first
+    rows): a pandas index stored in the file is the index, as the DataFrame path reads it, not a feature a model
+    would be sent (the second read for the samples took every column of the file)."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    df = pd.DataFrame({
+        "amount": rng.gamma(2.0, 30.0, n),
+        "age": rng.integers(18, 90, n),
+        "label": rng.integers(0, 2, n),
+    }, index=pd.Index(rng.permutation(n) + 10_000, name="customer_id"))
+    df.loc[df.index[::5], "amount"] = np.nan
+    data = tmp_path / "train.parquet"
+    df.to_parquet(data)
+    out = tmp_path / "baseline"
+    assert main(["drift", "baseline", "--data", str(data), "--out", str(out), "--target", "label"]) == 0
+    rows = [json.loads(line)["instances"][0] for line in (out / SAMPLES).read_text().splitlines()]
+    assert len(rows) == SAMPLE_LIMIT
+    training = {(float(a), int(g)) for a, g in zip(df["amount"], df["age"], strict=True)}
+    for row in rows:
+        assert set(row) == {"amount", "age"}, row
+        assert row["amount"] is not None and (row["amount"], row["age"]) in training

@@ -13,7 +13,8 @@ from kanari.drift.methods import METHODS
 from kanari.drift.model_monitor import Baseline, baseline_documents, parse_baseline
 from kanari.drift.sketch import KllSketch
 from kanari.drift.thresholds import holm, ks_significance, sketch_cdf_variance
-from scipy.stats import binom, ks_2samp
+from scipy.special import kolmogorov
+from scipy.stats import binom, ks_2samp, kstwo
 
 FEATURES = 10
 
@@ -102,12 +103,17 @@ def test_the_budget_still_finds_real_drift(method: str) -> None:
             assert f.adjusted_p_value is not None and f.adjusted_p_value <= 0.01 and f.p_value <= f.adjusted_p_value
 
 
-def test_ks_p_value_matches_scipy_on_exact_sketches() -> None:
+def test_ks_p_value_is_kolmogorovs_limit_and_never_below_scipys_on_exact_sketches() -> None:
+    """Kolmogorov's limiting law at the effective size (no scipy import on the CLI's path): never below
+    ks_2samp's asymptotic p-value (kstwo at that size), and its critical value never below kstwo's."""
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=150), rng.normal(0.2, 1, size=120)
     d = ks_2samp(a, b)
+    n = round(150 * 120 / 270)
     got = ks_significance(d.statistic, 150 * 120 / 270, 0.01)
-    assert got.p_value == pytest.approx(ks_2samp(a, b, method="asymp").pvalue, rel=1e-6)
+    assert got.p_value == pytest.approx(kolmogorov(np.sqrt(n) * d.statistic), rel=1e-12)
+    assert ks_2samp(a, b, method="asymp").pvalue <= got.p_value <= 1.25 * ks_2samp(a, b, method="asymp").pvalue
+    assert got.critical_value is not None and kstwo.isf(0.01, n) <= got.critical_value <= 1.02 * kstwo.isf(0.01, n)
 
 
 def test_sketch_variance_is_zero_until_compaction_and_bounds_the_error() -> None:

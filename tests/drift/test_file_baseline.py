@@ -105,30 +105,140 @@ def test_bad_parquet_input_is_a_clear_error(tmp_path: Path) -> None:
         profile_parquet(tmp_path / "one.parquet", target="label")
 
 
-NO_PANDAS = """
-import sys
+# What a numeric Parquet baseline or comparison never needs, with each one's cost on this 2-core machine:
+# scipy.stats ~0.5 s of CPU (scipy.special alone ~0.2 s), pandas ~0.4 s, numba and its cached kernel ~0.4 s;
+# the rest are other commands' libraries.
+HEAVY = ("scipy", "pandas", "numba", "kubernetes", "boto3", "botocore", "pydantic", "yaml", "matplotlib", "kfp",
+         "aiohttp", "prometheus_client", "sklearn", "pyspark", "requests")
+HEAVY_AT_EXIT = f"""
+import json, sys
+import kanari.cli.drift as drift
 from kanari.cli.main import main
-code = main(sys.argv[1:])
-print("pandas" in sys.modules, "numba" in sys.modules, code)
+reused = []
+keep = drift.reuse_freed_memory
+drift.reuse_freed_memory = lambda: reused.append(True) or keep()
+try:
+    code = main(sys.argv[1:])
+finally:
+    loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
+from threadpoolctl import threadpool_info
+blas = sorted({{pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}})
+print(json.dumps({{"heavy": loaded, "code": code, "reused_freed_memory": bool(reused), "blas_threads": blas}}))
 """
 
 
-def test_numeric_parquet_baseline_and_compare_never_import_pandas(tmp_path: Path) -> None:
-    """pandas' import (~0.4 s of CPU) and numba's with its kernel (~0.4 s) were most of a short CLI run; Arrow's
-    buffers go to numpy directly, and a small file is binned by sorting."""
+def test_numeric_parquet_baseline_and_compare_import_no_heavy_module(tmp_path: Path) -> None:
+    """Imports were most of a short CLI run (scipy.stats for the KS p-values, pandas, numba): Arrow's buffers go
+    to numpy directly, a small file is binned by sorting, the KS p-value is a closed form. Checked in the process
+    itself at exit, so a new import anywhere on the path (a module the CLI imports at start included) fails here.
+    Also checked there: OpenBLAS started no worker thread (it spun for ~10% of a short compare's CPU)."""
     rng = np.random.default_rng(1)
     pd.DataFrame(rng.normal(size=(5_000, 4)), columns=list("abcd")).to_parquet(tmp_path / "ref.parquet")
     pd.DataFrame(rng.normal(0.5, 1, size=(5_000, 4)), columns=list("abcd")).to_parquet(tmp_path / "cur.parquet")
-    base = subprocess.run([sys.executable, "-c", NO_PANDAS, "drift", "baseline", "--data", str(tmp_path / "ref.parquet"),
+    base = subprocess.run([sys.executable, "-c", HEAVY_AT_EXIT, "drift", "baseline", "--data", str(tmp_path / "ref.parquet"),
                            "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert base.stdout.strip().splitlines()[-1] == "False False 0", base.stderr
-    comp = subprocess.run([sys.executable, "-c", NO_PANDAS, "drift", "compare", "--baseline", str(tmp_path / "b"),
-                           "--data", str(tmp_path / "cur.parquet"), "-o", "json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    last = comp.stdout.strip().splitlines()[-1]
-    # Drift found (exit 1); neither pandas nor numba loaded (a file this small is binned by sorting).
-    assert last == "False False 1", comp.stderr
-    report = json.loads(comp.stdout[: comp.stdout.rindex("}") + 1])
-    assert report["drifted_features"] == ["a", "b", "c", "d"]
+    assert json.loads(base.stdout.strip().splitlines()[-1]) == {"heavy": [], "code": 0, "reused_freed_memory": True, "blas_threads": [1]}, base.stderr
+    for output in ("json", None):
+        comp = subprocess.run([sys.executable, "-c", HEAVY_AT_EXIT, "drift", "compare", "--baseline", str(tmp_path / "b"),
+                               "--data", str(tmp_path / "cur.parquet"), *(["-o", output] if output else [])],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        *printed, last = comp.stdout.strip().splitlines()
+        # Drift found (exit 1), with the p-values of the default budget; nothing heavy loaded.
+        assert json.loads(last) == {"heavy": [], "code": 1, "reused_freed_memory": True, "blas_threads": [1]}, comp.stderr
+        if output == "json":
+            report = json.loads("\n".join(printed))
+            assert report["drifted_features"] == ["a", "b", "c", "d"]
+            assert all(f["p_value"] is not None and f["adjusted_p_value"] <= 0.01 for f in report["features"])
+        else:
+            assert "verdict: drift (4 of 4 features drifted" in "\n".join(printed)
+
+
+ARROW_PEAK = """
+import sys
+import pyarrow as pa
+from kanari.drift.arrow_columns import parquet_batches
+columns = [f"c{j}" for j in range(int(sys.argv[2]))]
+rows = sum(batch.num_rows for batch in parquet_batches(sys.argv[1], columns, 10_000))
+print(rows, pa.default_memory_pool().max_memory())
+"""
+
+
+def test_a_wide_row_group_is_read_without_arrow_holding_three_times_its_values(tmp_path: Path) -> None:
+    """Arrow held ~2.9 MB per column of a 100k-row row group while reading it whole-width (raw chunk,
+    dictionary, decoded values: 3.3x the values), every page of it fresh memory the kernel zeroes; decoded a
+    group of columns at a time, the row group's values and one group's buffers remain."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({f"c{j}": rng.normal(size=100_000) for j in range(64)}), path, row_group_size=100_000)
+    out = subprocess.run([sys.executable, "-c", ARROW_PEAK, str(path), "64"], capture_output=True, text=True,
+                         timeout=120, check=True, cwd=ROOT).stdout.split()
+    assert int(out[0]) == 100_000
+    assert int(out[1]) < 1.6 * 64 * 100_000 * 8, f"Arrow's peak {int(out[1]) / 2**20:.0f} MB"
+
+
+@given(
+    st.integers(1, 40), st.integers(1, 2500), st.integers(1, 900), st.integers(1, 700),
+    st.lists(st.integers(0, 39), max_size=5, unique=True),
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_parquet_batches_are_the_file_whatever_its_width_row_groups_and_batch_size(
+    width: int, rows: int, row_group: int, batch_rows: int, with_nulls: list[int]
+) -> None:
+    """Narrow files through Arrow's batch reader, wide ones a column group at a time: either way the batches
+    hold the requested columns in the requested order, at most batch_rows rows each, and add up to the file."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from kanari.drift.arrow_columns import parquet_batches
+
+    rng = np.random.default_rng(width * 7919 + rows)
+    data = {}
+    for j in range(width):
+        values = rng.normal(size=rows) if j % 3 else rng.integers(-5, 5, size=rows)
+        data[f"c{j}"] = pa.array(values, mask=(rng.random(rows) < 0.2) if j in with_nulls else None)
+    if width > 2:
+        data["c2"] = pa.array(rng.choice(["x", "y", "z"], rows))
+    table = pa.table(data)
+    wanted = [f"c{j}" for j in rng.permutation(width)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.parquet"
+        pq.write_table(table, path, row_group_size=row_group)
+        batches = list(parquet_batches(path, wanted, batch_rows))
+    assert all(b.schema.names == wanted and 0 < b.num_rows <= batch_rows for b in batches)
+    assert pa.Table.from_batches(batches).equals(table.select(wanted))
+
+
+REFAULTS = """
+import resource, sys
+import numpy as np
+from kanari.cli.drift import reuse_freed_memory
+if sys.argv[1] == "reuse":
+    reuse_freed_memory()
+chunk = np.ones(6_000_000)  # 48 MB: past glibc's largest dynamic mmap threshold (32 MB)
+del chunk
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    chunk = np.ones(6_000_000)
+    del chunk
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_baseline_and_compare_reuse_a_freed_chunk_instead_of_faulting_in_new_pages() -> None:
+    """Chunk after chunk, the same big arrays are allocated and freed; unmapped on free, each one's pages were
+    faulted in and zeroed again by the kernel (a third of the baseline's time at 100k x 100). Both commands
+    call reuse_freed_memory first; in a fresh process it turns thousands of page faults into none."""
+    faults = {
+        mode: int(subprocess.run([sys.executable, "-c", REFAULTS, mode], capture_output=True, text=True, timeout=120,
+                                 check=True, cwd=ROOT).stdout)
+        for mode in ("default", "reuse")
+    }
+    assert faults["default"] > 100 and faults["reuse"] <= faults["default"] // 20, faults
 
 
 KERNEL_COMPARE = """

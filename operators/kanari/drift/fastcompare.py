@@ -19,6 +19,7 @@ turned into strings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -291,19 +292,16 @@ def _load_kernel(edges: NumericEdges) -> None:
     kernel.compile(tuple(numba.typeof(a) for a in args))
 
 
-def warm_up(edges: NumericEdges, p_values: bool, kernel: bool = True) -> threading.Thread:
-    """Load numba and the kernel (and scipy.stats, for the KS p-values) on another thread while the caller
-    reads its input: imports are most of a short comparison's time, and Arrow reads the file without the GIL,
-    so the two overlap on two cores. Errors are left to the main thread, which does the same work again."""
+def warm_up(edges: NumericEdges) -> threading.Thread | None:
+    """Load numba and the kernel on another thread while the caller reads its input: imports are most of a
+    short comparison's time, and Arrow reads the file without the GIL, so the two overlap on two cores.
+    Errors are left to the main thread, which does the same work again."""
+    if not edges.names:
+        return None
 
     def run() -> None:
-        try:
-            if edges.names and kernel:
-                _load_kernel(edges)
-            if p_values:
-                import scipy.stats  # noqa: F401
-        except Exception:  # noqa: BLE001 - the main thread's own call reports it
-            pass
+        with contextlib.suppress(Exception):  # the main thread's own call reports it
+            _load_kernel(edges)
 
     thread = threading.Thread(target=run, name="kanari-warm-up", daemon=True)
     thread.start()
@@ -560,9 +558,8 @@ def compare_file(
     numeric = sum(1 for f in baseline.profile.numeric_features if f.name in set(columns))
     by_sorting = numeric * _rows_at_most(path) < SORT_BELOW_VALUES
     bins = CurrentBins(baseline, columns, method, by_sorting=by_sorting)
-    rate = judging.get("false_alarm_rate", "baseline")
-    warming = warm_up(bins.edges, (baseline.false_alarm_rate if rate == "baseline" else rate) is not None,
-                      kernel=not by_sorting)
+    # The sort path never loads numba; the KS p-values need no scipy (thresholds.ks_p_value).
+    warming = None if by_sorting else warm_up(bins.edges)
     try:
         for chunk in iter_table(path, wanted, baseline, chunk_values):
             if isinstance(chunk, pyarrow.RecordBatch):  # else a DataFrame, where pandas read on
@@ -574,7 +571,8 @@ def compare_file(
     except (OSError, ValueError) as exc:
         raise DataError(f"{Path(path)}: cannot read: {exc}") from None
     finally:
-        warming.join()
+        if warming is not None:
+            warming.join()
     if bins.rows == 0:
         raise DataError(f"{Path(path)}: no rows")
     return bins.report(**judging)
