@@ -228,8 +228,10 @@ def wasserstein_significance(
     values = np.concatenate([vb[0], vc[0]])
     weights = np.concatenate([wb[0] / tb * nb, wc[0] / tc * nc])
     keep = weights > 0
-    order = np.argsort(values[keep])
-    values, pooled = values[keep][order], weights[keep][order]
+    # Equal values merged (a sum of Poisson counts is Poisson with the summed mean: the same null): an
+    # integer feature's support shrinks from both sketches' items to its few distinct values.
+    values, where = np.unique(values[keep], return_inverse=True)
+    pooled = np.bincount(where, weights=weights[keep], minlength=len(values))
     pooled = pooled / pooled.sum()
     dx = np.diff(values)
     rng_b, rng_c = _rngs("wasserstein", observed, nb, nc, pooled)
