@@ -91,7 +91,8 @@ def drift_section(
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Figures per size and method. Methods may run as separate processes (Wasserstein's bootstrap costs
-    ten times the others'): each method's figures carry their own trial count and run time. Every 100
+    the most, above all in the power trials, where drifted features make every draw): each method's
+    figures carry their own trial count and run time. Every 100
     trials the figures so far go to `checkpoint` (marked complete: false): a long run stopped early
     still leaves what it measured."""
     out: dict[str, Any] = {"features": FEATURES, "false_alarm_rate": BUDGET, "by_rows": {}}
