@@ -5,6 +5,9 @@ Sections (each rewrites only its own key of bench/results/judge.json):
            categorical, exponential): how often a dataset alarms under the false-alarm budget (1%, every
            method, fixed thresholds not binding) and under the fixed thresholds alone (the old behaviour);
            plus the power at a small shift.
+  calibration  the feature-level p-values behind the drift budget, per feature kind: P(p <= a) at no drift
+           (at most a when valid), so a method miscalibrated on one kind shows though the dataset-level
+           rate, diluted over 20 features, still looks within the budget.
   sketch   the KLL sketch's CDF error per point against the 1/k the thresholds charge for it.
   judge    500 simulated rollouts x 10 looks of the statistical canary judge (kanari.judging): the
            false-rollback rate at no degradation and the power at the tolerated degradation (latency: three
@@ -13,6 +16,7 @@ Sections (each rewrites only its own key of bench/results/judge.json):
            error over 780 log-normal shapes per maxDegradation, which the judge's slack must cover.
 
 Run: .venv/bin/python bench/judge_bench.py [--section drift] [--trials 1000] [--sizes 1000,10000] [--methods psi]  ->  bench/results/judge.json
+     .venv/bin/python bench/judge_bench.py --section calibration --trials 400 --sizes 10000 --methods wasserstein
 """
 
 from __future__ import annotations
@@ -92,7 +96,8 @@ def drift_section(
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Figures per size and method. Methods may run as separate processes (Wasserstein's bootstrap costs
-    ten times the others'): each method's figures carry their own trial count and run time. Every 100
+    the most, above all in the power trials, where drifted features make every draw): each method's
+    figures carry their own trial count and run time. Every 100
     trials the figures so far go to `checkpoint` (marked complete: false): a long run stopped early
     still leaves what it measured."""
     out: dict[str, Any] = {"features": FEATURES, "false_alarm_rate": BUDGET, "by_rows": {}}
@@ -178,6 +183,45 @@ def _upper(k: int, n: int) -> float:
     return 1.0 if k >= n else float(beta.ppf(0.975, k + 1, n - k))
 
 
+KINDS = ("normal", "lognormal", "poisson", "categorical", "exponential")  # feature j is KINDS[j % 5]
+LEVELS = (0.002, 0.01, 0.05, 0.2)
+
+
+def calibration_section(
+    trials: int, sizes: list[int], methods: tuple[str, ...], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """{size: {method: {kind: {"tests", "p<=a": rate, "p<=a upper_95"}}}} over no-drift trials (seeds apart
+    from the drift section's)."""
+    out: dict[str, Any] = {"features": FEATURES, "false_alarm_rate": BUDGET, "by_rows": {}}
+    for n in sizes:
+        rng = np.random.default_rng(5000 + n)
+        p: dict[str, dict[str, list[float]]] = {m: {k: [] for k in KINDS} for m in methods}
+        started = time.monotonic()
+        for _ in range(trials):
+            baseline = _baseline(frame(rng, n))
+            current = profile_current(baseline, frame(rng, n))
+            features = baseline.profile.features
+            values = drift_values(baseline, current, features)
+            for method in methods:
+                chosen = [(f, method) for f in features if method in (NUMERIC_METHODS if f.numeric else CATEGORICAL_METHODS)]
+                tests = significance(baseline.profile, current, chosen, {f.name: values[f.name][m] for f, m in chosen},
+                                     BUDGET)
+                for name, test in tests.items():
+                    p[method][KINDS[int(name[1:]) % 5]].append(test.p_value)
+        out["by_rows"][str(n)] = {
+            method: {
+                kind: {"tests": len(v), **{f"p<={a}": float(np.mean(np.array(v) <= a)) for a in LEVELS},
+                       **{f"p<={a} upper_95": _upper(int(np.sum(np.array(v) <= a)), len(v)) for a in LEVELS}}
+                for kind, v in by_kind.items() if v
+            }
+            for method, by_kind in p.items()
+        }
+        out["by_rows"][str(n)]["trials"] = trials
+        out["by_rows"][str(n)]["seconds"] = round(time.monotonic() - started, 1)
+        log(f"calibration n={n}: {out['by_rows'][str(n)]}")
+    return out
+
+
 def sketch_section(log: Callable[[str], None]) -> dict[str, Any]:
     rng = np.random.default_rng(7)
     out: dict[str, Any] = {}
@@ -240,7 +284,7 @@ def judge_section(rollouts: int, log: Callable[[str], None]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", choices=("drift", "sketch", "judge"), action="append")
+    parser.add_argument("--section", choices=("drift", "calibration", "sketch", "judge"), action="append")
     parser.add_argument("--trials", type=int, default=1000, help="no-drift trials per size")
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--rollouts", type=int, default=500)
@@ -250,14 +294,16 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[judge-bench] {msg}", flush=True)
 
+    methods = tuple(m for m in args.methods.split(",") if m)
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        parser.error(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
     for section in args.section or ["sketch", "judge", "drift"]:
         if section == "drift":
-            methods = tuple(m for m in args.methods.split(",") if m)
-            unknown = set(methods) - set(METHODS)
-            if unknown:
-                parser.error(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
             drift_section(args.trials, [int(s) for s in args.sizes.split(",")], log, methods,
                           checkpoint=lambda value: _write("drift", value))
+        elif section == "calibration":
+            _write(section, calibration_section(args.trials, [int(x) for x in args.sizes.split(",")], methods, log))
         elif section == "sketch":
             _write(section, sketch_section(log))
         else:
