@@ -44,9 +44,11 @@ FEATURES = 20
 BUDGET = 0.01
 
 
-def frame(rng: np.random.Generator, n: int, shift: float = 0.0) -> pd.DataFrame:
+def frame(rng: np.random.Generator, n: int, shift: float = 0.0, features: int = FEATURES) -> pd.DataFrame:
+    """Continuous, skewed, integer (ties) and categorical features, in turn; `shift` moves every one of them
+    (tests/drift/test_drift_thresholds.py draws its short version from here)."""
     cols: dict[str, np.ndarray] = {}
-    for j in range(FEATURES):
+    for j in range(features):
         kind = j % 5
         if kind == 0:
             cols[f"f{j}"] = rng.normal(shift, 1, size=n)

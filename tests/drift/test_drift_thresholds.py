@@ -16,26 +16,13 @@ from kanari.drift.thresholds import holm, ks_significance, sketch_cdf_variance
 from scipy.special import kolmogorov
 from scipy.stats import binom, ks_2samp, kstwo
 
+from bench.judge_bench import frame as bench_frame
+
 FEATURES = 10
 
 
 def frame(rng: np.random.Generator, n: int, shift: float = 0.0) -> pd.DataFrame:
-    """Continuous, skewed, integer (ties) and categorical features."""
-    cols: dict[str, np.ndarray] = {}
-    for j in range(FEATURES):
-        kind = j % 5
-        if kind == 0:
-            cols[f"f{j}"] = rng.normal(shift, 1, size=n)
-        elif kind == 1:
-            cols[f"f{j}"] = rng.lognormal(shift, 1, size=n)
-        elif kind == 2:
-            cols[f"f{j}"] = rng.poisson(3 + 3 * shift, size=n)
-        elif kind == 3:
-            p = np.array([0.4, 0.3, 0.2, 0.1]) + shift * np.array([-0.3, 0, 0.1, 0.2])
-            cols[f"f{j}"] = rng.choice(["a", "b", "c", "d"], n, p=p / p.sum())
-        else:
-            cols[f"f{j}"] = rng.exponential(2 + 2 * shift, size=n)
-    return pd.DataFrame(cols)
+    return bench_frame(rng, n, shift, features=FEATURES)
 
 
 def budget_only(df: pd.DataFrame) -> Baseline:
