@@ -26,6 +26,8 @@ from kanari.drift.thresholds import (
 )
 from scipy.stats import binom
 
+from bench.judge_bench import frame
+
 
 def stream(seed: int, ties: bool) -> Callable[[int], np.ndarray]:
     """A seeded null stream, continuous or with many ties (a discrete statistic, as PSI on few bins)."""
@@ -183,23 +185,6 @@ def test_the_same_data_gives_the_same_p_values_and_critical_values() -> None:
 
 
 # ------------------------------------------------------------------------------------- the report
-def _frame(rng: np.random.Generator, n: int, shift: float = 0.0, features: int = 20) -> pd.DataFrame:
-    cols: dict[str, np.ndarray] = {}
-    for j in range(features):
-        kind = j % 5
-        if kind == 0:
-            cols[f"f{j}"] = rng.normal(shift, 1, size=n)
-        elif kind == 1:
-            cols[f"f{j}"] = rng.lognormal(shift, 1, size=n)
-        elif kind == 2:
-            cols[f"f{j}"] = rng.poisson(3 + 3 * shift, size=n)
-        elif kind == 3:
-            cols[f"f{j}"] = rng.choice(["a", "b", "c", "d"], n, p=[0.4, 0.3, 0.2, 0.1])
-        else:
-            cols[f"f{j}"] = rng.exponential(2 + 2 * shift, size=n)
-    return pd.DataFrame(cols)
-
-
 def _baseline(df: pd.DataFrame) -> Baseline:
     stats, constraints = baseline_documents(df)
     constraints["monitoring_config"]["distribution_constraints"]["comparison_method"] = "Simple"
@@ -208,8 +193,8 @@ def _baseline(df: pd.DataFrame) -> Baseline:
 
 def test_report_shows_a_critical_value_only_where_the_null_tail_was_drawn() -> None:
     rng = np.random.default_rng(9)
-    baseline = _baseline(_frame(rng, 2000, features=10))
-    shifted = _frame(rng, 2000, features=10)
+    baseline = _baseline(frame(rng, 2000, features=10))
+    shifted = frame(rng, 2000, features=10)
     shifted["f1"] = shifted["f1"] * 1.5  # one clearly drifted log-normal feature
     report = compare_frame(baseline, shifted, method="wasserstein", false_alarm_rate=0.01)
     by_name = {f.feature: f for f in report.features}
@@ -224,8 +209,8 @@ def test_a_no_drift_20_feature_10k_row_wasserstein_call_is_several_times_cheaper
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = np.random.default_rng(1000)
-    baseline = _baseline(_frame(rng, 10_000))
-    current = profile_current(baseline, _frame(rng, 10_000))
+    baseline = _baseline(frame(rng, 10_000))
+    current = profile_current(baseline, frame(rng, 10_000))
     features = baseline.profile.features
     values = drift_values(baseline, current, features)
     chosen = [(f, "wasserstein" if f.numeric else "linf") for f in features]  # categorical L-inf: multinomial

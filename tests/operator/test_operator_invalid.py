@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.operator.harness import ISVC, condition, wait_for
+from tests.support.moto import register_model_package
 from tests.support.schemas import validate_custom
 
 V1 = "s3://models/fraud/v1/model.tar.gz"
@@ -79,27 +80,12 @@ def test_model_package_unknown_to_the_registry(env: Any) -> None:
     assert kube.isvc(name) is None
 
 
-def register(sagemaker: Any, group: str, status: str) -> str:
-    sagemaker.create_model_package_group(ModelPackageGroupName=group)
-    return str(sagemaker.create_model_package(
-        ModelPackageGroupName=group,
-        ModelApprovalStatus=status,
-        InferenceSpecification={
-            "Containers": [{
-                "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/kanari-neuron:2.21",
-                "ModelDataUrl": f"s3://models/{group}/model.tar.gz",
-            }],
-            "SupportedContentTypes": ["application/json"],
-            "SupportedResponseMIMETypes": ["application/json"],
-        },
-        CustomerMetadataProperties={"kanari:git-sha": "4b825dc", "kanari:pipeline-run-id": "run-17"},
-    )["ModelPackageArn"])
 
 
 @pytest.mark.timeout(40)
 def test_unapproved_package_is_not_served(env: Any, sagemaker: Any) -> None:
     kube, name = env.kube, env.name
-    arn = register(sagemaker, f"{name}-group", "PendingManualApproval")
+    arn = register_model_package(sagemaker, f"{name}-group", status="PendingManualApproval")
     uid = kube.create_md(name, {"model": {"modelPackageArn": arn, "requireApproval": True},
                                 "serving": {"instanceType": "inf2.xlarge"}})["metadata"]["uid"]
     md = kube.wait_md(name, lambda m: condition(m, "ModelApproved"), "ModelApproved")
@@ -115,7 +101,7 @@ def test_unapproved_package_is_not_served(env: Any, sagemaker: Any) -> None:
 @pytest.mark.timeout(40)
 def test_approved_package_is_served_with_its_lineage(env: Any, sagemaker: Any) -> None:
     kube, name = env.kube, env.name
-    arn = register(sagemaker, f"{name}-group", "Approved")
+    arn = register_model_package(sagemaker, f"{name}-group")
     kube.create_md(name, {"model": {"modelPackageArn": arn}, "serving": {"instanceType": "inf2.xlarge"}})
     isvc = kube.wait_isvc(name, lambda i: True, "the InferenceService")
     validate_custom({k: v for k, v in isvc.items() if k != "status"})

@@ -9,30 +9,14 @@ from typing import Any
 import pytest
 
 from tests.operator.harness import PROMETHEUS_RULE, wait_for
+from tests.support.moto import register_model_package
 from tests.support.schemas import validate_custom
-
-
-def register(sagemaker: Any, group: str, metadata: dict[str, str]) -> str:
-    sagemaker.create_model_package_group(ModelPackageGroupName=group)
-    return str(sagemaker.create_model_package(
-        ModelPackageGroupName=group,
-        ModelApprovalStatus="Approved",
-        InferenceSpecification={
-            "Containers": [{
-                "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/kanari-neuron:2.21",
-                "ModelDataUrl": f"s3://models/{group}/model.tar.gz",
-            }],
-            "SupportedContentTypes": ["application/json"],
-            "SupportedResponseMIMETypes": ["application/json"],
-        },
-        CustomerMetadataProperties=metadata,
-    )["ModelPackageArn"])
 
 
 @pytest.mark.timeout(60)
 def test_rollback_window_gets_an_owned_realised_quality_rule(env: Any, sagemaker: Any) -> None:
     kube, name = env.kube, env.name
-    arn = register(sagemaker, f"{name}-group", {"kanari:metric.recall": "0.910000", "kanari:metric.f1": "0.800000"})
+    arn = register_model_package(sagemaker, f"{name}-group", metadata={"kanari:metric.recall": "0.910000", "kanari:metric.f1": "0.800000"})
     uid = kube.create_md(name, {
         "model": {"modelPackageArn": arn}, "serving": {"instanceType": "inf2.xlarge"},
         "rollout": {"strategy": "AllAtOnce",
