@@ -15,15 +15,18 @@ between features). How each null distribution is obtained:
   1,000). Conservative for discrete features too (ties only shrink the statistic).
 - PSI and Jensen-Shannon (on the baseline's decile bins, or on categories) and L-infinity on categories:
   a parametric bootstrap: both samples redrawn as multinomials from the pooled frequencies.
-- Normalised Wasserstein: a bootstrap from the pooled sample (Poissonised counts over both sketches'
-  items, W1 of each drawn pair computed exactly); its asymptotic Brownian-bridge law is too light-tailed
-  for skewed features at realistic sizes.
+- Normalised Wasserstein: a bootstrap from the pooled sample (counts over both sketches' items; a side
+  whose sketch has compacted is drawn as a raw sample and sketched again, see below); its asymptotic
+  Brownian-bridge law is too light-tailed for skewed features at realistic sizes.
 - Chi-square: its own p-value.
 
 Sketches are approximate: a compacted KLL sketch estimates each CDF value with extra variance (about
-(1/k)**2, whatever the stream length). That variance is charged to the sample as a smaller
-effective size, 1/n_eff = 1/n + 4 var, so the guarantee survives the approximation (at some cost in power
-once a window outgrows the sketch). The Monte Carlo draws are seeded: the same data gives the same verdict.
+(1/k)**2, whatever the stream length). For L-infinity, PSI and JS that variance is charged to the sample as
+a smaller effective size, 1/n_eff = 1/n + 4 var, so the guarantee survives the approximation (at some cost
+in power once a window outgrows the sketch). Not for Wasserstein: the rank error is spread over all ranks,
+and W1 weighs it by the gaps of a long tail, where one effective size charged at the median falls far
+short; its bootstrap instead sketches each null draw as the observed side was sketched. The Monte Carlo
+draws are seeded: the same data gives the same verdict.
 
 The bootstraps stop early (sequential Monte Carlo p-values, Besag & Clifford 1991): a feature whose
 statistic the null exceeds often is clearly not significant, and a few dozen draws show it. The stopping
