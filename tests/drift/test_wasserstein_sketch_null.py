@@ -10,8 +10,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kanari.drift import thresholds
 from kanari.drift.compare import drift_values, profile_current
+from kanari.drift.methods import wasserstein
 from kanari.drift.model_monitor import Baseline, baseline_documents, parse_baseline
 from kanari.drift.profile import Profile
 from kanari.drift.sketch import KllSketch
@@ -113,3 +116,50 @@ def test_only_compacted_sides_are_sketched_in_the_null(monkeypatch: pytest.Monke
     # drifted feature, which makes every draw, stays bounded whatever the window's rows.
     huge = sketch(rng.lognormal(size=3 * thresholds.MAX_SKETCHED_ROWS), 512)
     assert run(huge, small_c, 3.0 * thresholds.MAX_SKETCHED_ROWS, 200, False) == {(thresholds.MAX_SKETCHED_ROWS, 512)}
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["lognormal", "constant", "few_values", "with_nan", "shifted"]),
+    nb=st.integers(300, 4000),
+    nc=st.integers(300, 4000),
+    k=st.sampled_from([64, 128]),
+)
+@settings(max_examples=25, deadline=None)
+def test_sketched_null_is_reproducible_and_stops_only_where_all_draws_agree(
+    seed: int, kind: str, nb: int, nc: int, k: int
+) -> None:
+    """Hostile shapes (a constant, a few tied values, missing values, real drift) on compacted sketches:
+    a p-value in (0, 1], the same on the same data, and the early-stopped verdict at the budget is the one
+    all the draws give (the i-th draw does not depend on how the draws were chunked)."""
+    rng = np.random.default_rng(seed)
+
+    def data(n: int, shift: float) -> np.ndarray:
+        if kind == "constant":
+            return np.full(n, 3.0)
+        if kind == "few_values":
+            return rng.integers(0, 4, n).astype(float)
+        x = rng.lognormal(shift, 1, n)
+        if kind == "with_nan":
+            x[rng.random(n) < 0.2] = np.nan
+        return x
+
+    a, b = data(nb, 0.0), data(nc, 0.5 if kind == "shifted" else 0.0)
+    bsk, csk = KllSketch(1, k=k, seed=1), KllSketch(1, k=k, seed=2)
+    bsk.update(a[:, None])
+    csk.update(b[:, None])
+    std = float(np.nanstd(a)) or 1.0
+    observed = float(wasserstein(bsk, csk, np.array([std]))[0])
+    args = (observed, bsk, csk, std, float(np.sum(~np.isnan(a))), float(np.sum(~np.isnan(b))), 600, 0.05, 0.05)
+    early = wasserstein_significance(*args)
+    assert 0 < early.p_value <= 1 and early == wasserstein_significance(*args)
+    original = thresholds.stop_after
+    thresholds.stop_after = lambda alpha, draws: draws + 1  # never stop: all the draws' p-value
+    try:
+        full_p = wasserstein_significance(*args).p_value
+    finally:
+        thresholds.stop_after = original
+    assert (early.p_value <= 0.05) == (full_p <= 0.05)
+    if kind == "constant":
+        assert early.p_value > 0.05
+
