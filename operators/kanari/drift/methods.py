@@ -37,8 +37,13 @@ def is_drift(method: str, value: float, threshold: float) -> bool:
 def _stacked(base: KllSketch, cur: KllSketch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted values and CDF differences (baseline - current), shape (columns, items), plus which columns
     have data on both sides."""
-    vb, wb = base.weighted_items()
-    vc, wc = cur.weighted_items()
+    return _stacked_items(*base.weighted_items(), *cur.weighted_items())
+
+
+def _stacked_items(
+    vb: np.ndarray, wb: np.ndarray, vc: np.ndarray, wc: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As `_stacked`, from weighted items (values, weights), each shape (columns, items)."""
     tb, tc = wb.sum(axis=1), wc.sum(axis=1)
     ok = (tb > 0) & (tc > 0)
     values = np.concatenate([vb, vc], axis=1)
@@ -62,7 +67,15 @@ def linf(base: KllSketch, cur: KllSketch) -> np.ndarray:
 
 def wasserstein(base: KllSketch, cur: KllSketch, base_std: np.ndarray) -> np.ndarray:
     """Earth mover's distance (integral of |CDF difference|) divided by the baseline's std."""
-    sv, cd, ok = _stacked(base, cur)
+    return wasserstein_items(*base.weighted_items(), *cur.weighted_items(), base_std)
+
+
+def wasserstein_items(
+    vb: np.ndarray, wb: np.ndarray, vc: np.ndarray, wc: np.ndarray, base_std: np.ndarray
+) -> np.ndarray:
+    """`wasserstein` of weighted items (values, weights; shape (columns, items)): also what the drift
+    bootstrap computes between its null draws, so the null statistic is the observed one's computation."""
+    sv, cd, ok = _stacked_items(vb, wb, vc, wc)
     if sv.shape[1] < 2:
         return np.where(ok, 0.0, np.nan)
     dx = np.diff(sv, axis=1)

@@ -15,15 +15,18 @@ between features). How each null distribution is obtained:
   1,000). Conservative for discrete features too (ties only shrink the statistic).
 - PSI and Jensen-Shannon (on the baseline's decile bins, or on categories) and L-infinity on categories:
   a parametric bootstrap: both samples redrawn as multinomials from the pooled frequencies.
-- Normalised Wasserstein: a bootstrap from the pooled sample (Poissonised counts over both sketches'
-  items, W1 of each drawn pair computed exactly); its asymptotic Brownian-bridge law is too light-tailed
-  for skewed features at realistic sizes.
+- Normalised Wasserstein: a bootstrap from the pooled sample (counts over both sketches' items; a side
+  whose sketch has compacted is drawn as a raw sample and sketched again, see below); its asymptotic
+  Brownian-bridge law is too light-tailed for skewed features at realistic sizes.
 - Chi-square: its own p-value.
 
 Sketches are approximate: a compacted KLL sketch estimates each CDF value with extra variance (about
-(1/k)**2, whatever the stream length). That variance is charged to the sample as a smaller
-effective size, 1/n_eff = 1/n + 4 var, so the guarantee survives the approximation (at some cost in power
-once a window outgrows the sketch). The Monte Carlo draws are seeded: the same data gives the same verdict.
+(1/k)**2, whatever the stream length). For L-infinity, PSI and JS that variance is charged to the sample as
+a smaller effective size, 1/n_eff = 1/n + 4 var, so the guarantee survives the approximation (at some cost
+in power once a window outgrows the sketch). Not for Wasserstein: the rank error is spread over all ranks,
+and W1 weighs it by the gaps of a long tail, where one effective size charged at the median falls far
+short; its bootstrap instead sketches each null draw as the observed side was sketched. The Monte Carlo
+draws are seeded: the same data gives the same verdict.
 
 The bootstraps stop early (sequential Monte Carlo p-values, Besag & Clifford 1991): a feature whose
 statistic the null exceeds often is clearly not significant, and a few dozen draws show it. The stopping
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kanari.drift.methods import decile_bins, js_of, psi_of
+from kanari.drift.methods import decile_bins, js_of, psi_of, wasserstein_items
 from kanari.drift.profile import Feature, Profile
 from kanari.drift.sketch import CategoryCounter, KllSketch
 
@@ -241,15 +244,22 @@ def multinomial_significance(
 
 def wasserstein_significance(
     observed: float, base: KllSketch, cur: KllSketch, scale: float, nb: float, nc: float, draws: int,
-    alpha: float, alpha_bonferroni: float,
+    alpha: float, alpha_bonferroni: float, *, current_exact: bool = False,
 ) -> Significance:
-    """`observed` is W1 / scale; `base` and `cur` one-column sketches.
+    """`observed` is W1 / scale; `base` and `cur` one-column sketches (`current_exact`: `cur` is the data
+    itself, as fastcompare's current side, not a sketch of it).
 
-    Bootstrap from the pooled sample (both sketches' weighted items): each side's counts over the pooled
-    support drawn as independent Poisson counts (Poissonisation of the multinomial), W1 of the two drawn
-    samples computed exactly on the support. Heavy tails are where W1's asymptotic law fails (its
-    Brownian-bridge limit alarmed 8x too often at the 1% level on log-normal data at 1,000 rows);
-    resampling the pooled extremes keeps them in the null.
+    Bootstrap from the pooled sample (both sketches' weighted items). Heavy tails are where W1's asymptotic
+    law fails (its Brownian-bridge limit alarmed 8x too often at the 1% level on log-normal data at 1,000
+    rows); resampling the pooled extremes keeps them in the null. While neither sketch has compacted (both
+    are their samples), each side's counts over the pooled support are drawn as independent Poisson counts
+    (Poissonisation of the multinomial) and W1 is computed exactly on the support. A compacted sketch's rank
+    error (about 1/k at every rank, whatever the stream length) weighs most in a long tail, where W1 sums it
+    over the widest gaps: at 10,000 rows it dwarfs the sampling noise, and charged as a smaller sample (as
+    the other methods' is) it left log-normal features alarming at 1% in 16% of no-drift tests. So each
+    null draw of a compacted side is a raw sample of its size (a multinomial over the pooled support) passed
+    through a KllSketch of the same k, and W1 is computed between the drawn sketches exactly as between the
+    observed ones (methods.wasserstein_items).
     """
     vb, wb = base.weighted_items()
     vc, wc = cur.weighted_items()
@@ -264,8 +274,89 @@ def wasserstein_significance(
     values, where = np.unique(values[keep], return_inverse=True)
     pooled = np.bincount(where, weights=weights[keep], minlength=len(values))
     pooled = pooled / pooled.sum()
-    dx = np.diff(values)
     rng_b, rng_c = _rngs("wasserstein", observed, nb, nc, pooled)
+    sketch_b = base.k if bool(sketch_cdf_variance(base)[0]) else None
+    sketch_c = cur.k if not current_exact and bool(sketch_cdf_variance(cur)[0]) else None
+    if sketch_b is None and sketch_c is None:
+        return _monte_carlo(_poisson_w1_draws(values, pooled, nb, nc, scale, rng_b, rng_c), observed, draws,
+                            alpha, alpha_bonferroni)
+    sides = (
+        _NullSide(values, pooled, nb, sketch_b, int(rng_b.integers(2**63))),
+        _NullSide(values, pooled, nc, sketch_c, int(rng_c.integers(2**63))),
+    )
+    # Draws come in blocks of fixed size and place, each block's randomness seeded by its index: the i-th
+    # draw is the same whatever chunks `sequential_p_value` asks for (a sketch compacts all its columns with
+    # one generator, so grouping draws differently would change them), so an early-stopped run sees the
+    # first draws of the full one. A block holds at most SKETCH_BLOCK_VALUES raw values (bounded memory);
+    # small enough that a no-drift feature, stopping within a few dozen draws, wastes little of its last.
+    block = max(1, min(SKETCH_BLOCK_DRAWS, SKETCH_BLOCK_VALUES // max(s.rows for s in sides)))
+    scales = np.full(block, scale)
+    made: list[np.ndarray] = []
+    blocks = 0
+
+    def draw(size: int) -> np.ndarray:
+        nonlocal blocks
+        while sum(len(m) for m in made) < size:
+            items_b, items_c = (side.draw(block, blocks) for side in sides)
+            made.append(wasserstein_items(*items_b, *items_c, scales))
+            blocks += 1
+        ready = np.concatenate(made)
+        made[:] = [ready[size:]]
+        return ready[:size]
+
+    return _monte_carlo(draw, observed, draws, alpha, alpha_bonferroni)
+
+
+# Raw values per side in one block of sketched null draws (memory), and the largest sample a sketched side
+# is drawn at (CPU): a bigger side is drawn at this size and sketched with the same k. A smaller sample is
+# noisier, so its null W1 only spreads wider (conservative), while the sketch's error, ~1/k, barely grows
+# with the stream; the cost of a drifted feature, which makes every draw, stays bounded whatever the rows.
+SKETCH_BLOCK_VALUES = 2_000_000
+SKETCH_BLOCK_DRAWS = 32
+MAX_SKETCHED_ROWS = 20_000
+
+
+@dataclass
+class _NullSide:
+    """One sample's null draws: its counts over the pooled support, as a KllSketch of k when `k` is set
+    (the observed side's sketch compacted) or exactly (weights = counts) when not."""
+
+    values: np.ndarray
+    pooled: np.ndarray
+    n: float
+    k: int | None
+    seed: int
+
+    @property
+    def rows(self) -> int:
+        return min(max(1, int(round(self.n))), MAX_SKETCHED_ROWS) if self.k else len(self.values)
+
+    def draw(self, size: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values, weights), shape (size, items): block number `block` of `size` draws, one per column."""
+        rng = np.random.default_rng([self.seed, block])
+        if self.k is None:
+            poisson = rng.poisson(self.n * self.pooled, size=(size, len(self.pooled))).astype(np.float64)
+            return np.broadcast_to(self.values, poisson.shape), poisson
+        rows = self.rows
+        counts = rng.multinomial(rows, self.pooled, size=size)
+        # Every draw has exactly `rows` values: one (size, rows) block, each row sorted (np.repeat of the
+        # sorted support), which a one-chunk sketch sorts anyway (see below).
+        raw = np.repeat(np.tile(self.values, size), counts.ravel()).reshape(size, rows)
+        # One chunk, as a table's profile takes it (profile.add_frame: up to CHUNK_VALUES per chunk): the
+        # cascade of compactions sorts each level first, so the raw order does not matter. Measured on
+        # log-normal data at 10,000 rows, a one-chunk sketch's W1 error is also the largest of the feeds
+        # tried (streamed in batches of 100 or 1,000 rows: 0.77x and 0.63x its standard deviation), so a
+        # streamed window is judged conservatively.
+        sketch = KllSketch(size, k=self.k, seed=int(rng.integers(2**63)))
+        sketch.update_columns(raw)
+        return sketch.weighted_items()
+
+
+def _poisson_w1_draws(
+    values: np.ndarray, pooled: np.ndarray, nb: float, nc: float, scale: float, rng_b: np.random.Generator,
+    rng_c: np.random.Generator,
+) -> Callable[[int], np.ndarray]:
+    dx = np.diff(values)
     rows = max(1, 2_000_000 // len(pooled))  # bounds the memory of one block of draws
 
     def draw(size: int) -> np.ndarray:
@@ -279,7 +370,7 @@ def wasserstein_significance(
             null[start : start + k] = np.abs(fb - fc)[:, :-1] @ dx / scale
         return null
 
-    return _monte_carlo(draw, observed, draws, alpha, alpha_bonferroni)
+    return draw
 
 
 def _rngs(
@@ -348,9 +439,10 @@ def significance(
             out[name] = ks_significance(value, _pair_size(nb_eff, nc_eff), bonferroni)
         elif method == "wasserstein":
             std = float(baseline.moments.std()[base_index[name]])
+            # No effective-size charge: the bootstrap passes its draws through sketches like the observed ones.
             out[name] = wasserstein_significance(
-                value, bsk, csk, std if std > 0 else 1.0, nb_eff, nc_eff, min(draws, wasserstein_draws), alpha,
-                bonferroni,
+                value, bsk, csk, std if std > 0 else 1.0, nb, nc, min(draws, wasserstein_draws), alpha,
+                bonferroni, current_exact=current_exact,
             )
         else:
             pb, pc = decile_bins(bsk, csk)
