@@ -116,9 +116,9 @@ def test_each_look_rejects_with_exactly_the_alpha_allotted_to_it(looks: int) -> 
 def test_the_latency_failure_rule_rolls_back_a_healthy_canary_at_most_alpha(
     median: float, sigma: float, canary: int, stable: int
 ) -> None:
-    """The judge's own failure rule over 40,000 rollouts of 10 looks (1,000,000 in the bench): the rate is
+    """The judge's own failure rule over 20,000 rollouts of 10 looks (1,000,000 in the bench): the rate is
     not above alpha beyond Monte Carlo error, on wide, narrow (ties everywhere) and small-sample shapes."""
-    result = latency_false_rollbacks(rollouts=40_000, median=median, sigma=sigma, canary_per_look=canary,
+    result = latency_false_rollbacks(rollouts=20_000, median=median, sigma=sigma, canary_per_look=canary,
                                      stable_per_look=stable, seed=21)
     assert result["rollback_lower_95"] <= ALPHA, result
     assert result["rollback_rate"] >= 0.8 * ALPHA, result  # not bought by never rolling back
