@@ -97,6 +97,12 @@ def test_boundaries_equal_the_published_lan_demets_values() -> None:
     assert boundaries_for(tuple(np.diff([0.0, *spent_obf]))) == pytest.approx((4.3326, 2.9631, 2.3590, 2.0141), abs=2e-4)
 
 
+def test_a_look_that_spends_nothing_leaves_its_paths_to_the_next_one() -> None:
+    # No alpha at look 1: nothing can cross there, so look 2 is a single test at its own increment.
+    first, second = boundaries_for((0.0, 0.025))
+    assert first == math.inf and second == pytest.approx(norm.isf(0.025), abs=1e-4)
+
+
 @pytest.mark.parametrize("looks", [3, 10])
 def test_each_look_rejects_with_exactly_the_alpha_allotted_to_it(looks: int) -> None:
     """Under no effect, the share of Brownian paths first crossing at look k is the spending function's

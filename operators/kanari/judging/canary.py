@@ -89,9 +89,11 @@ def _decide(
         f"degradation {degradation:+.4g}{unit} (upper bound {upper:+.4g}), p={p_value:.3g} vs z>={z_fail:.3g}, "
         f"power {power:.2f} at maxDegradation {max_degradation:g}; {detail}"
     )
+    if failed is None:
+        failed = _z_of_p(p_value) >= z_fail
     if upper < max_degradation and power >= MIN_POWER and not unresolved:
         return Verdict("Successful", message=f"within tolerance: {facts}", **common)
-    if failed if failed is not None else _z_of_p(p_value) >= z_fail:
+    if failed:
         return Verdict("Failed", message=f"canary worse than stable: {facts}", **common)
     why = ("too few samples to detect maxDegradation" if power < MIN_POWER
            else unresolved or "not yet shown within tolerance")

@@ -73,23 +73,27 @@ def boundaries_for(increments: tuple[float, ...]) -> tuple[float, ...]:
     from scipy.optimize import brentq
     from scipy.stats import norm
 
-    out = [float(norm.isf(increments[0])) if increments[0] > 0 else math.inf]
-    grid = _grid(-TAIL_SD, out[0])
+    def crossing_at(first: float) -> float:
+        return float(norm.isf(first)) if first > 0 else math.inf
+
+    out = [crossing_at(increments[0])]
+    # A look that spends nothing has no boundary, but its paths go on: the density is carried past it whole
+    # (up to TAIL_SD standard deviations), not dropped.
+    grid = _grid(-TAIL_SD, min(out[0], TAIL_SD))
     density = norm.pdf(grid)
     for k in range(2, len(increments) + 1):
-        if not math.isfinite(out[-1]) or increments[k - 1] <= 0:
-            out.append(math.inf)
-            continue
         weighted = _simpson(grid) * density
         root = math.sqrt(k)
+        c = math.inf
+        if increments[k - 1] > 0:
 
-        def excess(c: float, weighted: np.ndarray = weighted, grid: np.ndarray = grid, root: float = root,
-                   target: float = increments[k - 1]) -> float:
-            return float(weighted @ norm.sf(c * root - grid)) - target
+            def excess(c: float, weighted: np.ndarray = weighted, grid: np.ndarray = grid, root: float = root,
+                       target: float = increments[k - 1]) -> float:
+                return float(weighted @ norm.sf(c * root - grid)) - target
 
-        c = float(brentq(excess, -10.0, 40.0, xtol=1e-10))
+            c = float(brentq(excess, -10.0, 40.0, xtol=1e-10))
         out.append(c)
-        nxt = _grid(-TAIL_SD * root, c * root)
+        nxt = _grid(-TAIL_SD * root, min(c, TAIL_SD) * root)
         density = _std_normal_pdf(nxt[:, None] - grid[None, :]) @ weighted
         grid = nxt
     return tuple(out)
