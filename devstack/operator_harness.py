@@ -221,6 +221,15 @@ class Kube:
     def reasons(self, uid: str) -> list[str]:
         return [e.get("reason", "") for e in self.events(uid)]
 
+    def wait_reasons(self, uid: str, *wanted: str, timeout: float = 15.0) -> list[str]:
+        """The object's Event reasons once every `wanted` one is there. kopf posts Events from a queue of its own,
+        after the status patch of the same reconcile, so a status seen is no proof its Event is posted yet."""
+        def seen() -> list[str] | None:
+            reasons = self.reasons(uid)
+            return reasons if set(wanted) <= set(reasons) else None
+
+        return wait_for(seen, f"the Events {sorted(wanted)}", timeout)
+
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     for c in ((obj or {}).get("status") or {}).get("conditions") or []:

@@ -89,8 +89,8 @@ def test_rollout_waits_for_neuroncores_and_resumes_when_the_nodepool_limit_is_ra
     isvc = kube.isvc(name)
     assert isvc is not None and isvc["spec"]["predictor"]["model"]["storageUri"] == V1  # no canary pod was made
     assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
-    reasons = kube.reasons(uid)
-    assert "CapacityPending" in reasons and "RolledBack" not in reasons
+    reasons = kube.wait_reasons(uid, "CapacityPending")
+    assert "RolledBack" not in reasons
 
     # An operator raises the limit: room for one more inf2.xlarge. The canary is created; Karpenter launches
     # the node for its pod, which becomes Ready there.
@@ -108,8 +108,8 @@ def test_rollout_waits_for_neuroncores_and_resumes_when_the_nodepool_limit_is_ra
     kserve.reconcile(name)
     md = kube.wait_md(name, lambda m: m["status"]["phase"] == "Succeeded", "V2 promoted")
     assert md["status"]["stableModel"]["storageUri"] == V2
-    reasons = kube.reasons(uid)
-    assert "CapacityAvailable" in reasons and "RolledBack" not in reasons
+    reasons = kube.wait_reasons(uid, "CapacityAvailable")
+    assert "RolledBack" not in reasons
     metrics = op.env["KANARI_METRICS_PORT"]
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
     assert f'kanari_capacity_pending{{name="{name}",namespace="{NAMESPACE}"}} 0.0' in text

@@ -61,7 +61,7 @@ def test_create_ready_new_version_delete(env: Any) -> None:
     assert md["status"]["phase"] == "Progressing"
     assert condition(md, "Ready")["status"] == "False"
     assert_conditions_well_formed(md)
-    wait_for(lambda: "Deploying" in kube.reasons(uid), "a Deploying Event")
+    kube.wait_reasons(uid, "Deploying")
 
     # KServe reports the predictor ready: the deployment is done.
     isvc = kserve.reconcile(name)
@@ -71,7 +71,7 @@ def test_create_ready_new_version_delete(env: Any) -> None:
     assert md["status"]["inferenceService"]["url"] == isvc["status"]["url"]
     assert md["status"]["stableModel"]["storageUri"] == V1
     assert_conditions_well_formed(md)
-    reasons = wait_for(lambda: (r := kube.reasons(uid)) and "Deployed" in r and r, "a Deployed Event")
+    reasons = kube.wait_reasons(uid, "Deployed")
     assert "InferenceServiceReady" in reasons
 
     # A new model version: rolled out through KServe's canary, then promoted.
@@ -85,7 +85,7 @@ def test_create_ready_new_version_delete(env: Any) -> None:
     assert md["status"]["phase"] == "Progressing"
     assert md["status"]["canaryModel"]["storageUri"] == V2
     assert md["status"]["stableModel"]["storageUri"] == V1
-    wait_for(lambda: "RolloutStarted" in kube.reasons(uid), "a RolloutStarted Event")
+    kube.wait_reasons(uid, "RolloutStarted")
 
     kserve.reconcile(name)  # the new revision is ready
     md = kube.wait_md(
@@ -100,7 +100,7 @@ def test_create_ready_new_version_delete(env: Any) -> None:
     md = kube.wait_md(name, lambda m: m["status"]["phase"] == "Succeeded", "phase Succeeded after the promotion")
     assert condition(md, "Ready")["status"] == "True"
     assert_conditions_well_formed(md)
-    reasons = wait_for(lambda: (r := kube.reasons(uid)) and "Promoted" in r and r, "a Promoted Event")
+    reasons = kube.wait_reasons(uid, "Promoted")
     assert "StepAdvanced" in reasons  # AllAtOnce: promoted in the same pass, no weight ever written
     warnings = [(e["reason"], e["message"]) for e in kube.events(uid) if e["type"] == "Warning"]
     assert warnings == []  # a clean rollout alarms nobody

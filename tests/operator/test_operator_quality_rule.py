@@ -38,4 +38,4 @@ def test_rollback_window_gets_an_owned_realised_quality_rule(env: Any, sagemaker
     wait_for(lambda: kube.get(PROMETHEUS_RULE, f"{name}-realised-quality") is None, "the rule to be deleted")
     kube.wait_md(name, lambda m: not m["status"].get("qualityRule"), "status.qualityRule cleared")
     # Each change to an alert rule is an Event on the ModelDeployment (kubectl describe shows both).
-    wait_for(lambda: {"AlertRuleCreated", "AlertRuleDeleted"} <= set(kube.reasons(uid)) or None, "the rule Events")
+    kube.wait_reasons(uid, "AlertRuleCreated", "AlertRuleDeleted")

@@ -31,7 +31,7 @@ def test_restart_mid_rollout_resumes_without_writes(env: Any) -> None:
     kube.wait_isvc(name, lambda i: i["spec"]["predictor"].get("canaryTrafficPercent") == 30, "30% to the canary")
     kserve.reconcile(name)
     paused = kube.wait_md(name, lambda m: m["status"]["phase"] == "Paused", "paused at step 1")
-    wait_for(lambda: "Paused" in kube.reasons(uid), "the Paused Event")
+    kube.wait_reasons(uid, "Paused")
     time.sleep(1.2)  # let the last Events land before counting them
     isvc_before = kube.isvc(name)
     events_before = sorted((e["reason"], e["message"]) for e in kube.events(uid))

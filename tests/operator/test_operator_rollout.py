@@ -130,7 +130,7 @@ def test_unreachable_prometheus_never_promotes(env: Any) -> None:
     isvc = kube.wait_isvc(name, lambda i: canary_weight(i) == 0, "the stable template pinned at 0%")
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == V1
     assert md["status"]["stableModel"]["storageUri"] == V1 and not md["status"].get("canaryModel")
-    wait_for(lambda: "RolledBack" in kube.reasons(uid), "a RolledBack Event")
+    kube.wait_reasons(uid, "RolledBack")
     kserve.reconcile(name)
     kube.wait_isvc(name, lambda i: canary_weight(i) is None, "the pin dropped once V1's new revision is Ready")
     kserve.reconcile(name)

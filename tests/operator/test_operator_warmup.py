@@ -102,8 +102,8 @@ def test_the_canary_takes_no_traffic_until_its_pods_answer_the_warm_up(env: Any,
     assert w["succeededAt"] and w["answered"] >= 2 and predictor.answered >= 2 and w["source"].startswith("spec.")
     assert w["servingRevision"] == "fraud-predictor-00002" or w["servingRevision"].endswith("-00002")
     assert 13 <= w["coldStartSeconds"] <= 40, w  # scheduled 10 s before the test, the model loads in 4 s
-    reasons = kube.reasons(uid)
-    assert "WarmingUp" in reasons and "WarmedUp" in reasons and "RolledBack" not in reasons
+    reasons = kube.wait_reasons(uid, "WarmingUp", "WarmedUp")
+    assert "RolledBack" not in reasons
     port = env.operator.env["KANARI_METRICS_PORT"]
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     line = next(x for x in text.splitlines()
@@ -123,7 +123,7 @@ def test_a_canary_that_never_warms_is_rolled_back_naming_the_budget(env: Any) ->
     assert "budgetSeconds 10" in md["status"]["message"] and "HTTP 503" in md["status"]["message"]
     assert md["status"]["warmup"]["failedAt"] and md["status"]["warmup"]["answered"] == 0
     assert kube.isvc(name)["spec"]["predictor"]["model"]["storageUri"] == V1
-    assert "WarmupFailed" in kube.reasons(uid)
+    kube.wait_reasons(uid, "WarmupFailed")
 
 
 @pytest.mark.timeout(90)
@@ -146,5 +146,5 @@ def test_kill_9_mid_warm_up_keeps_the_budget_and_the_canary_at_zero(env: Any) ->
     w = kube.wait_md(name, lambda m: (m["status"].get("warmup") or {}).get("succeededAt"), "the warm-up recorded")[
         "status"]["warmup"]
     assert w["startedAt"] == started and w["succeededAt"], w  # the budget ran from the canary's creation
-    reasons = kube.reasons(uid)
+    reasons = kube.wait_reasons(uid, "WarmingUp", "WarmedUp")
     assert reasons.count("WarmingUp") == 1 and reasons.count("WarmedUp") == 1, reasons
