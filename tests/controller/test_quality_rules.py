@@ -67,9 +67,7 @@ def test_the_rule_fits_the_prometheus_operator_crd_and_only_exists_with_a_regist
         validate_custom(broken)
     assert quality_rules.build_prometheus_rule(md(window=None)) is None, "no rollbackWindow: nothing to alert on"
     assert quality_rules.build_prometheus_rule(md(stable=None)) is None, "never a floor without a registered figure"
-    # A status written before registered metrics were kept: the package (when it is that version's) supplies them.
-    legacy = quality_rules.build_prometheus_rule(md(stable=None), {ARN.format("7"): {"recall": 0.9}})
-    assert legacy is not None and 'revision="7"' in legacy["spec"]["groups"][0]["rules"][0]["expr"]
+    assert quality_rules.build_prometheus_rule(md(stable=1.7)) is None, "nor against a figure that is no proportion"
     assert quality_rules.floors(md(canary=0.92)) == pytest.approx({"7": 0.85, "8": 0.87})
 
 
@@ -231,3 +229,135 @@ def test_the_controller_owns_the_rule_while_the_window_is_set() -> None:
     gone = {**spec, "rollout": {"strategy": "AllAtOnce"}}
     assert reconcile(body(gone, again.status.model_dump(mode="json")), ClusterObservation(now=T0, package=package),
                      CONFIG).rules["qualityRule"] is None
+
+
+# ------------------------------------------------------------------ one source: status, filled before it is read
+class Served:
+    """One ModelDeployment driven through reconcile() with its model packages, the KServe stand-in applying each
+    InferenceService, and the realised-quality reading taken as the handler takes it: from the status the
+    reconcile starts from (kanari.rollout.quality.observe_realised reads only while retro_due)."""
+
+    def __init__(self, packages: dict[str, dict[str, str]]):
+        from tests.controller.kserve_sim import KServeSim
+
+        self.packages = {v: PackageInfo(ARN.format(v), f"s3://models/fraud/{v}/", None, "Approved", meta)
+                         for v, meta in packages.items()}
+        self.version, self.now = "7", T0
+        self.status: dict[str, Any] = {}
+        self.kserve = KServeSim("Serverless")
+
+    def spec(self) -> dict[str, Any]:
+        return {"model": {"modelPackageArn": ARN.format(self.version), "version": self.version, "format": "sklearn"},
+                "serving": {"accelerator": "cpu", "deploymentMode": "Serverless"},
+                "rollout": {"steps": [{"setWeight": 50}], "rollbackWindow": {**WINDOW, "interval": "1m"}}}
+
+    def reconcile(self, realised: float | None = None, denominator: int = 200) -> Any:
+        from kanari.api.v1alpha1 import ModelDeploymentStatus, parse_spec
+        from kanari.rollout.engine import RealisedQuality, retro_due
+
+        self.now += timedelta(minutes=1)
+        status = ModelDeploymentStatus.lenient(self.status)
+        reading = None
+        if realised is not None and retro_due(parse_spec(self.spec()), status, self.now):
+            assert status.retro is not None
+            reading = RealisedQuality(status.retro.revision, "recall", realised, denominator)
+        out = reconcile(body(self.spec(), self.status), ClusterObservation(
+            now=self.now, isvc=self.kserve.isvc, package=self.packages[self.version], realised=reading), CONFIG)
+        self.status = out.status.model_dump(mode="json")
+        self.kserve.apply(out.isvc)
+        self.kserve.settle(ready=True)
+        return out
+
+    def forget_registered(self, role: str) -> None:
+        """As a controller that did not keep registered metrics wrote it."""
+        self.status[role]["registeredMetrics"] = {}
+
+
+def floors_of(out: Any) -> dict[str, str]:
+    """revision -> floor, as written into the rule's expression (empty: no rule)."""
+    import re
+
+    rule = out.rules.get("qualityRule")
+    if rule is None:
+        return {}
+    expr = rule["spec"]["groups"][0]["rules"][0]["expr"]
+    return dict(re.findall(r'revision="([^"]+)".*?\) < ([0-9.e-]+) and', expr))
+
+
+def passing(out: Any) -> tuple[str, str]:
+    c = next(c for c in out.status.conditions if c.type == "RealisedQualityPassing")
+    return c.status, c.reason
+
+
+def test_a_version_filled_on_its_way_to_promotion_gets_its_alert_at_once_and_its_retro_verdict_next() -> None:
+    """The canary recorded by a controller without registered metrics, up to the reconcile that promotes it: each
+    pass fills them from its own package first (Event RegistryFactsFilled), so the rule it emits already holds
+    that version's floor, the promoting pass's included; the first reconcile inside the window (the handler reads
+    the realised figure from the status the promotion wrote) judges it against that figure and rolls it back."""
+    w = Served({"7": {"kanari:metric.recall": "0.9"}, "8": {"kanari:metric.recall": "0.92"}})
+    for _ in range(3):
+        out = w.reconcile()
+    assert out.status.phase == "Succeeded" and floors_of(out) == {"7": "0.85"}
+    w.version = "8"
+    out = w.reconcile()
+    assert out.status.canaryModel is not None and out.status.canaryModel.version == "8"
+    for _ in range(10):
+        # Every pass meets the canary as an older controller wrote it, the promoting one included.
+        w.forget_registered("canaryModel")
+        out = w.reconcile()
+        assert "RegistryFactsFilled" in [e.reason for e in out.events]
+        assert floors_of(out) == ({"8": "0.87"} if out.status.canaryModel is None else {"7": "0.85", "8": "0.87"}), \
+            "filled in this pass, in this pass's rule"
+        if out.status.canaryModel is None:
+            break
+    assert "Promoted" in [e.reason for e in out.events] and out.status.retro is not None
+    assert out.status.stableModel is not None and out.status.stableModel.registeredMetrics == {"recall": 0.92}
+    out = w.reconcile(realised=0.6)  # 0.60 over 200 labels against 0.92 - 0.05
+    assert "RealisedQualityDrop" in [e.reason for e in out.events]
+    assert out.status.phase == "RolledBack" and out.status.stableModel.version == "7"
+    assert floors_of(out) == {"7": "0.85"}
+
+
+def test_a_promoted_version_recorded_without_its_figure_is_filled_then_judged_in_the_same_reconcile() -> None:
+    """Status lacks the figure, the package has it (a status written by an older controller): the next reconcile
+    fills it first, then judges (condition not NoRegisteredMetric) and alerts, in that one pass; never 'no
+    registered figure' forever."""
+    w = Served({"7": {"kanari:metric.recall": "0.9"}, "8": {"kanari:metric.recall": "0.92"}})
+    for _ in range(3):
+        w.reconcile()
+    w.version = "8"
+    for _ in range(10):
+        out = w.reconcile()
+        if out.status.retro is not None:
+            break
+    assert out.status.retro is not None
+    w.forget_registered("stableModel")
+    out = w.reconcile(realised=0.9)  # 0.90 over 200: within 0.92 - 0.05
+    assert [e.reason for e in out.events] == ["RegistryFactsFilled"]
+    assert passing(out) == ("True", "WithinTolerance") and floors_of(out) == {"8": "0.87"}
+    w.forget_registered("stableModel")
+    out = w.reconcile(realised=0.6)
+    reasons = [e.reason for e in out.events]
+    assert reasons.index("RegistryFactsFilled") < reasons.index("RealisedQualityDrop"), reasons
+    assert out.status.phase == "RolledBack"
+
+
+@pytest.mark.parametrize("registered", [{}, {"kanari:metric.recall": "1.7"}, {"kanari:metric.recall": "nan"},
+                                        {"kanari:metric.f1": "0.9"}])
+def test_without_a_registered_figure_no_alert_and_no_retro_rollback_ever(registered: dict[str, str]) -> None:
+    """A promoted version whose package registers no recall that is a proportion: reconcile after reconcile, on a
+    realised recall of 0.0 over 400 labels, no rule floor for it and no rollback, and status says why."""
+    w = Served({"7": {"kanari:metric.recall": "0.9"}, "8": registered})
+    for _ in range(3):
+        w.reconcile()
+    w.version = "8"
+    for _ in range(10):
+        out = w.reconcile()
+        if out.status.retro is not None:
+            break
+    assert out.status.retro is not None and floors_of(out) == {}
+    for _ in range(5):
+        out = w.reconcile(realised=0.0, denominator=400)
+        assert out.status.stableModel is not None and out.status.stableModel.version == "8"
+        assert passing(out) == ("Unknown", "NoRegisteredMetric") and floors_of(out) == {}
+        assert "RealisedQualityDrop" not in [e.reason for e in out.events]

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from kanari.api.v1alpha1 import MetricResult, ModelDeploymentStatus
+from kanari.api.v1alpha1 import MetricResult, ModelDeploymentSpec, ModelDeploymentStatus, ModelRef
 from kanari.rollout.engine import (
     RealisedQuality,
     RolloutObservation,
@@ -33,10 +33,31 @@ ROLLOUTS = [
                   "metrics": [METRICS[0], {**METRICS[1], "dryRun": True}]}},
 ]
 VERDICTS = ("Successful", "Failed", "Inconclusive", "Error")
-# A reading of the promoted version's realised quality: value, denominator, registered figure, failed.
+# A reading of the promoted version's realised quality: value, denominator, failed, and whether the status it meets
+# was written by a controller that did not keep registered metrics (filled from the package in the same pass).
 REALISED = st.tuples(st.just("realised"), st.sampled_from([0.3, 0.0, 0.84, 0.9, 1.0]),
-                     st.sampled_from([400, 40, 39, 10, 9, 0]), st.sampled_from([0.9, 1.0, None]),
-                     st.sampled_from([False, False, True]))
+                     st.sampled_from([400, 40, 39, 10, 9, 0]), st.sampled_from([False, False, True]),
+                     st.booleans())
+# What each version's model package registered (v3: nothing to compare with, v4: a figure that is no proportion).
+REGISTERED: dict[str, dict[str, float]] = {"v1": {"recall": 0.9, "precision": 0.9}, "v2": {"recall": 1.0, "precision": 1.0},
+                                           "v3": {}, "v4": {"recall": 1.5, "precision": -0.1}}
+# A status written by a controller that did not keep the registered metrics: its refs come without them.
+LEGACY = st.tuples(st.just("legacy"))
+
+
+def desired(spec: ModelDeploymentSpec) -> ModelRef:
+    """The spec's model as the controller resolves it from its package (controller.model_source.model_ref)."""
+    version = (spec.model.storageUri or "").rstrip("/").rsplit("/", 1)[-1]
+    return ref(spec).model_copy(update={"modelPackageArn": f"arn:aws:sagemaker:us-east-1:1:model-package/fraud/{version}",
+                                        "registeredMetrics": REGISTERED[version]})
+
+
+def forget_registered(status: ModelDeploymentStatus) -> ModelDeploymentStatus:
+    out = status.model_copy(deep=True)
+    for role in ("stableModel", "canaryModel"):
+        if getattr(out, role) is not None:
+            setattr(out, role, getattr(out, role).model_copy(update={"registeredMetrics": {}}))
+    return out
 
 op = st.one_of(
     st.tuples(st.just("tick"), st.integers(1, 400)),
@@ -44,8 +65,9 @@ op = st.one_of(
     st.tuples(st.just("measure"), st.lists(st.sampled_from(VERDICTS), min_size=2, max_size=2)),
     st.tuples(st.just("action"), st.sampled_from(["promote", "promote-full", "abort", "pause", "resume", "retry",
                                                   "bogus"])),
-    st.tuples(st.just("spec"), st.sampled_from(["v1", "v2", "v3"])),
+    st.tuples(st.just("spec"), st.sampled_from(["v1", "v2", "v3", "v4"])),
     REALISED,
+    LEGACY,
 )
 
 
@@ -94,41 +116,68 @@ def run_invariants(rollout, ops):
             action = f"{o[1]}/{nonce}"
         elif o[0] == "spec":
             spec = make_spec(o[1], rollout)
+        if o[0] == "legacy" or (o[0] == "realised" and o[4]):
+            status = forget_registered(status)
         realised = None
         if o[0] == "realised" and status.retro is not None:
             rw = spec.rollout.rollbackWindow
-            realised = RealisedQuality(status.retro.revision, rw.metric if rw else "recall", o[1], o[2], o[3],
-                                       "Prometheus unavailable" if o[4] else None)
+            realised = RealisedQuality(status.retro.revision, rw.metric if rw else "recall", o[1], o[2],
+                                       "Prometheus unavailable" if o[3] else None)
         due_before = analysis_due(spec, status, now)
         due_names = set(due_metrics(spec, status, now))
-        obs = RolloutObservation(now=now, desired=ref(spec), stable_ready=stable_ready, canary_ready=canary_ready,
+        obs = RolloutObservation(now=now, desired=desired(spec), stable_ready=stable_ready, canary_ready=canary_ready,
                           measurement=measurement, action=action, realised=realised)
         retro_open = retro_due(spec, status, now)
         d = decide(spec, status, obs, 1)
         out = d.status
         reasons = [e.reason for e in d.events]
 
+        # One source for the figure judged against: the stable ref's status, a ref recorded without it filled from
+        # its own package first, in the same pass; a version with no figure that is a proportion is never judged.
+        rw = spec.rollout.rollbackWindow
+        if rw is not None and realised is not None and retro_open and realised.error is None:
+            stable, want = status.stableModel, desired(spec)
+            recorded = stable.registeredMetrics or (
+                want.registeredMetrics if stable.modelPackageArn == want.modelPackageArn else {})
+            figure = stable.model_copy(update={"registeredMetrics": recorded}).registered(rw.metric)
+            passing = next(c for c in out.conditions if c.type == "RealisedQualityPassing")
+            if figure is None:
+                event("retro-verdict: no registered figure")
+                assert "RealisedQualityDrop" not in reasons and out.stableModel.revision == stable.revision
+                assert passing.reason == "NoRegisteredMetric"
+            else:
+                event("retro-verdict: judged" + (" (filled this pass)" if not stable.registeredMetrics else ""))
+                assert passing.reason != "NoRegisteredMetric"
+        for role in ("stableModel", "canaryModel"):
+            before, after = getattr(status, role), getattr(out, role)
+            if before is not None and after is not None and before.revision == after.revision and before.registeredMetrics:
+                assert after.registeredMetrics == before.registeredMetrics, "a recorded figure was replaced"
+
         # The stable version changes only to the canary it promoted, on a first deployment, or (retro-verdict)
         # back to the version the last promotion replaced: inside the window, on a reading with enough labels.
-        if status.stableModel is not None and out.stableModel != status.stableModel and not status.rollout.deploying:
+        # (By revision: a ref recorded without its registry facts is filled in place, the same version.)
+        if (status.stableModel is not None and out.stableModel.revision != status.stableModel.revision
+                and not status.rollout.deploying):
             if "RealisedQualityDrop" in reasons:
                 event("retro-verdict rolled back")
                 assert retro_open and realised is not None and realised.error is None
-                assert realised.registered is not None and realised.denominator >= spec.rollout.rollbackWindow.minLabels
+                assert realised.denominator >= spec.rollout.rollbackWindow.minLabels
                 assert status.retro is not None and out.stableModel == status.retro.previousStable
                 assert out.abortedRevision == status.stableModel.revision and out.phase == "RolledBack"
             else:
                 assert "Promoted" in reasons and out.stableModel.revision == ref(spec).revision
         if "RealisedQualityDrop" not in reasons and realised is not None and (
                 not retro_open or realised.error or realised.denominator < 10):
-            assert out.stableModel == status.stableModel or "Promoted" in reasons
+            assert out.stableModel.revision == status.stableModel.revision or "Promoted" in reasons
         assert 0 <= d.canary_weight <= 100
         assert d.canary is not None or d.canary_weight == 0
         if out.phase == "RolledBack":
             assert d.canary is None and d.canary_weight == 0
-        if d.canary is not None and d.canary_weight > status.canaryWeight and d.canary == status.canaryModel:
+        same_canary = d.canary is not None and status.canaryModel is not None and (
+            d.canary.revision == status.canaryModel.revision)
+        if d.canary is not None and d.canary_weight > status.canaryWeight and same_canary:
             assert canary_ready, "traffic shifted onto a canary that is not Ready"
-        if d.canary is not None and status.canaryModel != d.canary:
+        if d.canary is not None and not same_canary:
             assert d.canary_weight == 0 or canary_ready
         if measurement is not None and not due_before:
             assert counted(out) == counted(status), "a measurement that was not due was counted"

@@ -1,6 +1,7 @@
 """The retro-verdict wired into the engine, against a real Prometheus scraping the drift monitor's ground-truth
 gauges: a promoted version whose realised recall drops is rolled back to the previous stable version inside
-spec.rollout.rollbackWindow; not with too few labels, not outside the window."""
+spec.rollout.rollbackWindow; not with too few labels, not outside the window. The figure it is judged against is
+the one recorded with the version (status.stableModel.registeredMetrics), never the registry's current one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus, ModelRef, parse_spec
-from kanari.controller.model_source import PackageInfo
+from kanari.controller.model_source import PackageInfo, model_ref
 from kanari.monitor.groundtruth import GroundTruth, GroundTruthConfig
 from kanari.rollout.engine import RealisedQuality, RolloutDecision, RolloutObservation, decide, retro_due
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
@@ -37,23 +38,25 @@ def spec_for(version: str) -> ModelDeploymentSpec:
     })
 
 
-def ref(spec: ModelDeploymentSpec, version: str) -> ModelRef:
-    return ModelRef(revision=spec.rollout_revision(), version=version, storageUri=f"s3://models/fraud/{version}/",
-                    modelPackageArn=ARN.format(version))
-
-
 def package(version: str, recall: str | None) -> PackageInfo:
     meta = {"kanari:metric.recall": recall} if recall is not None else {}
     return PackageInfo(ARN.format(version), f"s3://models/fraud/{version}/", None, "Approved", meta)
 
 
-def promoted(now: datetime) -> tuple[ModelDeploymentStatus, ModelRef]:
-    """v1 serving, then v2 rolled out and promoted at `now` (AllAtOnce: one step)."""
+def ref(spec: ModelDeploymentSpec, version: str, recall: str | None = "0.900000") -> ModelRef:
+    """The version as the controller resolves it from its package (with what the package registers now), named by
+    the `revision` label the monitor's gauges carry here."""
+    return model_ref(spec, package(version, recall)).model_copy(update={"version": version})
+
+
+def promoted(now: datetime, recall: str | None = "0.900000") -> tuple[ModelDeploymentStatus, ModelRef]:
+    """v1 serving, then v2 (its package registering `recall`) rolled out and promoted at `now` (AllAtOnce: one
+    step)."""
     v1, v2 = spec_for("1"), spec_for("2")
     st = decide(v1, ModelDeploymentStatus(), RolloutObservation(now=now, desired=ref(v1, "1"), stable_ready=True,
                                                                 canary_ready=False), 1).status
-    st = decide(v2, st, RolloutObservation(now=now, desired=ref(v2, "2"), stable_ready=True, canary_ready=True),
-                2).status
+    st = decide(v2, st, RolloutObservation(now=now, desired=ref(v2, "2", recall), stable_ready=True,
+                                           canary_ready=True), 2).status
     assert st.stableModel is not None and st.stableModel.version == "2" and st.retro is not None
     assert st.retro.previousStable is not None and st.retro.previousStable.version == "1"
     return st, ref(v1, "1")
@@ -99,17 +102,19 @@ def scraped(url: str, model: str) -> None:
 
 def check(url: str, model: str, status: ModelDeploymentStatus, registered: str | None,
           now: datetime) -> tuple[RolloutDecision, RealisedQuality | None]:
+    """One reconcile's read and decision, the v2 package now registering `registered`."""
     spec = spec_for("2")
 
     async def read() -> RealisedQuality | None:
         prom = PrometheusClient(PrometheusConfig(url=url))
         try:
-            return await observe_realised(prom, NS, model, spec, status, package("2", registered), datetime.now(UTC))
+            return await observe_realised(prom, NS, model, spec, status, datetime.now(UTC))
         finally:
             await prom.close()
 
     realised = asyncio.run(read())
-    obs = RolloutObservation(now=now, desired=ref(spec, "2"), stable_ready=True, canary_ready=False, realised=realised)
+    obs = RolloutObservation(now=now, desired=ref(spec, "2", registered), stable_ready=True, canary_ready=False,
+                             realised=realised)
     decision = decide(spec, status, obs, 2)
     again = decide(spec, ModelDeploymentStatus.model_validate(decision.status.model_dump(mode="json")), obs, 2)
     assert again.status == decision.status and again.events == [], "the retro-verdict is not idempotent"
@@ -160,10 +165,49 @@ def test_within_tolerance_and_without_registered_metric_nothing_happens(world: t
     decision, _ = check(url, "fraud-ok", status, "0.900000", now)
     assert decision.status.stableModel == status.stableModel
     assert next(c for c in decision.status.conditions if c.type == "RealisedQualityPassing").status == "True"
-    decision, realised = check(url, "fraud", status, None, now)  # a package without kanari:metric.recall
-    assert realised is not None and realised.registered is None
-    assert decision.status.stableModel == status.stableModel
-    assert next(c for c in decision.status.conditions if c.type == "RealisedQualityPassing").reason == "NoRegisteredMetric"
+    # A package without kanari:metric.recall (or with one that is no proportion): never a made-up floor.
+    for registered in (None, "1.7"):
+        bare, _ = promoted(now - timedelta(minutes=30), recall=registered)
+        decision, realised = check(url, "fraud", bare, registered, now)  # realised recall 0.60 over 200 labels
+        assert realised is not None and realised.value == pytest.approx(0.6)
+        assert decision.status.stableModel == bare.stableModel and decision.status.phase == "Succeeded"
+        cond = next(c for c in decision.status.conditions if c.type == "RealisedQualityPassing")
+        assert (cond.status, cond.reason) == ("Unknown", "NoRegisteredMetric")
+        assert "registeredMetrics has no recall" in cond.message
+
+
+def test_the_figure_recorded_at_promotion_is_judged_not_the_registrys_current_one(
+        world: tuple[str, GroundTruth]) -> None:
+    """Regression: the retro-verdict read the registry's current kanari:metric.recall, so lowering it after the
+    promotion (0.90 -> 0.50) moved the floor under the version and a realised 0.60 was let stand. The version is
+    judged by the figure it was promoted with, as the quality alert and the analysis templates are."""
+    url, truth = world
+    label(truth, "fraud-edit", "2", positives=200, caught=120)  # realised recall 0.60 vs registered 0.90
+    scraped(url, "fraud-edit")
+    now = datetime.now(UTC)
+    status, v1 = promoted(now - timedelta(minutes=30), recall="0.900000")
+    for edited in ("0.500000", None):  # lowered, or removed from the registry entry
+        decision, _ = check(url, "fraud-edit", status, edited, now)
+        assert "RealisedQualityDrop" in [e.reason for e in decision.events]
+        assert decision.status.stableModel == v1 and decision.status.phase == "RolledBack"
+
+
+def test_a_version_recorded_without_its_figure_is_filled_then_judged_in_the_same_reconcile(
+        world: tuple[str, GroundTruth]) -> None:
+    """A promoted version recorded by a controller that did not keep registered metrics: the reconcile that reads
+    its realised quality fills the figure from its own package first (Event RegistryFactsFilled) and judges it in
+    that same pass; never 'no registered figure' forever."""
+    url, truth = world
+    label(truth, "fraud-legacy", "2", positives=200, caught=120)
+    scraped(url, "fraud-legacy")
+    now = datetime.now(UTC)
+    status, v1 = promoted(now - timedelta(minutes=30))
+    assert status.stableModel is not None
+    legacy = status.model_copy(update={"stableModel": status.stableModel.model_copy(update={"registeredMetrics": {}})})
+    decision, _ = check(url, "fraud-legacy", legacy, "0.900000", now)
+    reasons = [e.reason for e in decision.events]
+    assert reasons.index("RegistryFactsFilled") < reasons.index("RealisedQualityDrop"), reasons
+    assert decision.status.stableModel == v1 and decision.status.phase == "RolledBack"
 
 
 def test_outside_the_window_nothing_is_read_or_decided(world: tuple[str, GroundTruth]) -> None:

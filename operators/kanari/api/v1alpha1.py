@@ -766,6 +766,13 @@ class ModelRef(BaseModel):
     # package fetched).
     registeredMetrics: dict[str, float] = Field(default_factory=dict)
 
+    def registered(self, metric: str) -> float | None:
+        """The figure this version registered for `metric`, or None when it registered none that is a proportion:
+        the one reading of it for the quality alert, the retro-verdict and the CBPE templates, none of which may
+        compare with a made-up number."""
+        value = self.registeredMetrics.get(metric)
+        return value if value is not None and 0 <= value <= 1 else None
+
     @property
     def monitor_revision(self) -> str:
         """The `revision` label the drift monitor exports this model's series under."""

@@ -308,7 +308,7 @@ async def reconcile_once(
         )
 
     # Inside a rollbackWindow after a promotion: the promoted version's realised quality (the retro-verdict).
-    realised = await quality.observe_realised(rt.prometheus, namespace, name, spec, status, package, now) if (
+    realised = await quality.observe_realised(rt.prometheus, namespace, name, spec, status, now) if (
         spec is not None) else None
     warm = rt.warmup.observation(namespace, name, status.canaryModel.revision if status.canaryModel else None)
 

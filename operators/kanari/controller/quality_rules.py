@@ -14,10 +14,9 @@ The figure compared with is the revision's own registered one (status.stableMode
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from kanari.api.v1alpha1 import ModelDeployment, ModelRef
+from kanari.api.v1alpha1 import ModelDeployment
 from kanari.controller.drift_rules import RETRAIN_LABEL
 from kanari.judging.retro import one_sided_z
 from kanari.rollout.prometheus import label_value
@@ -46,22 +45,17 @@ def drop_expr(namespace: str, model: str, metric: str, floors: dict[str, float],
     return " or ".join(parts)
 
 
-def floors(md: ModelDeployment, by_package: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, float]:
-    """Monitor revision label -> registered figure less the tolerance, for the served revisions that have one.
-    `by_package` (package ARN -> its registered metrics) covers a version recorded in status before its
-    registered metrics were kept there."""
+def floors(md: ModelDeployment) -> dict[str, float]:
+    """Monitor revision label -> registered figure less the tolerance, for the served revisions whose status
+    records one. Status is the one source: a version recorded before its registered metrics were kept there gets
+    them from its own package in the same reconcile (engine._fill_registry_facts) before this reads them."""
     rw = md.spec.rollout.rollbackWindow
-    if rw is None:
+    if rw is None or md.status is None:
         return {}
     out: dict[str, float] = {}
-    refs: list[ModelRef | None] = [md.status.stableModel if md.status else None,
-                                   md.status.canaryModel if md.status else None]
-    for ref in refs:
-        if ref is None:
-            continue
-        metrics = ref.registeredMetrics or (by_package or {}).get(ref.modelPackageArn or "", {})
-        registered = metrics.get(rw.metric)
-        if registered is not None and 0 <= registered <= 1:
+    for ref in (md.status.stableModel, md.status.canaryModel):
+        registered = ref.registered(rw.metric) if ref is not None else None
+        if ref is not None and registered is not None:
             out[ref.monitor_revision] = registered - rw.tolerance
     return out
 
@@ -76,13 +70,11 @@ def _labels(md: ModelDeployment) -> dict[str, str]:
     return labels
 
 
-def build_prometheus_rule(
-    md: ModelDeployment, by_package: Mapping[str, Mapping[str, float]] | None = None
-) -> dict[str, Any] | None:
+def build_prometheus_rule(md: ModelDeployment) -> dict[str, Any] | None:
     """A monitoring.coreos.com/v1 PrometheusRule, or None when there is nothing to alert on (no rollbackWindow,
     or no served revision registered the metric). The controller adds the ownerReferences."""
     rw = md.spec.rollout.rollbackWindow
-    limits = floors(md, by_package)
+    limits = floors(md)
     if rw is None or not limits:
         return None
     ns, name = md.metadata.namespace, md.metadata.name

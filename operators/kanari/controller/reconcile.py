@@ -12,7 +12,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kanari import registry_metadata as keys
 from kanari.api.conditions import Event, get_condition, set_condition
 from kanari.api.v1alpha1 import (
     ACTION_ANNOTATION,
@@ -231,8 +230,7 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
     # Built from the status just decided: the quality alerts follow the revisions served from now on.
     decided = md.model_copy(update={"status": new_status})
     rules = {"driftRule": drift_rules.build_prometheus_rule(decided),
-             "qualityRule": quality_rules.build_prometheus_rule(
-                 decided, {package.arn: keys.registered_metrics(package.metadata)} if package is not None else None)}
+             "qualityRule": quality_rules.build_prometheus_rule(decided)}
     for rule in rules.values():
         if rule is not None:
             rule["metadata"]["ownerReferences"] = [inferenceservice.owner_reference(md)]

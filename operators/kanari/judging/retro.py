@@ -4,7 +4,7 @@ confidently below what it was registered with, inside `rollbackWindow` after pro
 Argo Rollouts' rollbackWindow only lets a person re-promote an old revision quickly; here the decision is
 made from facts the controller can fetch (the promotion time and the previous stable version from status,
 the realised figure and its denominator from kanari_realised_quality / the join store, the registered
-test metric from the model package) so a thin handler can act on it. Wired: the engine (rollout.engine._retro)
+test metric recorded with the version in status.stableModel.registeredMetrics) so a thin handler can act on it. Wired: the engine (rollout.engine._retro)
 calls it inside `spec.rollout.rollbackWindow` with the facts in `status.retro`, and the controller's reading
 comes from kanari.rollout.quality.
 

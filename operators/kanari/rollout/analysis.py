@@ -43,10 +43,10 @@ def variables(
     # spec.model.version is free text: quoted, so it cannot reshape a query.
     out["canaryMonitorRevision"] = label_value(canary.monitor_revision) if canary else ""
     for metric, variable in CBPE_TEMPLATES.values():
-        registered = canary.registeredMetrics.get(metric) if canary else None
         # The registry's figure is a proportion; anything else would move the gate (a negative one passes every
         # canary), so it counts as not registered: the query is an Error, never a pass.
-        out[variable] = repr(registered) if registered is not None and 0 <= registered <= 1 else ""
+        registered = canary.registered(metric) if canary else None
+        out[variable] = repr(registered) if registered is not None else ""
     if spec.rollout.analysis and any(m.judge for m in spec.rollout.analysis.metrics):
         out.update(judge_variables(status))
     if spec.serving.deploymentMode == "RawDeployment":

@@ -188,7 +188,8 @@ class RealisedQuality:
     metric: str
     value: float | None  # None: no figure yet (no labels joined)
     denominator: int  # rows behind the figure (recall: labelled positives; precision: predicted positives)
-    registered: float | None  # the model package's kanari:metric.<metric>; None: not registered
+    # No registered figure here: the one it is judged against is the stable ref's status.stableModel
+    # .registeredMetrics, read in decide() after _fill_registry_facts (the figure the version was promoted with).
     error: str | None = None  # the reading failed (Prometheus unreachable, a bad answer): nothing is decided
 
 
@@ -451,7 +452,8 @@ def decide(
 
 # What a ModelRef records from its model package's registry entry beside its identity: a version recorded by a
 # controller that did not read these yet gets them from the same package, once; a value recorded is never
-# replaced (the registry entry may be edited later; the version was judged by what it said then).
+# replaced (the registry entry may be edited later; the version was judged by what it said then). Filled before
+# anything is decided, so the retro-verdict and the quality alert built from this pass's status read them at once.
 REGISTRY_FACTS = ("calibrationUri", "calibrationSha256", "registeredMetrics")
 
 
@@ -459,7 +461,9 @@ def _fill_registry_facts(run: _Pass) -> None:
     d = run.obs.desired
     for role in ("stableModel", "canaryModel"):
         ref: ModelRef | None = getattr(run.st, role)
-        if ref is None or ref.revision != d.revision or ref.modelPackageArn != d.modelPackageArn:
+        # By package, not revision: they are the package's facts, and a stable version serving the same package
+        # as a canary that changes only the serving spec has no other way to get them.
+        if ref is None or not d.modelPackageArn or ref.modelPackageArn != d.modelPackageArn:
             continue
         missing = {f: getattr(d, f) for f in REGISTRY_FACTS if not getattr(ref, f) and getattr(d, f)}
         if missing:
@@ -739,16 +743,20 @@ def _retro(run: _Pass) -> None:
     if obs.error is not None:
         run.condition("RealisedQualityPassing", "Unknown", "RealisedQualityUnavailable", obs.error)
         return
-    if obs.registered is None:
+    # The figure recorded with the promoted version, never the registry's current one (an edit after promotion
+    # must not move the floor): a version recorded without it had it filled from its package above, this pass.
+    registered = st.stableModel.registered(rw.metric) if st.stableModel is not None else None
+    if registered is None:
         run.condition("RealisedQualityPassing", "Unknown", "NoRegisteredMetric",
-                      f"the model package registers no {rw.metric} (kanari:metric.{rw.metric}) to compare with")
+                      f"status.stableModel.registeredMetrics has no {rw.metric} (its model package registers no "
+                      f"kanari:metric.{rw.metric} that is a proportion) to compare with")
         return
     if obs.value is None:
         run.condition("RealisedQualityPassing", "Unknown", "TooFewLabels", f"no realised {rw.metric} yet")
         return
     try:
         verdict = retro_verdict(
-            metric=rw.metric, realised=obs.value, denominator=obs.denominator, registered=obs.registered,
+            metric=rw.metric, realised=obs.value, denominator=obs.denominator, registered=registered,
             tolerance=rw.tolerance, promoted_at=promoted, now=run.now, rollback_window=end - promoted,
             alpha=rw.alpha, min_labels=rw.minLabels,
         )

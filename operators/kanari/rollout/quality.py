@@ -1,15 +1,13 @@
 """The controller's reading for the retro-verdict: the promoted version's realised quality and its denominator
-(kanari_realised_quality / _denominator, exported by the drift monitor from delayed labels) and the figure its
-model package was registered with (kanari:metric.<metric>). Fetch only; the engine decides (engine._retro)."""
+(kanari_realised_quality / _denominator, exported by the drift monitor from delayed labels). Fetch only; the
+engine decides (engine._retro), against the figure recorded with the version in status.stableModel.registeredMetrics."""
 
 from __future__ import annotations
 
 import math
 from datetime import datetime
 
-from kanari import registry_metadata as keys
 from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus
-from kanari.controller.model_source import PackageInfo
 from kanari.rollout import engine
 from kanari.rollout.prometheus import (
     PrometheusClient,
@@ -26,28 +24,19 @@ def queries(namespace: str, name: str, revision: str, metric: str) -> tuple[str,
     return f"max(kanari_realised_quality{{{sel}}})", f"max(kanari_realised_quality_denominator{{{sel}}})"
 
 
-def registered_metric(package: PackageInfo | None, arn: str | None, metric: str) -> float | None:
-    """The figure the pipeline registered for this model version, when the package is the stable one's."""
-    if package is None or not arn or package.arn != arn:
-        return None
-    value = keys.registered_metrics(package.metadata).get(metric)
-    return value if value is not None and 0 <= value <= 1 else None
-
-
 async def observe_realised(
     prom: PrometheusClient, namespace: str, name: str, spec: ModelDeploymentSpec, status: ModelDeploymentStatus,
-    package: PackageInfo | None, now: datetime,
+    now: datetime,
 ) -> engine.RealisedQuality | None:
     """One reading, or None when the engine has nothing to judge now (no window open)."""
     if not engine.retro_due(spec, status, now):
         return None
     rw, stable, facts = spec.rollout.rollbackWindow, status.stableModel, status.retro
     assert rw is not None and stable is not None and facts is not None
-    registered = registered_metric(package, stable.modelPackageArn, rw.metric)
     value_q, denominator_q = queries(namespace, name, stable.monitor_revision, rw.metric)
 
     def reading(value: float | None, denominator: int, error: str | None = None) -> engine.RealisedQuality:
-        return engine.RealisedQuality(facts.revision, rw.metric, value, denominator, registered, error)
+        return engine.RealisedQuality(facts.revision, rw.metric, value, denominator, error)
 
     try:
         values = await prom.query(value_q, now)
