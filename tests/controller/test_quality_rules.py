@@ -242,16 +242,16 @@ class Served:
 
         self.packages = {v: PackageInfo(ARN.format(v), f"s3://models/fraud/{v}/", None, "Approved", meta)
                          for v, meta in packages.items()}
-        self.version, self.now = "7", T0
+        self.version, self.now, self.cpu = "7", T0, "2"
         self.status: dict[str, Any] = {}
         self.kserve = KServeSim("Serverless")
 
     def spec(self) -> dict[str, Any]:
         return {"model": {"modelPackageArn": ARN.format(self.version), "version": self.version, "format": "sklearn"},
-                "serving": {"accelerator": "cpu", "deploymentMode": "Serverless"},
+                "serving": {"accelerator": "cpu", "deploymentMode": "Serverless", "cpu": self.cpu},
                 "rollout": {"steps": [{"setWeight": 50}], "rollbackWindow": {**WINDOW, "interval": "1m"}}}
 
-    def reconcile(self, realised: float | None = None, denominator: int = 200) -> Any:
+    def reconcile(self, realised: float | None = None, denominator: int = 200, action: str | None = None) -> Any:
         from kanari.api.v1alpha1 import ModelDeploymentStatus, parse_spec
         from kanari.rollout.engine import RealisedQuality, retro_due
 
@@ -261,7 +261,10 @@ class Served:
         if realised is not None and retro_due(parse_spec(self.spec()), status, self.now):
             assert status.retro is not None
             reading = RealisedQuality(status.retro.revision, "recall", realised, denominator)
-        out = reconcile(body(self.spec(), self.status), ClusterObservation(
+        md = body(self.spec(), self.status)
+        if action is not None:
+            md["metadata"]["annotations"] = {"kanari.dev/action": action}
+        out = reconcile(md, ClusterObservation(
             now=self.now, isvc=self.kserve.isvc, package=self.packages[self.version], realised=reading), CONFIG)
         self.status = out.status.model_dump(mode="json")
         self.kserve.apply(out.isvc)
@@ -361,3 +364,25 @@ def test_without_a_registered_figure_no_alert_and_no_retro_rollback_ever(registe
         assert out.status.stableModel is not None and out.status.stableModel.version == "8"
         assert passing(out) == ("Unknown", "NoRegisteredMetric") and floors_of(out) == {}
         assert "RealisedQualityDrop" not in [e.reason for e in out.events]
+
+
+def test_a_stable_version_recorded_without_its_figure_gets_it_from_the_same_package_under_a_serving_change() -> None:
+    """The stable version recorded by an older controller, then a serving-only change (same model package, a new
+    rollout revision) rolled out and aborted: the stable gets its figure from that same package (they are the
+    package's facts, whatever the revision), so its alert holds through and after the aborted rollout. (Before,
+    the quality rule read the fetched package's metrics by ARN for this case; status is now the one source.)"""
+    from kanari.api.v1alpha1 import ACTION_ANNOTATION
+
+    assert ACTION_ANNOTATION == "kanari.dev/action"
+    w = Served({"7": {"kanari:metric.recall": "0.9"}})
+    for _ in range(3):
+        w.reconcile()
+    w.forget_registered("stableModel")
+    w.cpu = "4"  # a new rollout revision, the same model package
+    out = w.reconcile()
+    assert out.status.canaryModel is not None and out.status.canaryModel.revision != out.status.stableModel.revision
+    assert out.status.stableModel.registeredMetrics == {"recall": 0.9}
+    assert "RegistryFactsFilled" in [e.reason for e in out.events] and floors_of(out) == {"7": "0.85"}
+    out = w.reconcile(action="abort/1")
+    assert out.status.phase == "RolledBack" and out.status.canaryModel is None
+    assert floors_of(out) == {"7": "0.85"}, "the stable version kept its alert"
