@@ -21,12 +21,13 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
 Task = Literal["binary", "regression"]
 RESERVOIR = 10_000
+_Entry = TypeVar("_Entry")  # a waiting prediction (_Pending) or label ((label, at))
 
 
 @dataclass
@@ -160,43 +161,34 @@ class JoinStore:
         self._log("quality", revision)
         return self.quality[revision]
 
-    def _pop_prediction(self, inference_id: str | None = None) -> _Pending | None:
+    def _pop(self, table: OrderedDict[str, _Entry], kind: str, inference_id: str | None = None) -> _Entry | None:
+        """Take an entry out of `table` (predictions or labels) and journal it as `-<kind>`: the one named, or
+        without a name the oldest (the table must not be empty then); None when the named one is not there."""
         if inference_id is None:
-            inference_id, pending = self.predictions.popitem(last=False)
+            inference_id, entry = table.popitem(last=False)
         else:
-            found = self.predictions.pop(inference_id, None)
+            found = table.pop(inference_id, None)
             if found is None:
                 return None
-            pending = found
-        self._log("-prediction", inference_id)
-        return pending
-
-    def _pop_label(self, inference_id: str | None = None) -> tuple[float, float] | None:
-        if inference_id is None:
-            inference_id, label = self.labels.popitem(last=False)
-        else:
-            found = self.labels.pop(inference_id, None)
-            if found is None:
-                return None
-            label = found
-        self._log("-label", inference_id)
-        return label
+            entry = found
+        self._log(f"-{kind}", inference_id)
+        return entry
 
     def _expire(self, now: float) -> None:
         # Both tables are in arrival order: the oldest entry is first.
         while self.predictions and now - next(iter(self.predictions.values())).at > self.ttl:
-            self._pop_prediction()
+            self._pop(self.predictions, "prediction")
             self.dropped["expired"] += 1
         while self.labels and now - next(iter(self.labels.values()))[1] > self.ttl:
-            self._pop_label()
+            self._pop(self.labels, "label")
             self.dropped["expired"] += 1
 
     def _bound(self) -> None:
         while len(self.predictions) > self.max_pending:
-            self._pop_prediction()
+            self._pop(self.predictions, "prediction")
             self.dropped["evicted"] += 1
         while len(self.labels) > self.max_pending:
-            self._pop_label()
+            self._pop(self.labels, "label")
             self.dropped["evicted"] += 1
 
     def prediction(self, inference_id: str, revision: str, value: float) -> bool:
@@ -205,7 +197,7 @@ class JoinStore:
             raise ValueError("prediction: needs an inference id and a finite value")
         now = self.clock()
         self._expire(now)
-        label = self._pop_label(inference_id)
+        label = self._pop(self.labels, "label", inference_id)
         if label is not None:
             self._quality(revision).add(value, label[0])
             self._joined(inference_id)
@@ -226,7 +218,7 @@ class JoinStore:
             raise ValueError(f"label: {label!r} is not 0 or 1")
         now = self.clock()
         self._expire(now)
-        pending = self._pop_prediction(inference_id)
+        pending = self._pop(self.predictions, "prediction", inference_id)
         if pending is not None:
             self._quality(pending.revision).add(pending.value, label)
             self._joined(inference_id)
