@@ -18,6 +18,7 @@ from kanari.monitor.groundtruth import GroundTruth, GroundTruthConfig
 from kanari.rollout.engine import RealisedQuality, RolloutDecision, RolloutObservation, decide, retro_due
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 from kanari.rollout.quality import observe_realised
+from kanari.scrape import DEFAULT_MONITOR_JOB, ScrapeJobs
 from prometheus_client import CollectorRegistry, start_http_server
 
 from devstack.stack import ScrapeTarget, free_port, start_prometheus
@@ -65,9 +66,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Groun
     truth = GroundTruth(registry, max_pending=100_000, window_size=1000, min_samples=20)
     port = free_port()
     server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
-    prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=[ScrapeTarget("monitor", [f"127.0.0.1:{port}"])])
+    prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=[ScrapeTarget(DEFAULT_MONITOR_JOB, [f"127.0.0.1:{port}"])])
     deadline = time.monotonic() + 30
-    while not httpx.get(f"{prom.url}/api/v1/query", params={"query": 'up{job="monitor"} == 1'}).json()["data"]["result"]:
+    while not httpx.get(f"{prom.url}/api/v1/query", params={"query": f'up{{job="{DEFAULT_MONITOR_JOB}"}} == 1'}).json()["data"]["result"]:
         assert time.monotonic() < deadline, "Prometheus never scraped the monitor's gauges"
         time.sleep(0.2)
     yield prom.url, truth
@@ -104,7 +105,8 @@ def check(url: str, model: str, status: ModelDeploymentStatus, registered: str |
     async def read() -> RealisedQuality | None:
         prom = PrometheusClient(PrometheusConfig(url=url))
         try:
-            return await observe_realised(prom, NS, model, spec, status, package("2", registered), datetime.now(UTC))
+            return await observe_realised(prom, NS, model, spec, status, package("2", registered), datetime.now(UTC),
+                                         ScrapeJobs())
         finally:
             await prom.close()
 

@@ -1,5 +1,6 @@
 """The controller's reading for the retro-verdict: the promoted version's realised quality and its denominator
-(kanari_realised_quality / _denominator, exported by the drift monitor from delayed labels) and the figure its
+(kanari_realised_quality / _denominator, exported by the drift monitor from delayed labels, read from its scrape
+job only: kanari.scrape) and the figure its
 model package was registered with (kanari:metric.<metric>). Fetch only; the engine decides (engine._retro)."""
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from kanari.rollout.prometheus import (
     PrometheusUnavailable,
     label_value,
 )
+from kanari.scrape import ScrapeJobs
 
 
-def queries(namespace: str, name: str, revision: str, metric: str) -> tuple[str, str]:
-    sel = (f'namespace="{label_value(namespace)}", model="{label_value(name)}", '
+def queries(namespace: str, name: str, revision: str, metric: str, jobs: ScrapeJobs) -> tuple[str, str]:
+    sel = (f'{jobs.monitor_matcher}, namespace="{label_value(namespace)}", model="{label_value(name)}", '
            f'revision="{label_value(revision)}", metric="{label_value(metric)}"')
     # max(): with a sharded monitor only the owner exports a model, and a restarted one starts again from 0.
     return f"max(kanari_realised_quality{{{sel}}})", f"max(kanari_realised_quality_denominator{{{sel}}})"
@@ -36,7 +38,7 @@ def registered_metric(package: PackageInfo | None, arn: str | None, metric: str)
 
 async def observe_realised(
     prom: PrometheusClient, namespace: str, name: str, spec: ModelDeploymentSpec, status: ModelDeploymentStatus,
-    package: PackageInfo | None, now: datetime,
+    package: PackageInfo | None, now: datetime, jobs: ScrapeJobs,
 ) -> engine.RealisedQuality | None:
     """One reading, or None when the engine has nothing to judge now (no window open)."""
     if not engine.retro_due(spec, status, now):
@@ -44,7 +46,7 @@ async def observe_realised(
     rw, stable, facts = spec.rollout.rollbackWindow, status.stableModel, status.retro
     assert rw is not None and stable is not None and facts is not None
     registered = registered_metric(package, stable.modelPackageArn, rw.metric)
-    value_q, denominator_q = queries(namespace, name, stable.monitor_revision, rw.metric)
+    value_q, denominator_q = queries(namespace, name, stable.monitor_revision, rw.metric, jobs)
 
     def reading(value: float | None, denominator: int, error: str | None = None) -> engine.RealisedQuality:
         return engine.RealisedQuality(facts.revision, rw.metric, value, denominator, registered, error)
