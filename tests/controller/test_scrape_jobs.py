@@ -8,6 +8,7 @@ still do."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import time
@@ -90,6 +91,10 @@ def kanari_selectors(expr: str) -> list[tuple[str, str]]:
         rest = unquoted[m.end():].lstrip()
         if rest.startswith(("=", "!=")):
             continue  # a label matcher's name
+        opened = unquoted.rfind("(", 0, m.start())
+        if (opened >= 0 and ")" not in unquoted[opened:m.start()]
+                and re.search(r"\b(by|without)\s*$", unquoted[:opened])):
+            continue  # a label in a by (...) / without (...) grouping
         assert rest.startswith("{"), f"{m.group()} selected by name alone in {expr!r}"
         out.append((m.group(), _braces(expr, m.end() + (len(unquoted[m.end():]) - len(rest)))))
     return out
@@ -202,6 +207,19 @@ def test_the_chart_passes_the_jobs_its_service_monitors_give(tmp_path: Path) -> 
     rules = next(d for d in docs if d["kind"] == "PrometheusRule")
     exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
     assert all(assert_pinned(e, "prod-kanari-drift-monitor") for e in exprs if "kanari_drift_events" in e)
+    # Grafana's panels too, each metric from its producer's job.
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("grafana-dashboard"))
+    panels = [t["expr"] for p in json.loads(cm["data"]["kanari.json"])["panels"] for t in p.get("targets", [])]
+    producers = {"kanari_feature_drift": "drift-monitor", "kanari_prediction_drift": "drift-monitor",
+                 "kanari_canary_divergence": "drift-monitor", "kanari_drift_events_total": "drift-monitor",
+                 "kanari_drift_window_samples": "drift-monitor", "kanari_schema_violations_total": "drift-monitor",
+                 "kanari_retrain_decisions_total": "alert-receiver", "kanari_retrain_deliveries_total": "alert-receiver"}
+    seen = 0
+    for expr in panels:
+        for metric, matchers in kanari_selectors(expr):
+            assert f'job="prod-kanari-{producers.get(metric, "controller")}"' in matchers, (metric, matchers)
+            seen += 1
+    assert seen >= 18 and "__KANARI_" not in cm["data"]["kanari.json"]
     other = render("monitoring.scrapeJobs.driftMonitor=kubernetes-pods", "monitoring.scrapeJobs.controller=ctl")
     env = env_of(other, "prod-kanari-controller")
     assert env["KANARI_MONITOR_JOB"] == "kubernetes-pods" and env["KANARI_CONTROLLER_JOB"] == "ctl"
