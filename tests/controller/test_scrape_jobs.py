@@ -341,3 +341,39 @@ def test_hostile_job_names_stay_one_label_value_for_promtool(tmp_path: Path) -> 
     out = subprocess.run([find_binary("promtool"), "check", "rules", str(path)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_monitor_job_nothing_scrapes_is_alerted_not_silent(tmp_path: Path) -> None:
+    """A wrong monitoring.scrapeJobs.driftMonitor makes Kanari's drift alerts silent; the platform rule says so
+    (under the real promtool): KanariDriftMonitorUnscraped fires when no target of the configured job is up, even
+    while the monitor is scraped under another job name, and stays quiet while the configured job is up."""
+    helm = find_binary("helm")
+    chart = Path(__file__).resolve().parents[2] / "charts" / "kanari"
+    out = subprocess.run([helm, "template", "kanari", str(chart), "-n", "kanari-system", "--set",
+                          "monitoring.scrapeJobs.driftMonitor=kanari-drift-monitor-typo",
+                          "--show-only", "templates/prometheusrule.yaml"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rule = yaml.safe_load(out.stdout)
+    validate_custom(rule)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m",
+         "input_series": [{"series": f'up{{job="{DEFAULT_MONITOR_JOB}", instance="a"}}', "values": "1x20"}],
+         "alert_rule_test": [
+             {"eval_time": "4m", "alertname": "KanariDriftMonitorUnscraped", "exp_alerts": []},
+             {"eval_time": "10m", "alertname": "KanariDriftMonitorUnscraped", "exp_alerts": [
+                 {"exp_labels": {"severity": "critical"}, "exp_annotations": {
+                     "summary": "Kanari drift monitor is not scraped",
+                     "description": "No target of job kanari-drift-monitor-typo has been up for 5m: drift alerts "
+                                    "cannot fire and analyses over the drift monitor's series are inconclusive. "
+                                    "Check the drift monitor's pods, and that monitoring.scrapeJobs.driftMonitor "
+                                    "names the job Prometheus scrapes it under."}}]}]},
+        {"interval": "1m",
+         "input_series": [{"series": 'up{job="kanari-drift-monitor-typo", instance="a"}', "values": "1x20"},
+                          {"series": 'up{job="kanari-drift-monitor-typo", instance="b"}', "values": "0x20"}],
+         "alert_rule_test": [{"eval_time": "15m", "alertname": "KanariDriftMonitorUnscraped", "exp_alerts": []}]},
+    ]}
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run([find_binary("promtool"), "test", "rules", str(tmp_path / "tests.yaml")],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
