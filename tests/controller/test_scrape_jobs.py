@@ -7,7 +7,6 @@ still do."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import subprocess
@@ -259,7 +258,7 @@ def alerting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     jobs = ScrapeJobs()
     models = [md("drifted", canary=None), md("quiet", canary=None)]
     rule_file = work / "rules.yml"
-    groups = [g for m in models for g in copy.deepcopy(drift_rules.build_prometheus_rule(m, jobs))["spec"]["groups"]]
+    groups = [g for m in models for g in drift_rules.rule_groups(m, jobs)]
     for m in models:
         groups += quality_rules.build_prometheus_rule(m, jobs)["spec"]["groups"]  # type: ignore[index]
     for g in groups:
