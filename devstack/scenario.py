@@ -35,6 +35,7 @@ import yaml
 from kanari import registry_metadata as keys
 from kanari.api import v1alpha1 as api
 from kanari.rollout.prometheus import PrometheusError
+from kanari.scrape import DEFAULT_MONITOR_JOB
 
 from devstack import models, report
 from devstack.kubeapi import KubeApi
@@ -557,7 +558,8 @@ class Demo:
 
     async def _drift_settles(self, model: models.Registered) -> None:
         """The loop closes when live traffic matches the retrained model's own baseline again."""
-        query = (f'max(kanari_feature_drift{{namespace="{NAMESPACE}", model="{NAME}", method="psi", '
+        query = (f'max(kanari_feature_drift{{job="{DEFAULT_MONITOR_JOB}", namespace="{NAMESPACE}", model="{NAME}", '
+                 f'method="psi", '
                  f'endpoint="default", revision="{model.version}"}})')
         deadline = time.monotonic() + 45
         value = None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kanari.scrape import DEFAULT_CONTROLLER_JOB, DEFAULT_MONITOR_JOB
 
 from devstack.stack import (
     MissingBinary,
@@ -272,9 +273,10 @@ class EmbeddedStack:
 
         targets = [
             ScrapeTarget("knative-queue-proxy-standin", [hostport(ep.router)]),
-            ScrapeTarget("kanari-drift-monitor", [hostport(ep.drift_monitor)]),
+            # The operator's default jobs (kanari.scrape): its queries read Kanari's series from these jobs only.
+            ScrapeTarget(DEFAULT_MONITOR_JOB, [hostport(ep.drift_monitor)]),
             ScrapeTarget("kanari-alert-receiver", [hostport(ep.receiver)]),
-            ScrapeTarget("kanari-controller", [hostport(ep.operator_metrics)]),
+            ScrapeTarget(DEFAULT_CONTROLLER_JOB, [hostport(ep.operator_metrics)]),
         ]
         prom = start_prometheus(
             self.state / "prometheus", targets, rule_files=[self.rules_dir() / "*.yaml"], alertmanager=ep.alertmanager,

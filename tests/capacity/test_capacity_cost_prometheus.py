@@ -8,6 +8,7 @@ import asyncio
 import json
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,13 +16,14 @@ from typing import Any
 
 import pytest
 from kanari.api.v1alpha1 import ModelDeploymentStatus, parse_spec
-from kanari.capacity.cost import runtime_tag
+from kanari.capacity.cost import COLD_START_SERIES, runtime_tag
 from kanari.capacity.topology import INSTANCES
 from kanari.rollout import analysis
 from kanari.rollout.engine import RolloutObservation, decide, due_metrics
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
+from kanari.scrape import DEFAULT_CONTROLLER_JOB, DEFAULT_MONITOR_JOB
 from kserve import metrics as kserve_metrics
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
 from devstack.neuron_monitor import NeuronMonitorStandIn
 from devstack.stack import ScrapeTarget, free_port, start_prometheus
@@ -30,6 +32,7 @@ from tests.rollout.rollout_testlib import ref
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(120)]
 NS, NAME = "ml", "llm"
 STABLE, CANARY = "rev-stable", "rev-canary"
+UNWARMED = "rev-never-warmed"
 RPS = {STABLE: 40.0, CANARY: 20.0}  # same cores, half the requests: the canary costs twice as much per 1,000
 
 
@@ -98,6 +101,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     unpriced = NeuronMonitorStandIn("inf9.xlarge", instance_id="i-0standin000000002")
     unpriced.set_runtime(runtime_tag(NS, "mystery", "rev-x"), cores=2)
     pods = {STABLE: ModelServerPod(STABLE, "llm-stable-0"), CANARY: ModelServerPod(CANARY, "llm-canary-0")}
+    # The canary's own model container claims a 1 s cold start for a revision the operator never warmed up, under
+    # the operator's metric name and labels: the template reads the operator's job only, so it stays without data.
+    spoof = Gauge(COLD_START_SERIES, "spoof", ["namespace", "model", "revision"], registry=pods[CANARY].registry)
+    spoof.labels(NS, NAME, UNWARMED).set(1.0)
     from kanari import observability
 
     operator_port = free_port()
@@ -106,7 +113,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     cold = {STABLE: record_cold_start(STABLE, t0, t0 + timedelta(seconds=95)),  # the worst pod of each
             CANARY: record_cold_start(CANARY, t0, t0 + timedelta(seconds=250))}
     targets = [monitor.target("nm-0"), other.target("nm-1"), unpriced.target("nm-2"),
-               ScrapeTarget(job="kanari-controller", targets=[f"127.0.0.1:{operator_port}"], labels={}),
+               ScrapeTarget(job=DEFAULT_CONTROLLER_JOB, targets=[f"127.0.0.1:{operator_port}"], labels={}),
                *(p.target for p in pods.values())]
     prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=targets)
     # Scraping must be under way before the canary is "scheduled": a target's first scrape comes a few
@@ -142,7 +149,8 @@ def spec_with(metrics: list[dict[str, Any]], steps: list[dict[str, Any]] | None 
 
 def variables(stable: str = STABLE, canary: str = CANARY, name: str = NAME) -> dict[str, str]:
     return {"namespace": NS, "name": name, "canaryRevision": canary, "stableRevision": stable,
-            "canaryTag": runtime_tag(NS, name, canary), "stableTag": runtime_tag(NS, name, stable)}
+            "canaryTag": runtime_tag(NS, name, canary), "stableTag": runtime_tag(NS, name, stable),
+            "monitorJob": DEFAULT_MONITOR_JOB, "controllerJob": DEFAULT_CONTROLLER_JOB}
 
 
 def measure(world: Any, metrics: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
@@ -194,9 +202,14 @@ def test_cold_start_template_reads_the_operators_figure_per_revision(world: Any)
 
 
 def test_a_revision_without_a_cold_start_figure_is_never_a_pass(world: Any) -> None:
+    # Prometheus holds the spoofed figure (another job's), so only the job matcher keeps it out of the verdict.
+    with urllib.request.urlopen(f"{world[0].url}/api/v1/query?query=" + urllib.parse.quote(
+            f'{COLD_START_SERIES}{{revision="{UNWARMED}"}}'), timeout=5) as resp:
+        assert [r["metric"]["job"] for r in json.load(resp)["data"]["result"]] == ["pod-llm-canary-0"]
     got = measure(world, [{"name": "cold-start", "template": "cold-start-seconds", "thresholdRange": {"max": 300}}],
-                  canary="rev-never-warmed")
-    assert got["cold-start"].verdict != "Successful", got["cold-start"].message
+                  canary=UNWARMED)
+    assert got["cold-start"].verdict == "Inconclusive" and got["cold-start"].value is None, got["cold-start"].message
+    assert f'job="{DEFAULT_CONTROLLER_JOB}"' in got["cold-start"].query
 
 
 def test_rollout_rolls_back_a_canary_whose_cost_regresses(world: Any) -> None:

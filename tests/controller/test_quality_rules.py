@@ -22,11 +22,13 @@ from kanari.controller.config import OperatorConfig
 from kanari.controller.model_source import PackageInfo
 from kanari.controller.reconcile import ClusterObservation, reconcile
 from kanari.judging.retro import retro_verdict, wilson_upper
+from kanari.scrape import ScrapeJobs
 
 from devstack.stack import find_binary
 from tests.support.schemas import validate_custom
 
 NS, NAME = "ml-prod", "fraud"
+JOBS = ScrapeJobs()
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:model-package/fraud/{}"
 WINDOW = {"duration": "2h", "metric": "recall", "tolerance": 0.05, "alpha": 0.01, "minLabels": 50}
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -57,7 +59,7 @@ def md(window: dict[str, Any] | None = WINDOW, stable: float | None = 0.9, canar
 
 
 def test_the_rule_fits_the_prometheus_operator_crd_and_only_exists_with_a_registered_figure() -> None:
-    rule = quality_rules.build_prometheus_rule(md(canary=0.92))
+    rule = quality_rules.build_prometheus_rule(md(canary=0.92), JOBS)
     assert rule is not None
     validate_custom(rule)
     assert rule["metadata"]["name"] == "fraud-realised-quality"
@@ -65,9 +67,9 @@ def test_the_rule_fits_the_prometheus_operator_crd_and_only_exists_with_a_regist
     broken["spec"]["groups"][0]["rules"][0]["for"] = "10 minutes"
     with pytest.raises(jsonschema.ValidationError):
         validate_custom(broken)
-    assert quality_rules.build_prometheus_rule(md(window=None)) is None, "no rollbackWindow: nothing to alert on"
-    assert quality_rules.build_prometheus_rule(md(stable=None)) is None, "never a floor without a registered figure"
-    assert quality_rules.build_prometheus_rule(md(stable=1.7)) is None, "nor against a figure that is no proportion"
+    assert quality_rules.build_prometheus_rule(md(window=None), JOBS) is None, "no rollbackWindow: nothing to alert on"
+    assert quality_rules.build_prometheus_rule(md(stable=None), JOBS) is None, "never a floor without a registered figure"
+    assert quality_rules.build_prometheus_rule(md(stable=1.7), JOBS) is None, "nor against a figure that is no proportion"
     assert quality_rules.floors(md(canary=0.92)) == pytest.approx({"7": 0.85, "8": 0.87})
 
 
@@ -77,12 +79,12 @@ def test_a_quality_drop_reaches_the_retraining_receiver_only_when_the_model_asks
     from kanari.retrain.policy import decide, parse_payload, policy_from_model_deployment
 
     retrain = {"retrain": {"pipeline": "fraud-training", "cooldown": "24h", "maxPerDay": 1}}
-    routed = quality_rules.build_prometheus_rule(md(monitoring=retrain))
+    routed = quality_rules.build_prometheus_rule(md(monitoring=retrain), JOBS)
     assert routed is not None
     labels = routed["spec"]["groups"][0]["rules"][0]["labels"]
     assert labels["kanari_retrain"] == "true"
     for quiet in (md(), md(monitoring={**retrain, "enabled": False}), md(monitoring={"drift": {"method": "psi"}})):
-        rule = quality_rules.build_prometheus_rule(quiet)
+        rule = quality_rules.build_prometheus_rule(quiet, JOBS)
         assert rule is not None and "kanari_retrain" not in rule["spec"]["groups"][0]["rules"][0]["labels"]
     # As Alertmanager would send it once firing, with the rule's labels and a revision from the expression.
     [alert] = parse_payload({"version": "4", "alerts": [{
@@ -106,14 +108,14 @@ def promtool_test(tmp_path: Path, rule: dict[str, Any], tests: list[dict[str, An
 
 
 def series(name: str, revision: str, values: str, metric: str = "recall", **extra: str) -> dict[str, str]:
-    labels = {"namespace": NS, "model": NAME, "revision": revision, "metric": metric, **extra}
+    labels = {"job": JOBS.monitor, "namespace": NS, "model": NAME, "revision": revision, "metric": metric, **extra}
     text = ",".join(f'{k}="{v}"' for k, v in labels.items())
     return {"series": f"{name}{{{text}}}", "values": values}
 
 
 @pytest.mark.timeout(60)
 def test_a_realised_drop_fires_after_the_hold_and_nothing_else_does(tmp_path: Path) -> None:
-    rule = quality_rules.build_prometheus_rule(md(canary=0.92))
+    rule = quality_rules.build_prometheus_rule(md(canary=0.92), JOBS)
     assert rule is not None
     upper = wilson_upper(0.6 * 200, 200, 0.01)
     inputs = [
@@ -191,7 +193,7 @@ def test_the_alert_fires_for_exactly_the_revisions_the_retro_verdict_rolls_back(
     if cases == [(200, 120, 0.9), (200, 176, 0.9), (20, 2, 0.9)]:
         assert expected == ["r0"]  # the explicit example: the property is not vacuously "nothing fires"
     rule = {"spec": {"groups": [{"name": "t", "rules": [{
-        "alert": "Drop", "expr": quality_rules.drop_expr(NS, NAME, "recall", floors, alpha, min_labels),
+        "alert": "Drop", "expr": quality_rules.drop_expr(NS, NAME, "recall", floors, alpha, min_labels, JOBS),
     }]}]}}
     exp_alerts = [{"exp_labels": {"namespace": NS, "model": NAME, "revision": r, "metric": "recall"}}
                   for r in sorted(expected)]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kanari.scrape import DEFAULT_MONITOR_JOB
 
 from devstack.stack import ScrapeTarget, free_port, start_prometheus
 from tests.dashboard.dashboard_testlib import (
@@ -50,7 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("dashboard")
     port = free_port()
     with ApiServer(work) as server, exporter(port) as gauges, WebhookReceiver() as webhooks:
-        prom = start_prometheus(work / "prometheus", [ScrapeTarget("kanari", [f"127.0.0.1:{port}"])])
+        prom = start_prometheus(work / "prometheus", [ScrapeTarget(DEFAULT_MONITOR_JOB, [f"127.0.0.1:{port}"])])
         kube = Kube(server)
         kserve = KServeLoop(kube)
         kserve.thread.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from kanari.api.v1alpha1 import ModelDeployment
 from kanari.controller.drift_rules import build_prometheus_rule
+from kanari.scrape import ScrapeJobs
 
 from devstack.cluster import start_cluster
 from devstack.kubeapi import KubeApi
@@ -37,7 +38,7 @@ async def test_a_prometheus_rule_is_written_and_loaded_then_removed(tmp_path: Pa
             "spec": {"model": {"storageUri": "s3://b/m.tar.gz", "format": "pytorch"}, "serving": {"accelerator": "cpu"},
                      "monitoring": {"drift": {"for": "5s"}, "retrain": {"pipeline": "kanari-training"}}},
         })
-        rule = build_prometheus_rule(md)
+        rule = build_prometheus_rule(md, ScrapeJobs())
         assert rule is not None
         await api.create(KubeApi.path(*PROMETHEUS_RULE, "ml"), rule)
         for _ in range(50):

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 from kanari.api.v1alpha1 import ModelDeployment
 from kanari.controller.drift_rules import rule_groups
+from kanari.scrape import ScrapeJobs
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
@@ -147,7 +148,7 @@ def new_id() -> str:
 
 def rule_file(mds: Iterable[ModelDeployment]) -> dict[str, Any]:
     """The controller's drift rule groups as a plain Prometheus rule file (the tests' Prometheus has no operator)."""
-    return {"groups": [g for md in mds for g in rule_groups(md)]}
+    return {"groups": [g for md in mds for g in rule_groups(md, ScrapeJobs())]}
 
 
 def write_rule_file(mds: Iterable[ModelDeployment], path: str | os.PathLike[str]) -> Path:

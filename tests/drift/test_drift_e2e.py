@@ -24,6 +24,7 @@ from drift_testlib import (
     write_rule_file,
 )
 from kanari.api.v1alpha1 import parse_model_deployment
+from kanari.scrape import DEFAULT_MONITOR_JOB
 
 from devstack.stack import ScrapeTarget, running, start_alertmanager, start_prometheus
 
@@ -97,7 +98,7 @@ def test_drift_alert_starts_one_retraining_run(
     }
     am = start_alertmanager(tmp_path / "am", am_config)
     prom = start_prometheus(
-        tmp_path / "prom", [ScrapeTarget("kanari-drift", [monitor.url.removeprefix("http://")])], [rules], am.url,
+        tmp_path / "prom", [ScrapeTarget(DEFAULT_MONITOR_JOB, [monitor.url.removeprefix("http://")])], [rules], am.url,
     )
     with running(am, prom):
         df = cancer_frame()

@@ -14,6 +14,7 @@ import yaml
 from drift_testlib import rule_file, write_rule_file
 from kanari.api.v1alpha1 import ModelDeployment, parse_model_deployment
 from kanari.controller.drift_rules import build_prometheus_rule
+from kanari.scrape import ScrapeJobs
 
 from devstack.stack import find_binary
 from tests.support.schemas import UPSTREAM_CRDS, to_jsonschema
@@ -53,7 +54,7 @@ def md(**monitoring: Any) -> ModelDeployment:
 
 
 def test_prometheus_rule_fits_the_operator_crd() -> None:
-    rule = build_prometheus_rule(md())
+    rule = build_prometheus_rule(md(), ScrapeJobs())
     assert rule is not None
     validate_prometheus_rule(rule)
     broken = copy.deepcopy(rule)
@@ -78,8 +79,8 @@ def test_prometheus_rule_fits_the_operator_crd() -> None:
 
 
 def test_no_rule_without_monitoring() -> None:
-    assert build_prometheus_rule(md(_none=True)) is None
-    assert build_prometheus_rule(md(enabled=False)) is None
+    assert build_prometheus_rule(md(_none=True), ScrapeJobs()) is None
+    assert build_prometheus_rule(md(enabled=False), ScrapeJobs()) is None
     assert rule_file([md(enabled=False)]) == {"groups": []}
 
 
@@ -87,11 +88,11 @@ def test_retrain_label_only_on_critical_alerts_and_only_with_retrain() -> None:
     def labels(rule: dict[str, Any]) -> dict[str, dict[str, str]]:
         return {r["alert"]: r["labels"] for g in rule["spec"]["groups"] for r in g["rules"]}
 
-    with_retrain = labels(build_prometheus_rule(md()))  # type: ignore[arg-type]
+    with_retrain = labels(build_prometheus_rule(md(), ScrapeJobs()))  # type: ignore[arg-type]
     assert with_retrain["KanariFeatureDriftCritical"]["kanari_retrain"] == "true"
     assert with_retrain["KanariPredictionDriftCritical"]["kanari_retrain"] == "true"
     assert "kanari_retrain" not in with_retrain["KanariFeatureDriftWarning"]
-    without = labels(build_prometheus_rule(md(retrain=None)))  # type: ignore[arg-type]
+    without = labels(build_prometheus_rule(md(retrain=None), ScrapeJobs()))  # type: ignore[arg-type]
     assert all("kanari_retrain" not in v for v in without.values())
 
 
@@ -101,9 +102,11 @@ def promtool_test(tmp_path: Path, rules: Path, tests: list[dict[str, Any]]) -> s
     return subprocess.run([find_binary("promtool"), "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
 
 
-SERIES = 'kanari_feature_drift{namespace="ml-prod",model="fraud-scorer",endpoint="default",revision="7",feature="amount",method="psi"}'
+MONITOR = f'job="{ScrapeJobs().monitor}"'
+SERIES = f'kanari_feature_drift{{{MONITOR},namespace="ml-prod",model="fraud-scorer",endpoint="default",revision="7",feature="amount",method="psi"}}'
 OTHER_METHOD = SERIES.replace('method="psi"', 'method="linf"')
-PRED = 'kanari_prediction_drift{namespace="ml-prod",model="fraud-scorer",endpoint="default",revision="7",method="psi"}'
+PRED = f'kanari_prediction_drift{{{MONITOR},namespace="ml-prod",model="fraud-scorer",endpoint="default",revision="7",method="psi"}}'
+SCHEMA = f'kanari_schema_violations_total{{{MONITOR},namespace="ml-prod",model="fraud-scorer",kind="unseen_category"}}'
 
 
 def feature_alert(severity: str, value: str, threshold: str) -> dict[str, Any]:
@@ -170,7 +173,7 @@ def test_rules_fire_after_the_hold_and_stay_silent_without_drift(tmp_path: Path)
             "interval": "1m",
             "input_series": [
                 {"series": PRED, "values": "0.5x40"},
-                {"series": 'kanari_schema_violations_total{namespace="ml-prod",model="fraud-scorer",kind="unseen_category"}',
+                {"series": SCHEMA,
                  "values": "0+10x40"},
             ],
             "alert_rule_test": [

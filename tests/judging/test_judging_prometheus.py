@@ -14,6 +14,7 @@ from kanari.api.v1alpha1 import JudgeSpec, ModelDeploymentStatus, SpecError, par
 from kanari.judging.analysis import planned_looks, queries
 from kanari.rollout import analysis
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
+from kanari.scrape import ScrapeJobs
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -192,5 +193,5 @@ def test_status_fields_feed_the_judge() -> None:
              "metrics": [{"name": "quality", "successful": 1, "inconclusive": 2, "error": 4}]},
             {"name": "background", "revision": "abc123", "metrics": [{"name": "quality", "successful": 9}]},
         ]})
-    v = analysis.variables("ns", "fraud", sp, status)  # type: ignore[arg-type]
+    v = analysis.variables("ns", "fraud", sp, status, jobs=ScrapeJobs())  # type: ignore[arg-type]
     assert v["stepStartedAt"] == "2026-11-30T05:00:00Z" and v["measurements.quality"] == "3"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ from kanari.api.v1alpha1 import ModelDeploymentSpec, ModelDeploymentStatus
 from kanari.rollout import loop
 from kanari.rollout.engine import RolloutDecision, RolloutObservation, decide
 from kanari.rollout.prometheus import PrometheusClient
+from kanari.scrape import DEFAULT_MONITOR_JOB
 from kserve import metrics as kserve_metrics
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.core import Metric, UntypedMetricFamily
@@ -67,12 +68,15 @@ class ServerlessExporter:
             "revision_app_request_latencies", "latency in ms", ["namespace_name", "revision_name"],
             buckets=MS_BUCKETS, registry=self.registry,
         )
+        # The drift monitor's gauges, served apart: the templates read them from the monitor's scrape job only.
+        self.monitor_registry = CollectorRegistry()
         self.divergence = Gauge("kanari_canary_divergence", "psi", ["namespace", "model", "method"],
-                                registry=self.registry)
+                                registry=self.monitor_registry)
         self.window = Gauge("kanari_drift_window_samples", "n", ["namespace", "model", "endpoint"],
-                            registry=self.registry)
-        self.port = free_port()
+                            registry=self.monitor_registry)
+        self.port, self.monitor_port = free_port(), free_port()
         self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+        self.monitor_server, _ = start_http_server(self.monitor_port, addr="127.0.0.1", registry=self.monitor_registry)
 
     def targets(self) -> list[ScrapeTarget]:
         return [ScrapeTarget(job=f"knative-{self.namespace}", targets=[f"127.0.0.1:{self.port}"])]
@@ -86,6 +90,13 @@ class ServerlessExporter:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.monitor_server.shutdown()
+
+
+def monitor_target(exporters: Iterable[ServerlessExporter], more: Iterable[str] = ()) -> ScrapeTarget:
+    """One scrape job, the drift monitor's (the operator's default), over every exporter's drift gauges."""
+    return ScrapeTarget(job=DEFAULT_MONITOR_JOB,
+                        targets=[*(f"127.0.0.1:{e.monitor_port}" for e in exporters), *more])
 
 
 class RawPod:

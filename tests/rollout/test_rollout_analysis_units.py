@@ -10,6 +10,7 @@ from kanari.api.v1alpha1 import MetricSpec, ModelDeploymentStatus, ModelRef
 from kanari.rollout.analysis import variables
 from kanari.rollout.judge import judge
 from kanari.rollout.templates import TemplateError, metric_query
+from kanari.scrape import ScrapeJobs
 from prometheus_client import generate_latest
 from rollout_testlib import METRICS, make_spec
 
@@ -66,11 +67,14 @@ def test_variables_come_from_the_inference_service_in_serverless_mode():
     isvc = {"status": {"components": {"predictor": {"traffic": [
         {"revisionName": "fraud-predictor-00002", "percent": 10, "tag": "latest", "latestRevision": True},
         {"revisionName": "fraud-predictor-00001", "percent": 90, "tag": "prev"}]}}}}
-    v = variables("ml", "fraud", spec, status, isvc)
+    v = variables("ml", "fraud", spec, status, isvc, jobs=ScrapeJobs())
     assert v["canaryRevision"] == "fraud-predictor-00002" and v["stableRevision"] == "fraud-predictor-00001"
-    assert variables("ml", "fraud", spec, status)["canaryRevision"] == "", "unknown stays empty, never guessed"
+    assert variables("ml", "fraud", spec, status, jobs=ScrapeJobs())["canaryRevision"] == "", "unknown stays empty, never guessed"
     raw = make_spec("v2", serving={"accelerator": "cpu", "deploymentMode": "RawDeployment"})
-    assert variables("ml", "fraud", raw, status) == {"namespace": "ml", "name": "fraud", "canaryRevision": "b2",
+    jobs = ScrapeJobs(monitor='dm"x', controller="ctl")
+    assert variables("ml", "fraud", raw, status, jobs=jobs) == {"namespace": "ml", "name": "fraud", "canaryRevision": "b2",
+                                                      # quoted for a label matcher, like every other variable
+                                                      "monitorJob": 'dm\\"x', "controllerJob": "ctl",
                                                       "stableRevision": "a1", "canaryTag": "ml.fraud.b2",
                                                       "stableTag": "ml.fraud.a1", "canaryMonitorRevision": "b2",
                                                       # no figure registered: empty, so a CBPE query is an Error

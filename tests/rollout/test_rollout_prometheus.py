@@ -10,7 +10,8 @@ import pytest
 from kanari.api.conditions import get_condition
 from kanari.rollout import analysis
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
-from rollout_promlib import RawPod, ServerlessExporter, Traffic, drive, last, serving_status
+from kanari.scrape import DEFAULT_CONTROLLER_JOB, DEFAULT_MONITOR_JOB
+from rollout_promlib import RawPod, ServerlessExporter, Traffic, drive, last, monitor_target, serving_status
 from rollout_testlib import make_spec, ref
 
 from devstack.stack import start_prometheus
@@ -36,7 +37,7 @@ P99 = {"name": "p99", "template": "request-latency-p99", "thresholdRange": {"max
 def world(tmp_path_factory):
     sl = {ns: ServerlessExporter(ns) for ns in ("sl-ok", "sl-slow", "sl-dead", "sl-idle", "sl-down", "ml")}
     raw = {rev: RawPod("raw-err", rev, "fraud") for rev in ("rev-stable", "rev-canary")}
-    targets = [t for e in sl.values() for t in e.targets()] + [p.target for p in raw.values()]
+    targets = [t for e in sl.values() for t in e.targets()] + [p.target for p in raw.values()] + [monitor_target(sl.values())]
     prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=targets)
     yield prom, sl, raw
     prom.stop()
@@ -45,7 +46,8 @@ def world(tmp_path_factory):
 
 
 def variables(ns, stable=STABLE, canary=CANARY):
-    return {"namespace": ns, "name": "fraud", "stableRevision": stable, "canaryRevision": canary}
+    return {"namespace": ns, "name": "fraud", "stableRevision": stable, "canaryRevision": canary,
+            "monitorJob": DEFAULT_MONITOR_JOB, "controllerJob": DEFAULT_CONTROLLER_JOB}
 
 
 def client(prom, **kw) -> PrometheusClient:

@@ -19,7 +19,8 @@ from kanari.monitor.groundtruth import GroundTruth, GroundTruthConfig
 from kanari.rollout.engine import RealisedQuality, RolloutDecision, RolloutObservation, decide, retro_due
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 from kanari.rollout.quality import observe_realised
-from prometheus_client import CollectorRegistry, start_http_server
+from kanari.scrape import DEFAULT_MONITOR_JOB, ScrapeJobs
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from devstack.stack import ScrapeTarget, free_port, start_prometheus
 
@@ -66,16 +67,26 @@ def promoted(now: datetime, recall: str | None = "0.900000") -> tuple[ModelDeplo
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, GroundTruth]]:
     registry = CollectorRegistry()
     truth = GroundTruth(registry, max_pending=100_000, window_size=1000, min_samples=20)
-    port = free_port()
+    # Another target (a tenant's model container) claiming version 2 of "fraud" has a near-perfect realised recall
+    # over many labels, under the monitor's names and labels: it must not keep a bad promotion in place.
+    spoof = CollectorRegistry()
+    labels = ["namespace", "model", "revision", "metric"]
+    Gauge("kanari_realised_quality", "spoof", labels, registry=spoof).labels(NS, "fraud", "2", "recall").set(0.99)
+    Gauge("kanari_realised_quality_denominator", "spoof", labels, registry=spoof).labels(
+        NS, "fraud", "2", "recall").set(100_000)
+    port, spoof_port = free_port(), free_port()
     server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
-    prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=[ScrapeTarget("monitor", [f"127.0.0.1:{port}"])])
+    spoofer, _ = start_http_server(spoof_port, addr="127.0.0.1", registry=spoof)
+    prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=[
+        ScrapeTarget(DEFAULT_MONITOR_JOB, [f"127.0.0.1:{port}"]), ScrapeTarget("tenant-model", [f"127.0.0.1:{spoof_port}"])])
     deadline = time.monotonic() + 30
-    while not httpx.get(f"{prom.url}/api/v1/query", params={"query": 'up{job="monitor"} == 1'}).json()["data"]["result"]:
-        assert time.monotonic() < deadline, "Prometheus never scraped the monitor's gauges"
+    while not httpx.get(f"{prom.url}/api/v1/query", params={"query": "count(up == 1) == 2"}).json()["data"]["result"]:
+        assert time.monotonic() < deadline, "Prometheus never scraped the monitor's gauges and the spoofer's"
         time.sleep(0.2)
     yield prom.url, truth
     prom.stop()
     server.shutdown()
+    spoofer.shutdown()
 
 
 def label(truth: GroundTruth, model: str, revision: str, positives: int, caught: int, negatives: int = 30) -> None:
@@ -93,7 +104,7 @@ def label(truth: GroundTruth, model: str, revision: str, positives: int, caught:
 
 
 def scraped(url: str, model: str) -> None:
-    q = f'kanari_realised_quality_denominator{{model="{model}", metric="recall"}}'
+    q = f'kanari_realised_quality_denominator{{job="{DEFAULT_MONITOR_JOB}", model="{model}", metric="recall"}}'
     deadline = time.monotonic() + 20
     while not httpx.get(f"{url}/api/v1/query", params={"query": q}).json()["data"]["result"]:
         assert time.monotonic() < deadline, f"Prometheus never scraped {model}'s realised quality"
@@ -108,7 +119,7 @@ def check(url: str, model: str, status: ModelDeploymentStatus, registered: str |
     async def read() -> RealisedQuality | None:
         prom = PrometheusClient(PrometheusConfig(url=url))
         try:
-            return await observe_realised(prom, NS, model, spec, status, datetime.now(UTC))
+            return await observe_realised(prom, NS, model, spec, status, datetime.now(UTC), ScrapeJobs())
         finally:
             await prom.close()
 

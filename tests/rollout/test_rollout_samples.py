@@ -18,8 +18,9 @@ from kanari.judging.labels import QualityMetrics
 from kanari.rollout import analysis
 from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
 from kanari.rollout.templates import CBPE_TEMPLATES
+from kanari.scrape import DEFAULT_CONTROLLER_JOB, DEFAULT_MONITOR_JOB
 from prometheus_client import start_http_server
-from rollout_promlib import RawPod, ServerlessExporter, Traffic
+from rollout_promlib import RawPod, ServerlessExporter, Traffic, monitor_target
 
 from devstack.neuron_monitor import NeuronMonitorStandIn
 from devstack.stack import ScrapeTarget, free_port, start_prometheus
@@ -45,6 +46,7 @@ def world(tmp_path_factory):
     sinks: dict[tuple[str, str], dict[str, Any]] = {}
     closers: list[Any] = []
     targets = []
+    exporters: list[ServerlessExporter] = []
     for path in SAMPLES:
         ns, spec = sample(path)
         if spec.rollout.analysis is None:
@@ -60,6 +62,7 @@ def world(tmp_path_factory):
             else:
                 exp = ServerlessExporter(namespace)
                 targets += exp.targets()
+                exporters.append(exp)
                 closers.append(exp)
                 sinks[key] = {"namespace": namespace, "sinks": {STABLE: exp, CANARY: exp}, "drift": exp}
             if any(m.template in COST_TEMPLATES for m in spec.rollout.analysis.metrics):
@@ -75,16 +78,18 @@ def world(tmp_path_factory):
         # The operator's own metrics (kanari_cold_start_seconds, from the warm-up gate's records).
         port = free_port()
         server, _ = start_http_server(port, addr="127.0.0.1", registry=observability.REGISTRY)
-        targets.append(ScrapeTarget(job="kanari-controller", targets=[f"127.0.0.1:{port}"], labels={}))
+        targets.append(ScrapeTarget(job=DEFAULT_CONTROLLER_JOB, targets=[f"127.0.0.1:{port}"], labels={}))
         servers.append(server)
     quality = QualityMetrics()
+    more: list[str] = []
     if any(m.template in CBPE_TEMPLATES for p in SAMPLES for m in (sample(p)[1].rollout.analysis or
                                                                    AnalysisSpec()).metrics):
         # The drift monitor's CBPE gauges (kanari.judging.labels.QualityMetrics), on a registry of their own.
         port = free_port()
         server, _ = start_http_server(port, addr="127.0.0.1", registry=quality.registry)
-        targets.append(ScrapeTarget(job="kanari-drift-monitor-quality", targets=[f"127.0.0.1:{port}"], labels={}))
+        more.append(f"127.0.0.1:{port}")
         servers.append(server)
+    targets.append(monitor_target(exporters, more))  # all the drift monitor's gauges, under its one job
     prom = start_prometheus(tmp_path_factory.mktemp("prom"), targets=targets)
     sinks["quality"] = quality
     yield prom, sinks
@@ -130,7 +135,8 @@ def test_sample_analysis_against_real_prometheus(world, path: Path, health: str)
     variables = {"namespace": namespace, "name": name, "stableRevision": STABLE, "canaryRevision": CANARY,
                  "stableTag": runtime_tag(namespace, name, STABLE), "canaryTag": runtime_tag(namespace, name, CANARY),
                  "canaryMonitorRevision": CANARY, "canaryRegisteredF1": str(registered["f1"]),
-                 "canaryRegisteredRocAuc": str(registered["roc_auc"])}
+                 "canaryRegisteredRocAuc": str(registered["roc_auc"]),
+                 "monitorJob": DEFAULT_MONITOR_JOB, "controllerJob": DEFAULT_CONTROLLER_JOB}
 
     # A cost ratio divides two revisions' request counts, each extrapolated by increase() from its own target's
     # scrapes (Prometheus staggers targets' scrape offsets): with a few seconds of history one scrape more or

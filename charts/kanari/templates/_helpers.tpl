@@ -20,6 +20,22 @@ Capped at 40 characters so that "<fullname>-alert-receiver" and friends stay val
 {{- end -}}
 {{- end -}}
 
+{{/* Name of a component's Deployment and Service: call with (dict "ctx" $ "component" "controller"). */}}
+{{- define "kanari.componentName" -}}
+{{- printf "%s-%s" (include "kanari.fullname" .ctx) .component -}}
+{{- end -}}
+
+{{/*
+The `job` label Prometheus gives a component's series: the ServiceMonitor's job is the Service's name (no
+jobLabel set), unless monitoring.scrapeJobs names another scrape. The operator pins it in every query over a
+kanari_* series (KANARI_MONITOR_JOB / KANARI_CONTROLLER_JOB) and the platform rules pin it too, so a series
+another target exports under the same name is never read. Call with (dict "ctx" $ "component" "drift-monitor").
+*/}}
+{{- define "kanari.scrapeJob" -}}
+{{- $override := get .ctx.Values.monitoring.scrapeJobs (.component | camelcase | untitle) -}}
+{{- default (include "kanari.componentName" .) $override -}}
+{{- end -}}
+
 {{- define "kanari.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}

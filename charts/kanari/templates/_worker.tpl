@@ -10,7 +10,7 @@ mounted at /var/run/kanari/tls.
 {{- define "kanari.worker" -}}
 {{- $ctx := .ctx }}
 {{- $values := .values }}
-{{- $name := printf "%s-%s" (include "kanari.fullname" $ctx) .component }}
+{{- $name := include "kanari.componentName" (dict "ctx" $ctx "component" .component) }}
 {{- $tls := $ctx.Values.tls.enabled }}
 {{- $command := .command }}
 {{- if $tls }}

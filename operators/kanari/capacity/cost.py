@@ -17,7 +17,9 @@ server's preprocess count (RawDeployment) or Knative's revision_app_request_coun
 Cold start: the operator exports, per revision, its slowest pod's time from scheduling (the pod's
 PodScheduled condition) to its first successful warm-up answer (kanari.rollout.warmup) as
 `kanari_cold_start_seconds{namespace,model,revision}`; the template reads that gauge (the canary's, with
-the stable's beside it). A revision rolled out without spec.rollout.warmup has no figure: inconclusive.
+the stable's beside it), pinned to the operator's scrape job (`{{controllerJob}}`, kanari.scrape) so a model's
+own /metrics cannot claim a faster cold start. A revision rolled out without spec.rollout.warmup has no figure:
+inconclusive.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ def cold_start_parts(mode: str) -> dict[str, str]:
     """The operator's own figure per revision (kanari_cold_start_seconds, measured by the warm-up gate)."""
 
     def figure(revision: str) -> str:
-        return f'max({COLD_START_SERIES}{{namespace="{{{{namespace}}}}", model="{{{{name}}}}", revision="{revision}"}})'
+        sel = f'job="{{{{controllerJob}}}}", namespace="{{{{namespace}}}}", model="{{{{name}}}}", revision="{revision}"'
+        return f"max({COLD_START_SERIES}{{{sel}}})"
 
     return {
         "value": figure("{{canaryRevision}}"),

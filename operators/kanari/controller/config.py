@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from kanari.scrape import ScrapeJobs
+
 
 def _list(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
@@ -19,6 +21,7 @@ class OperatorConfig:
     resync_seconds: float = 30.0
     peering_name: str | None = None
     prometheus_url: str | None = None  # what KEDA queries for NeuronCore autoscaling, unless the spec says
+    scrape_jobs: ScrapeJobs = field(default_factory=ScrapeJobs)  # pinned in every query over a kanari_* series
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -30,4 +33,5 @@ class OperatorConfig:
             resync_seconds=float(env.get("KANARI_RESYNC_SECONDS", "30")),
             peering_name=env.get("KANARI_PEERING_NAME") or None,
             prometheus_url=env.get("KANARI_PROMETHEUS_URL") or None,
+            scrape_jobs=ScrapeJobs.from_env(env),
         )

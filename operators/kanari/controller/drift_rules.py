@@ -5,7 +5,9 @@ KanariPredictionDriftWarning, KanariPredictionDriftCritical, KanariSchemaViolati
 carry `kanari_retrain: "true"` when the ModelDeployment asks for retraining, which is what routes them to
 the retraining receiver; the retraining policy rides along as annotations.
 
-The metrics' `model` label is the InferenceService name, which is the ModelDeployment's name.
+The metrics' `model` label is the InferenceService name, which is the ModelDeployment's name. Every selector pins
+the drift monitor's scrape job (kanari.scrape): another target exporting the same names cannot raise or silence
+these alerts, and so cannot start or hold back a retraining.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 from typing import Any
 
 from kanari.api.v1alpha1 import ModelDeployment
+from kanari.rollout.prometheus import label_value
+from kanari.scrape import ScrapeJobs
 
 RETRAIN_LABEL = "kanari_retrain"
 ANNOTATION_PIPELINE = "retrain_pipeline"
@@ -23,12 +27,12 @@ ANNOTATION_PARAMETERS = "retrain_parameters"
 SCHEMA_WINDOW = "5m"
 
 
-def _selector(md: ModelDeployment, **extra: str) -> str:
+def _selector(md: ModelDeployment, jobs: ScrapeJobs, **extra: str) -> str:
     labels = {"namespace": md.metadata.namespace, "model": md.metadata.name, **extra}
-    return ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return ",".join([jobs.monitor_matcher, *(f'{k}="{label_value(v)}"' for k, v in labels.items())])
 
 
-def rule_groups(md: ModelDeployment) -> list[dict[str, Any]]:
+def rule_groups(md: ModelDeployment, jobs: ScrapeJobs) -> list[dict[str, Any]]:
     """The rule groups for one ModelDeployment; empty when monitoring is off."""
     mon = md.spec.monitoring
     if mon is None or not mon.enabled:
@@ -53,8 +57,8 @@ def rule_groups(md: ModelDeployment) -> list[dict[str, Any]]:
             out[RETRAIN_LABEL] = "true"
         return out
 
-    feature_expr = f"max by (namespace, model, feature) (kanari_feature_drift{{{_selector(md, method=method)}}})"
-    prediction_expr = f"max by (namespace, model) (kanari_prediction_drift{{{_selector(md, method=method)}}})"
+    feature_expr = f"max by (namespace, model, feature) (kanari_feature_drift{{{_selector(md, jobs, method=method)}}})"
+    prediction_expr = f"max by (namespace, model) (kanari_prediction_drift{{{_selector(md, jobs, method=method)}}})"
     rules: list[dict[str, Any]] = []
     for severity, threshold in (("warning", drift.warn), ("critical", drift.critical)):
         title = severity.capitalize()
@@ -96,7 +100,7 @@ def rule_groups(md: ModelDeployment) -> list[dict[str, Any]]:
             "alert": "KanariSchemaViolations",
             "expr": (
                 f"sum by (namespace, model, kind) "
-                f"(increase(kanari_schema_violations_total{{{_selector(md)}}}[{SCHEMA_WINDOW}])) > 0"
+                f"(increase(kanari_schema_violations_total{{{_selector(md, jobs)}}}[{SCHEMA_WINDOW}])) > 0"
             ),
             "for": drift.for_,
             "labels": {"namespace": ns, "model": name, "severity": "warning"},
@@ -112,10 +116,10 @@ def rule_groups(md: ModelDeployment) -> list[dict[str, Any]]:
     return [{"name": f"kanari-drift.{ns}.{name}", "rules": rules}]
 
 
-def build_prometheus_rule(md: ModelDeployment) -> dict | None:
+def build_prometheus_rule(md: ModelDeployment, jobs: ScrapeJobs) -> dict | None:
     """A monitoring.coreos.com/v1 PrometheusRule, or None when monitoring is off. The controller adds
     the ownerReferences."""
-    groups = rule_groups(md)
+    groups = rule_groups(md, jobs)
     if not groups:
         return None
     return {

@@ -304,12 +304,14 @@ async def reconcile_once(
             and time.monotonic() - rt.cost_measured.get(uid, -1e9) >= COST_EVERY):
         rt.cost_measured[uid] = time.monotonic()
         cost = await measure_revision_costs(
-            rt.prometheus, spec, status, analysis.variables(namespace, name, spec, status, isvc), now
+            rt.prometheus, spec, status,
+            analysis.variables(namespace, name, spec, status, isvc, jobs=rt.config.scrape_jobs), now,
         )
 
     # Inside a rollbackWindow after a promotion: the promoted version's realised quality (the retro-verdict).
-    realised = await quality.observe_realised(rt.prometheus, namespace, name, spec, status, now) if (
-        spec is not None) else None
+    realised = await quality.observe_realised(
+        rt.prometheus, namespace, name, spec, status, now, rt.config.scrape_jobs,
+    ) if spec is not None else None
     warm = rt.warmup.observation(namespace, name, status.canaryModel.revision if status.canaryModel else None)
 
     def decide(measurement: list[MetricResult] | None) -> ReconcileResult:
@@ -322,7 +324,7 @@ async def reconcile_once(
     def variables() -> dict[str, str]:
         # Serverless revisions to compare are Knative's, known only from the InferenceService's status.
         assert spec is not None
-        return analysis.variables(namespace, name, spec, status, isvc)
+        return analysis.variables(namespace, name, spec, status, isvc, jobs=rt.config.scrape_jobs)
 
     desired = await loop.step(spec, status, now, rt.prometheus, variables, decide)
 

@@ -20,6 +20,7 @@ from kanari.api.v1alpha1 import ModelDeployment
 from kanari.controller.drift_rules import RETRAIN_LABEL
 from kanari.judging.retro import one_sided_z
 from kanari.rollout.prometheus import label_value
+from kanari.scrape import ScrapeJobs
 
 ALERT = "KanariRealisedQualityDrop"
 # The bound already holds false alarms to alpha per evaluation; the hold only keeps one label batch that moves
@@ -27,14 +28,16 @@ ALERT = "KanariRealisedQualityDrop"
 HOLD = "10m"
 
 
-def drop_expr(namespace: str, model: str, metric: str, floors: dict[str, float], alpha: float, min_labels: int) -> str:
+def drop_expr(namespace: str, model: str, metric: str, floors: dict[str, float], alpha: float, min_labels: int,
+              jobs: ScrapeJobs) -> str:
     """PromQL that returns, per revision in `floors` (monitor revision label -> registered - tolerance), the
-    Wilson upper bound of its realised `metric` when that bound is below the floor over >= min_labels rows."""
+    Wilson upper bound of its realised `metric` when that bound is below the floor over >= min_labels rows.
+    Only the drift monitor's scrape job counts: another target's figures neither raise nor hide the alert."""
     z = one_sided_z(alpha)
     z2 = z * z
     parts = []
     for revision, floor in sorted(floors.items()):
-        sel = (f'namespace="{label_value(namespace)}", model="{label_value(model)}", '
+        sel = (f'{jobs.monitor_matcher}, namespace="{label_value(namespace)}", model="{label_value(model)}", '
                f'revision="{label_value(revision)}", metric="{label_value(metric)}"')
         # max by: a sharded or restarted monitor may export the same series from more than one target.
         p = f"max by (namespace, model, revision, metric) (kanari_realised_quality{{{sel}}})"
@@ -70,7 +73,7 @@ def _labels(md: ModelDeployment) -> dict[str, str]:
     return labels
 
 
-def build_prometheus_rule(md: ModelDeployment) -> dict[str, Any] | None:
+def build_prometheus_rule(md: ModelDeployment, jobs: ScrapeJobs) -> dict[str, Any] | None:
     """A monitoring.coreos.com/v1 PrometheusRule, or None when there is nothing to alert on (no rollbackWindow,
     or no served revision registered the metric). The controller adds the ownerReferences."""
     rw = md.spec.rollout.rollbackWindow
@@ -81,7 +84,7 @@ def build_prometheus_rule(md: ModelDeployment) -> dict[str, Any] | None:
     listed = ", ".join(f"{rev}: {floor:.4g}" for rev, floor in sorted(limits.items()))
     rule = {
         "alert": ALERT,
-        "expr": drop_expr(ns, name, rw.metric, limits, rw.alpha, rw.minLabels),
+        "expr": drop_expr(ns, name, rw.metric, limits, rw.alpha, rw.minLabels, jobs),
         "for": HOLD,
         "labels": _labels(md),
         "annotations": {

@@ -229,8 +229,9 @@ def reconcile(body: dict[str, Any], observed: ClusterObservation, config: Operat
 
     # Built from the status just decided: the quality alerts follow the revisions served from now on.
     decided = md.model_copy(update={"status": new_status})
-    rules = {"driftRule": drift_rules.build_prometheus_rule(decided),
-             "qualityRule": quality_rules.build_prometheus_rule(decided)}
+    jobs = config.scrape_jobs
+    rules = {"driftRule": drift_rules.build_prometheus_rule(decided, jobs),
+             "qualityRule": quality_rules.build_prometheus_rule(decided, jobs)}
     for rule in rules.values():
         if rule is not None:
             rule["metadata"]["ownerReferences"] = [inferenceservice.owner_reference(md)]

@@ -1,4 +1,5 @@
-"""Drift series and alerts from Prometheus, through the controller's own client (auth, SigV4, retries)."""
+"""Drift series and alerts from Prometheus, through the controller's own client (auth, SigV4, retries). Drift
+series are read from the drift monitor's scrape job only (kanari.scrape), as the controller reads them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import math
 import re
 from typing import Any
 
+import httpx
+
 from kanari.dashboard.views import DriftReading
-from kanari.rollout.prometheus import PrometheusClient
+from kanari.rollout.prometheus import PrometheusClient, PrometheusConfig
+from kanari.scrape import ScrapeJobs
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -22,6 +26,11 @@ def _quote(value: str) -> str:
 class Prometheus(PrometheusClient):
     """The controller's client, plus the dashboard's queries."""
 
+    def __init__(self, config: PrometheusConfig, transport: httpx.AsyncBaseTransport | None = None,
+                 jobs: ScrapeJobs | None = None):
+        super().__init__(config, transport)
+        self.jobs = jobs or ScrapeJobs.from_env()
+
     async def range_series(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         """The client's range query, NaN and infinities as gaps (None) for the charts."""
         out = []
@@ -33,7 +42,8 @@ class Prometheus(PrometheusClient):
 
     async def drift_series(self, namespace: str, name: str, method: str, start: float, end: float) -> list[dict[str, Any]]:
         step = max(1.0, math.ceil((end - start) / 300))
-        promql = (f"max by (feature, revision, endpoint) (kanari_feature_drift{{namespace={_quote(namespace)}, "
+        promql = (f"max by (feature, revision, endpoint) (kanari_feature_drift{{{self.jobs.monitor_matcher}, "
+                  f"namespace={_quote(namespace)}, "
                   f"model={_quote(name)}, method={_quote(method)}}})")
         return [{"feature": s["labels"].get("feature", "?"), "revision": s["labels"].get("revision", ""),
                  "endpoint": s["labels"].get("endpoint", ""), "t": s["t"], "v": s["v"]}
@@ -47,7 +57,8 @@ class Prometheus(PrometheusClient):
     async def readings(self) -> dict[tuple[str, str], dict[str, DriftReading]]:
         """Per (namespace, model) and revision: the worst feature drift now, and critical alerts firing."""
         out: dict[tuple[str, str], dict[str, DriftReading]] = {}
-        drift = await self.query("max by (namespace, model, revision, feature) (kanari_feature_drift)")
+        drift = await self.query(
+            f"max by (namespace, model, revision, feature) (kanari_feature_drift{{{self.jobs.monitor_matcher}}})")
         for s in drift:
             k = (s.labels.get("namespace", ""), s.labels.get("model", ""))
             rev = s.labels.get("revision", "")

@@ -20,6 +20,7 @@ from kanari.judging.analysis import judge_variables, measure_judge
 from kanari.rollout.judge import error, judge, query
 from kanari.rollout.prometheus import PrometheusClient, Sample, label_value
 from kanari.rollout.templates import CBPE_TEMPLATES, PART_LABEL, MetricQuery, TemplateError, metric_query
+from kanari.scrape import ScrapeJobs
 
 
 def variables(
@@ -28,15 +29,18 @@ def variables(
     spec: ModelDeploymentSpec,
     status: ModelDeploymentStatus,
     isvc: Mapping[str, Any] | None = None,
+    *,
+    jobs: ScrapeJobs,
 ) -> dict[str, str]:
-    """The query variables for a ModelDeployment's current rollout.
+    """The query variables for a ModelDeployment's current rollout; `jobs`: the operator's configured scrape jobs.
 
     RawDeployment: canary/stable revisions are Kanari rollout revisions (the pods' kanari.dev/revision
     label). Serverless: they are Knative revision names, read from the InferenceService's
     status.components.predictor (the traffic entries tagged "latest" and "prev" while a canary split is
     set). One that cannot be known yet stays empty: a query needing it reports an Error, never a pass.
     """
-    out = {"namespace": namespace, "name": name, "canaryRevision": "", "stableRevision": ""}
+    out = {"namespace": namespace, "name": name, "canaryRevision": "", "stableRevision": "",
+           "monitorJob": label_value(jobs.monitor), "controllerJob": label_value(jobs.controller)}
     for key, ref in (("canaryTag", status.canaryModel), ("stableTag", status.stableModel)):
         out[key] = runtime_tag(namespace, name, ref.revision) if ref else ""
     canary = status.canaryModel

@@ -31,6 +31,11 @@ Where the numbers come from:
   `kanari_drift_window_samples{namespace,model,endpoint}`; `endpoint` is KServe's logger endpoint,
   `default` (stable) or `canary`.
 
+Every selector over a `kanari_*` series pins the scrape job that produces it, `{{monitorJob}}` (the drift
+monitor's) or `{{controllerJob}}` (the operator's own, for cold start), from the operator's configuration
+(kanari.scrape): a model container or any other target exporting a series of the same name and labels is not
+read, so it cannot pass a canary. Custom queries over Kanari's series should do the same (`job="{{monitorJob}}"`).
+
 Latency is always reported in seconds so one thresholdRange works in both deployment modes.
 """
 
@@ -47,11 +52,14 @@ PART_LABEL = "kanari_part"
 RAW_REVISION_LABEL = "kanari_dev_revision"
 # canaryTag/stableTag: the revisions' Neuron runtime tags (kanari.capacity.cost.runtime_tag).
 # canaryMonitorRevision: the drift monitor's `revision` label for the canary; canaryRegistered<Metric>: the
-# test metric its model package registered (empty when it registered none).
+# test metric its model package registered (empty when it registered none). monitorJob/controllerJob: the scrape
+# jobs of the drift monitor's and the operator's series (kanari.scrape), quoted for a label matcher.
 CBPE_TEMPLATES = {"estimated-f1-drop": ("f1", "canaryRegisteredF1"),
                   "estimated-roc-auc-drop": ("roc_auc", "canaryRegisteredRocAuc")}
 VARIABLES = ("namespace", "name", "canaryRevision", "stableRevision", "interval", "canaryTag", "stableTag",
-             "canaryMonitorRevision", *(variable for _, variable in CBPE_TEMPLATES.values()))
+             "canaryMonitorRevision", "monitorJob", "controllerJob",
+             *(variable for _, variable in CBPE_TEMPLATES.values()))
+MONITOR = 'job="{{monitorJob}}"'
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -131,7 +139,7 @@ def _raw(template: str, revision: str, window: str) -> tuple[str, str]:
 
 
 def _drift(template: str, spec: ModelDeploymentSpec, endpoint: str) -> tuple[str, str]:
-    who = 'namespace="{{namespace}}", model="{{name}}"'
+    who = MONITOR + ', namespace="{{namespace}}", model="{{name}}"'
     if template == "canary-vs-stable-psi":
         return (
             f'max(kanari_canary_divergence{{{who}, method="psi"}})',
@@ -146,7 +154,7 @@ def _drift(template: str, spec: ModelDeploymentSpec, endpoint: str) -> tuple[str
 
 def _cbpe(template: str) -> dict[str, str]:
     metric, registered = CBPE_TEMPLATES[template]
-    who = 'namespace="{{namespace}}", model="{{name}}", revision="{{canaryMonitorRevision}}"'
+    who = MONITOR + ', namespace="{{namespace}}", model="{{name}}", revision="{{canaryMonitorRevision}}"'
     # max(): with a sharded monitor only the owner exports a model, and a restarted one starts again.
     return {
         "value": f'{{{{{registered}}}}} - max(kanari_estimated_quality{{{who}, metric="{metric}"}})',
