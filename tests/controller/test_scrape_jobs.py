@@ -376,3 +376,48 @@ def test_a_monitor_job_nothing_scrapes_is_alerted_not_silent(tmp_path: Path) -> 
     proc = subprocess.run([find_binary("promtool"), "test", "rules", str(tmp_path / "tests.yaml")],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# Jobs a scrape configuration may really use, with YAML's and PromQL's awkward characters: the chart must carry each,
+# unchanged, into every platform rule (a plain YAML scalar ended at " #", or failed at ": ") and into the operator.
+CHART_JOBS = ["kanari: drift", "drift #2", "kubernetes pods", "ns/monitor", "{brace}, x", "$namespace", "é日本"]
+# What the operator would change or refuse (it strips, and wants printable text): the chart refuses it by name.
+CHART_REFUSED = [" lead", "trail ", "a\tb", "a\u00a0b", 'q"uote', "back\\slash"]
+
+
+def test_the_chart_carries_any_allowed_job_into_valid_rules_and_the_operator(tmp_path: Path) -> None:
+    """Regression: a monitoring.scrapeJobs value with ": " broke the PrometheusRule's YAML and one with " #" cut its
+    expression short (`absent(up{job="drift`), silently; one with surrounding spaces was pinned as is by the
+    rules and stripped by the operator, so the two read different jobs."""
+    helm = find_binary("helm")
+    chart = Path(__file__).resolve().parents[2] / "charts" / "kanari"
+
+    def render(job: str) -> subprocess.CompletedProcess[str]:
+        values = tmp_path / "values.yaml"  # a file, not --set: helm's --set syntax reads "{...}" and "," itself
+        values.write_text(yaml.safe_dump({"monitoring": {"scrapeJobs": {"driftMonitor": job, "controller": job}}}))
+        return subprocess.run([helm, "template", "kanari", str(chart), "-n", "kanari-system", "-f", str(values)],
+                              capture_output=True, text=True, timeout=120)
+
+    for job in CHART_JOBS:
+        out = render(job)
+        assert out.returncode == 0, (job, out.stderr)
+        docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+        validate_custom(rule)
+        exprs = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+        assert len(exprs) >= 5
+        for alert, expr in exprs.items():
+            assert f'job="{job}"' in expr and expr.count("(") == expr.count(")"), (job, alert, expr)
+        path = tmp_path / "rules.yml"
+        path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+        check = subprocess.run([find_binary("promtool"), "check", "rules", str(path)], capture_output=True,
+                               text=True, timeout=60)
+        assert check.returncode == 0, (job, check.stdout + check.stderr)
+        env = {e["name"]: e.get("value") for d in docs if d["kind"] == "Deployment"
+               and d["metadata"]["name"] == "kanari-controller" for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert ScrapeJobs.from_env(env) == ScrapeJobs(job, job)  # the operator pins the very job the rules pin
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("grafana-dashboard"))
+        json.loads(cm["data"]["kanari.json"])
+    for job in CHART_REFUSED:
+        out = render(job)
+        assert out.returncode != 0 and "/monitoring/scrapeJobs/driftMonitor" in out.stderr, (job, out.stderr)

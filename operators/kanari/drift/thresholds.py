@@ -120,7 +120,7 @@ def effective_size(n: float, cdf_variance: float, weight: float) -> float:
 
 # 2 CDF values on a proportion near 0.1: 2 / (0.1 * 0.9).
 BIN_WEIGHT = 2 / (0.1 * 0.9)
-# Measured, not derived (tests/drift/test_linf_sketch_charge.py; bench/judge_bench.py "linf-charge"): charged at
+# Measured, not derived (tests/drift/test_linf_sketch_charge.py; the bench has no section of its own for it): charged at
 # the median, 1/(0.5 * 0.5) = 4, features alarmed at the 5% level in up to 1.8x (the monitor's window, 50,000
 # rows) and 2.5x (one sketch fed 10 rows at a time) as many no-drift comparisons as the level allows; at 8
 # (the weight of the rank 0.15) no feed tried exceeded the level beyond sampling error, at 1% or 5%.
