@@ -421,3 +421,16 @@ def test_the_chart_carries_any_allowed_job_into_valid_rules_and_the_operator(tmp
     for job in CHART_REFUSED:
         out = render(job)
         assert out.returncode != 0 and "/monitoring/scrapeJobs/driftMonitor" in out.stderr, (job, out.stderr)
+
+
+def test_a_null_scrape_jobs_map_renders_the_default_jobs() -> None:
+    """`--set monitoring.scrapeJobs=null` (helm deletes the key) failed inside a helper with a template error that
+    named no value; it now means what an empty map means: every job is the component's Service name."""
+    helm = find_binary("helm")
+    chart = Path(__file__).resolve().parents[2] / "charts" / "kanari"
+    out = subprocess.run([helm, "template", "kanari", str(chart), "-n", "kanari-system", "--set",
+                          "monitoring.scrapeJobs=null"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rule = next(d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert any('job="kanari-controller"' in e for e in exprs) and any('job="kanari-drift-monitor"' in e for e in exprs)

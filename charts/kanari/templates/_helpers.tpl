@@ -32,7 +32,7 @@ kanari_* series (KANARI_MONITOR_JOB / KANARI_CONTROLLER_JOB) and the platform ru
 another target exports under the same name is never read. Call with (dict "ctx" $ "component" "drift-monitor").
 */}}
 {{- define "kanari.scrapeJob" -}}
-{{- $override := get .ctx.Values.monitoring.scrapeJobs (.component | camelcase | untitle) -}}
+{{- $override := get (.ctx.Values.monitoring.scrapeJobs | default dict) (.component | camelcase | untitle) -}}
 {{- default (include "kanari.componentName" .) $override -}}
 {{- end -}}
 
