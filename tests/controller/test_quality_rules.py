@@ -277,6 +277,17 @@ class Served:
         """As a controller that did not keep registered metrics wrote it."""
         self.status[role]["registeredMetrics"] = {}
 
+    def promoted(self, version: str) -> Any:
+        """Settle on the current version, then roll `version` out until its promotion opens the rollback window."""
+        for _ in range(3):
+            self.reconcile()
+        self.version = version
+        for _ in range(10):
+            out = self.reconcile()
+            if out.status.retro is not None:
+                return out
+        raise AssertionError(f"version {version} was never promoted: {out.status.message}")
+
 
 def floors_of(out: Any) -> dict[str, str]:
     """revision -> floor, as written into the rule's expression (empty: no rule)."""
@@ -328,14 +339,7 @@ def test_a_promoted_version_recorded_without_its_figure_is_filled_then_judged_in
     fills it first, then judges (condition not NoRegisteredMetric) and alerts, in that one pass; never 'no
     registered figure' forever."""
     w = Served({"7": {"kanari:metric.recall": "0.9"}, "8": {"kanari:metric.recall": "0.92"}})
-    for _ in range(3):
-        w.reconcile()
-    w.version = "8"
-    for _ in range(10):
-        out = w.reconcile()
-        if out.status.retro is not None:
-            break
-    assert out.status.retro is not None
+    w.promoted("8")
     w.forget_registered("stableModel")
     out = w.reconcile(realised=0.9)  # 0.90 over 200: within 0.92 - 0.05
     assert [e.reason for e in out.events] == ["RegistryFactsFilled"]
@@ -353,14 +357,8 @@ def test_without_a_registered_figure_no_alert_and_no_retro_rollback_ever(registe
     """A promoted version whose package registers no recall that is a proportion: reconcile after reconcile, on a
     realised recall of 0.0 over 400 labels, no rule floor for it and no rollback, and status says why."""
     w = Served({"7": {"kanari:metric.recall": "0.9"}, "8": registered})
-    for _ in range(3):
-        w.reconcile()
-    w.version = "8"
-    for _ in range(10):
-        out = w.reconcile()
-        if out.status.retro is not None:
-            break
-    assert out.status.retro is not None and floors_of(out) == {}
+    out = w.promoted("8")
+    assert floors_of(out) == {}
     for _ in range(5):
         out = w.reconcile(realised=0.0, denominator=400)
         assert out.status.stableModel is not None and out.status.stableModel.version == "8"
